@@ -1,0 +1,123 @@
+# sao — build, set-up, tests and benchmarks.
+#
+#   make deps      install the Debian packages sao needs (apt-get; quiet when all are present)
+#   make           build ./sao and build/libsao.so (CUDA backend too when nvcc is found; CUDA=0: CPU only)
+#   make run       deps + build + the instrumental recipe on its embedded default
+#   make test      deps + build, then every spec (busted on LuaJIT); ends with "N passed, N failed, N skipped"
+#   make test-gpu  the GPU-tagged specs only (skipped, and counted as such, without a GPU)
+#   make bench     benchmarks as JSON lines (bench/*.lua)
+#   make install PREFIX=/usr/local
+#
+# Every C file in runtime/ (except main.c) and kernels/cpu/ goes into libsao.so; the ./sao binary
+# is runtime/main.c linked against it. Adding a file needs no change here.
+
+PREFIX   ?= /usr/local
+BUILD    ?= build
+CC       ?= cc
+OPT      ?= -O2 -march=native
+WERROR   ?= 0
+CUDA     ?= auto
+VERSION  := 0.1.0
+
+PKGS     := luajit sndfile samplerate libcurl fluidsynth libebur128 fftw3f openblas
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+CFLAGS   += -std=gnu11 $(OPT) -g -Wall -Wextra -fPIC -fopenmp -D_GNU_SOURCE -DSAO_VERSION='"$(VERSION)"' \
+            -Iruntime/include -Iruntime $(PKG_CFLAGS)
+ifeq ($(WERROR),1)
+CFLAGS   += -Werror
+endif
+LDLIBS   := $(PKG_LIBS) -lreadline -lm -lpthread
+
+# ---- CUDA: auto-detected; CUDA=0 forces a CPU-only build ----------------------------------------
+NVCC     ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+CUDA_HOME ?= $(if $(NVCC),$(patsubst %/bin/nvcc,%,$(NVCC)),/usr/local/cuda)
+CU_SRCS  := $(wildcard kernels/cuda/*.cu)
+ifeq ($(CUDA),0)
+USE_CUDA :=
+else ifneq ($(NVCC),)
+ifneq ($(CU_SRCS),)
+USE_CUDA := 1
+endif
+endif
+ifdef USE_CUDA
+CFLAGS   += -DSAO_CUDA -I$(CUDA_HOME)/include
+CUDNN    := $(shell ls $(CUDA_HOME)/lib64/libcudnn.so /usr/lib/x86_64-linux-gnu/libcudnn.so 2>/dev/null | head -1)
+NVFLAGS  := -O2 -std=c++17 -Xcompiler -fPIC -Iruntime/include -Iruntime -DSAO_CUDA \
+            -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=sm_80
+LDLIBS   += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lcublasLt
+ifneq ($(CUDNN),)
+CFLAGS   += -DSAO_CUDNN
+NVFLAGS  += -DSAO_CUDNN
+LDLIBS   += -lcudnn
+endif
+CU_OBJS  := $(patsubst %.cu,$(BUILD)/%.o,$(CU_SRCS))
+endif
+
+LIB_SRCS := $(filter-out runtime/main.c,$(wildcard runtime/*.c)) $(wildcard kernels/cpu/*.c)
+LIB_OBJS := $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRCS)) $(CU_OBJS)
+HEADERS  := $(wildcard runtime/include/*.h) runtime/internal.h $(wildcard runtime/*.h)
+# The FFI contract: runtime/include/sao.h first, then the other public headers, with '#' lines and
+# the `#ifdef __cplusplus ... #endif` blocks dropped.
+CDEF_SRCS := runtime/include/sao.h $(sort $(filter-out runtime/include/sao.h,$(wildcard runtime/include/*.h)))
+
+.PHONY: all deps run test test-gpu bench install clean
+all: sao $(BUILD)/sao_cdef.h
+
+$(BUILD)/%.o: %.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/%.o: %.cu $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -c $< -o $@
+
+$(BUILD)/libsao.so: $(LIB_OBJS)
+	$(CC) -shared -fopenmp -o $@ $^ $(LDLIBS)
+
+$(BUILD)/sao_cdef.h: $(CDEF_SRCS)
+	@mkdir -p $(BUILD)
+	awk '/^#ifdef __cplusplus/ {skip=1; next} skip && /^#endif/ {skip=0; next} skip {next} \
+	     /^[[:space:]]*#/ {next} {print}' $(CDEF_SRCS) > $@
+
+# The binary finds lua/ and build/ next to itself (source tree) or under PREFIX (installed).
+sao: $(BUILD)/runtime/main.o $(BUILD)/libsao.so
+	$(CC) -fopenmp -o $@ $(BUILD)/runtime/main.o -L$(BUILD) -lsao -Wl,-rpath,'$$ORIGIN/$(BUILD)' \
+	    -Wl,-rpath,'$$ORIGIN/../lib' -Wl,-E $(LDLIBS)
+
+# ---- set-up -----------------------------------------------------------------------------------
+DEB_PKGS := build-essential pkg-config luajit libluajit-5.1-dev lua-cjson lua-busted \
+            libsndfile1-dev libsamplerate0-dev libcurl4-openssl-dev libfluidsynth-dev \
+            fluid-soundfont-gm libebur128-dev libfftw3-dev libopenblas-dev libreadline-dev \
+            libsentencepiece-dev sonic-pi-samples
+deps:
+	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
+	    grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    echo "make deps: installing$$(echo $$missing | tr '\n' ' ' | sed 's/^/ /')"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null || exit 1; \
+	fi
+
+run: deps all
+	./sao recipes/instrumental.lua
+
+test: deps all
+	@sh spec/run.sh
+
+test-gpu: deps all
+	@sh spec/run.sh --tags=gpu
+
+bench: all
+	@for b in bench/*.lua; do ./sao $$b || exit 1; done
+
+install: all
+	install -d $(PREFIX)/bin $(PREFIX)/lib $(PREFIX)/share/sao/lua/sao
+	install -m 755 $(BUILD)/libsao.so $(PREFIX)/lib/
+	install -m 755 sao $(PREFIX)/bin/sao
+	install -m 644 $(BUILD)/sao_cdef.h $(PREFIX)/share/sao/
+	cp -R lua/. $(PREFIX)/share/sao/lua/
+	cp -R recipes checkpoints $(PREFIX)/share/sao/
+
+clean:
+	rm -rf $(BUILD) sao

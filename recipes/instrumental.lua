@@ -1,0 +1,67 @@
+-- recipes/instrumental.lua — the "SAO Instrumental Finetune" pipeline:
+--   MIDI corpus -> dataset (render, normalise, analyse, cut clips) -> metadata -> prompts
+--   -> encode -> train -> sample -> eval
+--
+--   sao recipes/instrumental.lua [--out OUT] [--stages dataset,prompts,...] [--midi DIR]
+--
+-- Each stage reads what the earlier ones wrote under OUT (see docs/architecture.md) and skips work
+-- already done. A stage whose module is not built yet is listed as such and skipped.
+local sao = require "sao"
+
+local defaults = {
+  out = "out/instrumental",
+  stages = "dataset,metadata,prompts,encode,train,sample,eval",
+}
+
+local function parse_args(argv)
+  local opts = {}
+  for k, v in pairs(defaults) do opts[k] = v end
+  local i = 1
+  while argv and i <= #argv do
+    local a = argv[i]
+    local key = a:match("^%-%-([%w_%-]+)$")
+    if not key then error("instrumental: unexpected argument '" .. a .. "' (try --help)", 0) end
+    if key == "help" then opts.help = true; i = i + 1
+    else
+      opts[key:gsub("%-", "_")] = argv[i + 1]
+      i = i + 2
+    end
+  end
+  return opts
+end
+
+local STAGES = {
+  { name = "dataset",  module = "sao.pipeline.dataset",  what = "MIDI corpus -> rendered, normalised 30 s clips + JSON" },
+  { name = "metadata", module = "sao.metadata",          what = "Spotify / Last.fm enrichment (offline without keys)" },
+  { name = "prompts",  module = "sao.pipeline.prompts",  what = "LLM or template prompts per clip" },
+  { name = "encode",   module = "sao.pipeline.encode",   what = "VAE latents + T5 embeddings cache" },
+  { name = "train",    module = "sao.pipeline.train",    what = "fine-tune the DiT" },
+  { name = "sample",   module = "sao.pipeline.sample",   what = "generate demo audio" },
+  { name = "eval",     module = "sao.pipeline.eval",     what = "tempo/key accuracy and report" },
+}
+
+local opts = parse_args(arg)
+if opts.help then
+  print("usage: sao recipes/instrumental.lua [--out DIR] [--stages a,b,c] [--midi DIR]")
+  for _, s in ipairs(STAGES) do print(string.format("  %-9s %s", s.name, s.what)) end
+  os.exit(0)
+end
+
+local wanted = {}
+for s in opts.stages:gmatch("[^,]+") do wanted[s] = true end
+
+print(string.format("sao %s — instrumental recipe, output in %s", sao.version, opts.out))
+local missing = 0
+for _, s in ipairs(STAGES) do
+  if wanted[s.name] then
+    local path = package.searchpath(s.module, package.path)
+    if path then
+      print(string.format("[%s] running", s.name))
+      require(s.module).run(opts)
+    else
+      missing = missing + 1
+      print(string.format("[%s] not implemented yet (%s)", s.name, s.what))
+    end
+  end
+end
+if missing > 0 then print(string.format("%d stage(s) not implemented yet", missing)) end
