@@ -19,13 +19,14 @@ local function exists(p)
 end
 
 local function first(cands)
-  for _, p in ipairs(cands) do
+  for i = 1, cands.n do
+    local p = cands[i]
     if p and exists(p) then return p end
   end
 end
 
-local cdef_path = first { os.getenv("SAO_CDEF"), root .. "/build/sao_cdef.h", root .. "/sao_cdef.h" }
-local lib_path = first { os.getenv("SAO_LIB"), root .. "/build/libsao.so", root .. "/../../lib/libsao.so" }
+local cdef_path = first { n = 3, os.getenv("SAO_CDEF"), root .. "/build/sao_cdef.h", root .. "/sao_cdef.h" }
+local lib_path = first { n = 3, os.getenv("SAO_LIB"), root .. "/build/libsao.so", root .. "/../../lib/libsao.so" }
 if not cdef_path or not lib_path then
   error("sao: cannot find " .. (cdef_path and "libsao.so" or "sao_cdef.h") .. " under " .. root ..
         " (run `make` in the source tree, or set SAO_LIB / SAO_CDEF)", 0)
@@ -40,6 +41,11 @@ ffi.cdef [[
 typedef struct sao_ref { sao_tensor *p; } sao_ref;
 ]]
 
+-- Pin the library for the life of the process (RTLD_NODELETE): LuaJIT unloads ffi.load'ed
+-- libraries when the state closes, and unloading a library whose OpenMP/OpenBLAS worker threads
+-- are still parked crashes the process at exit.
+ffi.cdef "void *dlopen(const char *file, int mode);"
+ffi.C.dlopen(lib_path, 0x2 + 0x100 + 0x1000)   -- RTLD_NOW | RTLD_GLOBAL | RTLD_NODELETE
 local C = ffi.load(lib_path, true)
 M.C = C
 M.ctx = ffi.gc(C.sao_ctx_new(), C.sao_ctx_free)

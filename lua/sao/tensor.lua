@@ -35,6 +35,8 @@ local function ptr(t)
   return t.p
 end
 M.ptr = ptr
+--- t:raw() is the sao_tensor* to hand to C (errors after :free()).
+function Tensor.raw(t) return ptr(t) end
 
 local DT = { f32 = 0, f64 = 1, bf16 = 2, f16 = 3, i32 = 4, i64 = 5, u8 = 6 }
 local DTNAME = { [0] = "f32", "f64", "bf16", "f16", "i32", "i64", "u8" }

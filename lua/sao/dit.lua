@@ -1,0 +1,59 @@
+-- sao.dit — the SAO Diffusion Transformer (runtime/dit.c) as a Lua handle.
+--
+--   local dit = sao.dit.new{io_channels=64, embed_dim=1536, depth=24, num_heads=24,
+--                           cond_token_dim=768, global_cond_dim=1536}
+--   dit:load(tensors, "model.model.")          -- upstream key names; strict
+--   local v = dit:forward(x, t, cross, global, {cfg_scale=7})
+local ffi = require "ffi"
+local sao = require "sao"
+local models = require "sao.models"
+local C = sao.C
+
+local M = {}
+local Dit = {}
+Dit.__index = Dit
+
+M.SAO_1_0 = { io_channels = 64, embed_dim = 1536, depth = 24, num_heads = 24, cond_token_dim = 768,
+              global_cond_dim = 1536, ff_mult = 4, timestep_features_dim = 256 }
+
+function M.new(cfg)
+  local c = ffi.new("sao_dit_config")
+  for _, k in ipairs { "io_channels", "embed_dim", "depth", "num_heads", "cond_token_dim", "global_cond_dim" } do
+    if type(cfg[k]) ~= "number" then error("dit config: missing number '" .. k .. "'", 2) end
+    c[k] = cfg[k]
+  end
+  c.ff_mult = cfg.ff_mult or 4
+  c.timestep_features_dim = cfg.timestep_features_dim or 256
+  local h = sao.checkp(C.sao_dit_new(sao.ctx, c), 2)
+  return setmetatable({ h = ffi.gc(h, C.sao_dit_free), config = cfg }, Dit)
+end
+
+function Dit:params() return C.sao_dit_params(self.h) end
+function Dit:load(tensors, prefix, opts) return models.bind(self:params(), tensors, prefix, opts) end
+function Dit:parameter_count() return tonumber(C.sao_params_numel(self:params())) end
+
+--- x [B, io, T], t [B] (or a number), cross [B, L, Dc] or nil, global [B, Dg].
+--- opts: cfg_scale (1), scale_phi (0), hidden (true: also return [depth, B, 1+T, E]).
+function Dit:forward(x, t, cross, global, opts)
+  opts = opts or {}
+  local xs = x:shape()
+  local B, T = xs[1], xs[3]
+  if type(t) == "number" then t = sao.full({ B }, t) end
+  x, t, global = models.f32(x), models.f32(t), models.f32(global)
+  local L, cp = 0, nil
+  if cross then
+    cross = models.f32(cross)
+    L = cross:size(2)
+    cp = cross:data()
+  end
+  local out = sao.empty(xs)
+  local hidden
+  if opts.hidden then
+    hidden = sao.empty(self.config.depth, B, T + 1, self.config.embed_dim)
+  end
+  sao.check(C.sao_dit_forward(sao.ctx, self.h, x:data(), t:data(), cp, global:data(), B, T, L,
+    opts.cfg_scale or 1, opts.scale_phi or 0, out:data(), hidden and hidden:data() or nil), 2)
+  return out, hidden
+end
+
+return M
