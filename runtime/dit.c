@@ -11,26 +11,10 @@
  * CFG (scale != 1): the batch is doubled; the second half gets a zero cross context and the same
  * global token; out = uncond + scale (cond - uncond), optionally rescaled (scale_phi).
  * All work buffers live in one workspace sized from (config, B, T, L) and reused across calls. */
-#include "internal.h"
-#include "params.h"
-#include "sao_kernels.h"
+#include "dit_internal.h"
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-typedef struct {
-    float *pre_g, *qkv, *attn_out, *ca_g, *ca_q, *ca_kv, *ca_out, *ff_g, *ff_w1, *ff_b1, *ff_w2, *ff_b2;
-} dit_layer;
-
-struct sao_dit {
-    sao_dit_config cfg;
-    sao_params *params;
-    float *t_feat_w, *t_w1, *t_b1, *t_w2, *t_b2, *c_w1, *c_w2, *g_w1, *g_w2, *pre_conv, *post_conv;
-    float *proj_in, *proj_out, *inv_freq;
-    dit_layer *layers;
-    float *ws;          /* workspace */
-    size_t ws_size;     /* in floats */
-};
 
 sao_params *sao_dit_params(sao_dit *m) { return m->params; }
 const sao_dit_config *sao_dit_get_config(const sao_dit *m) { return &m->cfg; }
@@ -113,6 +97,128 @@ oom:
     return sao_err_null(ctx, op, "out of memory building the parameter registry");
 }
 
+void dit_dims_init(const sao_dit *m, int64_t B, int64_t T, int64_t L, dit_dims *d) {
+    const sao_dit_config *c = &m->cfg;
+    d->B = B; d->T = T; d->L = L; d->N = T + 1;
+    d->io = c->io_channels; d->E = c->embed_dim; d->H = c->num_heads; d->D = d->E / d->H;
+    d->Dc = c->cond_token_dim; d->Dg = c->global_cond_dim; d->Hkv = d->Dc / d->D;
+    d->F = (int64_t)c->ff_mult * d->E; d->TF = c->timestep_features_dim;
+    d->rot = d->D / 2 > 32 ? d->D / 2 : 32;
+}
+
+/* Lays out consecutive arrays from buf: each (float **ptr, count) pair in order. */
+static float *carve(float *buf, float **p, size_t n) { *p = buf; return buf + n; }
+
+size_t dit_acts_size(const dit_dims *d) {
+    size_t BN = (size_t)(d->B * d->N), E = (size_t)d->E, BL = (size_t)(d->B * (d->L > 0 ? d->L : 1));
+    size_t lse = (size_t)(d->B * d->H * d->N);
+    return BN * E * 3 + BN * 6 + BN * 3 * E + (BN * E + lse) * 2 + BN * E * 3 + BL * 2 * (size_t)d->Dc +
+           BN * (size_t)(2 * d->F + d->F);
+}
+
+void dit_acts_layout(const dit_dims *d, float *b, dit_acts *a) {
+    size_t BN = (size_t)(d->B * d->N), E = (size_t)d->E, BL = (size_t)(d->B * (d->L > 0 ? d->L : 1));
+    size_t lse = (size_t)(d->B * d->H * d->N);
+    b = carve(b, &a->ln1, BN * E); b = carve(b, &a->mean1, BN); b = carve(b, &a->rstd1, BN);
+    b = carve(b, &a->qkv, BN * 3 * E); b = carve(b, &a->att1, BN * E); b = carve(b, &a->lse1, lse);
+    b = carve(b, &a->h1, BN * E);
+    b = carve(b, &a->ln2, BN * E); b = carve(b, &a->mean2, BN); b = carve(b, &a->rstd2, BN);
+    b = carve(b, &a->q2, BN * E); b = carve(b, &a->kv, BL * 2 * (size_t)d->Dc);
+    b = carve(b, &a->att2, BN * E); b = carve(b, &a->lse2, lse);
+    b = carve(b, &a->h2, BN * E);
+    b = carve(b, &a->ln3, BN * E); b = carve(b, &a->mean3, BN); b = carve(b, &a->rstd3, BN);
+    b = carve(b, &a->p, BN * (size_t)(2 * d->F)); carve(b, &a->g, BN * (size_t)d->F);
+}
+
+size_t dit_stem_size(const dit_dims *d) {
+    size_t BT = (size_t)(d->B * d->T), BL = (size_t)(d->B * (d->L > 0 ? d->L : 1));
+    return BT * (size_t)d->io * 2 + (size_t)(d->B * d->TF) + (size_t)(d->B * d->E) * 5 + BL * (size_t)d->Dc * 3;
+}
+
+void dit_stem_layout(const dit_dims *d, float *b, dit_stem *s) {
+    size_t BT = (size_t)(d->B * d->T), BL = (size_t)(d->B * (d->L > 0 ? d->L : 1)), BE = (size_t)(d->B * d->E);
+    b = carve(b, &s->xt, BT * (size_t)d->io); b = carve(b, &s->xt2, BT * (size_t)d->io);
+    b = carve(b, &s->tf, (size_t)(d->B * d->TF)); b = carve(b, &s->t_pre, BE); b = carve(b, &s->t_act, BE);
+    b = carve(b, &s->g_pre, BE); b = carve(b, &s->g_act, BE);
+    b = carve(b, &s->c_pre, BL * (size_t)d->Dc); b = carve(b, &s->c_act, BL * (size_t)d->Dc);
+    b = carve(b, &s->cc, BL * (size_t)d->Dc); carve(b, &s->tok, BE);
+}
+
+/* y = W2 silu(W1 x + b1) + b2 keeping the hidden layer before (pre) and after (act) the SiLU. */
+static int mlp2(sao_ctx *ctx, const float *x, int64_t n, int64_t in, int64_t hid, int64_t out,
+                const float *w1, const float *b1, const float *w2, const float *b2, float *pre, float *act,
+                float *y) {
+    if (sao_linear_forward(ctx, x, w1, b1, n, in, hid, 0, pre)) return -1;
+    if (sao_silu_forward(ctx, pre, n * hid, act)) return -1;
+    return sao_linear_forward(ctx, act, w2, b2, n, hid, out, 0, y);
+}
+
+int dit_stem_forward(sao_ctx *ctx, const sao_dit *m, const dit_dims *d, const float *x, const float *t,
+                     const float *cross, const float *global, dit_stem *s, float *h) {
+    int64_t B = d->B, T = d->T, N = d->N, E = d->E, io = d->io;
+    /* context: to_cond_embed (SiLU MLP without biases), shared by every block */
+    if (d->L > 0 && mlp2(ctx, cross, B * d->L, d->Dc, d->Dc, d->Dc, m->c_w1, NULL, m->c_w2, NULL, s->c_pre,
+                         s->c_act, s->cc)) return -1;
+    /* the prepended token: timestep embedding ([cos, sin] Fourier features) + global embedding */
+    if (sao_fourier_features_forward(ctx, t, m->t_feat_w, B, d->TF / 2, s->tf)) return -1;
+    if (mlp2(ctx, s->tf, B, d->TF, E, E, m->t_w1, m->t_b1, m->t_w2, m->t_b2, s->t_pre, s->t_act, s->tok)) return -1;
+    if (mlp2(ctx, global, B, d->Dg, E, E, m->g_w1, NULL, m->g_w2, NULL, s->g_pre, s->g_act, h)) return -1;
+    for (int64_t k = 0; k < B * E; k++) s->tok[k] += h[k];
+    /* x + pre_conv(x) in token layout, project_in into rows 1..T; the token into row 0 */
+    if (sao_transpose_forward(ctx, x, B, io, T, 0, s->xt)) return -1;
+    memcpy(s->xt2, s->xt, (size_t)(B * T * io) * sizeof(float));
+    if (sao_linear_forward(ctx, s->xt, m->pre_conv, NULL, B * T, io, io, 1, s->xt2)) return -1;
+    for (int64_t b = 0; b < B; b++) {
+        memcpy(h + b * N * E, s->tok + b * E, (size_t)E * sizeof(float));
+        if (sao_linear_forward(ctx, s->xt2 + b * T * io, m->proj_in, NULL, T, io, E, 0, h + (b * N + 1) * E)) return -1;
+    }
+    return 0;
+}
+
+int dit_block_forward(sao_ctx *ctx, const sao_dit *m, int i, const dit_dims *d, const float *cc,
+                      float *h, dit_acts *a) {
+    const dit_layer *l = &m->layers[i];
+    int64_t B = d->B, N = d->N, E = d->E, D = d->D, H = d->H, L = d->L, Dc = d->Dc, F = d->F;
+    /* self-attention, partial RoPE on q and k, read in place from the fused qkv rows */
+    if (sao_layernorm_forward(ctx, h, l->pre_g, NULL, B * N, E, 1e-5f, a->ln1, a->mean1, a->rstd1)) return -1;
+    if (sao_linear_forward(ctx, a->ln1, l->qkv, NULL, B * N, E, 3 * E, 0, a->qkv)) return -1;
+    int64_t qs[3] = {N * 3 * E, D, 3 * E};
+    if (sao_rope_forward(ctx, a->qkv, B, H, N, D, qs, d->rot, 0, m->inv_freq, 10000.0, a->qkv)) return -1;
+    if (sao_rope_forward(ctx, a->qkv + E, B, H, N, D, qs, d->rot, 0, m->inv_freq, 10000.0, a->qkv + E)) return -1;
+    sao_attn_desc sa = {.B = B, .H = H, .Hkv = H, .T = N, .M = N, .D = D, .scale = 0,
+                        .q_stride = {N * 3 * E, D, 3 * E}, .k_stride = {N * 3 * E, D, 3 * E},
+                        .v_stride = {N * 3 * E, D, 3 * E}, .o_stride = {N * E, D, E}};
+    if (sao_attention_forward(ctx, &sa, a->qkv, a->qkv + E, a->qkv + 2 * E, NULL, NULL, a->att1, a->lse1)) return -1;
+    if (sao_linear_forward(ctx, a->att1, l->attn_out, NULL, B * N, E, E, 1, h)) return -1;
+    memcpy(a->h1, h, (size_t)(B * N * E) * sizeof(float));
+    /* cross-attention on the 768-d context, K/V heads shared by consecutive query heads */
+    if (L > 0) {
+        if (sao_layernorm_forward(ctx, h, l->ca_g, NULL, B * N, E, 1e-5f, a->ln2, a->mean2, a->rstd2)) return -1;
+        if (sao_linear_forward(ctx, a->ln2, l->ca_q, NULL, B * N, E, E, 0, a->q2)) return -1;
+        if (sao_linear_forward(ctx, cc, l->ca_kv, NULL, B * L, Dc, 2 * Dc, 0, a->kv)) return -1;
+        sao_attn_desc ca = {.B = B, .H = H, .Hkv = d->Hkv, .T = N, .M = L, .D = D, .scale = 0,
+                            .q_stride = {N * E, D, E}, .k_stride = {L * 2 * Dc, D, 2 * Dc},
+                            .v_stride = {L * 2 * Dc, D, 2 * Dc}, .o_stride = {N * E, D, E}};
+        if (sao_attention_forward(ctx, &ca, a->q2, a->kv, a->kv + Dc, NULL, NULL, a->att2, a->lse2)) return -1;
+        if (sao_linear_forward(ctx, a->att2, l->ca_out, NULL, B * N, E, E, 1, h)) return -1;
+    }
+    memcpy(a->h2, h, (size_t)(B * N * E) * sizeof(float));
+    /* feed-forward: SwiGLU */
+    if (sao_layernorm_forward(ctx, h, l->ff_g, NULL, B * N, E, 1e-5f, a->ln3, a->mean3, a->rstd3)) return -1;
+    if (sao_linear_forward(ctx, a->ln3, l->ff_w1, l->ff_b1, B * N, E, 2 * F, 0, a->p)) return -1;
+    if (sao_swiglu_forward(ctx, a->p, B * N, F, a->g)) return -1;
+    return sao_linear_forward(ctx, a->g, l->ff_w2, l->ff_b2, B * N, F, E, 1, h);
+}
+
+int dit_head_forward(sao_ctx *ctx, const sao_dit *m, const dit_dims *d, const float *h, float *o,
+                     float *ot, float *y) {
+    int64_t B = d->B, T = d->T, N = d->N, io = d->io;
+    if (sao_linear_forward(ctx, h, m->proj_out, NULL, B * N, d->E, io, 0, o)) return -1;
+    for (int64_t b = 0; b < B; b++) memcpy(ot + b * T * io, o + (b * N + 1) * io, (size_t)(T * io) * sizeof(float));
+    memcpy(y, ot, (size_t)(B * T * io) * sizeof(float));
+    return sao_linear_forward(ctx, ot, m->post_conv, NULL, B * T, io, io, 1, y);
+}
+
 static float *ws_get(sao_ctx *ctx, sao_dit *m, size_t need) {
     if (need > m->ws_size) {
         float *w = realloc(m->ws, need * sizeof(float));
@@ -123,128 +229,68 @@ static float *ws_get(sao_ctx *ctx, sao_dit *m, size_t need) {
     return m->ws;
 }
 
-/* In place SiLU MLP helper: y = W2 silu(W1 x + b1) + b2, x [n, in] -> y [n, out]; tmp [n, hid]. */
-static int mlp2(sao_ctx *ctx, const float *x, int64_t n, int64_t in, int64_t hid, int64_t out,
-                const float *w1, const float *b1, const float *w2, const float *b2, float *tmp, float *y) {
-    if (sao_linear_forward(ctx, x, w1, b1, n, in, hid, 0, tmp)) return -1;
-    if (sao_silu_forward(ctx, tmp, n * hid, tmp)) return -1;
-    return sao_linear_forward(ctx, tmp, w2, b2, n, hid, out, 0, y);
-}
-
 int sao_dit_forward(sao_ctx *ctx, sao_dit *m, const float *x, const float *t, const float *cross,
                     const float *global, int64_t B, int64_t T, int64_t L, double cfg_scale,
                     double scale_phi, float *out, float *hidden) {
     const char *op = "dit_forward";
-    const sao_dit_config *c = &m->cfg;
     if (!m->t_w1) return sao_err(ctx, op, "the model has no weights bound (load a checkpoint first)");
     if (B <= 0 || T <= 0 || L < 0) return sao_err(ctx, op, "bad sizes B=%lld T=%lld L=%lld", (long long)B, (long long)T, (long long)L);
     int cfg_on = cfg_scale != 1.0 && L > 0;
     int64_t BB = cfg_on ? 2 * B : B;               /* batch through the transformer */
-    int64_t io = c->io_channels, E = c->embed_dim, H = c->num_heads, D = E / H, Dc = c->cond_token_dim;
-    int64_t Dg = c->global_cond_dim, Hkv = Dc / D, F = c->ff_mult * E, TF = c->timestep_features_dim;
-    int64_t N = T + 1, rot = D / 2 > 32 ? D / 2 : 32;
-    int64_t Lk = L > 0 ? L : 1;
-
-    /* workspace layout (floats) */
-    size_t n_h = (size_t)(BB * N * E), n_ln = n_h, n_big = (size_t)(BB * N * (2 * F > 3 * E ? 2 * F : 3 * E));
-    size_t n_att = n_h, n_ff = (size_t)(BB * N * F), n_c = (size_t)(BB * Lk * Dc), n_kv = (size_t)(BB * Lk * 2 * Dc);
-    size_t n_tok = (size_t)(BB * (E + TF + E + E)), n_x = (size_t)(BB * T * io) * 2, n_o = (size_t)(BB * N * io);
-    size_t total = n_h + n_ln + n_big + n_att + n_ff + n_c * 2 + n_kv + n_tok + n_x + n_o;
+    dit_dims d;
+    dit_dims_init(m, BB, T, L, &d);
+    int64_t io = d.io, E = d.E, N = d.N;
+    /* inputs of the doubled batch: [x; x], [t; t], [cross; 0], [global; global] */
+    size_t n_in = (size_t)(BB * io * T + BB + BB * (L > 0 ? L : 1) * d.Dc + BB * d.Dg);
+    size_t n_h = (size_t)(BB * N * E), n_o = (size_t)(BB * N * io), n_y = (size_t)(BB * T * io);
+    size_t total = n_in + dit_stem_size(&d) + dit_acts_size(&d) + n_h + n_o + 2 * n_y;
     float *w = ws_get(ctx, m, total);
     if (!w) return -1;
-    float *h = w, *ln = h + n_h, *big = ln + n_ln, *att = big + n_big, *ff = att + n_att;
-    float *cc = ff + n_ff, *ctmp = cc + n_c, *kv = ctmp + n_c, *tok = kv + n_kv, *xt = tok + n_tok;
-    float *o = xt + n_x;
-    float *tf = tok + BB * E, *tmpE = tf + BB * TF, *gE = tmpE + BB * E;
-    float *xt2 = xt + BB * T * io;
-
-    /* cross context: cond rows then zero rows for the CFG half; to_cond_embed (no biases) */
+    float *xi = w, *ti = xi + BB * io * T, *ci = ti + BB, *gi = ci + BB * (L > 0 ? L : 1) * d.Dc;
+    float *sbuf = gi + BB * d.Dg, *abuf = sbuf + dit_stem_size(&d), *h = abuf + dit_acts_size(&d);
+    float *o = h + n_h, *ot = o + n_o, *y = ot + n_y;
+    for (int64_t b = 0; b < BB; b++) {
+        memcpy(xi + b * io * T, x + (b % B) * io * T, (size_t)(io * T) * sizeof(float));
+        ti[b] = t[b % B];
+        memcpy(gi + b * d.Dg, global + (b % B) * d.Dg, (size_t)d.Dg * sizeof(float));
+    }
     if (L > 0) {
-        memcpy(ctmp, cross, (size_t)(B * L * Dc) * sizeof(float));
-        if (cfg_on) memset(ctmp + B * L * Dc, 0, (size_t)(B * L * Dc) * sizeof(float));
-        if (mlp2(ctx, ctmp, BB * L, Dc, Dc, Dc, m->c_w1, NULL, m->c_w2, NULL, kv, cc)) return -1;
+        memcpy(ci, cross, (size_t)(B * L * d.Dc) * sizeof(float));
+        if (cfg_on) memset(ci + B * L * d.Dc, 0, (size_t)(B * L * d.Dc) * sizeof(float));
     }
-    /* the prepended token: timestep embedding + global embedding; the CFG half repeats both */
-    float tt[2 * B > 0 ? 2 * B : 1];
-    for (int64_t b = 0; b < BB; b++) tt[b] = t[b % B];
-    if (sao_fourier_features_forward(ctx, tt, m->t_feat_w, BB, TF / 2, tf)) return -1;
-    if (mlp2(ctx, tf, BB, TF, E, E, m->t_w1, m->t_b1, m->t_w2, m->t_b2, tmpE, tok)) return -1;
-    for (int64_t b = 0; b < BB; b++) {
-        if (mlp2(ctx, global + (b % B) * Dg, 1, Dg, E, E, m->g_w1, NULL, m->g_w2, NULL, tmpE, gE + b * E)) return -1;
-        for (int64_t e = 0; e < E; e++) tok[b * E + e] += gE[b * E + e];
-    }
-    /* x + pre_conv(x) in token layout, then project_in into rows 1..T of h */
-    for (int64_t b = 0; b < BB; b++) {
-        if (sao_transpose_forward(ctx, x + (b % B) * io * T, 1, io, T, 0, xt + b * T * io)) return -1;
-    }
-    memcpy(xt2, xt, (size_t)(BB * T * io) * sizeof(float));
-    if (sao_linear_forward(ctx, xt, m->pre_conv, NULL, BB * T, io, io, 1, xt2)) return -1;
-    for (int64_t b = 0; b < BB; b++) {
-        memcpy(h + b * N * E, tok + b * E, (size_t)E * sizeof(float));
-        if (sao_linear_forward(ctx, xt2 + b * T * io, m->proj_in, NULL, T, io, E, 0, h + (b * N + 1) * E)) return -1;
-    }
-
-    for (int i = 0; i < c->depth; i++) {
-        const dit_layer *l = &m->layers[i];
-        /* self-attention with partial RoPE, q/k/v read in place from the fused qkv rows */
-        if (sao_layernorm_forward(ctx, h, l->pre_g, NULL, BB * N, E, 1e-5f, ln, NULL, NULL)) return -1;
-        if (sao_linear_forward(ctx, ln, l->qkv, NULL, BB * N, E, 3 * E, 0, big)) return -1;
-        int64_t qs[3] = {N * 3 * E, D, 3 * E};
-        if (sao_rope_forward(ctx, big, BB, H, N, D, qs, rot, 0, m->inv_freq, 10000.0, big)) return -1;
-        if (sao_rope_forward(ctx, big + E, BB, H, N, D, qs, rot, 0, m->inv_freq, 10000.0, big + E)) return -1;
-        sao_attn_desc a = {.B = BB, .H = H, .Hkv = H, .T = N, .M = N, .D = D, .scale = 0,
-                           .q_stride = {N * 3 * E, D, 3 * E}, .k_stride = {N * 3 * E, D, 3 * E},
-                           .v_stride = {N * 3 * E, D, 3 * E}, .o_stride = {N * E, D, E}};
-        if (sao_attention_forward(ctx, &a, big, big + E, big + 2 * E, NULL, NULL, att, NULL)) return -1;
-        if (sao_linear_forward(ctx, att, l->attn_out, NULL, BB * N, E, E, 1, h)) return -1;
-        /* cross-attention: 768-d context through to_kv, K/V heads shared by consecutive query heads */
-        if (L > 0) {
-            if (sao_layernorm_forward(ctx, h, l->ca_g, NULL, BB * N, E, 1e-5f, ln, NULL, NULL)) return -1;
-            if (sao_linear_forward(ctx, ln, l->ca_q, NULL, BB * N, E, E, 0, big)) return -1;
-            if (sao_linear_forward(ctx, cc, l->ca_kv, NULL, BB * L, Dc, 2 * Dc, 0, kv)) return -1;
-            sao_attn_desc ca = {.B = BB, .H = H, .Hkv = Hkv, .T = N, .M = L, .D = D, .scale = 0,
-                                .q_stride = {N * E, D, E}, .k_stride = {L * 2 * Dc, D, 2 * Dc},
-                                .v_stride = {L * 2 * Dc, D, 2 * Dc}, .o_stride = {N * E, D, E}};
-            if (sao_attention_forward(ctx, &ca, big, kv, kv + Dc, NULL, NULL, att, NULL)) return -1;
-            if (sao_linear_forward(ctx, att, l->ca_out, NULL, BB * N, E, E, 1, h)) return -1;
-        }
-        /* feed-forward: SwiGLU */
-        if (sao_layernorm_forward(ctx, h, l->ff_g, NULL, BB * N, E, 1e-5f, ln, NULL, NULL)) return -1;
-        if (sao_linear_forward(ctx, ln, l->ff_w1, l->ff_b1, BB * N, E, 2 * F, 0, big)) return -1;
-        if (sao_swiglu_forward(ctx, big, BB * N, F, ff)) return -1;
-        if (sao_linear_forward(ctx, ff, l->ff_w2, l->ff_b2, BB * N, F, E, 1, h)) return -1;
+    dit_stem s;
+    dit_acts a;
+    dit_stem_layout(&d, sbuf, &s);
+    dit_acts_layout(&d, abuf, &a);
+    if (dit_stem_forward(ctx, m, &d, xi, ti, L > 0 ? ci : NULL, gi, &s, h)) return -1;
+    for (int i = 0; i < m->cfg.depth; i++) {
+        if (dit_block_forward(ctx, m, i, &d, s.cc, h, &a)) return -1;
         if (hidden) memcpy(hidden + (size_t)i * B * N * E, h, (size_t)(B * N * E) * sizeof(float));
         if (sao_interrupt_pending()) return sao_err(ctx, op, "interrupted");
     }
-
-    /* project_out, drop the prepended token, post_conv residual, back to [B, io, T] */
-    if (sao_linear_forward(ctx, h, m->proj_out, NULL, BB * N, E, io, 0, o)) return -1;
-    for (int64_t b = 0; b < BB; b++)
-        memcpy(xt + b * T * io, o + (b * N + 1) * io, (size_t)(T * io) * sizeof(float));
-    memcpy(xt2, xt, (size_t)(BB * T * io) * sizeof(float));
-    if (sao_linear_forward(ctx, xt, m->post_conv, NULL, BB * T, io, io, 1, xt2)) return -1;
-    /* xt2 is [BB, T, io]: combine the CFG halves in token layout, then transpose into out */
+    if (dit_head_forward(ctx, m, &d, h, o, ot, y)) return -1;
+    /* y is [BB, T, io]: combine the CFG halves in token layout, then transpose into out */
     if (cfg_on) {
         int64_t n = B * T * io;
-        float *cond = xt2, *unc = xt2 + n;
-        for (int64_t k = 0; k < n; k++) xt[k] = unc[k] + (float)cfg_scale * (cond[k] - unc[k]);
+        float *cond = y, *unc = y + n, *g = ot;
+        for (int64_t k = 0; k < n; k++) g[k] = unc[k] + (float)cfg_scale * (cond[k] - unc[k]);
         if (scale_phi != 0.0) {
             /* std over the io channels (unbiased) per (batch, time), of cond and of the CFG output */
             for (int64_t r = 0; r < B * T; r++) {
                 double sc = 0, sc2 = 0, sg = 0, sg2 = 0;
                 for (int64_t ch = 0; ch < io; ch++) {
-                    double a = cond[r * io + ch], g = xt[r * io + ch];
-                    sc += a; sc2 += a * a; sg += g; sg2 += g * g;
+                    double a_ = cond[r * io + ch], g_ = g[r * io + ch];
+                    sc += a_; sc2 += a_ * a_; sg += g_; sg2 += g_ * g_;
                 }
                 double vc = (sc2 - sc * sc / io) / (io - 1), vg = (sg2 - sg * sg / io) / (io - 1);
                 double ratio = sqrt(vc > 0 ? vc : 0) / sqrt(vg > 0 ? vg : 1e-30);
                 for (int64_t ch = 0; ch < io; ch++) {
-                    double g = xt[r * io + ch];
-                    xt[r * io + ch] = (float)(scale_phi * g * ratio + (1 - scale_phi) * g);
+                    double g_ = g[r * io + ch];
+                    g[r * io + ch] = (float)(scale_phi * g_ * ratio + (1 - scale_phi) * g_);
                 }
             }
         }
-        return sao_transpose_forward(ctx, xt, B, T, io, 0, out);
+        return sao_transpose_forward(ctx, g, B, T, io, 0, out);
     }
-    return sao_transpose_forward(ctx, xt2, B, T, io, 0, out);
+    return sao_transpose_forward(ctx, y, B, T, io, 0, out);
 }

@@ -68,6 +68,93 @@ int sao_sample_step(sao_ctx *ctx, int kind, int64_t n, float *x /* in/out */, co
                     float *den1, float *den2, int have, double sig, double sig_next, double h1,
                     double h2, double eta, const float *noise);
 
+/* ---- Oobleck VAE (vae.c): SAO's autoencoder (pretransform), encoder + VAE bottleneck + decoder --
+ * Keys are upstream's without the checkpoint prefix (SAO: "pretransform.model."): encoder.layers.*,
+ * decoder.layers.* with weight_g/weight_v/bias per conv, alpha/beta per Snake (SAO_SPEC 3).
+ * Encoder and decoder share channels/c_mults/strides (true of every published Oobleck config);
+ * the encoder emits 2*latent_dim channels (mean | scale). Bind every key, then sao_vae_prepare
+ * folds the weight norm (encode/decode also fold on first use and after a rebind).
+ * A batch runs one item at a time. Working memory per call, besides the folded weights (one
+ * float per conv weight of the enabled parts: SAO 312 MB per part) and the caller's in/outputs:
+ *   decode      3 * C0 * decoded_len(L) floats (C0 = channels * 1 = the last stage's width)
+ *               SAO: 3 MiB per latent frame, 3 GiB for 1024 frames (47.5 s)
+ *   decode_chunked  the same for `chunk` frames + one window in/out, independent of L:
+ *               SAO chunk 128: 386 MiB (+ the conv kernel's 8 MB im2col), for any length
+ *   encode      3 * C0 * S floats (SAO: 1.5 KiB per sample, 3 GiB for 2^21 samples);
+ *               encode_chunked bounds it the same way as decode_chunked.
+ * sao_vae_workspace_bytes returns the exact figure. One handle is not thread-safe. */
+enum { SAO_VAE_ENCODER = 1, SAO_VAE_DECODER = 2, SAO_VAE_MAX_BLOCKS = 8 };
+enum { SAO_VAE_SAMPLE = 0, SAO_VAE_MEAN = 1 };
+typedef struct sao_vae_config {
+    int in_channels;            /* audio channels into the encoder (SAO: 2) */
+    int out_channels;           /* audio channels out of the decoder (SAO: 2) */
+    int channels;               /* base width (SAO: 128) */
+    int latent_dim;             /* bottleneck latent channels (SAO: 64; the encoder emits 128) */
+    int n_blocks;               /* len(c_mults) = len(strides), 1..8 (SAO: 5) */
+    int c_mults[8];             /* SAO: 1 2 4 8 16 (upstream prepends a 1 itself) */
+    int strides[8];             /* SAO: 2 4 4 8 8 (the decoder runs them reversed) */
+    int final_tanh;             /* decoder tanh (SAO: 0) */
+    int parts;                  /* SAO_VAE_ENCODER | SAO_VAE_DECODER; 0 = both */
+} sao_vae_config;
+typedef struct sao_vae sao_vae;
+sao_vae *sao_vae_new(sao_ctx *ctx, const sao_vae_config *cfg);
+void sao_vae_free(sao_vae *m);
+sao_params *sao_vae_params(sao_vae *m);
+const sao_vae_config *sao_vae_get_config(const sao_vae *m);
+int sao_vae_prepare(sao_ctx *ctx, sao_vae *m);             /* checks + folds W = g v / ||v|| */
+int64_t sao_vae_downsampling_ratio(const sao_vae *m);      /* prod(strides) (SAO: 2048) */
+int64_t sao_vae_encoded_len(const sao_vae *m, int64_t S);  /* latent frames for S samples */
+int64_t sao_vae_decoded_len(const sao_vae *m, int64_t L);  /* samples for L latent frames */
+/* bytes of activation workspace a call needs: decode (1) or encode (0), length in latent frames
+ * (decode) or samples (encode), chunk in latent frames (0 = unchunked). */
+int64_t sao_vae_workspace_bytes(const sao_vae *m, int decode, int64_t length, int64_t chunk);
+void sao_vae_release_workspace(sao_vae *m);                /* frees it until the next call */
+/* audio [B, in, S] -> latents [B, latent, L] (L = encoded_len(S)); mode SAO_VAE_SAMPLE:
+ * z = mean + std * eps with eps [B, latent, L] N(0,1) (upstream always samples), SAO_VAE_MEAN:
+ * z = mean. raw, when not NULL, receives the encoder output [B, 2*latent, L] (mean | scale);
+ * latents may be NULL when only raw is wanted. */
+int sao_vae_encode(sao_ctx *ctx, sao_vae *m, const float *audio, int64_t B, int64_t S, int mode,
+                   const float *eps, float *latents /* out */, float *raw /* out, may be NULL */);
+/* upstream encode_audio(chunked=True): windows of `chunk` latent frames (chunk * ratio samples)
+ * overlapping by `overlap`, overlap/2 discarded at inner edges; S a multiple of the ratio. */
+int sao_vae_encode_chunked(sao_ctx *ctx, sao_vae *m, const float *audio, int64_t B, int64_t S,
+                           int mode, const float *eps, int64_t chunk, int64_t overlap,
+                           float *latents /* out */, float *raw /* out, may be NULL */);
+/* raw [B, 2*latent, L] -> z (per mode, eps as above), mean, std = softplus(scale) + 1e-4,
+ * kl = mean over (B, L) of sum_c (mean^2 + std^2 - log std^2 - 1); every output may be NULL. */
+int sao_vae_bottleneck(sao_ctx *ctx, const sao_vae *m, const float *raw, int64_t B, int64_t L,
+                       int mode, const float *eps, float *z /* out */, float *mean /* out */,
+                       float *std /* out */, double *kl /* out */);
+/* latents [B, latent, L] -> audio [B, out, decoded_len(L)] (SAO: 2048 L samples) */
+int sao_vae_decode(sao_ctx *ctx, sao_vae *m, const float *latents, int64_t B, int64_t L,
+                   float *audio /* out */);
+/* upstream decode_audio(chunked=True) (SAO_SPEC 3.5; SAO: chunk 128, overlap 32): windows of
+ * `chunk` frames every chunk - overlap, the last flush with the end, overlap/2 frames discarded
+ * at each inner edge. Equals the whole decode (to rounding) when the decoder's receptive field
+ * is under overlap/2 frames (SAO: about 10 frames). L <= chunk decodes in one pass. */
+int sao_vae_decode_chunked(sao_ctx *ctx, sao_vae *m, const float *latents, int64_t B, int64_t L,
+                           int64_t chunk, int64_t overlap, float *audio /* out */);
+
+
+/* ---- DiT training (dit_train.c): recorded forward + hand-written backward ------------------- */
+typedef struct sao_dit_train sao_dit_train;
+/* Plans and allocates activations for batch B, T latent frames, L context tokens. recompute 1
+ * keeps one block record and re-runs each block's forward during the backward. */
+sao_dit_train *sao_dit_train_new(sao_ctx *ctx, sao_dit *m, int64_t B, int64_t T, int64_t L, int recompute);
+void sao_dit_train_free(sao_dit_train *tr);
+int64_t sao_dit_train_bytes(const sao_dit_train *tr);          /* activations + gradients */
+sao_params *sao_dit_train_grads(sao_dit_train *tr);            /* gradient tensors by parameter name */
+int sao_dit_train_zero_grad(sao_ctx *ctx, sao_dit_train *tr);
+/* As sao_dit_forward with cfg_scale 1 (the caller zeroes dropped context rows); keeps the inputs'
+ * pointers until the backward. */
+int sao_dit_train_forward(sao_ctx *ctx, sao_dit_train *tr, const float *x, const float *t,
+                          const float *cross, const float *global, float *out /* out [B, io, T] */);
+/* dout [B, io, T] = d loss / d out; gradients accumulate into the grads registry, and into dx
+ * [B, io, T], dcross [B, L, Dc], dglobal [B, Dg] when those are not NULL. */
+int sao_dit_train_backward(sao_ctx *ctx, sao_dit_train *tr, const float *dout,
+                           float *dx /* out, accumulated */, float *dcross /* out, accumulated */,
+                           float *dglobal /* out, accumulated */);
+
 #ifdef __cplusplus
 }
 #endif
