@@ -1,0 +1,111 @@
+-- sao.optim — AdamW (decoupled weight decay, as torch.optim.AdamW), global-norm clipping, the
+-- non-finite guard and the EMA of the weights (ema_pytorch's decay schedule), over named tensors.
+--
+-- Torch7 style: the optimiser re-reads its config table at every step, so changing cfg.lr,
+-- cfg.weight_decay, ... (or cfg.schedule, a function(step, cfg)) between steps takes effect at
+-- once. State (m, v, step) is a table of tensors that checkpoints save and restore.
+local ffi = require "ffi"
+local sao = require "sao"
+local C = sao.C
+
+local M = {}
+
+--- Global L2 norm of the gradients (a number; inf/NaN when any gradient is).
+function M.grad_norm(grads)
+  local s, out = 0, ffi.new("double[1]")
+  for _, g in pairs(grads) do
+    sao.check(C.sao_sumsq(sao.ctx, g:data(), g:numel(), out))
+    s = s + out[0]
+  end
+  return math.sqrt(s)
+end
+
+local AdamW = {}
+AdamW.__index = AdamW
+
+--- params, grads: name -> f32 contiguous tensor (same names). cfg: {lr, betas={b1,b2}, eps,
+--- weight_decay, clip (max global norm or nil), schedule (function or nil)}.
+function M.adamw(params, grads, cfg)
+  local self = setmetatable({ params = params, grads = grads, cfg = cfg, state = { step = 0, m = {}, v = {} } }, AdamW)
+  self.names = {}
+  for k in pairs(params) do
+    if not grads[k] then error("adamw: no gradient for parameter '" .. k .. "'", 2) end
+    self.names[#self.names + 1] = k
+  end
+  table.sort(self.names)
+  for _, k in ipairs(self.names) do
+    self.state.m[k] = sao.zeros(params[k]:shape())
+    self.state.v[k] = sao.zeros(params[k]:shape())
+  end
+  return self
+end
+
+--- The learning rate the next step will use (schedule applied).
+function AdamW:lr()
+  local cfg = self.cfg
+  if cfg.schedule then return cfg.schedule(self.state.step, cfg) end
+  return cfg.lr
+end
+
+--- One step. Returns an info table {lr, grad_norm, skipped, clipped}. A non-finite gradient norm
+--- skips the step entirely (parameters, moments and the step count stay as they were).
+function AdamW:step()
+  local cfg = self.cfg
+  local norm = M.grad_norm(self.grads)
+  local info = { grad_norm = norm, lr = self:lr() }
+  if norm ~= norm or norm == math.huge then
+    info.skipped = true
+    return info
+  end
+  local scale = 1
+  if cfg.clip and cfg.clip > 0 and norm > cfg.clip then
+    scale = cfg.clip / (norm + 1e-6)
+    info.clipped = true
+  end
+  local b = cfg.betas or { 0.9, 0.999 }
+  local st = self.state
+  st.step = st.step + 1
+  for _, k in ipairs(self.names) do
+    local p, g = self.params[k], self.grads[k]
+    sao.check(C.sao_adamw_step(sao.ctx, p:data(), g:data(), st.m[k]:data(), st.v[k]:data(), p:numel(),
+      info.lr, b[1], b[2], cfg.eps or 1e-8, cfg.weight_decay or 0, st.step, scale))
+  end
+  return info
+end
+
+local EMA = {}
+EMA.__index = EMA
+
+--- EMA of `params` (name -> tensor) with ema_pytorch's schedule: beta 0.9999, power 3/4,
+--- update_after_step 1, inv_gamma 1 (SAO's defaults).
+function M.ema(params, opts)
+  opts = opts or {}
+  local self = setmetatable({ params = params, beta = opts.beta or 0.9999, power = opts.power or 0.75,
+    inv_gamma = opts.inv_gamma or 1, min_value = opts.min_value or 0, after = opts.update_after_step or 1,
+    step = 0, shadow = {} }, EMA)
+  for k, p in pairs(params) do self.shadow[k] = p:clone() end
+  return self
+end
+
+--- The decay used at update number `step` (1-based, counting this update).
+function EMA:decay(step)
+  local epoch = math.max(step - self.after - 1, 0)
+  if epoch <= 0 then return 0 end
+  local d = 1 - (1 + epoch / self.inv_gamma) ^ (-self.power)
+  return math.min(math.max(d, self.min_value), self.beta)
+end
+
+function EMA:update()
+  self.step = self.step + 1
+  if self.step <= self.after + 1 then      -- the first updates copy the online weights
+    for k, p in pairs(self.params) do self.shadow[k]:copy_(p) end
+    return 0
+  end
+  local d = self:decay(self.step)
+  for k, p in pairs(self.params) do
+    sao.check(C.sao_ema_update(sao.ctx, self.shadow[k]:data(), p:data(), p:numel(), d))
+  end
+  return d
+end
+
+return M
