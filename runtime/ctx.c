@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -23,6 +24,12 @@ void sao_interrupt_set(int on) { interrupt_flag = on ? 1 : 0; }
 int sao_interrupt_pending(void) { return interrupt_flag != 0; }
 
 const char *sao_version(void) { return SAO_VERSION; }
+
+double sao_file_mtime(const char *path) {
+    struct stat st;
+    if (!path || stat(path, &st) != 0) return -1;
+    return (double)st.st_mtim.tv_sec + (double)st.st_mtim.tv_nsec * 1e-9;
+}
 
 int sao_has_cuda(void) {
 #ifdef SAO_CUDA

@@ -62,7 +62,8 @@ function Train:backward(dout, opts)
 end
 
 --- The v objective (SAO_SPEC §7.1–7.3): x_t = a x0 + s n, v = a n - s x0 with (a, s) = (cos, sin)(pi t/2);
---- loss = mean((DiT(x_t, t) - v)^2). Runs forward and backward; returns loss, out, v, x_t, dcross, dglobal.
+--- loss = mean((DiT(x_t, t) - v)^2). Runs forward and backward (scaled by opts.dloss, default 1:
+--- gradient accumulation passes 1/accum); returns loss, out, v, x_t and, when opts asks, dx, dcross, dglobal.
 function Train:vloss(x0, noise, t, cross, global, opts)
   opts = opts or {}
   local B = x0:size(1)
@@ -78,7 +79,7 @@ function Train:vloss(x0, noise, t, cross, global, opts)
   local loss = ffi.new("double[1]")
   sao.check(C.sao_mse_forward(sao.ctx, out:data(), models.f32(v):data(), n, loss))
   local dout = sao.zeros(out:shape())
-  sao.check(C.sao_mse_backward(sao.ctx, out:data(), v:data(), n, 1.0, dout:data()))
+  sao.check(C.sao_mse_backward(sao.ctx, out:data(), v:data(), n, opts.dloss or 1.0, dout:data()))
   local dx, dc, dg = self:backward(dout, { dx = opts.dx, dcross = opts.dcross, dglobal = opts.dglobal })
   return loss[0], out, v, xt, dx, dc, dg
 end

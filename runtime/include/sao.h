@@ -32,6 +32,9 @@ int sao_ctx_set_threads(sao_ctx *ctx, int n);   /* n >= 1 */
 const char *sao_version(void);
 int sao_has_cuda(void);                         /* 1 when the CUDA backend was compiled in */
 
+/* Modification time of a file in seconds (with sub-second part), or -1 when it cannot be read. */
+double sao_file_mtime(const char *path);
+
 /* Cooperative interruption (Ctrl-C in the REPL): long loops poll this flag. */
 void sao_interrupt_set(int on);
 int sao_interrupt_pending(void);

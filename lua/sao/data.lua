@@ -1,0 +1,66 @@
+-- sao.data — training data loaders. A loader has :next() -> batch, :state() -> a plain table and
+-- :set_state(t), so a checkpoint can record where it was and a resumed run continues from there.
+--
+-- sao.data.memory(items, {batch=, seed=}): items are tables of same-shaped tensors (e.g.
+-- {latents=[io,T], cross=[L,Dc], global=[Dg]}); a batch stacks `batch` of them along a new first
+-- dimension. Each epoch visits every item once in an order drawn from Philox(seed, epoch), so the
+-- order is the same on every machine and restartable at any position.
+local sao = require "sao"
+
+local M = {}
+local Memory = {}
+Memory.__index = Memory
+
+local function permutation(n, seed, epoch)
+  local keys = sao.rand { { n }, seed = seed, offset = epoch * (math.ceil(n / 4) + 1), dtype = "f64" }:totable()
+  local idx = {}
+  for i = 1, n do idx[i] = i end
+  table.sort(idx, function(a, b)
+    if keys[a] ~= keys[b] then return keys[a] < keys[b] end
+    return a < b
+  end)
+  return idx
+end
+M.permutation = permutation
+
+function M.memory(items, opts)
+  opts = opts or {}
+  if #items == 0 then error("data.memory: no items", 2) end
+  local self = setmetatable({ items = items, batch = opts.batch or 1, seed = opts.seed or 0, epoch = 0, pos = 0 }, Memory)
+  self.order = permutation(#items, self.seed, 0)
+  return self
+end
+
+function Memory:next()
+  local picked = {}
+  for i = 1, self.batch do
+    if self.pos >= #self.items then
+      self.epoch = self.epoch + 1
+      self.pos = 0
+      self.order = permutation(#self.items, self.seed, self.epoch)
+    end
+    self.pos = self.pos + 1
+    picked[i] = self.items[self.order[self.pos]]
+  end
+  local out = {}
+  for k, v in pairs(picked[1]) do
+    if sao.is_tensor(v) then
+      local list = {}
+      for i = 1, #picked do list[i] = picked[i][k] end
+      out[k] = sao.stack(list, 1)
+    else
+      local list = {}
+      for i = 1, #picked do list[i] = picked[i][k] end
+      out[k] = list
+    end
+  end
+  return out
+end
+
+function Memory:state() return { epoch = self.epoch, pos = self.pos } end
+function Memory:set_state(s)
+  self.epoch, self.pos = s.epoch, s.pos
+  self.order = permutation(#self.items, self.seed, self.epoch)
+end
+
+return M

@@ -1,0 +1,285 @@
+-- sao.train — the fine-tuning loop: Lua calling C steps (SAO_SPEC §7).
+--
+--   local trainer = sao.train.new{
+--     dit = dit,                          -- a sao.dit handle with weights
+--     data = loader,                      -- :next() -> {latents=[B,io,T], cross=[B,L,Dc], global=[B,Dg]}
+--     batch = 4, frames = 256, context = 130,
+--     optimizer = {lr = 5e-5, betas = {0.9, 0.999}, eps = 1e-8, weight_decay = 1e-3, clip = nil},
+--     schedule = "inverse_lr",            -- a name, {name=, ...}, or function(step, cfg)
+--     schedule_file = "runs/x/schedule.lua", -- hot swap: reloaded when the file changes
+--     ema = {beta = 0.9999, power = 0.75}, cfg_dropout = 0.1, seed = 42, accum = 1,
+--     recompute = false, run_dir = "runs/x", checkpoint_every = 1000, log_every = 1,
+--   }
+--   for i = 1, 100 do trainer:step() end
+--   trainer:save()                       -- runs/x/checkpoints/step-N/
+--   local again = sao.train.resume("runs/x/checkpoints/step-N", {dit = dit2, data = loader2})
+--
+-- Randomness (t, noise, CFG dropout) is a pure function of (seed, step, micro-batch) through
+-- Philox, so a resumed run draws exactly what the original would have: bit-exact resume.
+-- The optimiser re-reads trainer.cfg.optimizer every step; assigning trainer.cfg.schedule (from the
+-- REPL, say) or editing the schedule file swaps the schedule at the next step, and is logged.
+local ffi = require "ffi"
+local cjson = require "cjson"
+local sao = require "sao"
+local optim = require "sao.optim"
+local schedules = require "sao.schedules"
+local C = sao.C
+
+local M = {}
+local Trainer = {}
+Trainer.__index = Trainer
+
+local function mkdir_p(path) os.execute("mkdir -p '" .. path:gsub("'", "'\\''") .. "'") end
+M.mkdir_p = mkdir_p
+
+local function write_atomic(path, text)
+  local tmp = path .. ".tmp." .. tostring(os.time()) .. tostring(math.random(1e9))
+  local f = assert(io.open(tmp, "wb"))
+  f:write(text)
+  f:close()
+  assert(os.rename(tmp, path))
+end
+M.write_atomic = write_atomic
+
+local function now()
+  local t = ffi.new("struct { long s; long ns; }")
+  ffi.C.clock_gettime(1, ffi.cast("void*", t))
+  return tonumber(t.s) + tonumber(t.ns) * 1e-9
+end
+pcall(ffi.cdef, "int clock_gettime(int clk, void *ts);")
+
+-- Trainable parameters of a DiT: name -> tensor (owned, writable copies), buffers excluded.
+local function trainable(dit)
+  local p = dit:params()
+  local out = {}
+  for i = 0, C.sao_params_count(p) - 1 do
+    local name = ffi.string(C.sao_params_name(p, i))
+    local t = C.sao_params_tensor(p, i)
+    if t ~= nil and not name:match("%.beta$") and not name:match("inv_freq$") then
+      -- rebind a private copy: checkpoint tensors may be read-only mappings
+      local own = sao.tensor_from_ptr(sao.checkp(C.sao_tensor_clone(sao.ctx, t)))
+      sao.check(C.sao_params_bind(sao.ctx, p, name, own:raw()))
+      out[name] = sao.tensor_from_ptr(sao.checkp(C.sao_tensor_view_of(sao.ctx, C.sao_params_tensor(p, i))))
+    end
+  end
+  return out
+end
+
+--- Per-item uniform t in [0, 1), stratified over the batch (one item per 1/B stratum, shuffled by
+--- the uniform draw itself), from Philox stream (seed, counter).
+local function draw_t(B, seed, counter)
+  local u = sao.rand { { B }, seed = seed, offset = counter, dtype = "f64" }:totable()
+  local t = {}
+  for i = 1, B do t[i] = ((i - 1) + u[i]) / B end
+  return sao.tensor(t)
+end
+
+function M.new(cfg)
+  if not cfg.dit then error("train: cfg.dit (a sao.dit handle with weights) is required", 2) end
+  if not cfg.data then error("train: cfg.data (a loader with :next()) is required", 2) end
+  local self = setmetatable({ cfg = cfg }, Trainer)
+  cfg.optimizer = cfg.optimizer or {}
+  local oc = cfg.optimizer
+  oc.lr = oc.lr or 5e-5
+  oc.betas = oc.betas or { 0.9, 0.999 }
+  oc.eps = oc.eps or 1e-8
+  oc.weight_decay = oc.weight_decay or 1e-3
+  cfg.seed = cfg.seed or 42
+  cfg.accum = cfg.accum or 1
+  cfg.cfg_dropout = cfg.cfg_dropout == nil and 0.1 or cfg.cfg_dropout
+  cfg.log_every = cfg.log_every or 1
+  if cfg.schedule_file then
+    self.schedule_mtime = C.sao_file_mtime(cfg.schedule_file)
+    if self.schedule_mtime >= 0 then cfg.schedule = schedules.load_file(cfg.schedule_file) end
+  end
+  cfg.schedule = schedules.resolve(cfg.schedule)
+  self.params = trainable(cfg.dit)
+  self.tr = sao.dit_train.new(cfg.dit, { batch = cfg.batch, frames = cfg.frames, context = cfg.context or 0,
+    recompute = cfg.recompute })
+  local all = self.tr:grads()
+  self.grads = {}
+  for k in pairs(self.params) do self.grads[k] = all[k] end
+  oc.schedule = cfg.schedule
+  self.opt = optim.adamw(self.params, self.grads, oc)
+  self.ema = cfg.ema ~= false and optim.ema(self.params, cfg.ema or {}) or nil
+  self.step_n = 0
+  self.last_schedule = cfg.schedule
+  self.nparams = cfg.dit:parameter_count()
+  if cfg.run_dir then
+    mkdir_p(cfg.run_dir)
+    self.log_path = cfg.run_dir .. "/log.jsonl"
+  end
+  return self
+end
+
+function Trainer:log(rec)
+  if self.log_path then
+    local f = assert(io.open(self.log_path, "a"))
+    f:write(cjson.encode(rec), "\n")
+    f:close()
+  end
+end
+
+-- Hot swap: the schedule file changed on disk, or cfg.schedule was reassigned.
+function Trainer:check_schedule()
+  local cfg = self.cfg
+  if cfg.schedule_file then
+    local mt = C.sao_file_mtime(cfg.schedule_file)
+    if mt >= 0 and mt ~= self.schedule_mtime then
+      self.schedule_mtime = mt
+      local ok, f = pcall(schedules.load_file, cfg.schedule_file)
+      if ok then
+        cfg.schedule = f
+        self:log { step = self.step_n, event = "schedule reloaded", file = cfg.schedule_file }
+        io.stderr:write(string.format("[train] step %d: schedule reloaded from %s\n", self.step_n, cfg.schedule_file))
+      else
+        self:log { step = self.step_n, event = "schedule reload failed", error = tostring(f) }
+        io.stderr:write("[train] schedule reload failed, keeping the old one: " .. tostring(f) .. "\n")
+      end
+    end
+  end
+  if type(cfg.schedule) ~= "function" then cfg.schedule = schedules.resolve(cfg.schedule) end
+  if cfg.schedule ~= self.last_schedule then
+    if not cfg.schedule_file or self.schedule_mtime == C.sao_file_mtime(cfg.schedule_file) then
+      self:log { step = self.step_n, event = "schedule replaced" }
+    end
+    self.last_schedule = cfg.schedule
+  end
+  cfg.optimizer.schedule = cfg.schedule
+  self.opt.cfg = cfg.optimizer
+end
+
+--- One optimiser step (cfg.accum micro-batches). Returns the info table that is also logged:
+--- {step, loss, grad_norm, lr, ms, samples_per_s, skipped}.
+function Trainer:step()
+  local cfg = self.cfg
+  self:check_schedule()
+  local t0 = now()
+  self.tr:zero_grad()
+  local total, B = 0, cfg.batch
+  for micro = 1, cfg.accum do
+    local batch = cfg.data:next()
+    local x0 = batch.latents
+    local counter = (self.step_n * cfg.accum + (micro - 1)) * 1000003   -- a disjoint Philox range per micro-batch
+    local t = draw_t(B, cfg.seed, counter)
+    local noise = sao.randn { x0:shape(), seed = cfg.seed, offset = counter + 1 }
+    local cross = batch.cross
+    if cross and cfg.cfg_dropout > 0 then
+      local u = sao.rand { { B }, seed = cfg.seed + 1, offset = counter, dtype = "f64" }:totable()
+      local dropped
+      for i = 1, B do
+        if u[i] < cfg.cfg_dropout then
+          if not dropped then cross = cross:clone(); dropped = true end
+          cross[i] = 0
+        end
+      end
+    end
+    local loss = self.tr:vloss(x0, noise, t, cross, batch.global, { dloss = 1 / cfg.accum })
+    total = total + loss / cfg.accum
+  end
+  local info = self.opt:step()
+  if not info.skipped and total ~= total then info.skipped = true end
+  if info.skipped then
+    io.stderr:write(string.format("[train] step %d: non-finite loss/gradient (loss %s, |g| %s): step skipped\n",
+      self.step_n, tostring(total), tostring(info.grad_norm)))
+  elseif self.ema then
+    self.ema:update()
+  end
+  self.step_n = self.step_n + 1
+  local dt = now() - t0
+  local samples = B * cfg.accum
+  -- MFU against cfg.peak_flops: forward+backward ~ 6 * params * tokens
+  local flops = 6 * self.nparams * samples * (cfg.frames + 1)
+  local rec = { step = self.step_n, loss = total, grad_norm = info.grad_norm, lr = info.lr, ms = dt * 1000,
+    samples_per_s = samples / dt, skipped = info.skipped or nil,
+    mfu = cfg.peak_flops and flops / dt / cfg.peak_flops or nil }
+  if self.step_n % cfg.log_every == 0 then
+    self:log(rec)
+    if not cfg.quiet then
+      io.stderr:write(string.format("step %6d | loss %.6f | |g| %.3e | lr %.3e | %7.1f ms | %.2f samples/s%s\n",
+        rec.step, rec.loss, rec.grad_norm, rec.lr, rec.ms, rec.samples_per_s,
+        rec.mfu and string.format(" | MFU %.1f%%", rec.mfu * 100) or ""))
+    end
+  end
+  if cfg.checkpoint_every and cfg.run_dir and self.step_n % cfg.checkpoint_every == 0 then self:save() end
+  return rec
+end
+
+--- Saves model, EMA, optimiser state, counters and the data cursor to dir (default
+--- run_dir/checkpoints/step-N). Each file is written atomically; state.json last.
+function Trainer:save(dir)
+  dir = dir or ((self.cfg.run_dir or ".") .. "/checkpoints/step-" .. self.step_n)
+  mkdir_p(dir)
+  sao.save_safetensors(dir .. "/model.safetensors", self.params, { format = "sao", step = self.step_n })
+  if self.ema then sao.save_safetensors(dir .. "/ema.safetensors", self.ema.shadow) end
+  local ms, vs = {}, {}
+  for k, t in pairs(self.opt.state.m) do ms["m/" .. k] = t end
+  for k, t in pairs(self.opt.state.v) do vs["v/" .. k] = t end
+  for k, t in pairs(vs) do ms[k] = t end
+  sao.save_safetensors(dir .. "/optim.safetensors", ms)
+  local state = {
+    step = self.step_n, optimizer_step = self.opt.state.step, ema_step = self.ema and self.ema.step or 0,
+    seed = self.cfg.seed, data = self.cfg.data.state and self.cfg.data:state() or nil,
+    optimizer = { lr = self.cfg.optimizer.lr, betas = self.cfg.optimizer.betas, eps = self.cfg.optimizer.eps,
+      weight_decay = self.cfg.optimizer.weight_decay, clip = self.cfg.optimizer.clip },
+  }
+  write_atomic(dir .. "/state.json", cjson.encode(state))
+  return dir
+end
+
+--- Restores a checkpoint into a new trainer: cfg as for new() (dit, data, ...); the saved seed,
+--- optimiser settings, counters and data cursor win over cfg's.
+function M.resume(dir, cfg)
+  local f = io.open(dir .. "/state.json", "rb")
+  if not f then error("train.resume: " .. dir .. "/state.json: not found (is this a checkpoint folder?)", 2) end
+  local state = cjson.decode(f:read("*a"))
+  f:close()
+  local model = sao.load_safetensors(dir .. "/model.safetensors")
+  cfg.dit:load(model, "")
+  cfg.seed = state.seed
+  cfg.optimizer = cfg.optimizer or {}
+  for k, v in pairs(state.optimizer) do cfg.optimizer[k] = v end
+  if state.data and cfg.data.set_state then cfg.data:set_state(state.data) end
+  local self = M.new(cfg)
+  self.step_n = state.step
+  self.opt.state.step = state.optimizer_step
+  local o = sao.load_safetensors(dir .. "/optim.safetensors")
+  for k in pairs(self.params) do
+    self.opt.state.m[k]:copy_(o["m/" .. k])
+    self.opt.state.v[k]:copy_(o["v/" .. k])
+  end
+  if self.ema then
+    local e = sao.load_safetensors(dir .. "/ema.safetensors")
+    for k in pairs(self.params) do self.ema.shadow[k]:copy_(e[k]) end
+    self.ema.step = state.ema_step
+  end
+  return self
+end
+
+--- Writes the weights with upstream key names under `prefix` (default "model.model."), the EMA
+--- copy when there is one (as stable-audio-tools exports), to path atomically.
+function Trainer:export(path, opts)
+  opts = opts or {}
+  local prefix = opts.prefix or "model.model."
+  local src = (self.ema and opts.ema ~= false) and self.ema.shadow or self.params
+  local out = {}
+  for k, t in pairs(src) do out[prefix .. k] = t end
+  -- the buffers upstream keeps in the state_dict (zero LayerNorm betas, RoPE inv_freq)
+  local p = self.cfg.dit:params()
+  for i = 0, C.sao_params_count(p) - 1 do
+    local name = ffi.string(C.sao_params_name(p, i))
+    if not src[name] then
+      local t = C.sao_params_tensor(p, i)
+      if t ~= nil then
+        out[prefix .. name] = sao.tensor_from_ptr(sao.checkp(C.sao_tensor_view_of(sao.ctx, t)))
+      elseif name:match("%.beta$") then
+        local shp = C.sao_params_shape(p, i)
+        out[prefix .. name] = sao.zeros(tonumber(shp[0]))
+      end
+    end
+  end
+  sao.save_safetensors(path, out, { format = "pt" })
+  return path
+end
+
+return M
