@@ -42,14 +42,14 @@ USE_CUDA := 1
 endif
 endif
 ifdef USE_CUDA
-CFLAGS   += -DSAO_CUDA -I$(CUDA_HOME)/include
+CFLAGS   += -DSAO_WITH_CUDA -I$(CUDA_HOME)/include
 CUDNN    := $(shell ls $(CUDA_HOME)/lib64/libcudnn.so /usr/lib/x86_64-linux-gnu/libcudnn.so 2>/dev/null | head -1)
-NVFLAGS  := -O2 -std=c++17 -Xcompiler -fPIC -Iruntime/include -Iruntime -DSAO_CUDA \
+NVFLAGS  := -O2 -std=c++17 -Xcompiler -fPIC -Iruntime/include -Iruntime -DSAO_WITH_CUDA \
             -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=sm_80
 LDLIBS   += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lcublasLt
 ifneq ($(CUDNN),)
-CFLAGS   += -DSAO_CUDNN
-NVFLAGS  += -DSAO_CUDNN
+CFLAGS   += -DSAO_WITH_CUDNN
+NVFLAGS  += -DSAO_WITH_CUDNN
 LDLIBS   += -lcudnn
 endif
 CU_OBJS  := $(patsubst %.cu,$(BUILD)/%.o,$(CU_SRCS))
@@ -62,14 +62,22 @@ HEADERS  := $(wildcard runtime/include/*.h) runtime/internal.h $(wildcard runtim
 # the `#ifdef __cplusplus ... #endif` blocks dropped.
 CDEF_SRCS := runtime/include/sao.h $(sort $(filter-out runtime/include/sao.h,$(wildcard runtime/include/*.h)))
 
+# Objects depend on the flags they were built with: build/.flags is rewritten when they change
+# (CUDA=0 vs auto, WERROR=1, OPT=...), so switching never links stale objects.
+FLAGS_NOW := $(CFLAGS) | $(NVFLAGS) | $(LDLIBS)
+ifneq ($(FLAGS_NOW),$(file < $(BUILD)/.flags))
+$(shell mkdir -p $(BUILD))
+$(file > $(BUILD)/.flags,$(FLAGS_NOW))
+endif
+
 .PHONY: all deps run test test-gpu bench install clean
 all: sao $(BUILD)/sao_cdef.h
 
-$(BUILD)/%.o: %.c $(HEADERS)
+$(BUILD)/%.o: %.c $(HEADERS) $(BUILD)/.flags
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/%.o: %.cu $(HEADERS)
+$(BUILD)/%.o: %.cu $(HEADERS) $(BUILD)/.flags
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c $< -o $@
 

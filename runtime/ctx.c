@@ -32,7 +32,7 @@ double sao_file_mtime(const char *path) {
 }
 
 int sao_has_cuda(void) {
-#ifdef SAO_CUDA
+#ifdef SAO_WITH_CUDA
     return 1;
 #else
     return 0;

@@ -343,13 +343,15 @@ function Tensor:fill_(v)
 end
 function Tensor:zero_() return self:fill_(0) end
 
---- t:to("f64") converts dtype; t:to("cpu") returns a view (the CUDA backend adds "cuda").
+--- t:to("f64") converts dtype; t:to("cuda") / t:to("cuda:1") copies to a device (an error naming
+--- the cause in a CPU-only build or without a GPU); t:to("cpu") copies back (a view when on the CPU).
 function Tensor:to(what)
-  if what == "cpu" then return wrap(C.sao_tensor_view_of(ctx, ptr(self))) end
-  if what == "cuda" then
-    local cuda = require "sao.cuda"
-    return cuda.to_device(self)
+  if what == "cpu" then
+    if ptr(self).storage.device == 0 then return wrap(C.sao_tensor_view_of(ctx, self.p)) end
+    return wrap(C.sao_tensor_to_cpu(ctx, self.p))
   end
+  local dev = type(what) == "string" and what:match("^cuda:?(%d*)$")
+  if dev then return wrap(C.sao_tensor_to_cuda(ctx, ptr(self), tonumber(dev) or 0)) end
   return wrap(C.sao_tensor_to_dtype(ctx, ptr(self), dtype_of(what)))
 end
 function Tensor:float() return self:to("f32") end

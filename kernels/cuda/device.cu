@@ -1,0 +1,158 @@
+// device.cu — the CUDA device runtime: device query, device storage and transfers, and the first
+// device kernels (Philox fill, SiLU), each the twin of a CPU function it is tested against
+// (spec/cuda_spec.lua, tagged gpu). Errors come back as Lua-visible messages naming the CUDA call,
+// its error string and a hint; nothing aborts.
+extern "C" {
+#include "internal.h"
+#include "sao_cuda.h"
+#include "sao_kernels.h"
+}
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#define CUDA_TRY(ctx, op, call)                                                                   \
+    do {                                                                                          \
+        cudaError_t e_ = (call);                                                                  \
+        if (e_ != cudaSuccess)                                                                    \
+            return sao_err(ctx, op, "%s:%d: %s: %s (is a GPU visible? check nvidia-smi)",          \
+                           __FILE__, __LINE__, #call, cudaGetErrorString(e_));                     \
+    } while (0)
+
+extern "C" int sao_cuda_device_count(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError();   // clear the sticky "no driver" error
+        return 0;
+    }
+    return n;
+}
+
+extern "C" int sao_cuda_device_props(sao_ctx *ctx, int dev, char *name, int name_len, int64_t *total_bytes,
+                                     int *major, int *minor) {
+    cudaDeviceProp p;
+    CUDA_TRY(ctx, "cuda_device_props", cudaGetDeviceProperties(&p, dev));
+    if (name && name_len > 0) snprintf(name, (size_t)name_len, "%s", p.name);
+    if (total_bytes) *total_bytes = (int64_t)p.totalGlobalMem;
+    if (major) *major = p.major;
+    if (minor) *minor = p.minor;
+    return 0;
+}
+
+static void cuda_release(sao_storage *s) { cudaFree(s->data); }
+static const sao_allocator cuda_allocator = {"cuda", cuda_release};
+
+extern "C" sao_tensor *sao_tensor_to_cuda(sao_ctx *ctx, const sao_tensor *t, int dev) {
+    const char *op = "to_cuda";
+    if (t->storage->device != SAO_CPU) return (sao_tensor *)sao_err_null(ctx, op, "tensor is already on a device");
+    if (cudaSetDevice(dev) != cudaSuccess)
+        return (sao_tensor *)sao_err_null(ctx, op, "device %d: %s", dev, cudaGetErrorString(cudaGetLastError()));
+    sao_tensor *c = sao_tensor_contiguous(ctx, t);
+    if (!c) return NULL;
+    size_t bytes = (size_t)sao_tensor_numel(c) * sao_dtype_size(c->dtype);
+    void *d = NULL;
+    cudaError_t e = cudaMalloc(&d, bytes ? bytes : 1);
+    if (e != cudaSuccess) {
+        sao_tensor_free(c);
+        return (sao_tensor *)sao_err_null(ctx, op, "cudaMalloc of %zu bytes: %s (free memory with :free() or use a smaller batch)",
+                                          bytes, cudaGetErrorString(e));
+    }
+    e = cudaMemcpy(d, sao_tensor_data(c), bytes, cudaMemcpyHostToDevice);
+    sao_tensor_free(c);
+    if (e != cudaSuccess) {
+        cudaFree(d);
+        return (sao_tensor *)sao_err_null(ctx, op, "cudaMemcpy to device: %s", cudaGetErrorString(e));
+    }
+    sao_tensor *r = sao_tensor_wrap(ctx, d, bytes, t->dtype, t->ndim, t->shape, &cuda_allocator, NULL);
+    if (!r) { cudaFree(d); return NULL; }
+    r->storage->device = SAO_CUDA;
+    return r;
+}
+
+extern "C" sao_tensor *sao_tensor_to_cpu(sao_ctx *ctx, const sao_tensor *t) {
+    if (t->storage->device == SAO_CPU) return sao_tensor_contiguous(ctx, t);
+    if (!sao_tensor_is_contiguous(t)) return (sao_tensor *)sao_err_null(ctx, "to_cpu", "device tensor is not contiguous");
+    sao_tensor *r = sao_tensor_empty(ctx, t->dtype, t->ndim, t->shape);
+    if (!r) return NULL;
+    size_t bytes = (size_t)sao_tensor_numel(t) * sao_dtype_size(t->dtype);
+    cudaError_t e = cudaMemcpy(sao_tensor_data(r), sao_tensor_data(t), bytes, cudaMemcpyDeviceToHost);
+    if (e != cudaSuccess) {
+        sao_tensor_free(r);
+        return (sao_tensor *)sao_err_null(ctx, "to_cpu", "cudaMemcpy to host: %s", cudaGetErrorString(e));
+    }
+    return r;
+}
+
+// ---- Philox4x32-10, the twin of runtime/rng.c ------------------------------------------------
+__device__ static void philox(unsigned long long counter, unsigned long long key, unsigned int *o) {
+    unsigned int c0 = (unsigned int)counter, c1 = (unsigned int)(counter >> 32), c2 = 0, c3 = 0;
+    unsigned int k0 = (unsigned int)key, k1 = (unsigned int)(key >> 32);
+    for (int r = 0; r < 10; r++) {
+        unsigned int hi0 = __umulhi(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
+        unsigned int hi1 = __umulhi(0xCD9E8D57u, c2), lo1 = 0xCD9E8D57u * c2;
+        unsigned int n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
+        c0 = n0; c1 = lo1; c2 = n2; c3 = lo0;
+        k0 += 0x9E3779B9u; k1 += 0xBB67AE85u;
+    }
+    o[0] = c0; o[1] = c1; o[2] = c2; o[3] = c3;
+}
+
+__global__ static void rand_kernel(float *out, long long n, unsigned long long seed, unsigned long long offset, int normal) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    unsigned int b[4];
+    philox((unsigned long long)(i / 4) + offset, seed, b);
+    int lane = (int)(i % 4);
+    double v;
+    if (!normal) {
+        v = (double)(b[lane] >> 8) * (1.0 / 16777216.0);
+    } else {
+        int pair = lane / 2;
+        double ua = (double)(b[2 * pair] >> 8) * (1.0 / 16777216.0);
+        double ub = (double)(b[2 * pair + 1] >> 8) * (1.0 / 16777216.0);
+        double r = sqrt(-2.0 * log(1.0 - ua)), th = 2.0 * M_PI * ub;
+        v = (lane % 2 == 0) ? r * cos(th) : r * sin(th);
+    }
+    out[i] = (float)v;
+}
+
+extern "C" int sao_cuda_rand_fill(sao_ctx *ctx, sao_tensor *t, uint64_t seed, uint64_t offset, int normal) {
+    const char *op = normal ? "cuda_randn" : "cuda_rand";
+    if (t->storage->device != SAO_CUDA || t->dtype != SAO_F32 || !sao_tensor_is_contiguous(t))
+        return sao_err(ctx, op, "needs a contiguous f32 device tensor");
+    long long n = (long long)sao_tensor_numel(t);
+    if (n == 0) return 0;
+    rand_kernel<<<(unsigned)((n + 255) / 256), 256>>>((float *)sao_tensor_data(t), n, seed, offset, normal);
+    CUDA_TRY(ctx, op, cudaGetLastError());
+    CUDA_TRY(ctx, op, cudaDeviceSynchronize());
+    return 0;
+}
+
+// ---- SiLU, the twin of kernels/cpu/activations.c ------------------------------------------------
+__global__ static void silu_fwd(const float *x, long long n, float *y) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) { float v = x[i]; y[i] = v / (1.0f + expf(-v)); }
+}
+
+__global__ static void silu_bwd(const float *dy, const float *x, long long n, float *dx) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        float s = 1.0f / (1.0f + expf(-x[i]));
+        dx[i] += dy[i] * s * (1.0f + x[i] * (1.0f - s));
+    }
+}
+
+extern "C" int sao_cuda_silu_forward(sao_ctx *ctx, const float *x, int64_t n, float *y) {
+    if (n <= 0) return 0;
+    silu_fwd<<<(unsigned)((n + 255) / 256), 256>>>(x, (long long)n, y);
+    CUDA_TRY(ctx, "cuda_silu_forward", cudaGetLastError());
+    return 0;
+}
+
+extern "C" int sao_cuda_silu_backward(sao_ctx *ctx, const float *dy, const float *x, int64_t n, float *dx) {
+    if (n <= 0) return 0;
+    silu_bwd<<<(unsigned)((n + 255) / 256), 256>>>(dy, x, (long long)n, dx);
+    CUDA_TRY(ctx, "cuda_silu_backward", cudaGetLastError());
+    return 0;
+}
