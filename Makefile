@@ -58,9 +58,11 @@ endif
 LIB_SRCS := $(filter-out runtime/main.c,$(wildcard runtime/*.c)) $(wildcard kernels/cpu/*.c)
 LIB_OBJS := $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRCS)) $(CU_OBJS)
 HEADERS  := $(wildcard runtime/include/*.h) runtime/internal.h $(wildcard runtime/*.h)
-# The FFI contract: runtime/include/sao.h first, then the other public headers, with '#' lines and
+# The FFI contract: sao.h and sao_model.h first (others build on them), then the other public
+# headers, with '#' lines and
 # the `#ifdef __cplusplus ... #endif` blocks dropped.
-CDEF_SRCS := runtime/include/sao.h $(sort $(filter-out runtime/include/sao.h,$(wildcard runtime/include/*.h)))
+CDEF_FIRST := runtime/include/sao.h runtime/include/sao_model.h
+CDEF_SRCS := $(CDEF_FIRST) $(sort $(filter-out $(CDEF_FIRST),$(wildcard runtime/include/*.h)))
 
 # Objects depend on the flags they were built with: build/.flags is rewritten when they change
 # (CUDA=0 vs auto, WERROR=1, OPT=...), so switching never links stale objects.
@@ -84,7 +86,7 @@ $(BUILD)/%.o: %.cu $(HEADERS) $(BUILD)/.flags
 $(BUILD)/libsao.so: $(LIB_OBJS)
 	$(CC) -shared -fopenmp -o $@ $^ $(LDLIBS)
 
-$(BUILD)/sao_cdef.h: $(CDEF_SRCS)
+$(BUILD)/sao_cdef.h: $(CDEF_SRCS) Makefile
 	@mkdir -p $(BUILD)
 	awk '/^#ifdef __cplusplus/ {skip=1; next} skip && /^#endif/ {skip=0; next} skip {next} \
 	     /^[[:space:]]*#/ {next} {print}' $(CDEF_SRCS) > $@
@@ -98,7 +100,7 @@ sao: $(BUILD)/runtime/main.o $(BUILD)/libsao.so
 DEB_PKGS := build-essential pkg-config luajit libluajit-5.1-dev lua-cjson lua-busted \
             libsndfile1-dev libsamplerate0-dev libcurl4-openssl-dev libfluidsynth-dev \
             fluid-soundfont-gm libebur128-dev libfftw3-dev libopenblas-dev libreadline-dev \
-            libsentencepiece-dev sonic-pi-samples
+            sonic-pi-samples
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
 	    grep -q 'install ok installed' || echo $$p; done); \

@@ -12,6 +12,7 @@
  * global token; out = uncond + scale (cond - uncond), optionally rescaled (scale_phi).
  * All work buffers live in one workspace sized from (config, B, T, L) and reused across calls. */
 #include "dit_internal.h"
+#include "sao_lora.h"
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,7 @@ const sao_dit_config *sao_dit_get_config(const sao_dit *m) { return &m->cfg; }
 
 void sao_dit_free(sao_dit *m) {
     if (!m) return;
+    sao_dit_lora_remove(m);
     sao_params_free(m->params);
     free(m->layers);
     free(m->ws);
@@ -181,7 +183,7 @@ int dit_block_forward(sao_ctx *ctx, const sao_dit *m, int i, const dit_dims *d, 
     int64_t B = d->B, N = d->N, E = d->E, D = d->D, H = d->H, L = d->L, Dc = d->Dc, F = d->F;
     /* self-attention, partial RoPE on q and k, read in place from the fused qkv rows */
     if (sao_layernorm_forward(ctx, h, l->pre_g, NULL, B * N, E, 1e-5f, a->ln1, a->mean1, a->rstd1)) return -1;
-    if (sao_linear_forward(ctx, a->ln1, l->qkv, NULL, B * N, E, 3 * E, 0, a->qkv)) return -1;
+    if (dit_lin_forward(ctx, m, i, 0, a->ln1, B * N, E, 3 * E, l->qkv, NULL, 0, a->qkv)) return -1;
     int64_t qs[3] = {N * 3 * E, D, 3 * E};
     if (sao_rope_forward(ctx, a->qkv, B, H, N, D, qs, d->rot, 0, m->inv_freq, 10000.0, a->qkv)) return -1;
     if (sao_rope_forward(ctx, a->qkv + E, B, H, N, D, qs, d->rot, 0, m->inv_freq, 10000.0, a->qkv + E)) return -1;
@@ -189,25 +191,25 @@ int dit_block_forward(sao_ctx *ctx, const sao_dit *m, int i, const dit_dims *d, 
                         .q_stride = {N * 3 * E, D, 3 * E}, .k_stride = {N * 3 * E, D, 3 * E},
                         .v_stride = {N * 3 * E, D, 3 * E}, .o_stride = {N * E, D, E}};
     if (sao_attention_forward(ctx, &sa, a->qkv, a->qkv + E, a->qkv + 2 * E, NULL, NULL, a->att1, a->lse1)) return -1;
-    if (sao_linear_forward(ctx, a->att1, l->attn_out, NULL, B * N, E, E, 1, h)) return -1;
+    if (dit_lin_forward(ctx, m, i, 1, a->att1, B * N, E, E, l->attn_out, NULL, 1, h)) return -1;
     memcpy(a->h1, h, (size_t)(B * N * E) * sizeof(float));
     /* cross-attention on the 768-d context, K/V heads shared by consecutive query heads */
     if (L > 0) {
         if (sao_layernorm_forward(ctx, h, l->ca_g, NULL, B * N, E, 1e-5f, a->ln2, a->mean2, a->rstd2)) return -1;
-        if (sao_linear_forward(ctx, a->ln2, l->ca_q, NULL, B * N, E, E, 0, a->q2)) return -1;
-        if (sao_linear_forward(ctx, cc, l->ca_kv, NULL, B * L, Dc, 2 * Dc, 0, a->kv)) return -1;
+        if (dit_lin_forward(ctx, m, i, 2, a->ln2, B * N, E, E, l->ca_q, NULL, 0, a->q2)) return -1;
+        if (dit_lin_forward(ctx, m, i, 3, cc, B * L, Dc, 2 * Dc, l->ca_kv, NULL, 0, a->kv)) return -1;
         sao_attn_desc ca = {.B = B, .H = H, .Hkv = d->Hkv, .T = N, .M = L, .D = D, .scale = 0,
                             .q_stride = {N * E, D, E}, .k_stride = {L * 2 * Dc, D, 2 * Dc},
                             .v_stride = {L * 2 * Dc, D, 2 * Dc}, .o_stride = {N * E, D, E}};
         if (sao_attention_forward(ctx, &ca, a->q2, a->kv, a->kv + Dc, NULL, NULL, a->att2, a->lse2)) return -1;
-        if (sao_linear_forward(ctx, a->att2, l->ca_out, NULL, B * N, E, E, 1, h)) return -1;
+        if (dit_lin_forward(ctx, m, i, 4, a->att2, B * N, E, E, l->ca_out, NULL, 1, h)) return -1;
     }
     memcpy(a->h2, h, (size_t)(B * N * E) * sizeof(float));
     /* feed-forward: SwiGLU */
     if (sao_layernorm_forward(ctx, h, l->ff_g, NULL, B * N, E, 1e-5f, a->ln3, a->mean3, a->rstd3)) return -1;
-    if (sao_linear_forward(ctx, a->ln3, l->ff_w1, l->ff_b1, B * N, E, 2 * F, 0, a->p)) return -1;
+    if (dit_lin_forward(ctx, m, i, 5, a->ln3, B * N, E, 2 * F, l->ff_w1, l->ff_b1, 0, a->p)) return -1;
     if (sao_swiglu_forward(ctx, a->p, B * N, F, a->g)) return -1;
-    return sao_linear_forward(ctx, a->g, l->ff_w2, l->ff_b2, B * N, F, E, 1, h);
+    return dit_lin_forward(ctx, m, i, 6, a->g, B * N, F, E, l->ff_w2, l->ff_b2, 1, h);
 }
 
 int dit_head_forward(sao_ctx *ctx, const sao_dit *m, const dit_dims *d, const float *h, float *o,

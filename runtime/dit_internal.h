@@ -11,12 +11,16 @@ typedef struct {
     float *pre_g, *qkv, *attn_out, *ca_g, *ca_q, *ca_kv, *ca_out, *ff_g, *ff_w1, *ff_b1, *ff_w2, *ff_b2;
 } dit_layer;
 
+#define DIT_LORA_SLOTS 7   /* qkv, attn out, cross q, cross kv, cross out, ff in, ff out */
+typedef struct dit_lora dit_lora;
+
 struct sao_dit {
     sao_dit_config cfg;
     sao_params *params;
     float *t_feat_w, *t_w1, *t_b1, *t_w2, *t_b2, *c_w1, *c_w2, *g_w1, *g_w2, *pre_conv, *post_conv;
     float *proj_in, *proj_out, *inv_freq;
     dit_layer *layers;
+    dit_lora *lora;     /* adapters (dit_lora.c), NULL when none */
     float *ws;          /* inference workspace */
     size_t ws_size;     /* in floats */
 };
@@ -65,4 +69,10 @@ int dit_block_forward(sao_ctx *ctx, const sao_dit *m, int i, const dit_dims *d, 
  * (token layout); ot [B*T, io] is the dropped-token copy (kept for the backward). */
 int dit_head_forward(sao_ctx *ctx, const sao_dit *m, const dit_dims *d, const float *h, float *o,
                      float *ot, float *y);
+/* A block linear (slot DIT_LORA_SLOTS order) with its LoRA adapter when there is one. */
+int dit_lin_forward(sao_ctx *ctx, const sao_dit *m, int layer, int slot, const float *x, int64_t n, int64_t in,
+                    int64_t out, const float *w, const float *b, int accumulate, float *y);
+/* Its backward: dx accumulated; dw/db (base) only without an adapter, else the adapter's grads. */
+int dit_lin_backward(sao_ctx *ctx, const sao_dit *m, int layer, int slot, const float *dy, const float *x,
+                     int64_t n, int64_t in, int64_t out, const float *w, float *dx, float *dw, float *db);
 #endif

@@ -10,6 +10,7 @@
  * Backward accumulates into the gradients (call sao_dit_train_zero_grad between steps); it also
  * returns d(loss)/d(x), d/d(cross) and d/d(global) when asked (the number conditioners train too). */
 #include "dit_internal.h"
+#include "sao_lora.h"
 #include <stdlib.h>
 #include <string.h>
 
@@ -128,9 +129,8 @@ sao_dit_train *sao_dit_train_new(sao_ctx *ctx, sao_dit *m, int64_t B, int64_t T,
 }
 
 int sao_dit_train_zero_grad(sao_ctx *ctx, sao_dit_train *tr) {
-    SAO_UNUSED(ctx);
     memset(tr->garena, 0, (size_t)tr->gnumel * sizeof(float));
-    return 0;
+    return sao_dit_lora_zero_grad(ctx, tr->m);
 }
 
 int sao_dit_train_forward(sao_ctx *ctx, sao_dit_train *tr, const float *x, const float *t, const float *cross,
@@ -169,16 +169,16 @@ static int block_backward(sao_ctx *ctx, sao_dit_train *tr, int i, const float *h
     float *dh = tr->dh;
     /* h = h2 + W2 swiglu(W1 LN3(h2) + b1) + b2 */
     memset(tr->dg, 0, (size_t)(BN * F) * sizeof(float));
-    if (sao_linear_backward(ctx, dh, a->g, l->ff_w2, BN, F, E, tr->dg, gl->ff_w2, gl->ff_b2)) return -1;
+    if (dit_lin_backward(ctx, tr->m, i, 6, dh, a->g, BN, F, E, l->ff_w2, tr->dg, gl->ff_w2, gl->ff_b2)) return -1;
     memset(tr->dp, 0, (size_t)(BN * 2 * F) * sizeof(float));
     if (sao_swiglu_backward(ctx, tr->dg, a->p, BN, F, tr->dp)) return -1;
     memset(tr->dln, 0, (size_t)(BN * E) * sizeof(float));
-    if (sao_linear_backward(ctx, tr->dp, a->ln3, l->ff_w1, BN, E, 2 * F, tr->dln, gl->ff_w1, gl->ff_b1)) return -1;
+    if (dit_lin_backward(ctx, tr->m, i, 5, tr->dp, a->ln3, BN, E, 2 * F, l->ff_w1, tr->dln, gl->ff_w1, gl->ff_b1)) return -1;
     if (sao_layernorm_backward(ctx, tr->dln, a->h2, l->ff_g, a->mean3, a->rstd3, BN, E, dh, gl->ff_g, NULL)) return -1;
     /* h2 = h1 + W_o CrossAttn(W_q LN2(h1), W_kv c) */
     if (L > 0) {
         memset(tr->datt, 0, (size_t)(BN * E) * sizeof(float));
-        if (sao_linear_backward(ctx, dh, a->att2, l->ca_out, BN, E, E, tr->datt, gl->ca_out, NULL)) return -1;
+        if (dit_lin_backward(ctx, tr->m, i, 4, dh, a->att2, BN, E, E, l->ca_out, tr->datt, gl->ca_out, NULL)) return -1;
         sao_attn_desc ca = {.B = B, .H = H, .Hkv = d->Hkv, .T = N, .M = L, .D = D, .scale = 0,
                             .q_stride = {N * E, D, E}, .k_stride = {L * 2 * Dc, D, 2 * Dc},
                             .v_stride = {L * 2 * Dc, D, 2 * Dc}, .o_stride = {N * E, D, E}};
@@ -187,14 +187,14 @@ static int block_backward(sao_ctx *ctx, sao_dit_train *tr, int i, const float *h
         memset(tr->dkv, 0, (size_t)(B * L * 2 * Dc) * sizeof(float));
         if (sao_attention_backward(ctx, &ca, a->q2, a->kv, a->kv + Dc, NULL, NULL, a->att2, a->lse2, tr->datt,
                                    dq, tr->dkv, tr->dkv + Dc, NULL)) return -1;
-        if (sao_linear_backward(ctx, tr->dkv, tr->stem.cc, l->ca_kv, B * L, Dc, 2 * Dc, tr->dcc, gl->ca_kv, NULL)) return -1;
+        if (dit_lin_backward(ctx, tr->m, i, 3, tr->dkv, tr->stem.cc, B * L, Dc, 2 * Dc, l->ca_kv, tr->dcc, gl->ca_kv, NULL)) return -1;
         memset(tr->dln, 0, (size_t)(BN * E) * sizeof(float));
-        if (sao_linear_backward(ctx, dq, a->ln2, l->ca_q, BN, E, E, tr->dln, gl->ca_q, NULL)) return -1;
+        if (dit_lin_backward(ctx, tr->m, i, 2, dq, a->ln2, BN, E, E, l->ca_q, tr->dln, gl->ca_q, NULL)) return -1;
         if (sao_layernorm_backward(ctx, tr->dln, a->h1, l->ca_g, a->mean2, a->rstd2, BN, E, dh, gl->ca_g, NULL)) return -1;
     }
     /* h1 = hin + W_o SelfAttn(RoPE(q), RoPE(k), v) with [q|k|v] = W_qkv LN1(hin) */
     memset(tr->datt, 0, (size_t)(BN * E) * sizeof(float));
-    if (sao_linear_backward(ctx, dh, a->att1, l->attn_out, BN, E, E, tr->datt, gl->attn_out, NULL)) return -1;
+    if (dit_lin_backward(ctx, tr->m, i, 1, dh, a->att1, BN, E, E, l->attn_out, tr->datt, gl->attn_out, NULL)) return -1;
     sao_attn_desc sa = {.B = B, .H = H, .Hkv = H, .T = N, .M = N, .D = D, .scale = 0,
                         .q_stride = {N * 3 * E, D, 3 * E}, .k_stride = {N * 3 * E, D, 3 * E},
                         .v_stride = {N * 3 * E, D, 3 * E}, .o_stride = {N * E, D, E}};
@@ -205,7 +205,7 @@ static int block_backward(sao_ctx *ctx, sao_dit_train *tr, int i, const float *h
     if (sao_rope_backward(ctx, tr->dqkv, B, H, N, D, qs, d->rot, 0, tr->m->inv_freq, 10000.0, tr->dqkv)) return -1;
     if (sao_rope_backward(ctx, tr->dqkv + E, B, H, N, D, qs, d->rot, 0, tr->m->inv_freq, 10000.0, tr->dqkv + E)) return -1;
     memset(tr->dln, 0, (size_t)(BN * E) * sizeof(float));
-    if (sao_linear_backward(ctx, tr->dqkv, a->ln1, l->qkv, BN, E, 3 * E, tr->dln, gl->qkv, NULL)) return -1;
+    if (dit_lin_backward(ctx, tr->m, i, 0, tr->dqkv, a->ln1, BN, E, 3 * E, l->qkv, tr->dln, gl->qkv, NULL)) return -1;
     return sao_layernorm_backward(ctx, tr->dln, hin, l->pre_g, a->mean1, a->rstd1, BN, E, dh, gl->pre_g, NULL);
 }
 

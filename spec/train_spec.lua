@@ -2,6 +2,7 @@
 -- schedule hot-swaps (assignment and file), non-finite steps are skipped, export has upstream keys.
 local sao = require "sao"
 local cjson = require "cjson"
+require "spec.support.near"
 
 local cfg = { io_channels = 8, embed_dim = 128, depth = 2, num_heads = 2, cond_token_dim = 64, global_cond_dim = 64 }
 local fixture = sao.load_safetensors("spec/fixtures/dit_tiny.safetensors")
@@ -125,5 +126,46 @@ describe("training loop", function()
     local l2 = sao.data.memory(items, { batch = 1, seed = 3 })
     l2:set_state(st)
     assert.same(want, { l2:next().v:item(), l2:next().v:item() })
+  end)
+end)
+
+describe("LoRA", function()
+  it("adapters start as a no-op, train while the base stays frozen, save/load and merge", function()
+    local dit = new_dit()
+    local x = sao.randn { 1, 8, 12, seed = 1 }
+    local cross, global = sao.randn { 1, 5, 64, seed = 2 }, sao.randn { 1, 64, seed = 3 }
+    local base_out = dit:forward(x, 0.5, cross, global)
+    sao.lora.add(dit, { rank = 4, alpha = 8, targets = "self_attn.to_qkv,ff.ff.2", seed = 1 })
+    assert.equal(0, base_out:maxdiff(dit:forward(x, 0.5, cross, global)))   -- B = 0
+    local n = 0
+    for _ in pairs(sao.lora.params(dit)) do n = n + 1 end
+    assert.equal(2 * 2 * 2, n)                                   -- 2 layers x 2 targets x (A, B)
+    local tr = sao.train.new { dit = dit, data = sao.data.memory(dataset(4), { batch = 2, seed = 1 }), batch = 2,
+      frames = 12, context = 5, optimizer = { lr = 1e-2 }, schedule = "constant", quiet = true, lora = dit.lora }
+    local qkv0 = fixture["transformer.layers.0.self_attn.to_qkv.weight"]
+    for _ = 1, 3 do tr:step() end
+    local p = dit:params()
+    local i = sao.C.sao_params_find(p, "transformer.layers.0.self_attn.to_qkv.weight")
+    local base_now = sao.tensor_from_ptr(sao.C.sao_tensor_view_of(sao.ctx, sao.C.sao_params_tensor(p, i)))
+    assert.equal(0, qkv0:maxdiff(base_now))                      -- base frozen
+    local adapted = dit:forward(x, 0.5, cross, global)
+    assert.is_true(adapted:maxdiff(base_out) > 1e-6)              -- adapters moved
+    local path = os.tmpname()
+    sao.lora.save(dit, path)
+    local d2 = new_dit()
+    sao.lora.load(d2, path)
+    assert.tensor_near(adapted, d2:forward(x, 0.5, cross, global), { abs = 1e-5 })
+    sao.lora.strength(d2, 0)
+    assert.tensor_near(base_out, d2:forward(x, 0.5, cross, global), { abs = 1e-6 })
+    -- merge: a model that owns its weights gets the adapters folded in
+    local d3 = new_dit()
+    sao.train.new { dit = d3, data = sao.data.memory(dataset(2), { batch = 1 }), batch = 1, frames = 12, context = 5,
+      quiet = true }                                              -- makes d3 own writable weights
+    sao.lora.load(d3, path, { merge = true })
+    assert.equal(0, sao.lora.rank(d3))
+    assert.tensor_near(adapted, d3:forward(x, 0.5, cross, global), { abs = 1e-4 })
+    os.remove(path)
+    assert.error_matches(function() sao.lora.add(new_dit(), { rank = 2, targets = "self_attn.nope" }) end,
+      "unknown target module 'self_attn.nope'")
   end)
 end)

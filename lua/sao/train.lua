@@ -9,6 +9,7 @@
 --     schedule_file = "runs/x/schedule.lua", -- hot swap: reloaded when the file changes
 --     ema = {beta = 0.9999, power = 0.75}, cfg_dropout = 0.1, seed = 42, accum = 1,
 --     recompute = false, run_dir = "runs/x", checkpoint_every = 1000, log_every = 1,
+--     lora = nil,                         -- or {rank = 16, alpha = 16, targets = "..."}: train adapters only
 --   }
 --   for i = 1, 100 do trainer:step() end
 --   trainer:save()                       -- runs/x/checkpoints/step-N/
@@ -93,12 +94,19 @@ function M.new(cfg)
     if self.schedule_mtime >= 0 then cfg.schedule = schedules.load_file(cfg.schedule_file) end
   end
   cfg.schedule = schedules.resolve(cfg.schedule)
-  self.params = trainable(cfg.dit)
   self.tr = sao.dit_train.new(cfg.dit, { batch = cfg.batch, frames = cfg.frames, context = cfg.context or 0,
     recompute = cfg.recompute })
-  local all = self.tr:grads()
-  self.grads = {}
-  for k in pairs(self.params) do self.grads[k] = all[k] end
+  if cfg.lora then
+    -- LoRA: the base stays frozen; the adapters are the trainable set
+    local lora = require "sao.lora"
+    if lora.rank(cfg.dit) == 0 then lora.add(cfg.dit, cfg.lora) end
+    self.params, self.grads = lora.params(cfg.dit), lora.grads(cfg.dit)
+  else
+    self.params = trainable(cfg.dit)
+    local all = self.tr:grads()
+    self.grads = {}
+    for k in pairs(self.params) do self.grads[k] = all[k] end
+  end
   oc.schedule = cfg.schedule
   self.opt = optim.adamw(self.params, self.grads, oc)
   self.ema = cfg.ema ~= false and optim.ema(self.params, cfg.ema or {}) or nil
@@ -218,6 +226,7 @@ function Trainer:save(dir)
   for k, t in pairs(vs) do ms[k] = t end
   sao.save_safetensors(dir .. "/optim.safetensors", ms)
   local state = {
+    lora = self.cfg.lora and self.cfg.dit.lora or nil,
     step = self.step_n, optimizer_step = self.opt.state.step, ema_step = self.ema and self.ema.step or 0,
     seed = self.cfg.seed, data = self.cfg.data.state and self.cfg.data:state() or nil,
     optimizer = { lr = self.cfg.optimizer.lr, betas = self.cfg.optimizer.betas, eps = self.cfg.optimizer.eps,
@@ -235,7 +244,15 @@ function M.resume(dir, cfg)
   local state = cjson.decode(f:read("*a"))
   f:close()
   local model = sao.load_safetensors(dir .. "/model.safetensors")
-  cfg.dit:load(model, "")
+  if state.lora then
+    -- the base comes from cfg.dit as given; the checkpoint holds the adapters
+    local lora = require "sao.lora"
+    cfg.lora = state.lora
+    if lora.rank(cfg.dit) == 0 then lora.add(cfg.dit, state.lora) end
+    require("sao.models").bind(C.sao_dit_lora_params(cfg.dit.h), model, "")
+  else
+    cfg.dit:load(model, "")
+  end
   cfg.seed = state.seed
   cfg.optimizer = cfg.optimizer or {}
   for k, v in pairs(state.optimizer) do cfg.optimizer[k] = v end

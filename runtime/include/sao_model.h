@@ -76,11 +76,12 @@ int sao_sample_step(sao_ctx *ctx, int kind, int64_t n, float *x /* in/out */, co
  * folds the weight norm (encode/decode also fold on first use and after a rebind).
  * A batch runs one item at a time. Working memory per call, besides the folded weights (one
  * float per conv weight of the enabled parts: SAO 312 MB per part) and the caller's in/outputs:
- *   decode      3 * C0 * decoded_len(L) floats (C0 = channels * 1 = the last stage's width)
+ *   decode      3 buffers of the largest stage's C x T floats (SAO: the last, 128 x 2048 L):
  *               SAO: 3 MiB per latent frame, 3 GiB for 1024 frames (47.5 s)
  *   decode_chunked  the same for `chunk` frames + one window in/out, independent of L:
  *               SAO chunk 128: 386 MiB (+ the conv kernel's 8 MB im2col), for any length
- *   encode      3 * C0 * S floats (SAO: 1.5 KiB per sample, 3 GiB for 2^21 samples);
+ *   encode      3 buffers of the largest stage (SAO: the first, 128 x S): 1.5 KiB per sample,
+ *               3 GiB for 2^21 samples;
  *               encode_chunked bounds it the same way as decode_chunked.
  * sao_vae_workspace_bytes returns the exact figure. One handle is not thread-safe. */
 enum { SAO_VAE_ENCODER = 1, SAO_VAE_DECODER = 2, SAO_VAE_MAX_BLOCKS = 8 };
@@ -154,6 +155,66 @@ int sao_dit_train_forward(sao_ctx *ctx, sao_dit_train *tr, const float *x, const
 int sao_dit_train_backward(sao_ctx *ctx, sao_dit_train *tr, const float *dout,
                            float *dx /* out, accumulated */, float *dcross /* out, accumulated */,
                            float *dglobal /* out, accumulated */);
+
+/* ---- T5 (tokenizer.c, t5.c): the prompt conditioner's tokenizer and encoder ------------------
+ * Tokenizer: a SentencePiece unigram spiece.model, applied as the t5-base fast tokenizer does
+ * (special tokens, precompiled-charsmap normalisation, whitespace split, U+2581 word prefix, Viterbi,
+ * fused <unk>); ids are piece indices, then 100 <extra_id_N> sentinels. See tokenizer.c. */
+typedef struct sao_t5_tokenizer sao_t5_tokenizer;
+sao_t5_tokenizer *sao_t5_tokenizer_load(sao_ctx *ctx, const char *path);
+/* `what` names the source in error messages (NULL: "spiece.model"). */
+sao_t5_tokenizer *sao_t5_tokenizer_from_memory(sao_ctx *ctx, const void *data, size_t size, const char *what);
+void sao_t5_tokenizer_free(sao_t5_tokenizer *tk);
+int sao_t5_tokenizer_piece_count(const sao_t5_tokenizer *tk);   /* pieces in the model (t5-base 32000) */
+int sao_t5_tokenizer_vocab_size(const sao_t5_tokenizer *tk);    /* + 100 sentinels (t5-base 32100) */
+int sao_t5_tokenizer_special_id(const sao_t5_tokenizer *tk, const char *which);  /* "unk" "eos" "pad"; -1 */
+/* The string of id into buf (NUL-terminated); -1 when id is out of range. */
+int sao_t5_tokenizer_piece(const sao_t5_tokenizer *tk, int64_t id, char *buf, size_t cap);
+/* Pieces of text[0..len) without </s> or padding; writes min(n, cap) ids, returns n (or -1). */
+int64_t sao_t5_tokenizer_encode(sao_ctx *ctx, const sao_t5_tokenizer *tk, const char *text, size_t len,
+                                int64_t *ids /* out [cap] */, int64_t cap);
+/* The conditioner's form: ids [max_len] = pieces (at most max_len-1), </s>, then <pad> (0); mask
+ * [max_len] (may be NULL) 1 on the pieces and </s>, 0 on padding. Returns the count of real tokens. */
+int sao_t5_tokenize(sao_ctx *ctx, const sao_t5_tokenizer *tk, const char *text, size_t len, int64_t max_len,
+                    int64_t *ids /* out */, int64_t *mask /* out, may be NULL */);
+
+/* Encoder (HF T5EncoderModel; config from HF config.json). t5-base: vocab 32128, d_model 768, d_kv 64,
+ * 12 heads, d_ff 3072, 12 layers, 32 buckets, max distance 128, eps 1e-6, ReLU FF. */
+typedef struct sao_t5_config {
+    int64_t vocab_size, d_model, d_kv, num_heads, d_ff, num_layers;
+    int64_t num_buckets;        /* relative_attention_num_buckets (32) */
+    int64_t max_distance;       /* relative_attention_max_distance (128) */
+    float eps;                  /* layer_norm_epsilon (1e-6; 0 selects it) */
+} sao_t5_config;
+typedef struct sao_t5 sao_t5;
+sao_t5 *sao_t5_new(sao_ctx *ctx, const sao_t5_config *cfg);
+void sao_t5_free(sao_t5 *m);
+sao_params *sao_t5_params(sao_t5 *m);   /* shared.weight, encoder.block.N...., encoder.final_layer_norm.weight */
+const sao_t5_config *sao_t5_get_config(const sao_t5 *m);
+/* ids [B, L], mask [B, L] (nonzero = real token; NULL: all real) -> out [B, L, d_model] =
+ * last_hidden_state in fp32; zero_padding 1 applies SAO's post-processing (rows with mask 0 zeroed). */
+int sao_t5_forward(sao_ctx *ctx, sao_t5 *m, const int64_t *ids, const int64_t *mask, int64_t B, int64_t L,
+                   int zero_padding, float *out /* out */);
+/* The bidirectional relative-position bucket of key j for query i: out [T, T] (i major). */
+int sao_t5_relative_buckets(sao_ctx *ctx, int64_t T, int64_t num_buckets, int64_t max_distance,
+                            int64_t *out /* out */);
+
+/* ---- Conditioners (conditioners.c): NumberConditioner (seconds_start / seconds_total) ----------
+ * e = Linear(1+F -> dim)([u, sin(2 pi u w), cos(2 pi u w)]), u = (clamp(v) - min) / (max - min).
+ * SAO: output_dim 768, features 256 (w has 128 values), min 0, max 512. Keys: embedder.embedding.0.weights,
+ * embedder.embedding.1.weight, embedder.embedding.1.bias (SAO prefix conditioner.conditioners.<id>.). */
+typedef struct sao_number_cond sao_number_cond;
+sao_number_cond *sao_number_cond_new(sao_ctx *ctx, int64_t output_dim, int64_t features, double min_val,
+                                     double max_val);
+void sao_number_cond_free(sao_number_cond *m);
+sao_params *sao_number_cond_params(sao_number_cond *m);
+/* values [B] -> u [B] (normalised, may be NULL), emb [B, output_dim]. */
+int sao_number_cond_forward(sao_ctx *ctx, sao_number_cond *m, const double *values, int64_t B,
+                            float *u /* out, may be NULL */, float *emb /* out */);
+/* demb [B, dim] -> dw [F/2] (weights), dlin_w [dim, 1+F], dlin_b [dim], accumulated; any may be NULL. */
+int sao_number_cond_backward(sao_ctx *ctx, sao_number_cond *m, const double *values, int64_t B,
+                             const float *demb, float *dw /* out, accumulated */,
+                             float *dlin_w /* out, accumulated */, float *dlin_b /* out, accumulated */);
 
 #ifdef __cplusplus
 }
