@@ -1,8 +1,9 @@
 -- kernels_spec.lua — the CPU kernels (kernels/cpu) against naive double-precision Lua references:
 -- forward on small random shapes (odd sizes included), backward by central finite differences of
 -- the reference (in double, on the scalar loss sum(out * R) with random R), attention at T = 300,
--- grouped K/V, bias, mask and strided layouts, thread-count independence, bad arguments, and the
--- AdamW/EMA fixture of upstream (../shared/fixtures, copied to spec/fixtures when present).
+-- grouped K/V, bias, mask and strided layouts, thread-count independence, guard bytes after
+-- outputs, and bad arguments. (Upstream parity of the assembled models, AdamW and EMA lives in
+-- dit_spec, dit_train_spec, vae_spec and optim_spec, which run these kernels on the fixtures.)
 --
 -- Tolerances: each check names its limit next to the error measured when it was written (see
 -- near() for the metric). The gradient checks compare the fp32 analytic gradient of the C kernel
@@ -372,11 +373,11 @@ describe("kernels: linear", function()
     local y = zeros(n * dout)
     check(C.sao_linear_forward(ctx, x, w, b, n, din, dout, 0, y))
     local want = ref_linear({ xt, wt, bt }, n, din, dout)
-    near("linear fwd", y, want, n * dout, { rel = 1e-5 })          -- measured 1.3e-7
+    near("linear fwd", y, want, n * dout, { rel = 2e-6 })  -- measured 1.0e-7
     check(C.sao_linear_forward(ctx, x, w, nil, n, din, dout, 1, y))  -- y += x W^T
     local want2 = ref_linear({ xt, wt }, n, din, dout)
     for i = 1, #want do want2[i] = want2[i] + want[i] end
-    near("linear fwd accumulate", y, want2, n * dout, { rel = 1e-5 })  -- measured 1.9e-7
+    near("linear fwd accumulate", y, want2, n * dout, { rel = 2e-6 })  -- measured 1.1e-7
   end)
 
   it("backward matches finite differences and accumulates", function()
@@ -389,14 +390,14 @@ describe("kernels: linear", function()
     check(C.sao_linear_backward(ctx, R, x, w, n, din, dout, dx, dw, db))
     local ref = function(inp) return ref_linear(inp, n, din, dout) end
     local inp = { xt, wt, bt }
-    near("linear dx", dx, numgrad(ref, inp, 1, Rt), n * din, { rel = 1e-4 })   -- measured 1.1e-7
-    near("linear dw", dw, numgrad(ref, inp, 2, Rt), dout * din, { rel = 1e-4 }) -- measured 8e-8
-    near("linear db", db, numgrad(ref, inp, 3, Rt), dout, { rel = 1e-4 })      -- measured 5e-8
+    near("linear dx", dx, numgrad(ref, inp, 1, Rt), n * din, { rel = 1e-6 })  -- measured 4.8e-8
+    near("linear dw", dw, numgrad(ref, inp, 2, Rt), dout * din, { rel = 1e-6 })  -- measured 6.2e-8
+    near("linear db", db, numgrad(ref, inp, 3, Rt), dout, { rel = 1e-6 })  -- measured 8.1e-8
     -- a second call doubles every gradient
     local dx1 = totable(dx, n * din)
     check(C.sao_linear_backward(ctx, R, x, w, n, din, dout, dx, nil, nil))
     for i = 1, #dx1 do dx1[i] = 2 * dx1[i] end
-    near("linear dx accumulated", dx, dx1, n * din, { rel = 1e-6 })
+    near("linear dx accumulated", dx, dx1, n * din, { abs = 0 })  -- x + x is exact
   end)
 
   it("rejects bad shapes with a message", function()
@@ -413,9 +414,9 @@ describe("kernels: layernorm and rmsnorm", function()
     local be, bet = rnd(c)
     local y, mean, rstd = zeros(n * c), zeros(n), zeros(n)
     check(C.sao_layernorm_forward(ctx, x, g, be, n, c, 1e-5, y, mean, rstd))
-    near("layernorm fwd", y, ref_layernorm({ xt, gt, bet }, n, c, 1e-5), n * c, { rel = 1e-5 }) -- 4e-7
+    near("layernorm fwd", y, ref_layernorm({ xt, gt, bet }, n, c, 1e-5), n * c, { rel = 1e-6 })  -- measured 6.3e-8
     check(C.sao_layernorm_forward(ctx, x, g, nil, n, c, 1e-5, y, nil, nil))
-    near("layernorm fwd no beta", y, ref_layernorm({ xt, gt }, n, c, 1e-5), n * c, { rel = 1e-5 }) -- 4e-7
+    near("layernorm fwd no beta", y, ref_layernorm({ xt, gt }, n, c, 1e-5), n * c, { rel = 1e-6 })  -- measured 1.0e-7
   end)
 
   it("layernorm backward matches finite differences", function()
@@ -430,9 +431,9 @@ describe("kernels: layernorm and rmsnorm", function()
     check(C.sao_layernorm_backward(ctx, R, x, g, mean, rstd, n, c, dx, dg, db))
     local ref = function(inp) return ref_layernorm(inp, n, c, 1e-5) end
     local inp = { xt, gt, bet }
-    near("layernorm dx", dx, numgrad(ref, inp, 1, Rt), n * c, { rel = 1e-3 })   -- measured 1.3e-5
-    near("layernorm dgamma", dg, numgrad(ref, inp, 2, Rt), c, { rel = 1e-4 })   -- measured 4e-7
-    near("layernorm dbeta", db, numgrad(ref, inp, 3, Rt), c, { rel = 1e-4 })    -- measured 6e-8
+    near("layernorm dx", dx, numgrad(ref, inp, 1, Rt), n * c, { rel = 2e-6 })  -- measured 1.3e-7
+    near("layernorm dgamma", dg, numgrad(ref, inp, 2, Rt), c, { rel = 1e-6 })  -- measured 5.6e-8
+    near("layernorm dbeta", db, numgrad(ref, inp, 3, Rt), c, { rel = 1e-6 })  -- measured 3.4e-8
   end)
 
   it("rmsnorm forward and backward", function()
@@ -442,12 +443,12 @@ describe("kernels: layernorm and rmsnorm", function()
     local y, rstd = zeros(n * c), zeros(n)
     check(C.sao_rmsnorm_forward(ctx, x, g, n, c, 1e-6, y, rstd))
     local ref = function(inp) return ref_rmsnorm(inp, n, c, 1e-6) end
-    near("rmsnorm fwd", y, ref({ xt, gt }), n * c, { rel = 1e-5 })  -- measured 2e-7
+    near("rmsnorm fwd", y, ref({ xt, gt }), n * c, { rel = 1e-6 })  -- measured 5.9e-8
     local R, Rt = rnd(n * c)
     local dx, dg = zeros(n * c), zeros(c)
     check(C.sao_rmsnorm_backward(ctx, R, x, g, rstd, n, c, dx, dg))
-    near("rmsnorm dx", dx, numgrad(ref, { xt, gt }, 1, Rt), n * c, { rel = 1e-4 })  -- measured 2e-6
-    near("rmsnorm dgamma", dg, numgrad(ref, { xt, gt }, 2, Rt), c, { rel = 1e-4 })  -- measured 2e-7
+    near("rmsnorm dx", dx, numgrad(ref, { xt, gt }, 1, Rt), n * c, { rel = 1e-6 })  -- measured 7.8e-8
+    near("rmsnorm dgamma", dg, numgrad(ref, { xt, gt }, 2, Rt), c, { rel = 1e-6 })  -- measured 4.1e-8
   end)
 end)
 
@@ -480,18 +481,19 @@ describe("kernels: attention", function()
   local cases = {
     { name = "self, odd sizes", B = 2, H = 3, Hkv = 3, T = 7, M = 7, D = 5 },
     { name = "cross, grouped 4:2", B = 2, H = 4, Hkv = 2, T = 5, M = 9, D = 8 },
-    { name = "grouped 3:1, bias, scale 1 (T5)", B = 1, H = 3, Hkv = 1, T = 6, M = 4, D = 4, bias = true, scale_arg = 1 },
+    { name = "grouped 3:1, bias, scale 1 (T5)", B = 2, H = 3, Hkv = 1, T = 6, M = 4, D = 4, bias = true, scale_arg = 1 },
     { name = "key mask", B = 2, H = 2, Hkv = 2, T = 3, M = 6, D = 3,
       mask = { 1, 0, 1, 1, 0, 1, 0, 0, 1, 1, 1, 0 } },
     { name = "tiles > 64 (T=70, M=131)", B = 1, H = 2, Hkv = 1, T = 70, M = 131, D = 6 },
+    { name = "wide head D=70", B = 1, H = 2, Hkv = 2, T = 5, M = 6, D = 70 },
   }
   for _, s in ipairs(cases) do
     it("forward and finite-difference backward: " .. s.name, function()
       local st = setup(s)
       local out, lse = forward(s, st)
       local want, wlse = ref_attention(st.inp, s)
-      near("attn fwd " .. s.name, out, want, #want, { rel = 1e-5 })    -- measured <= 1.2e-6
-      near("attn lse " .. s.name, lse, wlse, #wlse, { rel = 1e-5 })    -- measured <= 2.4e-7
+      near("attn fwd " .. s.name, out, want, #want, { rel = 5e-6 })  -- measured <= 4.3e-7
+      near("attn lse " .. s.name, lse, wlse, #wlse, { rel = 1e-6 })  -- measured <= 9.4e-8
       local R, Rt = rnd(#want)
       local dq, dk, dv = zeros(#st.inp[1]), zeros(#st.inp[2]), zeros(#st.inp[3])
       local dbias = s.bias and zeros(#st.inp[4]) or nil
@@ -499,11 +501,11 @@ describe("kernels: attention", function()
                                      dq, dk, dv, dbias))
       if s.T * s.M > 2000 then return end  -- the big case is covered by the long-T comparison
       local ref = function(inp) return (ref_attention(inp, s)) end
-      near("attn dq " .. s.name, dq, numgrad(ref, st.inp, 1, Rt), #st.inp[1], { rel = 1e-3 })  -- measured <= 4e-5
-      near("attn dk " .. s.name, dk, numgrad(ref, st.inp, 2, Rt), #st.inp[2], { rel = 1e-3 })  -- measured <= 5e-5
-      near("attn dv " .. s.name, dv, numgrad(ref, st.inp, 3, Rt), #st.inp[3], { rel = 1e-4 })  -- measured <= 2e-6
+      near("attn dq " .. s.name, dq, numgrad(ref, st.inp, 1, Rt), #st.inp[1], { rel = 5e-6 })  -- measured <= 3.3e-7
+      near("attn dk " .. s.name, dk, numgrad(ref, st.inp, 2, Rt), #st.inp[2], { rel = 5e-6 })  -- measured <= 4.8e-7
+      near("attn dv " .. s.name, dv, numgrad(ref, st.inp, 3, Rt), #st.inp[3], { rel = 5e-6 })  -- measured <= 2.7e-7
       if s.bias then
-        near("attn dbias " .. s.name, dbias, numgrad(ref, st.inp, 4, Rt), #st.inp[4], { rel = 1e-3 })  -- measured 2e-5
+        near("attn dbias " .. s.name, dbias, numgrad(ref, st.inp, 4, Rt), #st.inp[4], { rel = 5e-6 })  -- measured 3.3e-7
       end
     end)
   end
@@ -513,14 +515,14 @@ describe("kernels: attention", function()
     local st = setup(s)
     local out, lse = forward(s, st)
     local want = ref_attention(st.inp, s)
-    near("attn fwd T=300", out, want, #want, { rel = 1e-4 })     -- measured 4e-6
+    near("attn fwd T=300", out, want, #want, { rel = 1e-5 })  -- measured 6.3e-7
     local R, Rt = rnd(#want)
     local dq, dk, dv = zeros(#st.inp[1]), zeros(#st.inp[2]), zeros(#st.inp[3])
     check(C.sao_attention_backward(ctx, desc(s), st.q, st.k, st.v, nil, nil, out, lse, R, dq, dk, dv, nil))
     local wq, wk, wv = ref_attention_backward(st.inp, s, Rt)
-    near("attn dq T=300", dq, wq, #wq, { rel = 1e-3 })   -- measured 1e-4
-    near("attn dk T=300", dk, wk, #wk, { rel = 1e-3 })   -- measured 1e-4
-    near("attn dv T=300", dv, wv, #wv, { rel = 1e-4 })   -- measured 5e-6
+    near("attn dq T=300", dq, wq, #wq, { rel = 5e-6 })  -- measured 3.2e-7
+    near("attn dk T=300", dk, wk, #wk, { rel = 1e-5 })  -- measured 9.6e-7
+    near("attn dv T=300", dv, wv, #wv, { rel = 1e-5 })  -- measured 9.0e-7
   end)
 
   it("reads q/k/v from a fused qkv buffer and writes [B,T,H,D] through strides", function()
@@ -614,18 +616,18 @@ describe("kernels: rope", function()
     for i = 0, rot / 2 - 1 do invf[i + 1] = ffi.new("float[1]", 10000 ^ (-2 * i / rot))[0] end
     local y = zeros(B * H * T * D)
     check(C.sao_rope_forward(ctx, x, B, H, T, D, nil, rot, off, nil, 10000, y))
-    near("rope fwd (computed inv_freq)", y, ref_rope(xt, B, H, T, D, rot, off, invf, 1), #xt, { abs = 1e-6 }) -- 2.4e-7
+    near("rope fwd (computed inv_freq)", y, ref_rope(xt, B, H, T, D, rot, off, invf, 1), #xt, { abs = 1e-6 })  -- measured 6.9e-8 abs
     local y2 = zeros(B * H * T * D)
     check(C.sao_rope_forward(ctx, x, B, H, T, D, nil, rot, off, tofloat(invf), 0, y2))
     assert.is_true(same_bits(y, y2, #xt))
     -- backward: dx = R(-theta) dy, in place; it is the adjoint, so R(-theta) R(theta) x = x
     check(C.sao_rope_backward(ctx, y2, B, H, T, D, nil, rot, off, nil, 10000, y2))
-    near("rope inverse", y2, xt, #xt, { abs = 1e-6 })  -- measured 1.2e-7
+    near("rope inverse", y2, xt, #xt, { abs = 2e-6 })  -- measured 1.2e-7 abs
     local R, Rt = rnd(#xt)
     local dx = zeros(#xt)
     check(C.sao_rope_backward(ctx, R, B, H, T, D, nil, rot, off, nil, 10000, dx))
     local ref = function(inp) return ref_rope(inp[1], B, H, T, D, rot, off, invf, 1) end
-    near("rope dx", dx, numgrad(ref, { xt }, 1, Rt), #xt, { rel = 1e-5 })  -- measured 1.3e-7
+    near("rope dx", dx, numgrad(ref, { xt }, 1, Rt), #xt, { rel = 1e-6 })  -- measured 6.6e-8
   end)
 
   it("works in place through token-major strides (the q slice of a fused qkv)", function()
@@ -651,9 +653,10 @@ end)
 describe("kernels: activations", function()
   local n = 301
   local acts = {
-    { "silu", function(x) return x * sigmoid(x) end, 1e-6 },   -- measured 1.2e-7 rel
+    -- name, reference, forward tolerance (scale-relative; relu exact), measured
+    { "silu", function(x) return x * sigmoid(x) end, 1e-6 },        -- measured 2e-8
     { "relu", function(x) return x > 0 and x or 0 end, 0 },
-    { "softplus", function(x) return x > 20 and x or math.log(1 + math.exp(x)) end, 1e-6 },
+    { "softplus", function(x) return x > 20 and x or math.log(1 + math.exp(x)) end, 1e-6 },  -- 9e-9
   }
   for _, a in ipairs(acts) do
     it(a[1] .. " forward and backward", function()
@@ -663,7 +666,7 @@ describe("kernels: activations", function()
       check(C["sao_" .. a[1] .. "_forward"](ctx, x, n, y))
       local want = {}
       for i = 1, n do want[i] = a[2](xt[i]) end
-      near(a[1] .. " fwd", y, want, n, { rel = math.max(a[3], 1e-30), abs = a[3] == 0 and 0 or nil })
+      near(a[1] .. " fwd", y, want, n, a[3] == 0 and { abs = 0 } or { rel = a[3] })
       local R, Rt = rnd(n)
       local dx = zeros(n)
       check(C["sao_" .. a[1] .. "_backward"](ctx, R, x, n, dx))
@@ -672,7 +675,7 @@ describe("kernels: activations", function()
         for i = 1, n do o[i] = a[2](inp[1][i]) end
         return o
       end, { xt }, 1, Rt)
-      near(a[1] .. " dx", dx, g, n, { rel = 1e-5 })  -- measured <= 4e-7 (relu: exact away from 0)
+      near(a[1] .. " dx", dx, g, n, { rel = 2e-6 })  -- measured <= 2.6e-7 (relu: exact away from 0)
     end)
   end
 
@@ -689,7 +692,7 @@ describe("kernels: activations", function()
       check(C.sao_gelu_forward(ctx, x, n, approx, y))
       local want = {}
       for i = 1, n do want[i] = f(xt[i]) end
-      near("gelu fwd " .. approx, y, want, n, { rel = 1e-5 })   -- measured <= 3e-7
+      near("gelu fwd " .. approx, y, want, n, { rel = 1e-6 })  -- measured <= 7.0e-8
       local R, Rt = rnd(n)
       local dx = zeros(n)
       check(C.sao_gelu_backward(ctx, R, x, n, approx, dx))
@@ -698,7 +701,7 @@ describe("kernels: activations", function()
         for i = 1, n do o[i] = f(inp[1][i]) end
         return o
       end, { xt }, 1, Rt)
-      near("gelu dx " .. approx, dx, g, n, { rel = 1e-5 })   -- measured <= 5e-7
+      near("gelu dx " .. approx, dx, g, n, { rel = 5e-6 })  -- measured <= 2.1e-7
     end)
   end
 
@@ -717,11 +720,11 @@ describe("kernels: activations", function()
       end
       return o
     end
-    near("swiglu fwd", y, ref({ pt }), rows * F, { rel = 1e-6 })   -- measured 2e-7
+    near("swiglu fwd", y, ref({ pt }), rows * F, { rel = 1e-6 })  -- measured 9.9e-8
     local R, Rt = rnd(rows * F)
     local dp = zeros(rows * 2 * F)
     check(C.sao_swiglu_backward(ctx, R, p, rows, F, dp))
-    near("swiglu dp", dp, numgrad(ref, { pt }, 1, Rt), rows * 2 * F, { rel = 1e-5 })  -- measured 3e-7
+    near("swiglu dp", dp, numgrad(ref, { pt }, 1, Rt), rows * 2 * F, { rel = 1e-6 })  -- measured 8.2e-8
   end)
 
   it("silu and swiglu are accurate over the whole float range the vexp covers", function()
@@ -732,7 +735,7 @@ describe("kernels: activations", function()
     check(C.sao_silu_forward(ctx, x, m, y))
     local want = {}
     for i = 1, m do local v = tonumber(x[i - 1]); want[i] = v * sigmoid(v) end
-    near("silu wide range", y, want, m, { rel = 1e-6 })  -- measured 1.6e-7
+    near("silu wide range", y, want, m, { rel = 1e-6 })  -- measured 1.2e-8
   end)
 end)
 
@@ -746,13 +749,35 @@ describe("kernels: snake", function()
     check(C.sao_snake_forward(ctx, x, al, be, B, Cc, T, y))
     local ref = function(inp) return ref_snake(inp, B, Cc, T) end
     local inp = { xt, alt, bet }
-    near("snake fwd", y, ref(inp), #xt, { rel = 1e-6 })    -- measured 1.4e-7
+    near("snake fwd", y, ref(inp), #xt, { rel = 1e-6 })  -- measured 5.6e-8
     local R, Rt = rnd(#xt)
     local dx, da, db = zeros(#xt), zeros(Cc), zeros(Cc)
     check(C.sao_snake_backward(ctx, R, x, al, be, B, Cc, T, dx, da, db))
-    near("snake dx", dx, numgrad(ref, inp, 1, Rt), #xt, { rel = 1e-5 })   -- measured 6e-7
-    near("snake dalpha", da, numgrad(ref, inp, 2, Rt), Cc, { rel = 1e-5 }) -- measured 2e-7
-    near("snake dbeta", db, numgrad(ref, inp, 3, Rt), Cc, { rel = 1e-5 })  -- measured 1e-7
+    near("snake dx", dx, numgrad(ref, inp, 1, Rt), #xt, { rel = 1e-6 })  -- measured 8.5e-8
+    near("snake dalpha", da, numgrad(ref, inp, 2, Rt), Cc, { rel = 1e-6 })  -- measured 9.9e-8
+    near("snake dbeta", db, numgrad(ref, inp, 3, Rt), Cc, { rel = 1e-6 })  -- measured 5.9e-8
+  end)
+end)
+
+describe("kernels: snake (wide range)", function()
+  it("sin^2 stays accurate for large arguments (the vectorised sin/cos)", function()
+    -- log beta = -10 makes the sin^2 term (up to e^10 ~ 22026) dominate y, so y's fp32 rounding
+    -- no longer hides the error of sin at arguments up to ~6000
+    local T = 20001
+    local x = ffi.new("float[?]", T)
+    for i = 0, T - 1 do x[i] = -3000 + 6000 * i / (T - 1) end
+    local al, be = ffi.new("float[1]", 0.7), ffi.new("float[1]", -10)
+    local y = zeros(T)
+    check(C.sao_snake_forward(ctx, x, al, be, 1, 1, T, y))
+    local a = tonumber(ffi.new("float[1]", math.exp(0.7))[0])      -- fp32 exp(alpha), as the kernel
+    local inv = 1 / (math.exp(-10) + 1e-9)
+    local want = {}
+    for i = 1, T do
+      local xv = tonumber(x[i - 1])
+      local ax = tonumber(ffi.new("float[1]", a * xv)[0])          -- the fp32 product a*x
+      want[i] = xv + inv * math.sin(ax) ^ 2
+    end
+    near("snake |alpha x| <= 6000", y, want, T, { rel = 2e-6 })  -- measured 1.2e-7
   end)
 end)
 
@@ -776,13 +801,13 @@ describe("kernels: conv1d", function()
       local inp = { xt, wt, bt }
       local want, wt_out = ref_conv1d(inp, s)
       assert.are.equal(wt_out, tout)
-      near("conv fwd " .. s.name, y, want, #want, { rel = 1e-5 })  -- measured <= 3e-7
+      near("conv fwd " .. s.name, y, want, #want, { rel = 2e-6 })  -- measured <= 1.0e-7
       local R, Rt = rnd(#want)
       local dx, dw, db = zeros(#xt), zeros(#wt), s.bias and zeros(s.cout) or nil
       check(C.sao_conv1d_backward(ctx, R, x, w, s.B, s.cin, s.tin, s.cout, s.k, s.stride, s.pad, s.dil, s.groups, dx, dw, db))
-      near("conv dx " .. s.name, dx, numgrad(ref, inp, 1, Rt), #xt, { rel = 1e-4 })  -- measured <= 3e-7
-      near("conv dw " .. s.name, dw, numgrad(ref, inp, 2, Rt), #wt, { rel = 1e-4 })  -- measured <= 2e-7
-      if s.bias then near("conv db " .. s.name, db, numgrad(ref, inp, 3, Rt), s.cout, { rel = 1e-4 }) end
+      near("conv dx " .. s.name, dx, numgrad(ref, inp, 1, Rt), #xt, { rel = 1e-6 })  -- measured <= 8.3e-8
+      near("conv dw " .. s.name, dw, numgrad(ref, inp, 2, Rt), #wt, { rel = 2e-6 })  -- measured <= 1.1e-7
+      if s.bias then near("conv db " .. s.name, db, numgrad(ref, inp, 3, Rt), s.cout, { rel = 1e-6 }) end  -- measured <= 3.9e-8
     end)
   end
 
@@ -805,14 +830,14 @@ describe("kernels: conv1d", function()
       local inp = { xt, wt, bt }
       local want, wt_out = ref_convt(inp, s)
       assert.are.equal(wt_out, tout)
-      near("convT fwd " .. s.name, y, want, #want, { rel = 1e-5 })   -- measured <= 2e-7
+      near("convT fwd " .. s.name, y, want, #want, { rel = 1e-6 })  -- measured <= 8.8e-8
       local R, Rt = rnd(#want)
       local dx, dw, db = zeros(#xt), zeros(#wt), s.bias and zeros(s.cout) or nil
       check(C.sao_conv_transpose1d_backward(ctx, R, x, w, s.B, s.cin, s.tin, s.cout, s.k, s.stride, s.pad,
                                             s.opad, s.dil, s.groups, dx, dw, db))
-      near("convT dx " .. s.name, dx, numgrad(ref, inp, 1, Rt), #xt, { rel = 1e-4 })  -- measured <= 2e-7
-      near("convT dw " .. s.name, dw, numgrad(ref, inp, 2, Rt), #wt, { rel = 1e-4 })  -- measured <= 2e-7
-      if s.bias then near("convT db " .. s.name, db, numgrad(ref, inp, 3, Rt), s.cout, { rel = 1e-4 }) end
+      near("convT dx " .. s.name, dx, numgrad(ref, inp, 1, Rt), #xt, { rel = 1e-6 })  -- measured <= 7.0e-8
+      near("convT dw " .. s.name, dw, numgrad(ref, inp, 2, Rt), #wt, { rel = 1e-6 })  -- measured <= 5.7e-8
+      if s.bias then near("convT db " .. s.name, db, numgrad(ref, inp, 3, Rt), s.cout, { rel = 1e-6 }) end  -- measured <= 3.7e-8
     end)
   end
 
@@ -824,7 +849,7 @@ describe("kernels: conv1d", function()
     local y = zeros(s.cout * s.tin)
     check(C.sao_conv1d_forward(ctx, x, w, nil, 1, s.cin, s.tin, s.cout, s.k, 1, 3, 1, 1, y))
     local want = ref_conv1d({ xt, wt }, s)
-    near("conv fwd chunked", y, want, #want, { rel = 1e-4 })   -- measured 5e-6
+    near("conv fwd chunked", y, want, #want, { rel = 1e-5 })  -- measured 8.9e-7
   end)
 
   it("refuses geometry it cannot run", function()
@@ -854,12 +879,12 @@ describe("kernels: fourier features", function()
       return o
     end
     local inp = { tt, wt }
-    near("fourier fwd", y, ref(inp), B * 2 * F, { abs = 1e-7 })   -- measured 6e-8 (fp32 rounding)
+    near("fourier fwd", y, ref(inp), B * 2 * F, { abs = 5e-7 })  -- measured 2.9e-8 abs
     local R, Rt = rnd(B * 2 * F)
     local dt, dw = zeros(B), zeros(F)
     check(C.sao_fourier_features_backward(ctx, R, t, w, B, F, dw, dt))
-    near("fourier dw", dw, numgrad(ref, inp, 2, Rt), F, { rel = 1e-6 })  -- measured 4e-8
-    near("fourier dt", dt, numgrad(ref, inp, 1, Rt), B, { rel = 1e-6 })  -- measured 3e-8
+    near("fourier dw", dw, numgrad(ref, inp, 2, Rt), F, { rel = 1e-6 })  -- measured 3.1e-8
+    near("fourier dt", dt, numgrad(ref, inp, 1, Rt), B, { rel = 1e-6 })  -- measured 3.8e-8
   end)
 
   it("NumberEmbedder features [u, sin, cos] and backward", function()
@@ -881,12 +906,12 @@ describe("kernels: fourier features", function()
       return o
     end
     local inp = { ut, wt }
-    near("number fwd", y, ref(inp), B * (1 + 2 * F), { abs = 1e-7 })  -- measured 6e-8
+    near("number fwd", y, ref(inp), B * (1 + 2 * F), { abs = 5e-7 })  -- measured 2.9e-8 abs
     local R, Rt = rnd(B * (1 + 2 * F))
     local du, dw = zeros(B), zeros(F)
     check(C.sao_number_features_backward(ctx, R, u, w, B, F, dw, du))
-    near("number dw", dw, numgrad(ref, inp, 2, Rt), F, { rel = 1e-6 })   -- measured 5e-8
-    near("number du", du, numgrad(ref, inp, 1, Rt), B, { rel = 1e-6 })   -- measured 3e-8
+    near("number dw", dw, numgrad(ref, inp, 2, Rt), F, { rel = 1e-6 })  -- measured 2.5e-8
+    near("number du", du, numgrad(ref, inp, 1, Rt), B, { rel = 1e-6 })  -- measured 1.6e-8
   end)
 end)
 
@@ -904,7 +929,7 @@ describe("kernels: loss, optimiser, reductions", function()
     check(C.sao_mse_backward(ctx, p, tg, n, 0.5, dp))
     local want = {}
     for i = 1, n do want[i] = 0.5 * 2 * (pt[i] - tgt[i]) / n end
-    near("mse dpred", dp, want, n, { rel = 1e-6 })   -- measured 6e-8
+    near("mse dpred", dp, want, n, { rel = 1e-6 })  -- measured 7.3e-8
   end)
 
   it("adamw matches torch's formula over several steps, and the EMA lerp", function()
@@ -926,11 +951,11 @@ describe("kernels: loss, optimiser, reductions", function()
         pt[i] = pt[i] - lr / (1 - b1 ^ step) * mt[i] / denom
       end
     end
-    near("adamw params", p, pt, n, { abs = 1e-6 })  -- measured 6e-8 (fp32 storage of p, m, v)
+    near("adamw params", p, pt, n, { abs = 1e-6 })  -- measured 7.6e-8 abs
     local e, et = rnd(n)
     check(C.sao_ema_update(ctx, e, p, n, 0.99))
     for i = 1, n do et[i] = et[i] + 0.01 * (tonumber(p[i - 1]) - et[i]) end
-    near("ema", e, et, n, { abs = 1e-7 })    -- measured 6e-8
+    near("ema", e, et, n, { abs = 5e-7 })  -- measured 2.8e-8 abs
   end)
 
   it("sumsq in double, thread-count independent, and a transpose round trip", function()
@@ -954,5 +979,88 @@ describe("kernels: loss, optimiser, reductions", function()
     assert.are.equal(a[(1 * R + 5) * Cc + 9], tr[(1 * Cc + 9) * R + 5])
     check(C.sao_transpose_forward(ctx, tr, B, Cc, R, 1, back))
     near("transpose round trip", back, at, #at, { abs = 0 })
+  end)
+end)
+
+describe("kernels: determinism and bounds", function()
+  -- every kernel whose reductions the library orders itself gives the same bits with 1 and 2
+  -- threads (sgemm-based gradients are OpenBLAS's business and are left out)
+  it("reductions do not depend on the thread count", function()
+    local n, c = 300, 70
+    local x = rnd(n * c, -2, 2)
+    local g = rnd(c, 0.5, 1.5)
+    local dy = rnd(n * c)
+    local y, mean, rstd = zeros(n * c), zeros(n), zeros(n)
+    check(C.sao_layernorm_forward(ctx, x, g, nil, n, c, 1e-5, y, mean, rstd))
+    local al, be = rnd(c, -0.5, 0.5), rnd(c, -0.5, 0.5)
+    local outs = {}
+    for _, nt in ipairs { 1, 2 } do
+      with_threads(nt, function()
+        local r = {}
+        r.dx, r.dg, r.db = zeros(n * c), zeros(c), zeros(c)
+        check(C.sao_layernorm_backward(ctx, dy, x, g, mean, rstd, n, c, r.dx, r.dg, r.db))
+        r.rdx, r.rdg = zeros(n * c), zeros(c)
+        check(C.sao_rmsnorm_backward(ctx, dy, x, g, rstd, n, c, r.rdx, r.rdg))
+        r.sdx, r.sda, r.sdb = zeros(n * c), zeros(c), zeros(c)
+        check(C.sao_snake_backward(ctx, dy, x, al, be, 1, c, n, r.sdx, r.sda, r.sdb))
+        r.ldb = zeros(c)
+        check(C.sao_linear_backward(ctx, dy, nil, nil, n, 5, c, nil, nil, r.ldb))
+        r.cdb = zeros(c)
+        check(C.sao_conv1d_backward(ctx, dy, nil, nil, 1, 3, n, c, 1, 1, 0, 1, 1, nil, nil, r.cdb))
+        local l = ffi.new("double[1]")
+        check(C.sao_mse_forward(ctx, x, dy, n * c, l))
+        r.loss = l[0]
+        outs[nt] = r
+      end)
+    end
+    local a, b = outs[1], outs[2]
+    for _, k in ipairs { "dx", "rdx", "sdx" } do assert.is_true(same_bits(a[k], b[k], n * c), k) end
+    for _, k in ipairs { "dg", "db", "rdg", "sda", "sdb", "ldb", "cdb" } do assert.is_true(same_bits(a[k], b[k], c), k) end
+    assert.are.equal(a.loss, b.loss)
+  end)
+
+  -- outputs get 64 guard floats after their end; a kernel must never touch them
+  local GUARD = 64
+  local function guarded(n)
+    local f = ffi.new("float[?]", n + GUARD)
+    for i = n, n + GUARD - 1 do f[i] = 12345.5 end
+    return f
+  end
+  local function intact(f, n)
+    for i = n, n + GUARD - 1 do if f[i] ~= 12345.5 then return false end end
+    return true
+  end
+
+  it("attention, conv and rope write nothing past their outputs", function()
+    local s = { B = 1, H = 2, Hkv = 1, T = 67, M = 70, D = 5 }
+    local a = ffi.new("sao_attn_desc", s)
+    local q, k, v = rnd(s.H * s.T * s.D), rnd(s.M * s.D), rnd(s.M * s.D)
+    local nq, nk = s.H * s.T * s.D, s.M * s.D
+    local out, lse = guarded(nq), guarded(s.H * s.T)
+    check(C.sao_attention_forward(ctx, a, q, k, v, nil, nil, out, lse))
+    assert.is_true(intact(out, nq) and intact(lse, s.H * s.T))
+    local dq, dk, dv = guarded(nq), guarded(nk), guarded(nk)
+    for i = 0, nq - 1 do dq[i] = 0 end
+    for i = 0, nk - 1 do dk[i], dv[i] = 0, 0 end
+    check(C.sao_attention_backward(ctx, a, q, k, v, nil, nil, out, lse, rnd(nq), dq, dk, dv, nil))
+    assert.is_true(intact(dq, nq) and intact(dk, nk) and intact(dv, nk))
+
+    local tout = tonumber(C.sao_conv1d_out_len(50, 4, 2, 1, 1))
+    local x, w = rnd(3 * 50), rnd(4 * 3 * 4)
+    local y = guarded(4 * tout)
+    check(C.sao_conv1d_forward(ctx, x, w, nil, 1, 3, 50, 4, 4, 2, 1, 1, 1, y))
+    assert.is_true(intact(y, 4 * tout))
+    local dx = guarded(3 * 50)
+    for i = 0, 3 * 50 - 1 do dx[i] = 0 end
+    check(C.sao_conv1d_backward(ctx, rnd(4 * tout), x, w, 1, 3, 50, 4, 4, 2, 1, 1, 1, dx, nil, nil))
+    assert.is_true(intact(dx, 3 * 50))
+    local tt = tonumber(C.sao_conv_transpose1d_out_len(9, 16, 8, 4, 0, 1))
+    local yt = guarded(2 * tt)
+    check(C.sao_conv_transpose1d_forward(ctx, rnd(3 * 9), rnd(3 * 2 * 16), nil, 1, 3, 9, 2, 16, 8, 4, 0, 1, 1, yt))
+    assert.is_true(intact(yt, 2 * tt))
+
+    local r = guarded(2 * 3 * 10)
+    check(C.sao_rope_forward(ctx, rnd(2 * 3 * 10), 1, 2, 3, 10, nil, 4, 0, nil, 10000, r))
+    assert.is_true(intact(r, 2 * 3 * 10))
   end)
 end)

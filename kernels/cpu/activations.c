@@ -60,7 +60,8 @@ int sao_gelu_backward(sao_ctx *ctx, const float *dy, const float *x, int64_t n, 
         for (int64_t i = 0; i < n; i++) {
             float v = x[i];
             float th = tanhf(GELU_K0 * (v + GELU_K1 * v * v * v));
-            float d = 0.5f * (1.0f + th) + 0.5f * v * (1.0f - th * th) * GELU_K0 * (1.0f + 3.0f * GELU_K1 * v * v);
+            float du = GELU_K0 * (1.0f + 3.0f * GELU_K1 * v * v);   /* d(inner)/dx */
+            float d = 0.5f * (1.0f + th) + 0.5f * v * (1.0f - th * th) * du;
             dx[i] += dy[i] * d;
         }
     } else {

@@ -51,6 +51,9 @@ int sao_ema_update(sao_ctx *ctx, float *ema, const float *param, int64_t n, doub
     double w = 1.0 - decay;
     sao_threads_apply(ctx);
     #pragma omp parallel for simd schedule(static) if (n >= SAO_PAR_MIN)
-    for (int64_t i = 0; i < n; i++) ema[i] = (float)((double)ema[i] + w * ((double)param[i] - (double)ema[i]));
+    for (int64_t i = 0; i < n; i++) {
+        double e = (double)ema[i];
+        ema[i] = (float)(e + w * ((double)param[i] - e));
+    }
     return 0;
 }

@@ -14,7 +14,9 @@
  * Memory: im2col works on chunks of output columns so its buffer stays near 8 MB whatever T is
  * (the Oobleck decoder runs 128 channels x 2M samples). A 1x1 conv with stride 1 and no padding
  * (the DiT's residual convs) needs no buffer: it is one sgemm per batch item and group.
- * Threads: OpenBLAS inside the sgemms; the copies run on the calling thread.
+ * Threads: OpenBLAS inside the sgemms, OpenMP over channels in the im2col/col2im copies (each
+ * channel's rows are written by one thread, so results do not depend on the thread count beyond
+ * OpenBLAS's own summation order).
  */
 #include "kcommon.h"
 #include <cblas.h>
@@ -63,6 +65,7 @@ static int make_geo(sao_ctx *ctx, const char *op, cgeo *c, int64_t B, int64_t cx
 
 /* col[r * nc + (t - t0)], r = ci*K + k, for t in [t0, t0+nc): X[ci, t*s + k*d - p] or 0 */
 static void im2col(const cgeo *c, const float *xg, int64_t t0, int64_t nc, float *col) {
+    #pragma omp parallel for schedule(static) if (c->rows * nc >= SAO_PAR_MIN)
     for (int64_t ci = 0; ci < c->cxg; ci++) {
         const float *xr = xg + ci * c->tx;
         for (int64_t k = 0; k < c->K; k++) {
@@ -91,6 +94,7 @@ static void im2col(const cgeo *c, const float *xg, int64_t t0, int64_t nc, float
 
 /* dX[ci, t*s + k*d - p] += col[r * nc + (t - t0)] */
 static void col2im(const cgeo *c, const float *col, int64_t t0, int64_t nc, float *dxg) {
+    #pragma omp parallel for schedule(static) if (c->rows * nc >= SAO_PAR_MIN)
     for (int64_t ci = 0; ci < c->cxg; ci++) {
         float *xr = dxg + ci * c->tx;
         for (int64_t k = 0; k < c->K; k++) {
@@ -251,6 +255,7 @@ int sao_conv1d_forward(sao_ctx *ctx, const float *x, const float *w, const float
     SAO_NEED(ctx, op, x);
     SAO_NEED(ctx, op, w);
     SAO_NEED(ctx, op, y);
+    if ((const float *)y == x) return sao_err(ctx, op, "y and x are the same buffer (not in place)");
     if (B == 0) return 0;
     sao_threads_apply(ctx);
     if (bias) fill_bias(bias, B, c_out, c.ty, y);
@@ -306,6 +311,7 @@ int sao_conv_transpose1d_forward(sao_ctx *ctx, const float *x, const float *w, c
     SAO_NEED(ctx, op, x);
     SAO_NEED(ctx, op, w);
     SAO_NEED(ctx, op, y);
+    if ((const float *)y == x) return sao_err(ctx, op, "y and x are the same buffer (not in place)");
     if (B == 0) return 0;
     sao_threads_apply(ctx);
     if (bias) fill_bias(bias, B, c_out, c.tx, y);

@@ -2,13 +2,13 @@
  * vectorisable float approximations of exp and sin/cos (libm's scalar calls stop the compiler
  * from vectorising a loop; these are plain arithmetic, so `#pragma omp simd` loops vectorise).
  *
- * Accuracy, measured against double libm over the ranges the kernels use (spec/kernels_spec.lua
- * "vmath" re-checks them through the kernels):
- *   sao_vexpf     relative error < 1e-7 (7.9e-8 measured) on [-87, 88]; 0 below -87.33 (and for -inf); inputs above
- *                 88 saturate at exp(88) ~ 1.65e38 (the kernels only call it with x <= 0 or for
- *                 sigmoids, where that is harmless).
- *   sao_vsincosf  absolute error < 1e-7 (7.1e-8 measured) for |x| < 1e6 (the reduction x - k*pi/2 is done in
- *                 double; the polynomials are Taylor series on [-pi/4, pi/4]).
+ * Accuracy, measured against double libm (spec/kernels_spec.lua re-checks both through the
+ * kernels: "silu ... whole float range" and "snake ... wide range"):
+ *   sao_vexpf     relative error < 1e-7 (7.9e-8 measured) on [-87, 88]; 0 below -87.33 (and for
+ *                 -inf); NaN stays NaN; inputs above 88 saturate at exp(88) ~ 1.65e38 (the kernels
+ *                 only call it with x <= 0 or inside sigmoids, where that is harmless).
+ *   sao_vsincosf  absolute error < 1e-7 (7.1e-8 measured) for |x| < 1e6 (the reduction
+ *                 x - k*pi/2 runs in double; the polynomials are Taylor series on [-pi/4, pi/4]).
  */
 #ifndef SAO_KCOMMON_H
 #define SAO_KCOMMON_H
@@ -69,7 +69,9 @@ static inline void sao_vsincosf(float x, float *s_out, float *c_out) {
 static inline float sao_vsigmoidf(float x) { return 1.0f / (1.0f + sao_vexpf(-x)); }
 
 /* Common argument check: returns -1 through sao_err when a pointer is NULL. */
-#define SAO_NEED(ctx, op, p) \
-    do { if (!(p)) return sao_err((ctx), (op), "%s is NULL (pass a buffer of the documented shape)", #p); } while (0)
+#define SAO_NEED(ctx, op, p)                                                                        \
+    do {                                                                                            \
+        if (!(p)) return sao_err((ctx), (op), "%s is NULL (pass a buffer of the documented shape)", #p); \
+    } while (0)
 
 #endif

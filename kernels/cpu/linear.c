@@ -26,6 +26,7 @@ int sao_linear_forward(sao_ctx *ctx, const float *x, const float *w, const float
     SAO_NEED(ctx, op, x);
     SAO_NEED(ctx, op, w);
     SAO_NEED(ctx, op, y);
+    if ((const float *)y == x) return sao_err(ctx, op, "y and x are the same buffer (not in place)");
     if (n == 0) return 0;
     sao_threads_apply(ctx);
     float beta = accumulate ? 1.0f : 0.0f;

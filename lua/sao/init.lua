@@ -29,6 +29,9 @@ local st = require "sao.safetensors"
 sao.load_safetensors = st.load
 sao.save_safetensors = st.save
 
+--- sao.load_model([dir | "sao-1.0" | "tiny" | config][, opts]) -> model (see lua/sao/model.lua)
+function sao.load_model(what, opts) return require("sao.model").load(what, opts) end
+
 -- submodules on first use -----------------------------------------------------------------------
 setmetatable(sao, {
   __index = function(t, k)

@@ -13,6 +13,7 @@
 -- and devices stay the caller's business.
 local ffi = require "ffi"
 local sao = require "sao"
+local progress = require "sao.progress"
 local C = sao.C
 
 local M = {}
@@ -29,23 +30,12 @@ function M.sigmas(n, sigma_min, sigma_max, rho)
   return out
 end
 
-local function progress_bar(i, n, t0)
-  local now = os.clock()
-  local rate = i / math.max(now - t0, 1e-9)
-  local eta = (n - i) / math.max(rate, 1e-9)
-  local w = 30
-  local fill = math.floor(w * i / n)
-  io.stderr:write(string.format("\r  sampling [%s%s] %d/%d  %.2f steps/s  ETA %ds ",
-    string.rep("#", fill), string.rep(".", w - fill), i, n, rate, math.floor(eta + 0.5)))
-  if i == n then io.stderr:write("\n") end
-end
-M.progress_bar = progress_bar
 
 local function vddim(opts)
   local n = opts.steps
   local x = opts.noise:clone()
   local den
-  local t0 = os.clock()
+  local bar = opts.progress and progress.new { total = n, label = "sampling", unit = "steps" }
   for k = 0, n - 1 do
     local t = 1 - k / n
     local a, s = math.cos(math.pi * t / 2), math.sin(math.pi * t / 2)
@@ -58,8 +48,9 @@ local function vddim(opts)
       x = den * an + eps * sn
     end
     if opts.callback then opts.callback(k, x, den, t) end
-    if opts.progress then progress_bar(k + 1, n, t0) end
+    if bar then bar:advance(1) end
   end
+  if bar then bar:finish() end
   return den
 end
 
@@ -79,7 +70,7 @@ function M.sample(opts)
   local have, h1, h2 = 0, 0, 0
   local eta = opts.eta or 1
   local block = math.ceil(numel / 4)           -- Philox blocks one noise tensor uses
-  local t0 = os.clock()
+  local bar = opts.progress and progress.new { total = #sig - 1, label = "sampling", unit = "steps" }
   for i = 1, #sig - 1 do
     local s, sn = sig[i], sig[i + 1]
     local c_in = 1 / math.sqrt(s * s + 1)
@@ -100,9 +91,10 @@ function M.sample(opts)
     if noise then noise:free() end
     have = math.min(have + 1, 2)
     h2, h1 = h1, h
-    if opts.progress then progress_bar(i, #sig - 1, t0) end
+    if bar then bar:advance(1) end
     if C.sao_interrupt_pending() ~= 0 then error("sampling interrupted", 2) end
   end
+  if bar then bar:finish() end
   den1:free(); den2:free(); den:free()
   return x
 end

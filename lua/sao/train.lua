@@ -42,12 +42,7 @@ local function write_atomic(path, text)
 end
 M.write_atomic = write_atomic
 
-local function now()
-  local t = ffi.new("struct { long s; long ns; }")
-  ffi.C.clock_gettime(1, ffi.cast("void*", t))
-  return tonumber(t.s) + tonumber(t.ns) * 1e-9
-end
-pcall(ffi.cdef, "int clock_gettime(int clk, void *ts);")
+local now = require("sao.progress").now
 
 -- Trainable parameters of a DiT: name -> tensor (owned, writable copies), buffers excluded.
 local function trainable(dit)

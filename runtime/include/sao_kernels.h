@@ -59,9 +59,10 @@ int sao_rmsnorm_backward(sao_ctx *ctx, const float *dy, const float *x, const fl
 /* ---- attention.c: fused multi-head scaled-dot-product attention -------------------------------
  * out[b,h,t,:] = sum_m softmax_m(scale * q[b,h,t,:].k[b,g,m,:] + bias[h,t,m]) v[b,g,m,:]
  * with g = h / (H/Hkv) (grouped K/V: consecutive query heads share a K/V head, as
- * repeat_interleave). Tiled with an online softmax: memory is O(tile), never T x M; the forward
- * stores lse[b,h,t] = logsumexp of the row's logits, and the backward recomputes the scores tile
- * by tile from it (flash-attention-2 style).
+ * repeat_interleave). Tiled with an online softmax, never forming T x M: scratch is O(tile) per
+ * thread plus padded copies of K and V (O(M*D), their own size) per call; the forward stores
+ * lse[b,h,t] = logsumexp of the row's logits, and the backward recomputes the scores tile by tile
+ * from it (flash-attention-2 style). Thread-count independent.
  * Strides: element strides over (batch, head, token) for each tensor; the D elements of one row
  * are contiguous. All-zero strides mean the contiguous layouts q/out [B,H,T,D] and k/v
  * [B,Hkv,M,D]. Example: q, k, v read straight from a fused qkv buffer [B, T, 3, H, D] have
@@ -110,7 +111,8 @@ int sao_rope_backward(sao_ctx *ctx, const float *dy, int64_t B, int64_t H, int64
 int sao_silu_forward(sao_ctx *ctx, const float *x, int64_t n, float *y /* out */);
 int sao_silu_backward(sao_ctx *ctx, const float *dy, const float *x, int64_t n,
                       float *dx /* out, accumulated */);
-/* approximate 0: exact 0.5 x (1 + erf(x/sqrt2)); 1: tanh form 0.5 x (1 + tanh(sqrt(2/pi)(x + 0.044715 x^3))) */
+/* approximate 0: exact 0.5 x (1 + erf(x/sqrt2));
+ * approximate 1: tanh form 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
 int sao_gelu_forward(sao_ctx *ctx, const float *x, int64_t n, int approximate, float *y /* out */);
 int sao_gelu_backward(sao_ctx *ctx, const float *dy, const float *x, int64_t n, int approximate,
                       float *dx /* out, accumulated */);

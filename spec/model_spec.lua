@@ -1,0 +1,116 @@
+-- sao.load_model + generate on the tiny model: determinism, seconds handling, and the real
+-- checkpoint path (a directory laid out like the Hugging Face repo, written from the tiny model's
+-- weights with upstream key names) loading to the same outputs.
+local sao = require "sao"
+require "spec.support.near"
+
+local function tmpdir()
+  local d = os.tmpname()
+  os.remove(d)
+  os.execute("mkdir -p " .. d)
+  return d
+end
+
+describe("load_model and generate (tiny)", function()
+  local m = sao.load_model("tiny", { quiet = true })
+
+  it("builds every part with SAO's structure", function()
+    assert.is_true(m.random)
+    assert.equal(2048, m:window_frames())
+    assert.equal(44100, m:sample_rate())
+    assert.is_true(m.dit:parameter_count() > 1e5)
+  end)
+
+  it("the same seed gives the same audio; another seed differs; seconds trims", function()
+    local a = m:generate { prompt = "warm analog synth pad", seconds = 1.5, steps = 3, seed = 11, progress = false, frames = 384 }
+    local b = m:generate { prompt = "warm analog synth pad", seconds = 1.5, steps = 3, seed = 11, progress = false, frames = 384 }
+    local c = m:generate { prompt = "warm analog synth pad", seconds = 1.5, steps = 3, seed = 12, progress = false, frames = 384 }
+    assert.same({ 1, 2, 66150 }, a:shape())
+    assert.equal(0, a:maxdiff(b))
+    assert.is_true(a:maxdiff(c) > 1e-4)
+  end)
+
+  it("the prompt changes the output (cross-attention is wired)", function()
+    local a = m:generate { prompt = "drums", seconds = 1, steps = 2, seed = 1, progress = false, cfg_scale = 7, frames = 256 }
+    local b = m:generate { prompt = "strings", seconds = 1, steps = 2, seed = 1, progress = false, cfg_scale = 7, frames = 256 }
+    assert.is_true(a:maxdiff(b) > 1e-5)
+  end)
+
+  it("batches, samplers and errors", function()
+    local a = m:generate { prompt = { "a", "b" }, seconds = 0.5, steps = 2, seed = 1, progress = false, sampler = "euler", frames = 128 }
+    assert.same({ 2, 2, 22050 }, a:shape())
+    assert.error_matches(function() m:generate { prompt = "x", seconds = 999, steps = 2 } end, "window")
+    assert.error_matches(function() m:generate { prompt = "x", seconds = 1, frames = 64 } end, "window")
+    assert.error_matches(function() sao.load_model("/nonexistent/dir") end, "not a checkpoint directory")
+  end)
+
+  it("loads a checkpoint directory with upstream key names to the same model", function()
+    local dir = tmpdir()
+    -- model_config.json: the tiny config; model.safetensors: the tiny model's weights, SAO prefixes
+    local src = io.open(sao.root .. "/checkpoints/tiny.json"):read("*a")
+    local f = io.open(dir .. "/model_config.json", "w"); f:write(src); f:close()
+    local models = require "sao.models"
+    local out = {}
+    local function add(params, prefix)
+      for name in pairs(models.list(params)) do
+        local i = sao.C.sao_params_find(params, name)
+        local t = sao.C.sao_params_tensor(params, i)
+        if t ~= nil then out[prefix .. name] = sao.tensor_from_ptr(sao.C.sao_tensor_view_of(sao.ctx, t)) end
+      end
+    end
+    add(m.dit:params(), "model.model.")
+    add(m.cond.seconds_start:params(), "conditioner.conditioners.seconds_start.")
+    add(m.cond.seconds_total:params(), "conditioner.conditioners.seconds_total.")
+    -- VAE: fresh random raw weights (weight_v, weight_g, biases, snake), given to both models
+    local vae_w = {}
+    for i, p in ipairs(m.vae:parameters()) do
+      local t
+      if p.name:match("weight_v$") then t = sao.randn { p.shape, seed = 40 + i }
+      elseif p.name:match("weight_g$") then t = sao.full(p.shape, 0.5)
+      else t = sao.randn { p.shape, seed = 900 + i } * 0.1 end
+      vae_w["pretransform.model." .. p.name] = t
+    end
+    m.vae:load(vae_w, { prefix = "pretransform.model." })
+    for k, v in pairs(vae_w) do out[k] = v end
+    sao.save_safetensors(dir .. "/model.safetensors", out)
+    -- t5-base/: the tiny tokenizer and the tiny random encoder's weights
+    os.execute("mkdir -p " .. dir .. "/t5-base && cp " .. sao.root .. "/checkpoints/tiny/spiece.model " .. dir .. "/t5-base/")
+    local t5w = {}
+    local enc = m.t5.encoder
+    for name in pairs(models.list(enc:params())) do
+      local i = sao.C.sao_params_find(enc:params(), name)
+      t5w[name] = sao.tensor_from_ptr(sao.C.sao_tensor_view_of(sao.ctx, sao.C.sao_params_tensor(enc:params(), i)))
+    end
+    sao.save_safetensors(dir .. "/t5-base/model.safetensors", t5w)
+    local cj = require("cjson").encode(require("cjson").decode(src).model.conditioning.configs[1].config.t5_config)
+    f = io.open(dir .. "/t5-base/config.json", "w"); f:write(cj); f:close()
+
+    local real = sao.load_model(dir, { quiet = true })
+    assert.is_false(real.random)
+    local want = m:generate { prompt = "bright plucked guitar", seconds = 1, steps = 2, seed = 5, progress = false, frames = 256 }
+    local got = real:generate { prompt = "bright plucked guitar", seconds = 1, steps = 2, seed = 5, progress = false, frames = 256 }
+    assert.tensor_near(want, got, { abs = 1e-5 })
+
+    -- a mis-shaped key is an error naming it
+    out["model.model.transformer.project_in.weight"] = sao.zeros(3, 3)
+    sao.save_safetensors(dir .. "/model.safetensors", out)
+    assert.error_matches(function() sao.load_model(dir, { quiet = true }) end, "project_in.weight")
+  end)
+end)
+
+describe("recipes/generate.lua", function()
+  it("writes a WAV and a JSON sidecar, and refuses bad arguments", function()
+    local dir = tmpdir()
+    local ok = os.execute("./sao recipes/generate.lua --prompt 'soft rain' --seconds 0.5 --steps 3 --seed 2 --quiet --out "
+      .. dir .. "/x.wav > /dev/null 2>&1")
+    assert.is_true(ok == 0 or ok == true)
+    local a, sr = sao.audio.load(dir .. "/x.wav")
+    assert.equal(44100, sr)
+    assert.same({ 2, 22050 }, a:shape())
+    local meta = require("cjson").decode(io.open(dir .. "/x.json"):read("*a"))
+    assert.equal(2, meta.seed)
+    assert.is_true(meta.random_weights)
+    local rc = os.execute("./sao recipes/generate.lua --seconds 1 > /dev/null 2>&1")
+    assert.is_false(rc == 0 or rc == true)
+  end)
+end)
