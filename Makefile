@@ -100,7 +100,7 @@ sao: $(BUILD)/runtime/main.o $(BUILD)/libsao.so
 DEB_PKGS := build-essential pkg-config luajit libluajit-5.1-dev lua-cjson lua-busted \
             libsndfile1-dev libsamplerate0-dev libcurl4-openssl-dev libfluidsynth-dev \
             fluid-soundfont-gm libebur128-dev libfftw3-dev libopenblas-dev libreadline-dev \
-            sonic-pi-samples
+            sonic-pi-samples planetblupi-music-midi
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
 	    grep -q 'install ok installed' || echo $$p; done); \
