@@ -184,7 +184,8 @@ end
 --- Text to audio. opts: prompt (string or list), seconds (seconds_total; default the window),
 --- seconds_start (0), steps (100), cfg_scale (7), sampler ("dpmpp-3m-sde"), sigma_min (0.3),
 --- sigma_max (500), rho (1), seed, batch (1), scale_phi (0), init_audio ([C,S] or [B,C,S]) with
---- init_noise_level (sigma_max for audio-to-audio), chunked_decode, trim (true), progress (true),
+--- init_noise_level (sigma_max for audio-to-audio), chunked_decode (default: when frames > 256),
+--- trim (true), progress (true),
 --- frames (latent window; default the model's).
 --- Returns audio f32 [B, 2, S] and an info table.
 function Model:generate(opts)
@@ -230,7 +231,11 @@ function Model:generate(opts)
     rho = opts.rho or 1, sampler = opts.sampler or "dpmpp-3m-sde", seed = seed, progress = opts.progress ~= false,
     callback = opts.callback,
   }
-  local audio = self.vae:decode(latents, { chunked = opts.chunked_decode })
+  -- chunked decode (upstream's scheme, equal to the whole decode within float rounding for SAO's
+  -- receptive field) bounds memory for long windows; opts.chunked_decode = false forces one pass
+  local chunked = opts.chunked_decode
+  if chunked == nil then chunked = frames > 256 end
+  local audio = self.vae:decode(latents, { chunked = chunked })
   if opts.trim ~= false then
     local keep = math.min(audio:size(3), math.floor(seconds * sr + 0.5))
     audio = audio:narrow(3, 1, keep):contiguous()
