@@ -221,6 +221,22 @@ int dit_head_forward(sao_ctx *ctx, const sao_dit *m, const dit_dims *d, const fl
     return sao_linear_forward(ctx, ot, m->post_conv, NULL, B * T, io, io, 1, y);
 }
 
+int sao_dit_token(sao_ctx *ctx, sao_dit *m, const float *t, const float *global, int64_t B, float *temb,
+                  float *gemb) {
+    if (!m->t_w1) return sao_err(ctx, "dit_token", "the model has no weights bound (load a checkpoint first)");
+    dit_dims d;
+    dit_dims_init(m, B, 1, 0, &d);
+    size_t n = (size_t)(B * d.TF + 2 * B * d.E);
+    float *w = malloc(n * sizeof(float));
+    if (!w) return sao_err(ctx, "dit_token", "out of memory");
+    float *tf = w, *pre = tf + B * d.TF, *act = pre + B * d.E;
+    int rc = sao_fourier_features_forward(ctx, t, m->t_feat_w, B, d.TF / 2, tf) ||
+             mlp2(ctx, tf, B, d.TF, d.E, d.E, m->t_w1, m->t_b1, m->t_w2, m->t_b2, pre, act, temb) ||
+             mlp2(ctx, global, B, d.Dg, d.E, d.E, m->g_w1, NULL, m->g_w2, NULL, pre, act, gemb);
+    free(w);
+    return rc ? -1 : 0;
+}
+
 static float *ws_get(sao_ctx *ctx, sao_dit *m, size_t need) {
     if (need > m->ws_size) {
         float *w = realloc(m->ws, need * sizeof(float));

@@ -51,6 +51,10 @@ const sao_dit_config *sao_dit_get_config(const sao_dit *m);
 int sao_dit_forward(sao_ctx *ctx, sao_dit *m, const float *x, const float *t, const float *cross,
                     const float *global, int64_t B, int64_t T, int64_t L, double cfg_scale,
                     double scale_phi, float *out /* out */, float *hidden /* out, may be NULL */);
+/* The prepended token's parts: timestep embedding temb [B, E] of t [B] and global embedding gemb
+ * [B, E] of global [B, Dg] (the token is their sum). */
+int sao_dit_token(sao_ctx *ctx, sao_dit *m, const float *t, const float *global, int64_t B,
+                  float *temb /* out */, float *gemb /* out */);
 
 
 /* ---- samplers (sampler.c): per-step math; the loop is lua/sao/sampler.lua ------------------- */
