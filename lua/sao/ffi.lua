@@ -45,6 +45,10 @@ typedef struct sao_ref { sao_tensor *p; } sao_ref;
 -- libraries when the state closes, and unloading a library whose OpenMP/OpenBLAS worker threads
 -- are still parked crashes the process at exit.
 ffi.cdef "void *dlopen(const char *file, int mode);"
+-- Idle OpenMP workers must not spin against OpenBLAS's threads (see runtime/main.c); libgomp reads
+-- this when the library below loads it. A value already set is kept.
+pcall(ffi.cdef, "int setenv(const char *name, const char *value, int overwrite);")
+ffi.C.setenv("OMP_WAIT_POLICY", "passive", 0)
 ffi.C.dlopen(lib_path, 0x2 + 0x100 + 0x1000)   -- RTLD_NOW | RTLD_GLOBAL | RTLD_NODELETE
 local C = ffi.load(lib_path, true)
 M.C = C
