@@ -8,7 +8,8 @@
 --     schedule = "inverse_lr",            -- a name, {name=, ...}, or function(step, cfg)
 --     schedule_file = "runs/x/schedule.lua", -- hot swap: reloaded when the file changes
 --     ema = {beta = 0.9999, power = 0.75}, cfg_dropout = 0.1, seed = 42, accum = 1,
---     recompute = false, run_dir = "runs/x", checkpoint_every = 1000, log_every = 1,
+--     recompute = false, run_dir = "runs/x", checkpoint_every = 1000, keep_checkpoints = 3, log_every = 1,
+--     demo = {every = 500, fn = function(trainer, step) ... end},   -- demo generations
 --     lora = nil,                         -- or {rank = 16, alpha = 16, targets = "..."}: train adapters only
 --   }
 --   for i = 1, 100 do trainer:step() end
@@ -108,11 +109,44 @@ function M.new(cfg)
   self.step_n = 0
   self.last_schedule = cfg.schedule
   self.nparams = cfg.dit:parameter_count()
+  self.plan = self:memory_plan()
+  if not cfg.quiet then io.stderr:write(self:plan_text()) end
   if cfg.run_dir then
     mkdir_p(cfg.run_dir)
     self.log_path = cfg.run_dir .. "/log.jsonl"
   end
   return self
+end
+
+--- Bytes of each part of the training state, planned up front (llm.c style).
+function Trainer:memory_plan()
+  local n_train = 0
+  for _, t in pairs(self.params) do n_train = n_train + t:numel() end
+  local base = self.nparams
+  local plan = {
+    parameters = base * 4,
+    trainable = n_train * 4,
+    gradients_and_activations = self.tr.bytes,     -- the DiT's gradient arena + activation plan
+    adamw_moments = n_train * 8,
+    ema = self.ema and n_train * 4 or 0,
+  }
+  local total = 0
+  for _, v in pairs(plan) do total = total + v end
+  plan.total = total - plan.trainable          -- trainable tensors live inside `parameters` (or LoRA's small set)
+  if self.cfg.lora then plan.total = plan.total + plan.trainable end
+  return plan
+end
+
+function Trainer:plan_text()
+  local p, cfg = self.plan, self.cfg
+  local function mb(b) return string.format("%9.1f MB", b / 2 ^ 20) end
+  return string.format(
+    "[train] memory plan (batch %d x %d frames, context %d, recompute %s%s):\n" ..
+    "  parameters      %s\n  trainable       %s\n  grads + activ.  %s\n  AdamW m, v      %s\n  EMA             %s\n" ..
+    "  total           %s\n",
+    cfg.batch, cfg.frames, cfg.context or 0, tostring(cfg.recompute and true or false),
+    cfg.lora and (", LoRA rank " .. tostring(cfg.lora.rank)) or "",
+    mb(p.parameters), mb(p.trainable), mb(p.gradients_and_activations), mb(p.adamw_moments), mb(p.ema), mb(p.total))
 end
 
 function Trainer:log(rec)
@@ -205,6 +239,9 @@ function Trainer:step()
     end
   end
   if cfg.checkpoint_every and cfg.run_dir and self.step_n % cfg.checkpoint_every == 0 then self:save() end
+  if cfg.demo and cfg.demo.every and cfg.demo.fn and self.step_n % cfg.demo.every == 0 then
+    cfg.demo.fn(self, self.step_n)
+  end
   return rec
 end
 
@@ -228,7 +265,40 @@ function Trainer:save(dir)
       weight_decay = self.cfg.optimizer.weight_decay, clip = self.cfg.optimizer.clip },
   }
   write_atomic(dir .. "/state.json", cjson.encode(state))
+  self:prune_checkpoints()
   return dir
+end
+
+--- Keeps the newest cfg.keep_checkpoints (default 3) step-N folders of run_dir/checkpoints.
+function Trainer:prune_checkpoints()
+  local keep, root = self.cfg.keep_checkpoints or 3, (self.cfg.run_dir or ".") .. "/checkpoints"
+  local p = io.popen("ls -1 '" .. root:gsub("'", "'\\''") .. "' 2>/dev/null")
+  local steps = {}
+  for line in p:lines() do
+    local n = tonumber(line:match("^step%-(%d+)$"))
+    if n then steps[#steps + 1] = n end
+  end
+  p:close()
+  table.sort(steps)
+  for i = 1, #steps - keep do
+    os.execute("rm -rf '" .. (root .. "/step-" .. steps[i]):gsub("'", "'\\''") .. "'")
+  end
+end
+
+--- The newest checkpoint folder under run_dir/checkpoints, or nil.
+function M.latest_checkpoint(run_dir)
+  local p = io.popen("ls -1 '" .. (run_dir .. "/checkpoints"):gsub("'", "'\\''") .. "' 2>/dev/null")
+  local best
+  for line in p:lines() do
+    local n = tonumber(line:match("^step%-(%d+)$"))
+    local f = n and io.open(run_dir .. "/checkpoints/" .. line .. "/state.json", "rb")
+    if f then
+      f:close()
+      if not best or n > best then best = n end
+    end
+  end
+  p:close()
+  return best and (run_dir .. "/checkpoints/step-" .. best) or nil
 end
 
 --- Restores a checkpoint into a new trainer: cfg as for new() (dit, data, ...); the saved seed,
