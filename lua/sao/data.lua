@@ -1,7 +1,7 @@
 -- sao.data — training data loaders. A loader has :next() -> batch, :state() -> a plain table and
 -- :set_state(t), so a checkpoint can record where it was and a resumed run continues from there.
 --
--- sao.data.memory(items, {batch=, seed=}): items are tables of same-shaped tensors (e.g.
+-- sao.data.memory(items, {batch=, seed=, shuffle=true}): items are tables of same-shaped tensors (e.g.
 -- {latents=[io,T], cross=[L,Dc], global=[Dg]}); a batch stacks `batch` of them along a new first
 -- dimension. Each epoch visits every item once in an order drawn from Philox(seed, epoch), so the
 -- order is the same on every machine and restartable at any position.
@@ -11,7 +11,12 @@ local M = {}
 local Memory = {}
 Memory.__index = Memory
 
-local function permutation(n, seed, epoch)
+local function permutation(n, seed, epoch, shuffle)
+  if shuffle == false then
+    local idx = {}
+    for i = 1, n do idx[i] = i end
+    return idx
+  end
   local keys = sao.rand { { n }, seed = seed, offset = epoch * (math.ceil(n / 4) + 1), dtype = "f64" }:totable()
   local idx = {}
   for i = 1, n do idx[i] = i end
@@ -26,8 +31,9 @@ M.permutation = permutation
 function M.memory(items, opts)
   opts = opts or {}
   if #items == 0 then error("data.memory: no items", 2) end
-  local self = setmetatable({ items = items, batch = opts.batch or 1, seed = opts.seed or 0, epoch = 0, pos = 0 }, Memory)
-  self.order = permutation(#items, self.seed, 0)
+  local self = setmetatable({ items = items, batch = opts.batch or 1, seed = opts.seed or 0, epoch = 0, pos = 0,
+    shuffle = opts.shuffle }, Memory)
+  self.order = permutation(#items, self.seed, 0, self.shuffle)
   return self
 end
 
@@ -37,7 +43,7 @@ function Memory:next()
     if self.pos >= #self.items then
       self.epoch = self.epoch + 1
       self.pos = 0
-      self.order = permutation(#self.items, self.seed, self.epoch)
+      self.order = permutation(#self.items, self.seed, self.epoch, self.shuffle)
     end
     self.pos = self.pos + 1
     picked[i] = self.items[self.order[self.pos]]
@@ -60,7 +66,7 @@ end
 function Memory:state() return { epoch = self.epoch, pos = self.pos } end
 function Memory:set_state(s)
   self.epoch, self.pos = s.epoch, s.pos
-  self.order = permutation(#self.items, self.seed, self.epoch)
+  self.order = permutation(#self.items, self.seed, self.epoch, self.shuffle)
 end
 
 return M

@@ -7,7 +7,7 @@
 --     optimizer = {lr = 5e-5, betas = {0.9, 0.999}, eps = 1e-8, weight_decay = 1e-3, clip = nil},
 --     schedule = "inverse_lr",            -- a name, {name=, ...}, or function(step, cfg)
 --     schedule_file = "runs/x/schedule.lua", -- hot swap: reloaded when the file changes
---     ema = {beta = 0.9999, power = 0.75}, cfg_dropout = 0.1, seed = 42, accum = 1,
+--     ema = {beta = 0.9999, power = 0.75}, cfg_dropout = 0.1, seed = 42, accum = 1, fixed_noise = false,
 --     recompute = false, run_dir = "runs/x", checkpoint_every = 1000, keep_checkpoints = 3, log_every = 1,
 --     demo = {every = 500, fn = function(trainer, step) ... end},   -- demo generations
 --     lora = nil,                         -- or {rank = 16, alpha = 16, targets = "..."}: train adapters only
@@ -197,7 +197,9 @@ function Trainer:step()
   for micro = 1, cfg.accum do
     local batch = cfg.data:next()
     local x0 = batch.latents
-    local counter = (self.step_n * cfg.accum + (micro - 1)) * 1000003   -- a disjoint Philox range per micro-batch
+    -- a disjoint Philox range per micro-batch; fixed_noise draws the same t and noise every step
+    -- (for overfitting one batch)
+    local counter = ((cfg.fixed_noise and 0 or self.step_n) * cfg.accum + (micro - 1)) * 1000003
     local t = draw_t(B, cfg.seed, counter)
     local noise = sao.randn { x0:shape(), seed = cfg.seed, offset = counter + 1 }
     local cross = batch.cross
