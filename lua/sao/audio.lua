@@ -17,12 +17,7 @@ local wrap = sao.tensor_from_ptr
 
 local M = {}
 
-local function raw(t, what)
-  if not sao.is_tensor(t) then
-    error((what or "audio") .. " must be a sao tensor, got " .. type(t), 3)
-  end
-  return t:raw()
-end
+local raw = sao.tensor_arg   -- raw(t, what): the C pointer of an argument, or an error naming it
 
 local QUALITY = { best = 0, sinc_best = 0, medium = 1, sinc_medium = 1, fastest = 2, sinc_fastest = 2,
                   zoh = 3, zero_order_hold = 3, linear = 4 }

@@ -16,12 +16,7 @@ local wrap = sao.tensor_from_ptr
 
 local M = {}
 
-local function raw(t, what)
-  if not sao.is_tensor(t) then
-    error((what or "audio") .. " must be a sao tensor, got " .. type(t), 3)
-  end
-  return t:raw()
-end
+local raw = sao.tensor_arg   -- raw(t, what): the C pointer of an argument, or an error naming it
 
 --- window type number from a name ("hann", "hamming", "blackman", "blackmanharris",
 --- "blackmanharris62", "blackmanharris70", "blackmanharris74", "triangular", "rect")

@@ -13,7 +13,7 @@ local sao = {
   Tensor = T.Tensor, tensor_metatable = T.metatable,
   tensor = T.tensor, empty = T.empty, zeros = T.zeros, ones = T.ones, full = T.full,
   arange = T.arange, randn = T.randn, rand = T.rand, matmul = T.matmul, cat = T.cat,
-  stack = T.stack, is_tensor = T.is_tensor, tensor_from_ptr = T.from_ptr,
+  stack = T.stack, is_tensor = T.is_tensor, tensor_arg = T.arg, tensor_from_ptr = T.from_ptr,
 }
 sao.version = ffi.string(core.C.sao_version())
 

@@ -234,16 +234,9 @@ function M.read(path)
   return v
 end
 
-local counter = 0
 function M.write(path, v, opts)
-  counter = counter + 1
-  local tmp = ("%s.tmp.%d.%d"):format(path, os.time(), counter)
-  local f, err = io.open(tmp, "wb")
-  if not f then error("json: cannot write " .. path .. ": " .. tostring(err), 2) end
-  f:write(M.encode(v, opts or { indent = 2 }), "\n")
-  f:close()
-  local ok, rerr = os.rename(tmp, path)
-  if not ok then os.remove(tmp) error("json: cannot rename into " .. path .. ": " .. tostring(rerr), 2) end
+  local ok, err = pcall(require("sao.fs").write_atomic, path, M.encode(v, opts or { indent = 2 }) .. "\n")
+  if not ok then error("json: " .. tostring(err), 2) end
 end
 
 return M

@@ -20,19 +20,22 @@ local ffi = require "ffi"
 local M = {}
 
 -- ---- wall clock and terminal test -------------------------------------------------------------
--- Declared in a pcall so that another module declaring the same libc functions cannot break us.
-local clock_ok = pcall(ffi.cdef, [[
-  typedef struct sao_progress_timespec { long tv_sec; long tv_nsec; } sao_progress_timespec;
-  int clock_gettime(int clk_id, sao_progress_timespec *tp);
-]])
-local ts = clock_ok and ffi.new("sao_progress_timespec") or nil
+-- Declared in a pcall so that another module declaring the same libc function cannot break us;
+-- if clock_gettime was declared elsewhere (with struct timespec), that declaration is used.
+pcall(ffi.cdef, "typedef struct sao_progress_timespec { long tv_sec; long tv_nsec; } sao_progress_timespec;")
+pcall(ffi.cdef, "int clock_gettime(int clk_id, sao_progress_timespec *tp);")
 local CLOCK_MONOTONIC = 1
+local ts
+for _, ctype in ipairs { "sao_progress_timespec", "struct timespec" } do
+  local ok, t = pcall(ffi.new, ctype)
+  if ok and pcall(function() return ffi.C.clock_gettime(CLOCK_MONOTONIC, t) end) then ts = t break end
+end
 
---- Seconds on a monotonic wall clock (sub-millisecond resolution; os.time() as a fallback).
+--- Seconds on a monotonic wall clock (nanosecond resolution; os.time() if libc is out of reach).
 function M.now()
   if ts then
-    local ok = pcall(function() return ffi.C.clock_gettime(CLOCK_MONOTONIC, ts) end)
-    if ok then return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9 end
+    ffi.C.clock_gettime(CLOCK_MONOTONIC, ts)
+    return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
   end
   return os.time()
 end
@@ -122,10 +125,10 @@ function Bar:draw(force)
     self.out:write("\r", s, "\27[K")
   else
     if not force and t - self.last_draw < self.log_interval then return end
-    local s = self:line()
-    if s == self.last_line then return end   -- a log gets no repeated lines
-    self.last_line = s
-    self.out:write(s, "\n")
+    local key = self.done .. "|" .. self.skipped .. "|" .. self.note
+    if key == self.last_key then return end   -- a log gets a line only when something moved
+    self.last_key = key
+    self.out:write(self:line(), "\n")
   end
   self.out:flush()
   self.last_draw = t
@@ -161,8 +164,10 @@ function Bar:print(msg)
   if self.quiet then return end
   if self.tty then self.out:write("\r\27[K") end
   self.out:write(msg, "\n")
-  self.last_draw = -math.huge
-  self:draw(true)
+  if self.tty then            -- redraw the bar under the message; a log gets its next line on time
+    self.last_draw = -math.huge
+    self:draw(true)
+  end
 end
 
 --- Draws the final state and ends the line. Returns the elapsed wall seconds.

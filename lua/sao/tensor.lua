@@ -38,6 +38,13 @@ M.ptr = ptr
 --- t:raw() is the sao_tensor* to hand to C (errors after :free()).
 function Tensor.raw(t) return ptr(t) end
 
+--- arg(t, what) -> the sao_tensor* of an argument of a Lua binding; the error names the argument
+--- (what, default "audio") and blames the binding's caller.
+function M.arg(t, what)
+  if not is_tensor(t) then error((what or "audio") .. " must be a sao tensor, got " .. type(t), 3) end
+  return ptr(t)
+end
+
 local DT = { f32 = 0, f64 = 1, bf16 = 2, f16 = 3, i32 = 4, i64 = 5, u8 = 6 }
 local DTNAME = { [0] = "f32", "f64", "bf16", "f16", "i32", "i64", "u8" }
 local function dtype_of(d)

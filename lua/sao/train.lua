@@ -31,17 +31,9 @@ local M = {}
 local Trainer = {}
 Trainer.__index = Trainer
 
-local function mkdir_p(path) os.execute("mkdir -p '" .. path:gsub("'", "'\\''") .. "'") end
-M.mkdir_p = mkdir_p
-
-local function write_atomic(path, text)
-  local tmp = path .. ".tmp." .. tostring(os.time()) .. tostring(math.random(1e9))
-  local f = assert(io.open(tmp, "wb"))
-  f:write(text)
-  f:close()
-  assert(os.rename(tmp, path))
-end
-M.write_atomic = write_atomic
+local fs = require "sao.fs"
+local mkdir_p, write_atomic = fs.mkdir_p, fs.write_atomic
+M.mkdir_p, M.write_atomic = mkdir_p, write_atomic
 
 local now = require("sao.progress").now
 
