@@ -4,6 +4,11 @@
 --
 --   sao recipes/instrumental.lua [--out OUT] [--stages dataset,prompts,...] [--midi DIR]
 --
+-- With no --midi the dataset stage composes a small demo corpus itself (OUT/demo_midi), so the
+-- recipe runs on a fresh machine with no downloads. Dataset options (docs/dataset.md):
+--   --jobs N  --shard i/n  --soundfont F.sf2  --render-mode notes|full  --target-lufs -12
+--   --mix mean|sum  --peak-guard limit|reduce|report  --clip-min 20 --clip-max 35 --clip-target 30
+--
 -- Each stage reads what the earlier ones wrote under OUT (see docs/architecture.md) and skips work
 -- already done. A stage whose module is not built yet is listed as such and skipped.
 local sao = require "sao"
@@ -21,9 +26,13 @@ local function parse_args(argv)
     local a = argv[i]
     local key = a:match("^%-%-([%w_%-]+)$")
     if not key then error("instrumental: unexpected argument '" .. a .. "' (try --help)", 0) end
+    local v = argv[i + 1]
     if key == "help" then opts.help = true; i = i + 1
+    elseif v == nil or v:match("^%-%-") then
+      opts[key:gsub("%-", "_")] = true     -- a flag: --force, --baseline (does not take the next argument)
+      i = i + 1
     else
-      opts[key:gsub("%-", "_")] = argv[i + 1]
+      opts[key:gsub("%-", "_")] = v
       i = i + 2
     end
   end
@@ -43,6 +52,13 @@ local STAGES = {
 local opts = parse_args(arg)
 if opts.help then
   print("usage: sao recipes/instrumental.lua [--out DIR] [--stages a,b,c] [--midi DIR]")
+  print("  dataset options: --jobs N --shard i/n --soundfont F.sf2 --render-mode notes|full --target-lufs -12")
+  print("                   --mix mean|sum --peak-guard limit|reduce|report --clip-min 20 --clip-max 35")
+  print("                   --clip-target 30 --limit N --retry-failed 1 (docs/dataset.md)")
+  print("  encode/train/sample/eval (docs/training.md): --model tiny|sao-1.0|DIR --run NAME --reencode")
+  print("                   --steps N --batch B --lr X --frames F --lora-rank R --checkpoint-every N --config F.lua")
+  print("                   --prompts FILE --prompt TEXT --cfg-scales 4,7 --sample-steps N --seconds S --baseline")
+  print("                   --samples DIR --reference-clips N")
   for _, s in ipairs(STAGES) do print(string.format("  %-9s %s", s.name, s.what)) end
   os.exit(0)
 end

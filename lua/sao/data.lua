@@ -8,6 +8,24 @@
 local sao = require "sao"
 
 local M = {}
+
+--- sao.data.midi — the instrumental dataset's building blocks under one name (docs/dataset.md):
+--- read/parse/write (sao.midi; song.instruments is the pretty_midi split), render/render_song/
+--- render_mix (sao.synth), clips (sao.clips.plan), ingest (sao.corpus.ingest: the seed's
+--- de-duplication) and build (sao.pipeline.dataset.run: the whole stage). Loaded on first use.
+local MIDI_API = {
+  read = { "sao.midi", "read" }, parse = { "sao.midi", "parse" }, write = { "sao.midi", "write" },
+  bars = { "sao.midi", "bars" }, render = { "sao.synth", "render_instrument" },
+  render_song = { "sao.synth", "render_song" }, render_mix = { "sao.synth", "render_mix" },
+  clips = { "sao.clips", "plan" }, ingest = { "sao.corpus", "ingest" }, build = { "sao.pipeline.dataset", "run" },
+}
+M.midi = setmetatable({}, { __index = function(t, k)
+  local where = MIDI_API[k]
+  if not where then error("sao.data.midi has no '" .. tostring(k) .. "'", 2) end
+  local f = require(where[1])[where[2]]
+  rawset(t, k, f)
+  return f
+end })
 local Memory = {}
 Memory.__index = Memory
 
