@@ -1,0 +1,203 @@
+-- sao.pipeline.sample — the `sample` stage: demo generations from the latest checkpoint of a run
+-- (EMA weights, as upstream's demo callback) for a list of prompts and CFG scales, written to
+-- OUT/runs/<run>/samples/step-N/NN_<prompt>_cfgS.wav + .json (prompt, settings, and the reference
+-- BPM/key the eval stage scores against).
+--
+--   sao recipes/instrumental.lua --stages sample [--run main] [--prompts FILE | --prompt TEXT]
+--       [--cfg-scales 4,7] [--sample-steps 100] [--seconds 30] [--num-demos 4] [--baseline]
+--
+-- Prompts: --prompt TEXT, --prompts FILE (one per line, '#' comments), opts.prompts (a Lua list);
+-- otherwise the prompts of the held-out clips (encode stage), otherwise M.DEMO_PROMPTS (in the
+-- seed's evaluation style: genre, key and mode, BPM). --baseline also samples the base model
+-- (before fine-tuning) into samples/step-0 for an A/B comparison. With no checkpoint in the run
+-- the base model is sampled as step-0. Files already written are kept (re-runs are cheap).
+local cjson = require "cjson"
+local sao = require "sao"
+local progress = require "sao.progress"
+local common = require "sao.pipeline.common"
+
+local M = {}
+
+--- The seed's evaluation prompts are genre x key x BPM; these four are in that style.
+M.DEMO_PROMPTS = {
+  "Energetic rock song in the key of A# Major at 120 BPM, with drums, electric guitar and bass",
+  "Relaxed jazz piece in the key of D Minor at 90 BPM, with piano, upright bass and brushed drums",
+  "Driving rock track in the key of E Minor at 140 BPM, with distorted guitar, bass and drums",
+  "Warm jazz ballad in the key of F Major at 75 BPM, with saxophone, piano and double bass",
+}
+
+--- Defaults: SAO's demo settings (SAO_SPEC §8.8: dpmpp-3m-sde, 100 steps; CFG 4 and 7 as the
+--- seed) and, for the tiny random model, a few quick steps.
+function M.defaults(model)
+  if model.random then
+    return { cfg_scales = { 4, 7 }, steps = 8, seconds = 4, num = 4, sampler = "dpmpp-3m-sde", seed = 1 }
+  end
+  return { cfg_scales = { 4, 7 }, steps = 100, seconds = 30, num = 4, sampler = "dpmpp-3m-sde", seed = 1 }
+end
+
+--- BPM, key and mode stated in a prompt ("... in the key of A# Major at 120 BPM") -> {bpm=, key=, mode=}.
+function M.reference(prompt)
+  local ref = {}
+  local bpm = tostring(prompt):match("(%d+%.?%d*)%s*[Bb][Pp][Mm]")
+  ref.bpm = tonumber(bpm)
+  for _, pat in ipairs { "([A-G][#b]?)%s+([Mm]ajor)", "([A-G][#b]?)%s+([Mm]inor)", "([A-G][#b]?)%s+([Mm]aj)", "([A-G][#b]?)%s+([Mm]in)" } do
+    local k, m = tostring(prompt):match(pat)
+    if k then
+      ref.key, ref.mode = k, (m:lower():sub(1, 3) == "min") and "Minor" or "Major"
+      break
+    end
+  end
+  return ref
+end
+
+local function read_lines(path)
+  local out = {}
+  for line in io.lines(path) do
+    line = line:match("^%s*(.-)%s*$")
+    if line ~= "" and not line:match("^#") then out[#out + 1] = line end
+  end
+  return out
+end
+
+--- The prompt list of a run: {{prompt=, source=, clip=, reference={bpm, key, mode}}, ...}.
+function M.prompts(opts, num)
+  local out = {}
+  local given = opts.prompts
+  if type(given) == "string" then
+    if not common.exists(given) then error("sample: --prompts " .. given .. ": no such file (one prompt per line)", 0) end
+    given = read_lines(given)
+  end
+  if opts.prompt and opts.prompt ~= true then given = { opts.prompt } end
+  if given then
+    for _, p in ipairs(given) do out[#out + 1] = { prompt = p, source = "given", reference = M.reference(p) } end
+    return out
+  end
+  local root = opts.out or "out"
+  local seen = {}
+  for _, e in ipairs(require("sao.latents").read_index(root .. "/cache/latents")) do
+    if e.status == "heldout" and e.prompt and not seen[e.prompt] and #out < num then
+      seen[e.prompt] = true
+      local ref = M.reference(e.prompt)
+      local meta = common.read(root .. "/dataset/clips/" .. e.clip .. ".json")
+      local ok, m = pcall(cjson.decode, meta or "")
+      if ok and type(m) == "table" then
+        ref.bpm = tonumber(m.tempo) or ref.bpm
+        if type(m.key) == "string" and m.key ~= "" then ref.key, ref.mode = m.key, m.mode or ref.mode end
+      end
+      out[#out + 1] = { prompt = e.prompt, source = "heldout", clip = e.clip, reference = ref }
+    end
+  end
+  if #out > 0 then return out end
+  for i = 1, math.min(num, #M.DEMO_PROMPTS) do
+    out[i] = { prompt = M.DEMO_PROMPTS[i], source = "demo", reference = M.reference(M.DEMO_PROMPTS[i]) }
+  end
+  return out
+end
+
+--- Binds a checkpoint's weights into model.dit: which = "ema" (default) or "online". LoRA
+--- checkpoints add their adapters to the base first.
+function M.load_weights(model, ckdir, which)
+  local text = common.read(ckdir .. "/state.json")
+  if not text then error("sample: " .. ckdir .. "/state.json: not found (not a checkpoint folder)", 2) end
+  local state = cjson.decode(text)
+  local file = ckdir .. "/" .. ((which ~= "online" and common.exists(ckdir .. "/ema.safetensors")) and "ema" or "model") .. ".safetensors"
+  local t = sao.load_safetensors(file)
+  if state.lora then
+    local lora = require "sao.lora"
+    if lora.rank(model.dit) == 0 then lora.add(model.dit, state.lora) end
+    require("sao.models").bind(sao.C.sao_dit_lora_params(model.dit.h), t, "")
+  else
+    model.dit:load(t, "")
+  end
+  return state.step, file:match("([^/]+)%.safetensors$")
+end
+
+--- Generates every (prompt, cfg scale) pair into dir; files already there are kept.
+--- o: cfg_scales, steps, seconds, seed, sampler, frames, step, weights, quiet. Returns the list of
+--- written/kept sample records.
+function M.generate_set(model, items, dir, o)
+  common.mkdir_p(dir)
+  local sr, ratio = model:sample_rate(), model.c.ratio
+  local seconds = math.min(o.seconds, model:window_frames() * ratio / sr)
+  local frames = o.frames or (model.random and math.ceil(seconds * sr / ratio)) or model:window_frames()
+  local records = {}
+  local total = #items * #o.cfg_scales
+  local bar = progress.new { total = total, label = "sample", unit = "clips", quiet = o.quiet }
+  for i, it in ipairs(items) do
+    for _, cfg in ipairs(o.cfg_scales) do
+      local name = string.format("%02d_%s_cfg%s", i, common.slug(it.prompt, 40), tostring(cfg))
+      local wav, js = dir .. "/" .. name .. ".wav", dir .. "/" .. name .. ".json"
+      local rec = {
+        file = name .. ".wav", prompt = it.prompt, source = it.source, clip = it.clip, reference = it.reference,
+        cfg_scale = cfg, seed = o.seed + i - 1, steps = o.steps, seconds = seconds, frames = frames,
+        sampler = o.sampler, step = o.step, weights = o.weights, model = model.name, random_weights = model.random,
+      }
+      if common.exists(wav) and common.exists(js) then
+        bar:skip(1)
+      else
+        bar:start(name)
+        local audio, info = model:generate { prompt = it.prompt, seconds = seconds, steps = o.steps, cfg_scale = cfg,
+          seed = rec.seed, frames = frames, sampler = o.sampler, progress = false }
+        rec.sampling_s = info.sampling_s
+        local a = audio:select(1, 1):contiguous()
+        sao.audio.save(wav, a, sr)
+        a:free(); audio:free()
+        common.write_atomic(js, cjson.encode(rec))
+        bar:advance(1, name)
+      end
+      records[#records + 1] = rec
+    end
+  end
+  bar:finish()
+  common.write_atomic(dir .. "/index.json", cjson.encode(records))
+  return records
+end
+
+local function settings(opts, model)
+  local d = M.defaults(model)
+  return {
+    cfg_scales = common.list(opts.cfg_scales, true) or d.cfg_scales,
+    steps = common.num(opts.sample_steps, d.steps), seconds = common.num(opts.seconds, d.seconds),
+    seed = common.num(opts.sample_seed, d.seed), sampler = opts.sampler or d.sampler,
+    frames = opts.frames_sample and common.num(opts.frames_sample) or nil, quiet = common.flag(opts.quiet),
+    num = common.num(opts.num_demos, d.num),
+  }
+end
+M.settings = settings
+
+function M.run(opts)
+  opts = opts or {}
+  local quiet = common.flag(opts.quiet)
+  local log = function(msg) if not quiet then io.stderr:write(msg, "\n") end end
+  local run_dir = common.run_dir(opts)
+  local model = common.load_model(opts)
+  local s = settings(opts, model)
+  local items = M.prompts(opts, s.num)
+  local ck = common.latest_checkpoint(run_dir)
+  local written = {}
+  local which = opts.weights == "online" and "online" or "ema"
+  if ck then
+    local step, file = M.load_weights(model, ck.dir, which)
+    s.step, s.weights = step, file
+    log(string.format("sample: %d prompt(s) x CFG {%s} from %s (%s weights), %d steps", #items,
+      table.concat(s.cfg_scales, ", "), ck.dir, file, s.steps))
+  else
+    s.step, s.weights = 0, "base"
+    log("sample: no checkpoint in " .. run_dir .. "/checkpoints: sampling the base model as step-0")
+  end
+  if model.random then log("sample: the model has random weights: its samples are noise-like") end
+  local dir = run_dir .. "/samples/step-" .. s.step
+  written[#written + 1] = { dir = dir, records = M.generate_set(model, items, dir, s) }
+  if common.flag(opts.baseline) and s.step > 0 then
+    local base = common.load_model(opts)
+    local b = {}
+    for k, v in pairs(s) do b[k] = v end
+    b.step, b.weights = 0, "base"
+    local bdir = run_dir .. "/samples/step-0"
+    written[#written + 1] = { dir = bdir, records = M.generate_set(base, items, bdir, b) }
+  end
+  log("sample: wrote " .. dir)
+  return written
+end
+
+return M

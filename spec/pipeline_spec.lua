@@ -1,0 +1,205 @@
+-- The train, sample and eval stages of recipes/instrumental.lua on a tiny clip set with the tiny
+-- random model: what each stage writes (config, schedule, JSONL log, loss curve, checkpoints,
+-- export with upstream key names, samples + JSON, metrics + report), a run continued with the
+-- same losses as an uninterrupted one, a run killed mid-way and resumed, and clear errors.
+local sao = require "sao"
+local ffi = require "ffi"
+local cjson = require "cjson"
+local clipset = require "support.clipset"
+local encode = require "sao.pipeline.encode"
+local train = require "sao.pipeline.train"
+local sample = require "sao.pipeline.sample"
+local eval = require "sao.pipeline.eval"
+local common = require "sao.pipeline.common"
+
+pcall(ffi.cdef, "int poll(void *fds, unsigned long nfds, int timeout);")
+local function sleep_ms(ms) ffi.C.poll(nil, 0, ms) end
+
+local function sh(cmd)
+  local p = io.popen(cmd)
+  local s = p:read("*a")
+  p:close()
+  return s
+end
+
+local out = clipset.tmpdir()
+clipset.write(out, "Band/Alpha/Alpha_01", { seconds = 3, bpm = 120, key = "A", mode = "Minor" })
+clipset.write(out, "Band/Alpha/Alpha_02", { seconds = 3, bpm = 120, key = "C", mode = "Major", hz = 262 })
+clipset.write(out, "Other/Beta/Beta_01", { seconds = 2, bpm = 90, key = "G", mode = "Major", hz = 196 })
+encode.run { out = out, model = "tiny", quiet = true }
+
+-- a short run: batch 2 x 32 latent frames, a checkpoint every 3 steps, every step logged
+local function topts(run, steps, extra)
+  local o = { out = out, model = "tiny", quiet = true, run = run, steps = steps, batch = 2, frames = 32,
+              checkpoint_every = 3, log_every = 1 }
+  for k, v in pairs(extra or {}) do o[k] = v end
+  return o
+end
+
+local function losses(run)
+  local t = {}
+  for _, r in ipairs(train.read_log(out .. "/runs/" .. run .. "/log.jsonl")) do
+    if not r.event then t[r.step] = r.loss end
+  end
+  return t
+end
+
+describe("train stage", function()
+  local res
+  setup(function() res = train.run(topts("a", 6)) end)
+
+  it("writes the config, schedule, log, loss curve, checkpoints and export of a run", function()
+    local dir = out .. "/runs/a"
+    assert.equal(6, res.step)
+    for _, f in ipairs { "config.lua", "schedule.lua", "log.jsonl", "loss.png" } do
+      assert.is_true(common.exists(dir .. "/" .. f), f)
+    end
+    assert.equal("\137PNG\r\n\26\n", common.read(dir .. "/loss.png"):sub(1, 8))
+    local cfg = dofile(dir .. "/config.lua")
+    assert.same({ 6, 2, 32 }, { cfg.steps, cfg.batch, cfg.frames })
+    local steps = {}
+    for _, c in ipairs(common.checkpoints(dir)) do steps[#steps + 1] = c.step end
+    assert.same({ 3, 6 }, steps)
+    local l = losses("a")
+    for s = 1, 6 do assert.is_true(l[s] and l[s] > 0 and l[s] < 100, "loss at step " .. s) end
+    -- the export: the DiT under SAO's upstream names (model.model.*), beside its model_config.json
+    assert.equal(dir .. "/export/model.safetensors", res.export)
+    local t = sao.load_safetensors(res.export)
+    local n, other = 0, {}
+    for k in pairs(t) do
+      if k:match("^model%.model%.") then n = n + 1 else other[#other + 1] = k end
+    end
+    assert.is_true(n > 10, n .. " model.model.* tensors")
+    assert.same({}, other)
+    assert.truthy(cjson.decode(common.read(dir .. "/export/model_config.json")))
+    assert.equal("", sh("find '" .. dir .. "' -name '*.tmp*'"))
+  end)
+
+  it("continues a stopped run with the losses of an uninterrupted one", function()
+    local r1 = train.run(topts("b", 3))
+    assert.equal(3, r1.step)
+    local r2 = train.run(topts("b", 6))
+    assert.equal(6, r2.step)
+    local a, b = losses("a"), losses("b")
+    for s = 1, 6 do assert.equal(a[s], b[s], "step " .. s) end
+    local events = {}
+    for _, r in ipairs(train.read_log(out .. "/runs/b/log.jsonl")) do
+      if r.event then events[#events + 1] = r.event .. "@" .. r.step end
+    end
+    assert.same({ "started@0", "resumed@3" }, events)
+  end)
+
+  it("resumes after a kill from the last checkpoint", function()
+    local dir = out .. "/runs/k"
+    local code = ("require('sao.pipeline.train').run{out=%q, model='tiny', quiet=true, run='k', steps=100000, " ..
+                  "batch=2, frames=32, checkpoint_every=2, log_every=1}"):format(out)
+    local pid = sh("./sao -e " .. common.shell_quote(code) .. " >/dev/null 2>&1 & echo $!"):match("%d+")
+    local waited = 0
+    while not common.exists(dir .. "/checkpoints/step-4/state.json") and waited < 60000 do
+      sleep_ms(50)
+      waited = waited + 50
+    end
+    os.execute("kill -9 " .. pid .. " 2>/dev/null")
+    sleep_ms(100)
+    assert.is_true(common.exists(dir .. "/checkpoints/step-4/state.json"), "no checkpoint within 60 s")
+    local last = common.latest_checkpoint(dir).step
+    local r = train.run(topts("k", last + 2, { checkpoint_every = 2 }))
+    assert.equal(last + 2, r.step)
+    local resumed
+    for _, rec in ipairs(train.read_log(dir .. "/log.jsonl")) do
+      if rec.event == "resumed" then resumed = rec.step end
+    end
+    assert.equal(last, resumed)
+    -- the log holds each step once, in order, up to the end
+    local prev = 0
+    for _, rec in ipairs(train.read_log(dir .. "/log.jsonl")) do
+      if not rec.event then
+        assert.equal(prev + 1, rec.step)
+        prev = rec.step
+      end
+    end
+    assert.equal(last + 2, prev)
+    assert.equal("", sh("find '" .. dir .. "' -name '*.tmp*'"))
+  end)
+
+  it("says what to do when nothing is encoded", function()
+    local empty = clipset.tmpdir()
+    assert.error_matches(function() train.run { out = empty, model = "tiny", quiet = true, steps = 1 } end,
+                         "no encoded clips .*run the encode stage")
+  end)
+end)
+
+describe("sample stage", function()
+  local written
+  setup(function()
+    written = sample.run { out = out, model = "tiny", quiet = true, run = "a", cfg_scales = "4,7", sample_steps = 2,
+                           seconds = 1, num_demos = 2, prompts = { "Calm piano in the key of D Minor at 96 BPM" } }
+  end)
+
+  it("generates every prompt x CFG scale from the EMA weights of the last checkpoint", function()
+    assert.equal(1, #written)
+    local dir = out .. "/runs/a/samples/step-6"
+    assert.equal(dir, written[1].dir)
+    local recs = cjson.decode(common.read(dir .. "/index.json"))
+    assert.equal(2, #recs)
+    assert.same({ 4, 7 }, { recs[1].cfg_scale, recs[2].cfg_scale })
+    for _, r in ipairs(recs) do
+      assert.equal("ema", r.weights)
+      assert.equal(6, r.step)
+      assert.same({ bpm = 96, key = "D", mode = "Minor" }, r.reference)
+      local a, sr = sao.audio.load(dir .. "/" .. r.file)
+      assert.equal(44100, sr)
+      assert.equal(2, a:size(1))
+      assert.is_true(math.abs(a:size(2) - 44100) <= 256, "samples " .. a:size(2))
+      assert.is_true(a:abs():max() > 0)
+    end
+  end)
+
+  it("keeps what it wrote on a re-run, and samples the base model with --baseline", function()
+    local dir = out .. "/runs/a/samples/step-6"
+    local before = sh("find '" .. dir .. "' -name '*.wav' -printf '%p %T@\\n' | sort")
+    local w = sample.run { out = out, model = "tiny", quiet = true, run = "a", cfg_scales = "4,7", sample_steps = 2,
+                           seconds = 1, prompts = { "Calm piano in the key of D Minor at 96 BPM" }, baseline = true }
+    assert.equal(before, sh("find '" .. dir .. "' -name '*.wav' -printf '%p %T@\\n' | sort"))
+    assert.equal(2, #w)
+    assert.equal(out .. "/runs/a/samples/step-0", w[2].dir)
+    assert.equal("base", w[2].records[1].weights)
+  end)
+
+  it("reads the prompt and its BPM, key and mode", function()
+    assert.same({ bpm = 120, key = "A#", mode = "Major" }, sample.reference("Rock in the key of A# Major at 120 BPM"))
+    assert.same({ bpm = 90.5, key = "Eb", mode = "Minor" }, sample.reference("eb? no: Eb minor groove, 90.5 bpm"))
+    assert.same({}, sample.reference("ambient drone"))
+    assert.error_matches(function() sample.prompts({ prompts = out .. "/nope.txt" }, 4) end, "no such file")
+  end)
+end)
+
+describe("eval stage", function()
+  it("scores the samples and the dataset clips into metrics.json and an HTML report", function()
+    local m = eval.run { out = out, run = "a", quiet = true, reference_clips = 3 }
+    local names = {}
+    for _, g in ipairs(m.groups) do names[#names + 1] = g.name .. ":" .. g.n end
+    assert.same({ "step-6:2", "step-0 (base):2", "reference (dataset clips):3" }, names)
+    assert.truthy(m.warning:find("random weights", 1, true))
+    local saved = cjson.decode(common.read(out .. "/eval/metrics.json"))
+    assert.equal(#m.samples, #saved.samples)
+    local html = common.read(out .. "/eval/report.html")
+    assert.truthy(html:find("<html", 1, true))
+    assert.truthy(html:find("step-6", 1, true))
+    -- the 3 s clips are click tracks at 120 BPM: their rows score the tempo right
+    local scored = 0
+    for _, r in ipairs(m.samples) do
+      if r.group == "reference (dataset clips)" and r.file:match("^Band/Alpha") then
+        assert.near(120, r.bpm, 2.4)
+        assert.is_true(r.acc1_2pct)
+        scored = scored + 1
+      end
+    end
+    assert.equal(2, scored)
+  end)
+
+  it("explains that there is nothing to score", function()
+    local empty = clipset.tmpdir()
+    assert.error_matches(function() eval.run { out = empty, quiet = true } end, "no samples under")
+  end)
+end)
