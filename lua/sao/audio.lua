@@ -29,12 +29,12 @@ local function quality_of(q)
   return v
 end
 
-local LMODE = { ebur128 = 0, pyloudnorm = 1 }
+local LMODE = { ebur128 = 0, pyloudnorm = 1, bs1770 = 2 }
 local function lmode_of(m)
   if m == nil then return 0 end
   if type(m) == "number" then return m end
   local v = LMODE[m]
-  if not v then error("unknown loudness mode '" .. tostring(m) .. "' (ebur128, pyloudnorm)", 3) end
+  if not v then error("unknown loudness mode '" .. tostring(m) .. "' (ebur128, pyloudnorm, bs1770)", 3) end
   return v
 end
 
@@ -170,7 +170,7 @@ end
 
 -- ---- loudness --------------------------------------------------------------------------------
 
---- loudness(a, sr, {mode = "ebur128"|"pyloudnorm"}) -> integrated LUFS (-inf for silence or
+--- loudness(a, sr, {mode = "ebur128"|"pyloudnorm"|"bs1770"}) -> integrated LUFS (-inf for silence or
 --- audio shorter than 0.4 s)
 function M.loudness(a, sr, opts)
   local v = ffi.new("double[1]")
@@ -205,7 +205,7 @@ local function report_table(r)
 end
 
 --- normalize(a, sr, target_lufs, opts) -> audio, report
---- opts: mode ("ebur128" | "pyloudnorm"), ceiling_db (0), peak_guard (true: report when the
+--- opts: mode ("ebur128" | "pyloudnorm" | "bs1770"), ceiling_db (0), peak_guard (true: report when the
 --- gain would put the sample peak above the ceiling; "reduce": lower the gain to fit),
 --- limit (false; true: apply the full gain and a look-ahead limiter at the ceiling).
 --- report: lufs_before/after, gain_db, peak_before/after (linear and _db), would_clip, clipped,

@@ -43,7 +43,7 @@ M.defaults = {
   sample_rate = 44100,
   tail = 2.0,                 -- seconds of release tail rendered after the last note, at most
   target_lufs = -12,          -- tracks and mix (the seed's -12 LUFS)
-  loudness = "ebur128",       -- "ebur128" | "pyloudnorm" (the seed's meter)
+  loudness = "bs1770",        -- "bs1770" (libebur128's numbers, one fast pass) | "ebur128" | "pyloudnorm" (the seed's meter)
   mix = "mean",               -- "mean" | "sum"
   peak_guard = "limit",       -- "limit" (look-ahead limiter) | "reduce" (lower the gain) | "report"
   ceiling_db = -1,            -- the guard's sample-peak ceiling, dBFS
@@ -93,7 +93,7 @@ function M.config(opts)
   end
   for _, chk in ipairs {
     { "render_mode", { notes = 1, full = 1 } }, { "mix", { mean = 1, sum = 1 } },
-    { "peak_guard", { limit = 1, reduce = 1, report = 1 } }, { "loudness", { ebur128 = 1, pyloudnorm = 1 } },
+    { "peak_guard", { limit = 1, reduce = 1, report = 1 } }, { "loudness", { bs1770 = 1, ebur128 = 1, pyloudnorm = 1 } },
     { "tempo_source", { auto = 1, midi = 1, audio = 1 } }, { "key_source", { auto = 1, midi = 1, audio = 1 } },
   } do
     if not chk[2][cfg[chk[1]]] then
