@@ -240,9 +240,13 @@ function Trainer:step()
 end
 
 --- Saves model, EMA, optimiser state, counters and the data cursor to dir (default
---- run_dir/checkpoints/step-N). Each file is written atomically; state.json last.
+--- run_dir/checkpoints/step-N). The folder is written as dir.partial and renamed when complete,
+--- so a killed run leaves either the whole checkpoint or none (plus a .partial folder, removed
+--- by the next save).
 function Trainer:save(dir)
-  dir = dir or ((self.cfg.run_dir or ".") .. "/checkpoints/step-" .. self.step_n)
+  local final = dir or ((self.cfg.run_dir or ".") .. "/checkpoints/step-" .. self.step_n)
+  dir = final .. ".partial"
+  fs.rm_rf(dir)
   mkdir_p(dir)
   sao.save_safetensors(dir .. "/model.safetensors", self.params, { format = "sao", step = self.step_n })
   if self.ema then sao.save_safetensors(dir .. "/ema.safetensors", self.ema.shadow) end
@@ -259,8 +263,13 @@ function Trainer:save(dir)
       weight_decay = self.cfg.optimizer.weight_decay, clip = self.cfg.optimizer.clip },
   }
   write_atomic(dir .. "/state.json", cjson.encode(state))
+  fs.rm_rf(final)
+  local ok, err = os.rename(dir, final)
+  if not ok then error("train: cannot move the checkpoint into " .. final .. ": " .. tostring(err), 2) end
+  local parent = final:match("^(.*)/[^/]+$") or "."
+  os.execute("rm -rf " .. fs.quote(parent) .. "/step-*.partial 2>/dev/null")   -- left by killed runs
   self:prune_checkpoints()
-  return dir
+  return final
 end
 
 --- Keeps the newest cfg.keep_checkpoints (default 3) step-N folders of run_dir/checkpoints.
