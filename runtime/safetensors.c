@@ -74,7 +74,9 @@ sao_st_file *sao_st_load(sao_ctx *ctx, const char *path) {
     if (fstat(fd, &st) != 0) { close(fd); return sao_err_null(ctx, op, "%s: cannot stat: %s", path, strerror(errno)); }
     size_t size = (size_t)st.st_size;
     if (size < 8) { close(fd); return sao_err_null(ctx, op, "%s: truncated file (%zu bytes, need at least 8 for the header length)", path, size); }
-    void *base = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    /* copy-on-write: tensors are zero-copy views of the file, and an in-place op on one (a LoRA
+     * merge, t:mul_()) copies the pages it touches instead of faulting; the file never changes */
+    void *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
     close(fd);
     if (base == MAP_FAILED) return sao_err_null(ctx, op, "%s: mmap failed: %s", path, strerror(errno));
     const unsigned char *b = base;

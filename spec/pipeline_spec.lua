@@ -62,16 +62,30 @@ describe("train stage", function()
     assert.same({ 3, 6 }, steps)
     local l = losses("a")
     for s = 1, 6 do assert.is_true(l[s] and l[s] > 0 and l[s] < 100, "loss at step " .. s) end
-    -- the export: the DiT under SAO's upstream names (model.model.*), beside its model_config.json
+    -- the export: a whole checkpoint under SAO's upstream names (the EMA DiT as model.model.*, the
+    -- base's VAE and number conditioners), beside its model_config.json; it loads as a model
     assert.equal(dir .. "/export/model.safetensors", res.export)
     local t = sao.load_safetensors(res.export)
-    local n, other = 0, {}
+    local count, other = {}, {}
     for k in pairs(t) do
-      if k:match("^model%.model%.") then n = n + 1 else other[#other + 1] = k end
+      local p = k:match("^model%.model%.") or k:match("^pretransform%.model%.") or
+                k:match("^conditioner%.conditioners%.seconds_[a-z]+%.")
+      if p then count[p] = (count[p] or 0) + 1 else other[#other + 1] = k end
     end
-    assert.is_true(n > 10, n .. " model.model.* tensors")
     assert.same({}, other)
+    assert.is_true((count["model.model."] or 0) > 10 and (count["pretransform.model."] or 0) > 10)
+    assert.equal(3, count["conditioner.conditioners.seconds_start."])
     assert.truthy(cjson.decode(common.read(dir .. "/export/model_config.json")))
+    local m = sao.load_model(dir .. "/export", { quiet = true })
+    local ema = sao.load_safetensors(dir .. "/checkpoints/step-6/ema.safetensors")
+    local sd = m:state_dict()
+    for k, v in pairs(ema) do assert.equal(0, sd["model.model." .. k]:maxdiff(v), k) end
+    local base = common.load_model { model = "tiny", quiet = true }:state_dict()
+    for k, v in pairs(sd) do
+      if not k:match("^model%.model%.") then assert.equal(0, base[k]:maxdiff(v), k) end
+    end
+    local a = m:generate { prompt = "piano", seconds = 0.5, steps = 2, seed = 3, progress = false }
+    assert.is_true(a:abs():max() > 0)
     assert.equal("", sh("find '" .. dir .. "' -name '*.tmp*'"))
   end)
 
@@ -120,6 +134,13 @@ describe("train stage", function()
     end
     assert.equal(last + 2, prev)
     assert.equal("", sh("find '" .. dir .. "' -name '*.tmp*'"))
+  end)
+
+  it("keeps the last --keep checkpoints", function()
+    train.run(topts("keep", 5, { checkpoint_every = 1, keep = 4 }))
+    local steps = {}
+    for _, c in ipairs(common.checkpoints(out .. "/runs/keep")) do steps[#steps + 1] = c.step end
+    assert.same({ 2, 3, 4, 5 }, steps)
   end)
 
   it("says what to do when nothing is encoded", function()

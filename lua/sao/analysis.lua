@@ -159,7 +159,7 @@ function M.key(audio, sr, opts)
   return key_result(r, opts)
 end
 
---- key_from_hpcp({h1, ..., hS}, opts) with S = 12 or 36 and bin 1 = A -> as key().
+--- key_from_hpcp({h1, ..., hS}, opts) with S = 12, 24 or 36 and bin 1 = A -> as key().
 function M.key_from_hpcp(h, opts)
   local n = #h
   local buf = ffi.new("float[?]", math.max(n, 1))

@@ -58,7 +58,7 @@ function M.save(dit, path)
 end
 
 --- Loads adapters saved by lora.save (adding them to the model first); opts.strength (1) scales
---- them, opts.merge folds them into the base weights (which the model must own).
+--- them, opts.merge folds them into the base weights (lora.merge).
 function M.load(dit, path, opts)
   opts = opts or {}
   local t, meta = sao.load_safetensors(path)
@@ -70,15 +70,38 @@ function M.load(dit, path, opts)
   end
   models.bind(C.sao_dit_lora_params(dit.h), t, "")
   if opts.strength then M.strength(dit, opts.strength) end
-  if opts.merge then
-    sao.check(C.sao_dit_lora_merge(sao.ctx, dit.h), 2)
-    dit.lora = nil
-  end
+  if opts.merge then M.merge(dit) end
   return dit
 end
 
---- Folds the adapters into the base weights and removes them.
+local SLOTS = { "self_attn.to_qkv", "self_attn.to_out", "cross_attn.to_q", "cross_attn.to_kv", "cross_attn.to_out",
+                "ff.ff.0.proj", "ff.ff.2" }
+
+-- Rebinds private copies of the block linears' weights: the tensors the model was loaded from (a
+-- checkpoint mapping, a table the caller still uses) are never written by a merge.
+local function own_block_weights(dit)
+  local p = dit:params()
+  for i = 0, C.sao_params_count(p) - 1 do
+    local name = ffi.string(C.sao_params_name(p, i))
+    local mod = name:match("^transformer%.layers%.%d+%.(.+)%.weight$")
+    local t = C.sao_params_tensor(p, i)
+    if mod and t ~= nil then
+      for _, s in ipairs(SLOTS) do
+        if mod == s then
+          local own = sao.tensor_from_ptr(sao.checkp(C.sao_tensor_clone(sao.ctx, t)))
+          sao.check(C.sao_params_bind(sao.ctx, p, name, own:raw()), 3)
+          break
+        end
+      end
+    end
+  end
+end
+
+--- Folds the adapters into the base weights and removes them. The merged weights are the model's
+--- own copies; the tensors it was loaded from are left as they were.
 function M.merge(dit)
+  if M.rank(dit) == 0 then error("lora.merge: the model has no adapters", 2) end
+  own_block_weights(dit)
   sao.check(C.sao_dit_lora_merge(sao.ctx, dit.h), 2)
   dit.lora = nil
 end

@@ -172,6 +172,21 @@ function M.load(what, opts)
     "'sao-1.0' or 'tiny'", 2)
 end
 
+--- The model's weights under upstream checkpoint names (views): model.model.* (DiT),
+--- pretransform.model.* (the VAE, weight-norm as g/v pairs), conditioner.conditioners.seconds_*.*.
+--- T5 is not part of an SAO checkpoint (it is loaded from t5-base). opts.dit = false leaves the
+--- DiT out (an exporter that writes its own, e.g. EMA, weights).
+function Model:state_dict(opts)
+  opts = opts or {}
+  local models = require "sao.models"
+  local out = {}
+  if opts.dit ~= false then models.tensors(self.dit:params(), "model.model.", out) end
+  models.tensors(sao.C.sao_vae_params(self.vae.h), "pretransform.model.", out)
+  models.tensors(self.cond.seconds_start:params(), "conditioner.conditioners.seconds_start.", out)
+  models.tensors(self.cond.seconds_total:params(), "conditioner.conditioners.seconds_total.", out)
+  return out
+end
+
 --- Latent frames of the generation window (sample_size / downsampling ratio).
 function Model:window_frames() return math.floor(self.c.sample_size / self.c.ratio) end
 function Model:sample_rate() return self.c.sample_rate end

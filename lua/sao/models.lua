@@ -43,6 +43,20 @@ function M.list(params)
   return out
 end
 
+--- The bound tensors of a registry as prefix .. name -> tensor (views: no copies), added to `out`
+--- (a new table when nil). Parameters not bound are left out.
+function M.tensors(params, prefix, out)
+  out = out or {}
+  prefix = prefix or ""
+  for i = 0, C.sao_params_count(params) - 1 do
+    local t = C.sao_params_tensor(params, i)
+    if t ~= nil then
+      out[prefix .. ffi.string(C.sao_params_name(params, i))] = sao.tensor_from_ptr(sao.checkp(C.sao_tensor_view_of(sao.ctx, t)))
+    end
+  end
+  return out
+end
+
 --- Contiguous f32 copy (or view) of a tensor, for handing raw pointers to C.
 function M.f32(t)
   if t:dtype() == "f32" and t:is_contiguous() then return t end

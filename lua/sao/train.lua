@@ -152,6 +152,7 @@ end
 -- Hot swap: the schedule file changed on disk, or cfg.schedule was reassigned.
 function Trainer:check_schedule()
   local cfg = self.cfg
+  local reloaded = false
   if cfg.schedule_file then
     local mt = C.sao_file_mtime(cfg.schedule_file)
     if mt >= 0 and mt ~= self.schedule_mtime then
@@ -159,6 +160,7 @@ function Trainer:check_schedule()
       local ok, f = pcall(schedules.load_file, cfg.schedule_file)
       if ok then
         cfg.schedule = f
+        reloaded = true
         self:log { step = self.step_n, event = "schedule reloaded", file = cfg.schedule_file }
         io.stderr:write(string.format("[train] step %d: schedule reloaded from %s\n", self.step_n, cfg.schedule_file))
       else
@@ -169,9 +171,8 @@ function Trainer:check_schedule()
   end
   if type(cfg.schedule) ~= "function" then cfg.schedule = schedules.resolve(cfg.schedule) end
   if cfg.schedule ~= self.last_schedule then
-    if not cfg.schedule_file or self.schedule_mtime == C.sao_file_mtime(cfg.schedule_file) then
-      self:log { step = self.step_n, event = "schedule replaced" }
-    end
+    -- a schedule assigned in Lua (the REPL); a file reload was logged above
+    if not reloaded and self.last_schedule ~= nil then self:log { step = self.step_n, event = "schedule replaced" } end
     self.last_schedule = cfg.schedule
   end
   cfg.optimizer.schedule = cfg.schedule
@@ -343,6 +344,7 @@ end
 
 --- Writes the weights with upstream key names under `prefix` (default "model.model."), the EMA
 --- copy when there is one (as stable-audio-tools exports), to path atomically.
+--- opts.extra: more tensors to write beside the DiT (the VAE and conditioners of a whole checkpoint).
 function Trainer:export(path, opts)
   opts = opts or {}
   local prefix = opts.prefix or "model.model."
@@ -362,6 +364,10 @@ function Trainer:export(path, opts)
         out[prefix .. name] = sao.zeros(tonumber(shp[0]))
       end
     end
+  end
+  for k, t in pairs(opts.extra or {}) do
+    if out[k] then error("train: export: extra tensor '" .. k .. "' collides with the DiT's", 2) end
+    out[k] = t
   end
   sao.save_safetensors(path, out, { format = "pt" })
   return path

@@ -15,7 +15,8 @@ extern "C" {
 
 /* ---- tempo ---------------------------------------------------------------------------------
  * Onset-strength envelope -> autocorrelation of the envelope -> comb salience over tempo
- * candidates -> log-normal prior -> octave check -> sub-BPM refinement (parabolic) ->
+ * candidates -> log-normal prior (the pick; the best other octave is reported as alt_bpm) ->
+ * sub-BPM refinement (parabolic) ->
  * optional local tempo curve and dynamic-programming beat tracker. */
 typedef struct sao_tempo_opts {
     double min_bpm, max_bpm;   /* search range; defaults 40, 250 */
@@ -43,7 +44,8 @@ typedef struct sao_tempo_result {
     sao_tensor *beats;         /* beat times in seconds, f32 [N]; NULL unless opts->beats */
 } sao_tempo_result;
 
-/* Tempo of audio (any rate; analysed at 22 050 Hz mono, onset frames of 256 samples). */
+/* Tempo of audio (any rate from 4 kHz; analysed as a mono mix at its own rate, onset hop the power
+ * of two nearest to 11.6 ms: docs/analysis.md, "Tempo"). */
 int sao_tempo_estimate(sao_ctx *ctx, const sao_tensor *audio, int sample_rate,
                        const sao_tempo_opts *opts, sao_tempo_result *out);
 /* Tempo from an onset-strength envelope (f32/f64 [T]) sampled at frame_rate Hz; frame t is
@@ -82,7 +84,7 @@ typedef struct sao_key_result {
     double strength;           /* Pearson r of the winning profile, [-1, 1]: the confidence */
     double second_strength;    /* best r of the other scale */
     double relative_strength;  /* (best - second best over all 2*S candidates) / best */
-    int hpcp_size;             /* 12 or 36 */
+    int hpcp_size;             /* 12, 24 or 36 */
     float hpcp[36];            /* the averaged, max-normalised HPCP (bin 0 = A, as Essentia) */
     int frames;                /* analysis frames used */
 } sao_key_result;
@@ -90,7 +92,7 @@ typedef struct sao_key_result {
 /* Key of audio at its own rate (no resampling; frame sizes in samples as Essentia). */
 int sao_key_estimate(sao_ctx *ctx, const sao_tensor *audio, int sample_rate,
                      const sao_key_opts *opts, sao_key_result *out);
-/* Key from an averaged HPCP of `size` (12 or 36) bins, bin 0 = A (440 Hz reference). */
+/* Key from an averaged HPCP of `size` (12, 24 or 36) bins, bin 0 = A (440 Hz reference). */
 int sao_key_from_hpcp(sao_ctx *ctx, const float *hpcp, int size, const sao_key_opts *opts,
                       sao_key_result *out);
 /* Pitch-class name with sharps: "C", "C#", ... "B" (as SAO prompts write keys); "" if out of

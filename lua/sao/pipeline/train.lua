@@ -193,9 +193,17 @@ function M.write_export(trainer, model, dir)
       alpha = l.alpha or l.rank, targets = l.targets or "", step = trainer.step_n })
     return dir .. "/lora.safetensors"
   end
-  trainer:export(dir .. "/model.safetensors")
+  -- a whole checkpoint, as the released one: the EMA DiT + the base's VAE and number conditioners
+  trainer:export(dir .. "/model.safetensors", { extra = model:state_dict { dit = false } })
   local src = common.read(tostring(model.name) .. "/model_config.json")   -- the base's file, as it was
   common.write_atomic(dir .. "/model_config.json", src or cjson.encode(model.config))
+  if model.random then
+    -- the random T5 beside it (a real base uses the user's t5-base), so sao.load_model(dir) works
+    common.mkdir_p(dir .. "/t5-base")
+    sao.save_safetensors(dir .. "/t5-base/model.safetensors", require("sao.models").tensors(model.t5.encoder:params()))
+    common.write_atomic(dir .. "/t5-base/config.json", cjson.encode(model.t5.config))
+    common.write_atomic(dir .. "/t5-base/spiece.model", assert(common.read(model.t5.tokenizer.path)))
+  end
   return dir .. "/model.safetensors"
 end
 
@@ -244,6 +252,7 @@ function M.run(opts)
   local tcfg = { dit = model.dit, data = loader, batch = cfg.batch, frames = cfg.frames,
     context = model.t5.max_length + 2, optimizer = optimizer_copy(), schedule_file = sched, ema = cfg.ema,
     cfg_dropout = cfg.cfg_dropout, seed = cfg.seed, accum = cfg.accum, run_dir = run_dir, quiet = true,
+    keep_checkpoints = cfg.keep,
     log_every = cfg.log_every, lora = cfg.lora and { rank = cfg.lora.rank, alpha = cfg.lora.alpha, targets = cfg.lora.targets } }
   local ck = common.latest_checkpoint(run_dir)
   local trainer
