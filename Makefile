@@ -57,7 +57,7 @@ endif
 
 LIB_SRCS := $(filter-out runtime/main.c,$(wildcard runtime/*.c)) $(wildcard kernels/cpu/*.c)
 LIB_OBJS := $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRCS)) $(CU_OBJS)
-HEADERS  := $(wildcard runtime/include/*.h) $(wildcard runtime/*.h) $(wildcard kernels/cpu/*.h)
+HEADERS  := $(wildcard runtime/include/*.h) $(wildcard runtime/*.h) $(wildcard kernels/cpu/*.h) $(wildcard kernels/cuda/*.h)
 # The FFI contract: sao.h and sao_model.h first (others build on them), then the other public
 # headers, with '#' lines and
 # the `#ifdef __cplusplus ... #endif` blocks dropped.

@@ -2,23 +2,14 @@
 // device kernels (Philox fill, SiLU), each the twin of a CPU function it is tested against
 // (spec/cuda_spec.lua, tagged gpu). Errors come back as Lua-visible messages naming the CUDA call,
 // its error string and a hint; nothing aborts.
+#include "cuda_internal.h"
 extern "C" {
-#include "internal.h"
 #include "sao_cuda.h"
 #include "sao_kernels.h"
 }
-#include <cuda_runtime.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
-
-#define CUDA_TRY(ctx, op, call)                                                                   \
-    do {                                                                                          \
-        cudaError_t e_ = (call);                                                                  \
-        if (e_ != cudaSuccess)                                                                    \
-            return sao_err(ctx, op, "%s:%d: %s: %s (is a GPU visible? check nvidia-smi)",          \
-                           __FILE__, __LINE__, #call, cudaGetErrorString(e_));                     \
-    } while (0)
 
 extern "C" int sao_cuda_device_count(void) {
     int n = 0;
