@@ -165,51 +165,15 @@ local function render_track(cfg, inst)
   return audio, r
 end
 
-local tempo_opts, key_opts
--- Tempo and key of audio: {bpm, confidence, tonic (0..11 or nil), minor, strength} (fields nil
--- when the analysis is not available in this build).
+-- Tempo and key of audio: {bpm, confidence, tonic (0..11), minor, strength}; an estimate that
+-- fails (audio too short) or is undefined (silence) leaves its fields nil.
 local function analyse(audio, sr)
+  local analysis = require "sao.analysis"
   local res = {}
-  local ok_a, analysis = pcall(require, "sao.analysis")
-  if ok_a and type(analysis) == "table" and analysis.tempo and analysis.key then
-    local ok, t = pcall(analysis.tempo, audio, sr)
-    if ok and t then res.bpm, res.confidence = t.bpm, t.confidence end
-    local ok2, k = pcall(analysis.key, audio, sr)
-    if ok2 and k then
-      res.tonic = k.tonic
-      if type(res.tonic) == "string" then
-        for pc, n in pairs(PITCH) do if n == res.tonic then res.tonic = pc end end
-      end
-      res.minor = k.minor == true or k.minor == 1 or k.scale == "minor" or k.mode == "minor"
-      res.strength = k.strength
-    end
-    return res
-  end
-  -- straight to the C functions when no Lua module wraps them (yet)
-  local ffi = require "ffi"
-  local C = sao.C
-  local okt = pcall(function() return C.sao_tempo_estimate end)
-  if okt then
-    tempo_opts = tempo_opts or ffi.new("sao_tempo_opts")
-    local out = ffi.new("sao_tempo_result")
-    if C.sao_tempo_estimate(sao.ctx, audio:raw(), sr, tempo_opts, out) == 0 then
-      if out.bpm > 0 then res.bpm, res.confidence = out.bpm, out.confidence end
-      if out.curve ~= nil then C.sao_tensor_free(out.curve) end
-      if out.beats ~= nil then C.sao_tensor_free(out.beats) end
-    else
-      C.sao_ctx_clear_error(sao.ctx)
-    end
-  end
-  local okk = pcall(function() return C.sao_key_estimate end)
-  if okk then
-    key_opts = key_opts or ffi.new("sao_key_opts")
-    local out = ffi.new("sao_key_result")
-    if C.sao_key_estimate(sao.ctx, audio:raw(), sr, key_opts, out) == 0 then
-      if out.tonic >= 0 then res.tonic, res.minor, res.strength = out.tonic, out.minor ~= 0, out.strength end
-    else
-      C.sao_ctx_clear_error(sao.ctx)
-    end
-  end
+  local ok, t = pcall(analysis.tempo, audio, sr)
+  if ok and t then res.bpm, res.confidence = t.bpm, t.confidence end
+  local ok2, k = pcall(analysis.key, audio, sr)
+  if ok2 and k and k.tonic then res.tonic, res.minor, res.strength = k.tonic, k.scale == "minor", k.strength end
   return res
 end
 M.analyse = analyse
