@@ -1,7 +1,8 @@
-/* sao_cuda.h — the CUDA device runtime: device query, device storage for tensors, transfers, and
- * the first device kernels (each with its CPU twin as the reference). Built from kernels/cuda/
- * when nvcc is found; a CPU-only build answers every call with a clear "built without CUDA" error
- * (runtime/cuda_off.c), so Lua code can probe and skip. */
+/* sao_cuda.h — the CUDA device runtime: device query, the caching device allocator, device
+ * storage for tensors, transfers, and the first device kernels (each with its CPU twin as the
+ * reference). Built from kernels/cuda/ when nvcc is found; a CPU-only build answers every call
+ * with a clear "built without CUDA" error and zero memory statistics (runtime/cuda_off.c), so Lua
+ * code can probe and skip. */
 #ifndef SAO_CUDA_H
 #define SAO_CUDA_H
 #include "sao.h"
@@ -24,6 +25,39 @@ int sao_cuda_rand_fill(sao_ctx *ctx, sao_tensor *t, uint64_t seed, uint64_t offs
 int sao_cuda_silu_forward(sao_ctx *ctx, const float *x, int64_t n, float *y /* out */);
 int sao_cuda_silu_backward(sao_ctx *ctx, const float *dy, const float *x, int64_t n,
                            float *dx /* out, accumulated */);
+
+
+/* ---- the caching device allocator (kernels/cuda/alloc.cu) --------------------------------------
+ * Blocks are rounded up to a size class (512 B steps up to 1 MiB, then quarter powers of two),
+ * kept in per-(device, class) bins when freed and handed out again without a driver call. One
+ * process-wide cache, thread-safe. Out-of-memory from cudaMalloc empties the cache and retries once. */
+/* A block of at least `bytes` on the current device (bytes 0 gives a valid 512 B block). */
+int sao_cuda_malloc(sao_ctx *ctx, size_t bytes, void **out /* out */);
+/* Returns a block from sao_cuda_malloc to the cache (NULL: nothing). -1, and nothing done, for a
+ * pointer the allocator did not hand out or already got back. */
+int sao_cuda_free(void *ptr);
+/* Gives every cached (free) block back to the driver; returns the bytes released. */
+int64_t sao_cuda_empty_cache(void);
+/* Bytes in live blocks, bytes cached in the bins, the peak of the first, and the number of
+ * cudaMalloc calls made, all since the process started (sizes are size classes). Any may be NULL. */
+void sao_cuda_memory_stats(int64_t *allocated /* out */, int64_t *cached /* out */,
+                           int64_t *peak /* out */, int64_t *n_cudamalloc /* out */);
+/* The size class a request of `bytes` is rounded up to. */
+size_t sao_cuda_size_class(size_t bytes);
+
+/* ---- linear.cu: y = x W^T + b on device pointers (cuBLASLt, fp32 compute) -----------------------
+ * Twins of sao_linear_forward / sao_linear_backward (sao_kernels.h): the same arguments, shapes
+ * and accumulate semantics; every pointer is device memory on the current device. */
+int sao_cuda_linear_forward(sao_ctx *ctx, const float *x, const float *w, const float *b,
+                            int64_t n, int64_t in, int64_t out, int accumulate, float *y /* out */);
+int sao_cuda_linear_backward(sao_ctx *ctx, const float *dy, const float *x, const float *w,
+                             int64_t n, int64_t in, int64_t out,
+                             float *dx /* out, accumulated */, float *dw /* out, accumulated */,
+                             float *db /* out, accumulated */);
+/* The same forward with x [N, in] and w [out, in] in bfloat16 (raw bits), fp32 accumulation,
+ * b [out] f32 or NULL, y [N, out] f32. */
+int sao_cuda_linear_forward_bf16(sao_ctx *ctx, const uint16_t *x, const uint16_t *w, const float *b,
+                                 int64_t n, int64_t in, int64_t out, int accumulate, float *y /* out */);
 
 #ifdef __cplusplus
 }
