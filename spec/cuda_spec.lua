@@ -1,7 +1,10 @@
 -- CUDA device runtime and kernels against their CPU twins (tag: gpu). Without a usable GPU every
--- test here is reported as pending (skipped), never as passed.
+-- device test here is reported as pending (skipped), never as passed; the sao.cuda probes at the
+-- end run everywhere (CPU-only build, CUDA build without a GPU, GPU).
+local ffi = require "ffi"
 local sao = require "sao"
 require "spec.support.near"
+local C = sao.C
 
 local has_gpu = sao.C.sao_cuda_device_count() > 0
 
@@ -63,5 +66,295 @@ describe("CUDA #gpu", function()
     -- expf on the device vs the CPU kernel: a few ulp
     assert.tensor_near(y, host(gy), { abs = 1e-6, rel = 1e-6 })
     assert.tensor_near(dx, host(gdx), { abs = 1e-6, rel = 1e-6 })
+  end)
+end)
+
+-- ---- the caching allocator (kernels/cuda/alloc.cu) ---------------------------------------------
+describe("CUDA caching allocator #gpu", function()
+  local function alloc(bytes)
+    local p = ffi.new("void*[1]")
+    sao.check(C.sao_cuda_malloc(sao.ctx, bytes, p))
+    return p[0]
+  end
+
+  gpu_it("a freed block is reused: the second allocation of a size class calls no cudaMalloc", function()
+    sao.cuda.empty_cache()
+    local bytes = 3 * 1000 * 1000 + 17
+    local class = tonumber(C.sao_cuda_size_class(bytes))
+    local m0 = sao.cuda.memory()
+    local a = alloc(bytes)
+    local m1 = sao.cuda.memory()
+    assert.equal(m0.cudamalloc_calls + 1, m1.cudamalloc_calls)
+    assert.equal(m0.allocated + class, m1.allocated)
+    assert.equal(m0.cached, m1.cached)
+    assert.is_true(m1.peak >= m1.allocated)
+
+    assert.equal(0, C.sao_cuda_free(a))
+    local m2 = sao.cuda.memory()
+    assert.equal(m0.allocated, m2.allocated)
+    assert.equal(m1.cached + class, m2.cached)
+    assert.equal(-1, C.sao_cuda_free(a))          -- a second free is refused, nothing changes
+    assert.same(m2, sao.cuda.memory())
+
+    local b = alloc(bytes - 5)                    -- same class: the cached block, no driver call
+    local m3 = sao.cuda.memory()
+    assert.is_true(a == b)
+    assert.equal(m2.cudamalloc_calls, m3.cudamalloc_calls)
+    assert.equal(m2.cached - class, m3.cached)
+    assert.equal(m1.allocated, m3.allocated)
+    assert.equal(0, C.sao_cuda_free(b))
+  end)
+
+  gpu_it("tensor storage comes from the cache and goes back to it", function()
+    sao.cuda.empty_cache()
+    local class = tonumber(C.sao_cuda_size_class(4 * 1001))
+    local m0 = sao.cuda.memory()
+    local d = sao.zeros(1001):to("cuda")
+    local m1 = sao.cuda.memory()
+    assert.equal(m0.allocated + class, m1.allocated)
+    d:free()
+    local m2 = sao.cuda.memory()
+    assert.equal(m0.allocated, m2.allocated)
+    assert.equal(m0.cached + class, m2.cached)
+    local e = sao.ones(1001):to("cuda")           -- reuses the block: same count, right contents
+    assert.equal(m2.cudamalloc_calls, sao.cuda.memory().cudamalloc_calls)
+    assert.equal(1001, e:to("cpu"):sum():item())
+    e:free()
+  end)
+
+  gpu_it("empty_cache hands every cached block back to the driver", function()
+    local a = alloc(100000)
+    C.sao_cuda_free(a)
+    local before = sao.cuda.memory()
+    assert.is_true(before.cached > 0)
+    assert.equal(before.cached, sao.cuda.empty_cache())
+    local after = sao.cuda.memory()
+    assert.equal(0, after.cached)
+    assert.equal(before.allocated, after.allocated)
+    local b = alloc(100000)                       -- the bin is empty now: a driver allocation
+    assert.equal(after.cudamalloc_calls + 1, sao.cuda.memory().cudamalloc_calls)
+    C.sao_cuda_free(b)
+  end)
+
+  gpu_it("out of device memory is an error message (after emptying the cache), not an abort", function()
+    local a = alloc(4096)
+    C.sao_cuda_free(a)
+    local m0 = sao.cuda.memory()
+    assert.is_true(m0.cached > 0)
+    assert.error_matches(function() alloc(2 ^ 48) end, "cudaMalloc .* even after emptying the cache")
+    local m1 = sao.cuda.memory()
+    assert.equal(0, m1.cached)                    -- the retry gave the cache back first
+    assert.equal(m0.allocated, m1.allocated)
+    assert.equal(m0.cudamalloc_calls, m1.cudamalloc_calls)
+    C.sao_cuda_free(alloc(4096))                  -- and the device is still usable
+  end)
+end)
+
+-- ---- linear (kernels/cuda/linear.cu) vs kernels/cpu/linear.c -------------------------------------
+-- Odd sizes on purpose: no dimension a multiple of 4, so cuBLASLt cannot take a vectorised path
+-- for granted. Every device output sits between G guard floats on each side that must come back
+-- untouched.
+-- Tolerances (estimates, not yet measured on a GPU; replace them with the measured max error plus
+-- margin on the first GPU run): both sides compute in fp32 with different summation orders, so an
+-- output of a length-k dot product of N(0,1) inputs differs by about sqrt(k) * 2^-24 * |terms|
+-- ~ 1e-5 at k = 129; abs 1e-4 leaves ~10x room and still catches any indexing or transpose error
+-- (which gives errors of order 1).
+local N, IN, OUT = 37, 129, 65
+local G, SENTINEL = 64, 12345.5
+local PATHS = { { 1, "cuBLASLt" }, { 0, "plain cuBLAS" } }
+
+local function fptr(t) return ffi.cast("float*", C.sao_tensor_data(t:raw())) end
+local function u16ptr(t) return ffi.cast("const uint16_t*", C.sao_tensor_data(t:raw())) end
+
+-- A device copy of t with G sentinel floats on each side; returns it and a float* to t's first element.
+local function guarded(t)
+  local n = t:numel()
+  local buf = sao.full({ n + 2 * G }, SENTINEL)
+  buf:narrow(1, G + 1, n):copy_(t:reshape(n))
+  local d = buf:to("cuda")
+  return d, fptr(d) + G
+end
+
+-- The payload of a guarded device buffer, on the host, shaped like `like`; fails if a guard changed.
+local function unguard(d, like)
+  local h = d:to("cpu")
+  local n, p = like:numel(), h:data()
+  local bad = 0
+  for i = 0, G - 1 do
+    if p[i] ~= SENTINEL then bad = bad + 1 end
+    if p[G + n + i] ~= SENTINEL then bad = bad + 1 end
+  end
+  assert.equal(0, bad, "guard floats overwritten around a device output")
+  return h:narrow(1, G + 1, n):view(like:shape()):clone()
+end
+
+-- Runs f with the GEMM path set to lt (1 cuBLASLt, 0 plain cuBLAS), restoring it even on error.
+local function with_path(lt, f)
+  local was = C.sao_cuda_gemm_use_lt(lt)
+  local ok, err = pcall(f)
+  C.sao_cuda_gemm_use_lt(was)
+  if not ok then error(err, 0) end
+end
+
+describe("CUDA linear vs the CPU kernel #gpu", function()
+  for _, path in ipairs(PATHS) do
+    for _, with_bias in ipairs { true, false } do
+      for _, acc in ipairs { 0, 1 } do
+        gpu_it(string.format("forward, %s, %s bias, accumulate %d", path[2], with_bias and "with" or "no", acc), function()
+          local x, w = sao.randn { N, IN, seed = 11 }, sao.randn { OUT, IN, seed = 12 }
+          local b = with_bias and sao.randn { OUT, seed = 13 } or nil
+          local y0 = sao.randn { N, OUT, seed = 14 }  -- overwritten (acc 0) or added to (acc 1)
+          local want = y0:clone()
+          sao.check(C.sao_linear_forward(sao.ctx, x:data(), w:data(), b and b:data() or nil, N, IN, OUT, acc, want:data()))
+          local gx, gw, gb = x:to("cuda"), w:to("cuda"), b and b:to("cuda") or nil
+          local gy, py = guarded(y0)
+          with_path(path[1], function()
+            sao.check(C.sao_cuda_linear_forward(sao.ctx, fptr(gx), fptr(gw), gb and fptr(gb) or nil, N, IN, OUT, acc, py))
+          end)
+          -- |y| up to ~40 here; see the note above for abs 1e-4
+          assert.tensor_near(want, unguard(gy, want), { abs = 1e-4, rel = 1e-5 })
+        end)
+      end
+    end
+
+    for _, grads in ipairs { { dx = true, dw = true, db = true }, { dw = true, db = true }, { dx = true } } do
+      local names = {}
+      for _, k in ipairs { "dx", "dw", "db" } do if grads[k] then names[#names + 1] = k end end
+      local what = table.concat(names, ", ")
+      gpu_it(string.format("backward accumulates %s (%s)", what, path[2]), function()
+        local x, w = sao.randn { N, IN, seed = 21 }, sao.randn { OUT, IN, seed = 22 }
+        local dy = sao.randn { N, OUT, seed = 23 }
+        local start = { dx = sao.randn { N, IN, seed = 24 }, dw = sao.randn { OUT, IN, seed = 25 },
+                        db = sao.randn { OUT, seed = 26 } }
+        local want, dev, ptr = {}, {}, {}
+        for k, t in pairs(start) do
+          if grads[k] then
+            want[k] = t:clone()
+            dev[k], ptr[k] = guarded(t)
+          end
+        end
+        local function hp(k) return want[k] and want[k]:data() or nil end
+        -- the CPU kernel needs w only for dx and x only for dW: pass NULL otherwise, as a caller may
+        sao.check(C.sao_linear_backward(sao.ctx, dy:data(), grads.dw and x:data() or nil, grads.dx and w:data() or nil,
+                                        N, IN, OUT, hp("dx"), hp("dw"), hp("db")))
+        local gx, gw, gdy = x:to("cuda"), w:to("cuda"), dy:to("cuda")
+        with_path(path[1], function()
+          sao.check(C.sao_cuda_linear_backward(sao.ctx, fptr(gdy), grads.dw and fptr(gx) or nil, grads.dx and fptr(gw) or nil,
+                                               N, IN, OUT, ptr.dx, ptr.dw, ptr.db))
+        end)
+        -- dx: dot products of length OUT = 65, |dx| up to ~30: abs 1e-4 as above.
+        if grads.dx then assert.tensor_near(want.dx, unguard(dev.dx, want.dx), { abs = 1e-4, rel = 1e-5 }) end
+        -- dW: length N = 37, |dW| up to ~25: abs 1e-4.
+        if grads.dw then assert.tensor_near(want.dw, unguard(dev.dw, want.dw), { abs = 1e-4, rel = 1e-5 }) end
+        -- db: sums of 37 values in another order (16 strided partials): |db| < ~20, error ~ 37 * 2^-24 * 20 ~ 4e-5 worst case.
+        if grads.db then assert.tensor_near(want.db, unguard(dev.db, want.db), { abs = 5e-5, rel = 1e-5 }) end
+      end)
+    end
+
+    for _, case in ipairs { { true, 0 }, { true, 1 }, { false, 0 } } do
+      local with_bias, acc = case[1], case[2]
+      gpu_it(string.format("bf16 forward, %s, %s bias, accumulate %d, vs the CPU on bf16-rounded inputs", path[2],
+                           with_bias and "with" or "no", acc), function()
+        local xb, wb = sao.randn({ N, IN, seed = 31 }):to("bf16"), sao.randn({ OUT, IN, seed = 32 }):to("bf16")
+        local xr, wr = xb:to("f32"), wb:to("f32")    -- exactly the values the device sees
+        local b = with_bias and sao.randn { OUT, seed = 33 } or nil
+        local y0 = sao.randn { N, OUT, seed = 34 }
+        local want = y0:clone()
+        sao.check(C.sao_linear_forward(sao.ctx, xr:data(), wr:data(), b and b:data() or nil, N, IN, OUT, acc, want:data()))
+        local gx, gw, gb = xb:to("cuda"), wb:to("cuda"), b and b:to("cuda") or nil
+        local gy, py = guarded(y0)
+        with_path(path[1], function()
+          sao.check(C.sao_cuda_linear_forward_bf16(sao.ctx, u16ptr(gx), u16ptr(gw), gb and fptr(gb) or nil,
+                                                   N, IN, OUT, acc, py))
+        end)
+        -- bf16 x bf16 products are exact in fp32, so only the accumulation differs, but tensor-core
+        -- fp32 accumulation is not IEEE-exact at every add: estimate (unmeasured) a few 1e-5 at |y| ~ 40;
+        -- abs 5e-4 keeps room while a wrong layout or dtype gives errors of order 1.
+        assert.tensor_near(want, unguard(gy, want), { abs = 5e-4, rel = 1e-4 })
+      end)
+    end
+  end
+
+  gpu_it("db is bit-identical from run to run (deterministic reduction)", function()
+    local n = 4099                                  -- many rows per thread, not a multiple of 16
+    local dy = sao.randn { n, OUT, seed = 41 }:to("cuda")
+    local function run()
+      local db = sao.zeros(OUT):to("cuda")
+      sao.check(C.sao_cuda_linear_backward(sao.ctx, fptr(dy), nil, nil, n, IN, OUT, nil, nil, fptr(db)))
+      return db:to("cpu")
+    end
+    assert.equal(0, run():maxdiff(run()))
+  end)
+
+  gpu_it("a host pointer is refused with a message naming the argument", function()
+    local x, w, y = sao.randn { N, IN, seed = 1 }, sao.randn { OUT, IN, seed = 2 }, sao.zeros(N, OUT)
+    local gw, gy = w:to("cuda"), y:to("cuda")
+    assert.error_matches(function()
+      sao.check(C.sao_cuda_linear_forward(sao.ctx, x:data(), fptr(gw), nil, N, IN, OUT, 0, fptr(gy)))
+    end, "x is host memory")
+  end)
+end)
+
+-- ---- sao.cuda: works in every build, with or without a GPU ----------------------------------------
+describe("sao.cuda", function()
+  it("available() is true exactly when a CUDA build sees a device", function()
+    assert.equal(sao.has_cuda() and C.sao_cuda_device_count() > 0, sao.cuda.available())
+  end)
+
+  it("devices() lists each device with index, name, memory and capability", function()
+    local list = sao.cuda.devices()
+    assert.equal(sao.cuda.count(), #list)
+    if not sao.cuda.available() then assert.same({}, list) end
+    for i, d in ipairs(list) do
+      assert.equal(i - 1, d.index)
+      assert.is_true(#d.name > 0)
+      assert.is_true(d.memory_bytes > 0)
+      assert.matches("^%d+%.%d+$", d.capability)
+    end
+  end)
+
+  it("memory() has the four counters, all zero when nothing could be allocated", function()
+    local m = sao.cuda.memory()
+    for _, k in ipairs { "allocated", "cached", "peak", "cudamalloc_calls" } do
+      assert.is_number(m[k])
+      assert.is_true(m[k] >= 0)
+    end
+    assert.is_true(m.peak >= m.allocated)
+    if not sao.cuda.available() then
+      assert.same({ allocated = 0, cached = 0, peak = 0, cudamalloc_calls = 0 }, m)
+      assert.equal(0, sao.cuda.empty_cache())
+    end
+  end)
+
+  it("sao_cuda_malloc says why it cannot allocate without a device", function()
+    if sao.cuda.available() then return pending("a device is available: see the #gpu tests") end
+    local p = ffi.new("void*[1]")
+    assert.error_matches(function() sao.check(C.sao_cuda_malloc(sao.ctx, 1024, p)) end,
+      sao.has_cuda() and "cuda_malloc" or "built without CUDA")
+    assert.is_true(p[0] == nil)
+    assert.equal(0, sao.cuda.memory().cudamalloc_calls)
+  end)
+
+  it("sao_cuda_free ignores NULL and refuses memory it did not hand out", function()
+    assert.equal(0, C.sao_cuda_free(nil))
+    assert.equal(-1, C.sao_cuda_free(ffi.new("char[16]")))
+  end)
+
+  it("size classes: 512 B steps up to 1 MiB, then four per power of two", function()
+    local MiB = 2 ^ 20
+    local cases = { { 0, 512 }, { 1, 512 }, { 512, 512 }, { 513, 1024 }, { MiB, MiB },
+                    { MiB + 1, 1.25 * MiB }, { 2 * MiB, 2 * MiB }, { 3 * MiB, 3 * MiB },
+                    { 3 * MiB + 1, 3.5 * MiB }, { 1000 * MiB, 1024 * MiB } }
+    for _, c in ipairs(cases) do assert.equal(c[2], tonumber(C.sao_cuda_size_class(c[1]))) end
+  end)
+
+  it("the device linear says 'built without CUDA' in a CPU-only build", function()
+    if sao.has_cuda() then return pending("CUDA build: see the #gpu tests") end
+    assert.error_matches(function()
+      sao.check(C.sao_cuda_linear_forward(sao.ctx, nil, nil, nil, 1, 1, 1, 0, nil))
+    end, "built without CUDA")
+    assert.error_matches(function()
+      sao.check(C.sao_cuda_linear_backward(sao.ctx, nil, nil, nil, 1, 1, 1, nil, nil, nil))
+    end, "built without CUDA")
   end)
 end)

@@ -24,8 +24,72 @@ static inline unsigned sao_cuda_blocks(long long n, int threads) {
     return (unsigned)((n + threads - 1) / threads);
 }
 
-// The stream sao's kernels are launched on (the legacy default stream for now: every launch and
-// copy is ordered; a per-context stream comes with the caching allocator).
+// The stream sao's kernels are launched on: the legacy default stream, so every launch and copy
+// is ordered, and the caching allocator (alloc.cu) may hand a freed block to the next caller at
+// once. A per-context stream will need the allocator to record an event per freed block.
 static inline cudaStream_t sao_cuda_stream(void) { return 0; }
+
+// 0 when p is NULL or device (or managed) memory of the current device; otherwise a sao error
+// naming the argument. A host pointer handed to a kernel would fault the whole CUDA context
+// (every later call fails), so entry points check their pointers first (about a microsecond each).
+static inline int sao_cuda_check_ptr(sao_ctx *ctx, const char *op, const char *what, const void *p) {
+    if (!p) return 0;
+    cudaPointerAttributes a;
+    cudaError_t e = cudaPointerGetAttributes(&a, p);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return sao_err(ctx, op, "%s: cudaPointerGetAttributes: %s (is a GPU visible? check nvidia-smi)",
+                       what, cudaGetErrorString(e));
+    }
+    if (a.type == cudaMemoryTypeManaged) return 0;
+    if (a.type != cudaMemoryTypeDevice)
+        return sao_err(ctx, op, "%s is host memory, not device memory (copy it first: t:to(\"cuda\"), "
+                       "sao_tensor_to_cuda)", what);
+    int dev = 0;
+    CUDA_TRY(ctx, op, cudaGetDevice(&dev));
+    if (a.device != dev)
+        return sao_err(ctx, op, "%s is on device %d but device %d is current (cudaSetDevice(%d) first, "
+                       "or copy it across)", what, a.device, dev, a.device);
+    return 0;
+}
+
+
+// ---- shared by the element-wise and reduction kernels ----------------------------------------
+#define SAO_CUDA_THREADS 256
+#define SAO_CUDA_MAX_BLOCKS 1048576LL
+
+// Grid-stride loop over [0, n): any grid size covers any n.
+#define SAO_GRID_STRIDE(i, n)                                                                      \
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                 \
+         i += (long long)gridDim.x * blockDim.x)
+
+// Device-pointer check, after the CPU twin's argument checks (a host pointer would fault the
+// context); needs `ctx` and `op` in scope.
+#define SAO_CUDA_PTR(p) sao_cuda_check_ptr(ctx, op, #p, p)
+
+// Blocks of SAO_CUDA_THREADS for a grid-stride loop over n elements (capped).
+static inline unsigned sao_cuda_stride_blocks(long long n) {
+    long long b = (n + SAO_CUDA_THREADS - 1) / SAO_CUDA_THREADS;
+    return (unsigned)(b < SAO_CUDA_MAX_BLOCKS ? b : SAO_CUDA_MAX_BLOCKS);
+}
+
+// Sum of v over the block (blockDim.x a multiple of 32): a fixed shuffle tree per warp, then one
+// over the warp sums, so the order never changes. Every thread gets the total. sh: 33 doubles of
+// shared memory, free for reuse on return.
+__device__ static inline double sao_block_sum(double v, double *sh) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarp = blockDim.x >> 5;
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        v = lane < nwarp ? sh[lane] : 0.0;
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+        if (lane == 0) sh[32] = v;
+    }
+    __syncthreads();
+    double total = sh[32];
+    __syncthreads();
+    return total;
+}
 
 #endif

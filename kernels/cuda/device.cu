@@ -1,7 +1,7 @@
-// device.cu — the CUDA device runtime: device query, device storage and transfers, and the first
-// device kernels (Philox fill, SiLU), each the twin of a CPU function it is tested against
-// (spec/cuda_spec.lua, tagged gpu). Errors come back as Lua-visible messages naming the CUDA call,
-// its error string and a hint; nothing aborts.
+// device.cu — the CUDA device runtime: device query, device storage (from the caching allocator,
+// alloc.cu) and transfers, and the first device kernels (Philox fill, SiLU), each the twin of a
+// CPU function it is tested against (spec/cuda_spec.lua, tagged gpu). Errors come back as
+// Lua-visible messages naming the CUDA call, its error string and a hint; nothing aborts.
 #include "cuda_internal.h"
 extern "C" {
 #include "sao_cuda.h"
@@ -31,32 +31,37 @@ extern "C" int sao_cuda_device_props(sao_ctx *ctx, int dev, char *name, int name
     return 0;
 }
 
-static void cuda_release(sao_storage *s) { cudaFree(s->data); }
+// Device storage comes from the caching allocator (alloc.cu); the last view's release hands the
+// block back to its bin, where the next tensor of that size class finds it.
+static void cuda_release(sao_storage *s) { sao_cuda_free(s->data); }
 static const sao_allocator cuda_allocator = {"cuda", cuda_release};
 
 extern "C" sao_tensor *sao_tensor_to_cuda(sao_ctx *ctx, const sao_tensor *t, int dev) {
     const char *op = "to_cuda";
     if (t->storage->device != SAO_CPU) return (sao_tensor *)sao_err_null(ctx, op, "tensor is already on a device");
-    if (cudaSetDevice(dev) != cudaSuccess)
-        return (sao_tensor *)sao_err_null(ctx, op, "device %d: %s", dev, cudaGetErrorString(cudaGetLastError()));
+    cudaError_t e = cudaSetDevice(dev);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return (sao_tensor *)sao_err_null(ctx, op, "%s:%d: cudaSetDevice(%d): %s (is a GPU visible? check nvidia-smi)",
+                                          __FILE__, __LINE__, dev, cudaGetErrorString(e));
+    }
     sao_tensor *c = sao_tensor_contiguous(ctx, t);
     if (!c) return NULL;
     size_t bytes = (size_t)sao_tensor_numel(c) * sao_dtype_size(c->dtype);
     void *d = NULL;
-    cudaError_t e = cudaMalloc(&d, bytes ? bytes : 1);
-    if (e != cudaSuccess) {
+    if (sao_cuda_malloc(ctx, bytes, &d)) {   // the message names the size and what to do
         sao_tensor_free(c);
-        return (sao_tensor *)sao_err_null(ctx, op, "cudaMalloc of %zu bytes: %s (free memory with :free() or use a smaller batch)",
-                                          bytes, cudaGetErrorString(e));
+        return NULL;
     }
     e = cudaMemcpy(d, sao_tensor_data(c), bytes, cudaMemcpyHostToDevice);
     sao_tensor_free(c);
     if (e != cudaSuccess) {
-        cudaFree(d);
-        return (sao_tensor *)sao_err_null(ctx, op, "cudaMemcpy to device: %s", cudaGetErrorString(e));
+        sao_cuda_free(d);
+        return (sao_tensor *)sao_err_null(ctx, op, "%s:%d: cudaMemcpy of %zu bytes to device %d: %s",
+                                          __FILE__, __LINE__, bytes, dev, cudaGetErrorString(e));
     }
     sao_tensor *r = sao_tensor_wrap(ctx, d, bytes, t->dtype, t->ndim, t->shape, &cuda_allocator, NULL);
-    if (!r) { cudaFree(d); return NULL; }
+    if (!r) { sao_cuda_free(d); return NULL; }
     r->storage->device = SAO_CUDA;
     return r;
 }

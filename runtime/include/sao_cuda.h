@@ -58,6 +58,10 @@ int sao_cuda_linear_backward(sao_ctx *ctx, const float *dy, const float *x, cons
  * b [out] f32 or NULL, y [N, out] f32. */
 int sao_cuda_linear_forward_bf16(sao_ctx *ctx, const uint16_t *x, const uint16_t *w, const float *b,
                                  int64_t n, int64_t in, int64_t out, int accumulate, float *y /* out */);
+/* Which library runs these GEMMs, process-wide: 1 cuBLASLt (the default; plain cuBLAS only where
+ * its heuristic has no algorithm), 0 always plain cuBLAS (cublasSgemm / cublasGemmEx) — so specs
+ * can cover both. -1 only asks. Returns the setting before the call. */
+int sao_cuda_gemm_use_lt(int on);
 
 #ifdef __cplusplus
 }

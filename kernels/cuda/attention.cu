@@ -1,0 +1,572 @@
+#include "cuda_internal.h"
+// attention.cu — CUDA twins of kernels/cpu/attention.c: fused multi-head scaled-dot-product
+// attention with grouped K/V heads, optional additive bias [H, T, M] and key mask [B, M], forward
+// and backward, on device pointers. Same arguments, same validation and the same statistics as the
+// CPU kernel (lse[b,h,t] = logsumexp of the row's logits, -inf for a fully masked row whose output
+// is 0), so a forward on one device and a backward on the other agree. Tested against the CPU twin
+// in spec/cuda_attn_spec.lua (tag gpu).
+//
+//   S = scale * Q K^T + bias (-inf where the key mask is 0),  P = softmax_rows(S),  O = P V
+//
+// Plain CUDA, fp32, flash-attention-2's algorithm: no T x M matrix is ever formed, scratch is
+// shared memory only, nothing is allocated.
+//
+// Layout of the work. A key tile is KT = 32 keys, one per lane of a warp: a lane computes its
+// key's logit for several query rows (its K row read from shared memory, the query rows broadcast),
+// then the warp shuffles each p (or dS) to every lane, and lane l accumulates output dims
+// l, l+32, ... (NV = ceil(D/32) registers per row; D <= 256).
+//   forward   one block per (b, h, 16-query tile); 4 warps x 4 rows; walks the key tiles with a
+//             running max / sum / unnormalised output per row (rescaled when the max grows).
+//   dQ (+dbias) one block per (b, h, 16-query tile), same walk: recomputes P = exp(S - lse),
+//             dS = P (dO V^T - rowsum(dO * O)), dQ += scale dS K. With dbias the block loops over
+//             every b in order instead (dbias is shared by the batch), so it owns its dbias rows.
+//   dK/dV     one warp per (b, kv head, 32-key tile): lane l owns key l's dK and dV rows (shared
+//             memory); it loops over the G query heads of the kv head and their query rows, 16 at
+//             a time, accumulating dV += P^T dO and dK += scale dS^T Q.
+// Determinism: every output element is written by one thread in a fixed order (GQA's sum over
+// query heads is the dK/dV loop over hh; dbias's sum over b is the dQ block's loop over b); warp
+// sums are fixed butterflies. No atomics: results are bit-reproducible run to run.
+// rowsum(dO * O) is recomputed where needed by one helper (same bits in both backward kernels).
+// Performance: correct and tiled, not tuned (no tensor cores); cuDNN is the intended fast path.
+extern "C" {
+#include "sao_cuda_attn.h"
+#include "sao_kernels.h"
+}
+#include <math.h>
+
+#define FULL_MASK 0xffffffffu
+#define KT 32           // keys per tile: one per lane
+#define QW 4            // warps per query block (forward, dQ)
+#define QR 4            // query rows per warp (forward, dQ)
+#define BQ (QW * QR)    // queries per block (forward, dQ)
+#define MAX_D 256       // head dims a row keeps in registers: NV <= 8
+
+typedef struct {
+    long long B, H, Hkv, T, M, D, G;
+    float scale;
+    long long sq[3], sk[3], sv[3], so[3];   // (batch, head, token) element strides
+} ageo;
+
+// ---- host: the CPU kernel's validation and stride defaults ---------------------------------------
+static void fill_strides(long long *dst, const int64_t *src, long long heads, long long len,
+                         long long D) {
+    if (src[0] || src[1] || src[2]) {
+        for (int i = 0; i < 3; i++) dst[i] = (long long)src[i];
+    } else {
+        dst[0] = heads * len * D;
+        dst[1] = len * D;
+        dst[2] = D;
+    }
+}
+
+static int setup(sao_ctx *ctx, const char *op, const struct sao_attn_desc *a, ageo *g) {
+    if (!a) return sao_err(ctx, op, "descriptor is NULL");
+    if (a->B < 0 || a->H < 1 || a->Hkv < 1 || a->T < 0 || a->M < 0 || a->D < 1)
+        return sao_err(ctx, op, "bad shape B=%lld H=%lld Hkv=%lld T=%lld M=%lld D=%lld",
+                       (long long)a->B, (long long)a->H, (long long)a->Hkv, (long long)a->T,
+                       (long long)a->M, (long long)a->D);
+    if (a->H % a->Hkv)
+        return sao_err(ctx, op, "%lld query heads are not a multiple of %lld K/V heads",
+                       (long long)a->H, (long long)a->Hkv);
+    g->B = a->B; g->H = a->H; g->Hkv = a->Hkv; g->T = a->T; g->M = a->M; g->D = a->D;
+    g->G = a->H / a->Hkv;
+    g->scale = a->scale != 0.0 ? (float)a->scale : (float)(1.0 / sqrt((double)a->D));
+    fill_strides(g->sq, a->q_stride, a->H, a->T, a->D);
+    fill_strides(g->sk, a->k_stride, a->Hkv, a->M, a->D);
+    fill_strides(g->sv, a->v_stride, a->Hkv, a->M, a->D);
+    fill_strides(g->so, a->o_stride, a->H, a->T, a->D);
+    return 0;
+}
+
+#define NEED(ctx, op, p)                                                                            \
+    do {                                                                                            \
+        if (!(p)) return sao_err((ctx), (op), "%s is NULL (pass a buffer of the documented shape)", #p); \
+    } while (0)
+
+// The one limit the CPU kernel does not have: a row's output lives in NV = D/32 registers per lane.
+static int check_d(sao_ctx *ctx, const char *op, long long D) {
+    if (D > MAX_D)
+        return sao_err(ctx, op, "head dim D=%lld > %d: the CUDA attention kernels hold a row in "
+                       "registers (run this shape with the CPU kernel)", D, MAX_D);
+    return 0;
+}
+
+// Dynamic shared memory above the 48 KB default needs an opt-in per kernel (large D only).
+template <class K>
+static int smem_optin(sao_ctx *ctx, const char *op, K *kernel, size_t bytes) {
+    if (bytes <= 48 * 1024) return 0;
+    int dev = 0, most = 0;
+    CUDA_TRY(ctx, op, cudaGetDevice(&dev));
+    CUDA_TRY(ctx, op, cudaDeviceGetAttribute(&most, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    if ((size_t)most < bytes)
+        return sao_err(ctx, op, "needs %zu bytes of shared memory per block, the device allows %d "
+                       "(head dim too large for this GPU: use the CPU kernel)", bytes, most);
+    CUDA_TRY(ctx, op, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+    return 0;
+}
+
+// ---- device helpers -------------------------------------------------------------------------------
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
+    return v;
+}
+
+// sum_d a[d] * b[d] over one row, by the whole warp (lane-strided, then a butterfly): every lane
+// gets the same bits, and the dQ and dK/dV kernels get the same value for the same row.
+__device__ __forceinline__ float row_dot(const float *a, const float *b, int D, int lane) {
+    float s = 0.0f;
+    for (int d = lane; d < D; d += 32) s = fmaf(a[d], b[d], s);
+    return warp_sum(s);
+}
+
+// rows [0, KT) of a strided [M, D] block starting at key j0 into dst [KT][DP]; zero past M
+__device__ __forceinline__ void load_keys(float *dst, int DP, const float *base, long long rs,
+                                          long long j0, long long M, int D) {
+    for (int i = threadIdx.x; i < KT * D; i += blockDim.x) {
+        int j = i / D, d = i - j * D;
+        long long jj = j0 + j;
+        dst[j * DP + d] = jj < M ? base[jj * rs + d] : 0.0f;
+    }
+}
+
+// n rows of a strided [T, D] block starting at t0 into dst [n][D], times mul; zero past T
+__device__ __forceinline__ void load_rows(float *dst, const float *base, long long rs, long long t0,
+                                          long long T, int n, int D, float mul) {
+    for (int i = threadIdx.x; i < n * D; i += blockDim.x) {
+        int r = i / D, d = i - r * D;
+        long long t = t0 + r;
+        dst[i] = t < T ? base[t * rs + d] * mul : 0.0f;
+    }
+}
+
+// K rows keep an odd pitch, so lane j reading row j, dim d hits bank (j*DP + d) % 32: all distinct.
+__host__ __device__ __forceinline__ int kpitch(int D) { return D | 1; }
+
+// ---- kernels ----------------------------------------------------------------------------------------
+
+// M == 0: nothing to attend to; out rows 0, lse -inf (as the CPU kernel)
+__global__ static void attn_empty(ageo g, float *out, float *lse) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= g.B * g.H * g.T * g.D) return;
+    long long d = i % g.D, r = i / g.D;
+    long long t = r % g.T, h = (r / g.T) % g.H, b = r / (g.T * g.H);
+    out[b * g.so[0] + h * g.so[1] + t * g.so[2] + d] = 0.0f;
+    if (lse && d == 0) lse[r] = -INFINITY;
+}
+
+// Forward. Grid: B * H * ceil(T/BQ) blocks of QW warps. Shared: Qs [BQ][D] (scale * q),
+// Ks, Vs [KT][DP].
+template <int NV>
+__global__ static void __launch_bounds__(QW * 32)
+attn_fwd(ageo g, const float *q, const float *k, const float *v, const float *bias,
+         const uint8_t *mask, float *out, float *lse) {
+    extern __shared__ float sm[];
+    const int D = (int)g.D, DP = kpitch(D);
+    float *Qs = sm, *Ks = Qs + BQ * D, *Vs = Ks + KT * DP;
+    const long long ntq = (g.T + BQ - 1) / BQ;
+    const long long t0 = ((long long)blockIdx.x % ntq) * BQ;
+    const long long h = ((long long)blockIdx.x / ntq) % g.H, b = (long long)blockIdx.x / (ntq * g.H);
+    const long long kh = h / g.G;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const float *kb = k + b * g.sk[0] + kh * g.sk[1], *vb = v + b * g.sv[0] + kh * g.sv[1];
+    const uint8_t *mb = mask ? mask + b * g.M : NULL;
+    const float *qw = Qs + warp * QR * D;   // this warp's rows
+
+    load_rows(Qs, q + b * g.sq[0] + h * g.sq[1], g.sq[2], t0, g.T, BQ, D, g.scale);
+    float m[QR], l[QR], o[QR][NV];
+#pragma unroll
+    for (int r = 0; r < QR; r++) {
+        m[r] = -INFINITY;
+        l[r] = 0.0f;
+#pragma unroll
+        for (int c = 0; c < NV; c++) o[r][c] = 0.0f;
+    }
+    for (long long j0 = 0; j0 < g.M; j0 += KT) {
+        __syncthreads();   // the previous tile is used up (and Qs is written, on the first)
+        load_keys(Ks, DP, kb, g.sk[2], j0, g.M, D);
+        load_keys(Vs, DP, vb, g.sv[2], j0, g.M, D);
+        __syncthreads();
+        const long long j = j0 + lane;
+        const bool live = j < g.M && (!mb || mb[j]);
+        float s[QR];
+#pragma unroll
+        for (int r = 0; r < QR; r++) s[r] = 0.0f;
+        const float *kr = Ks + lane * DP;
+        for (int d = 0; d < D; d++) {
+            float kd = kr[d];
+#pragma unroll
+            for (int r = 0; r < QR; r++) s[r] = fmaf(qw[r * D + d], kd, s[r]);
+        }
+#pragma unroll
+        for (int r = 0; r < QR; r++) {   // online softmax; s[r] becomes p
+            long long t = t0 + warp * QR + r;
+            if (bias && live && t < g.T) s[r] += bias[(h * g.T + t) * g.M + j];
+            if (!live) s[r] = -INFINITY;
+            float mnew = fmaxf(m[r], warp_max(s[r]));
+            float p = 0.0f;
+            if (mnew != -INFINITY) {   // warp-uniform; -inf: every key so far masked, adds nothing
+                float corr = expf(m[r] - mnew);
+                p = expf(s[r] - mnew);
+                l[r] = l[r] * corr + warp_sum(p);
+                m[r] = mnew;
+#pragma unroll
+                for (int c = 0; c < NV; c++) o[r][c] *= corr;
+            }
+            s[r] = p;
+        }
+        const int nk = g.M - j0 < KT ? (int)(g.M - j0) : KT;
+        for (int jj = 0; jj < nk; jj++) {   // O += P V
+            float vv[NV];
+#pragma unroll
+            for (int c = 0; c < NV; c++) {
+                int d = lane + 32 * c;
+                vv[c] = d < D ? Vs[jj * DP + d] : 0.0f;
+            }
+#pragma unroll
+            for (int r = 0; r < QR; r++) {
+                float pj = __shfl_sync(FULL_MASK, s[r], jj);
+#pragma unroll
+                for (int c = 0; c < NV; c++) o[r][c] = fmaf(pj, vv[c], o[r][c]);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < QR; r++) {
+        long long t = t0 + warp * QR + r;
+        if (t >= g.T) continue;
+        float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+        float *orow = out + b * g.so[0] + h * g.so[1] + t * g.so[2];
+#pragma unroll
+        for (int c = 0; c < NV; c++) {
+            int d = lane + 32 * c;
+            if (d < D) orow[d] = o[r][c] * inv;
+        }
+        if (lse && lane == 0) lse[(b * g.H + h) * g.T + t] = l[r] > 0.0f ? m[r] + logf(l[r]) : -INFINITY;
+    }
+}
+
+// dQ and dbias. Grid: nb_grid * H * ceil(T/BQ) blocks of QW warps; the block handles batch rows
+// [b0, b0 + nb) in order (nb = B with dbias, else 1). Shared: Qs, dOs [BQ][D], Ks, Vs [KT][DP].
+template <int NV>
+__global__ static void __launch_bounds__(QW * 32)
+attn_bwd_dq(ageo g, const float *q, const float *k, const float *v, const float *bias,
+            const uint8_t *mask, const float *out, const float *lse, const float *dout, float *dq,
+            float *dbias, long long nb) {
+    extern __shared__ float sm[];
+    const int D = (int)g.D, DP = kpitch(D);
+    float *Qs = sm, *dOs = Qs + BQ * D, *Ks = dOs + BQ * D, *Vs = Ks + KT * DP;
+    const long long ntq = (g.T + BQ - 1) / BQ;
+    const long long t0 = ((long long)blockIdx.x % ntq) * BQ;
+    const long long h = ((long long)blockIdx.x / ntq) % g.H;
+    const long long b0 = ((long long)blockIdx.x / (ntq * g.H)) * nb;
+    const long long kh = h / g.G;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const float *qw = Qs + warp * QR * D, *dow = dOs + warp * QR * D;
+
+    for (long long b = b0; b < b0 + nb; b++) {
+        const float *kb = k + b * g.sk[0] + kh * g.sk[1], *vb = v + b * g.sv[0] + kh * g.sv[1];
+        const uint8_t *mb = mask ? mask + b * g.M : NULL;
+        __syncthreads();   // the previous batch row's tiles are used up
+        load_rows(Qs, q + b * g.sq[0] + h * g.sq[1], g.sq[2], t0, g.T, BQ, D, g.scale);
+        load_rows(dOs, dout + b * g.so[0] + h * g.so[1], g.so[2], t0, g.T, BQ, D, 1.0f);
+        float L[QR], Dr[QR], acc[QR][NV];
+#pragma unroll
+        for (int r = 0; r < QR; r++) {
+            long long t = t0 + warp * QR + r;
+            L[r] = -INFINITY;
+            Dr[r] = 0.0f;
+            if (t < g.T) {
+                long long ro = b * g.so[0] + h * g.so[1] + t * g.so[2];
+                L[r] = lse[(b * g.H + h) * g.T + t];
+                Dr[r] = row_dot(out + ro, dout + ro, D, lane);
+            }
+#pragma unroll
+            for (int c = 0; c < NV; c++) acc[r][c] = 0.0f;
+        }
+        for (long long j0 = 0; j0 < g.M; j0 += KT) {
+            __syncthreads();
+            load_keys(Ks, DP, kb, g.sk[2], j0, g.M, D);
+            load_keys(Vs, DP, vb, g.sv[2], j0, g.M, D);
+            __syncthreads();
+            const long long j = j0 + lane;
+            const bool live = j < g.M && (!mb || mb[j]);
+            float s[QR], dp[QR];
+#pragma unroll
+            for (int r = 0; r < QR; r++) s[r] = dp[r] = 0.0f;
+            const float *kr = Ks + lane * DP, *vr = Vs + lane * DP;
+            for (int d = 0; d < D; d++) {
+                float kd = kr[d], vd = vr[d];
+#pragma unroll
+                for (int r = 0; r < QR; r++) {
+                    s[r] = fmaf(qw[r * D + d], kd, s[r]);
+                    dp[r] = fmaf(dow[r * D + d], vd, dp[r]);
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < QR; r++) {   // s[r] becomes dS
+                long long t = t0 + warp * QR + r;
+                float p = 0.0f;
+                if (live && L[r] != -INFINITY) {   // L is -inf past T and on dead rows
+                    float x = s[r];
+                    if (bias) x += bias[(h * g.T + t) * g.M + j];
+                    p = expf(x - L[r]);
+                }
+                s[r] = p * (dp[r] - Dr[r]);
+                if (dbias && live && t < g.T) dbias[(h * g.T + t) * g.M + j] += s[r];
+            }
+            if (!dq) continue;
+            const int nk = g.M - j0 < KT ? (int)(g.M - j0) : KT;
+            for (int jj = 0; jj < nk; jj++) {   // dQ += dS K (scaled below)
+                float kv[NV];
+#pragma unroll
+                for (int c = 0; c < NV; c++) {
+                    int d = lane + 32 * c;
+                    kv[c] = d < D ? Ks[jj * DP + d] : 0.0f;
+                }
+#pragma unroll
+                for (int r = 0; r < QR; r++) {
+                    float dsj = __shfl_sync(FULL_MASK, s[r], jj);
+#pragma unroll
+                    for (int c = 0; c < NV; c++) acc[r][c] = fmaf(dsj, kv[c], acc[r][c]);
+                }
+            }
+        }
+        if (!dq) continue;
+#pragma unroll
+        for (int r = 0; r < QR; r++) {
+            long long t = t0 + warp * QR + r;
+            if (t >= g.T) continue;
+            float *row = dq + b * g.sq[0] + h * g.sq[1] + t * g.sq[2];
+#pragma unroll
+            for (int c = 0; c < NV; c++) {
+                int d = lane + 32 * c;
+                if (d < D) row[d] += g.scale * acc[r][c];
+            }
+        }
+    }
+}
+
+// dK and dV. Grid: B * Hkv * ceil(M/KT) blocks of one warp; lane l owns key j0 + l.
+// Shared: Ks, Vs, dKs, dVs [KT][DP]; Qs, dOs [RR][D]; Ls, Drs [RR].
+template <int RR>
+__global__ static void __launch_bounds__(32)
+attn_bwd_dkdv(ageo g, const float *q, const float *k, const float *v, const float *bias,
+              const uint8_t *mask, const float *out, const float *lse, const float *dout, float *dk,
+              float *dv) {
+    extern __shared__ float sm[];
+    const int D = (int)g.D, DP = kpitch(D);
+    float *Ks = sm, *Vs = Ks + KT * DP, *dKs = Vs + KT * DP, *dVs = dKs + KT * DP;
+    float *Qs = dVs + KT * DP, *dOs = Qs + RR * D, *Ls = dOs + RR * D, *Drs = Ls + RR;
+    const long long nkt = (g.M + KT - 1) / KT;
+    const long long j0 = ((long long)blockIdx.x % nkt) * KT;
+    const long long kh = ((long long)blockIdx.x / nkt) % g.Hkv, b = (long long)blockIdx.x / (nkt * g.Hkv);
+    const int lane = threadIdx.x;
+    const long long j = j0 + lane;
+    const bool live = j < g.M && (!mask || mask[b * g.M + j]);
+    const float *kb = k + b * g.sk[0] + kh * g.sk[1], *vb = v + b * g.sv[0] + kh * g.sv[1];
+
+    load_keys(Ks, DP, kb, g.sk[2], j0, g.M, D);
+    load_keys(Vs, DP, vb, g.sv[2], j0, g.M, D);
+    float *dkr = dKs + lane * DP, *dvr = dVs + lane * DP, *kr = Ks + lane * DP, *vr = Vs + lane * DP;
+    for (int d = 0; d < D; d++) dkr[d] = dvr[d] = 0.0f;
+    for (long long hh = 0; hh < g.G; hh++) {   // GQA: the kv head's query heads, in order
+        const long long h = kh * g.G + hh;
+        for (long long t0 = 0; t0 < g.T; t0 += RR) {
+            __syncwarp();   // the previous rows are used up (and Ks, Vs written, on the first)
+            load_rows(Qs, q + b * g.sq[0] + h * g.sq[1], g.sq[2], t0, g.T, RR, D, g.scale);
+            load_rows(dOs, dout + b * g.so[0] + h * g.so[1], g.so[2], t0, g.T, RR, D, 1.0f);
+            for (int r = 0; r < RR; r++) {
+                long long t = t0 + r;
+                float dr = 0.0f, L = -INFINITY;
+                if (t < g.T) {
+                    long long ro = b * g.so[0] + h * g.so[1] + t * g.so[2];
+                    dr = row_dot(out + ro, dout + ro, D, lane);
+                    L = lse[(b * g.H + h) * g.T + t];
+                }
+                if (lane == 0) {
+                    Drs[r] = dr;
+                    Ls[r] = L;
+                }
+            }
+            __syncwarp();
+            float p[RR], ds[RR];
+#pragma unroll
+            for (int r = 0; r < RR; r++) p[r] = ds[r] = 0.0f;
+            for (int d = 0; d < D; d++) {   // logits and dO V^T of this lane's key
+                float kd = kr[d], vd = vr[d];
+#pragma unroll
+                for (int r = 0; r < RR; r++) {
+                    p[r] = fmaf(Qs[r * D + d], kd, p[r]);
+                    ds[r] = fmaf(dOs[r * D + d], vd, ds[r]);
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < RR; r++) {
+                long long t = t0 + r;
+                float pr = 0.0f;
+                if (live && Ls[r] != -INFINITY) {   // Ls is -inf past T and on dead rows
+                    float x = p[r];
+                    if (bias) x += bias[(h * g.T + t) * g.M + j];
+                    pr = expf(x - Ls[r]);
+                }
+                p[r] = pr;
+                ds[r] = pr * (ds[r] - Drs[r]);
+            }
+            for (int d = 0; d < D; d++) {   // dV += P^T dO, dK += dS^T (scale Q)
+                float av = dvr[d], ak = dkr[d];
+#pragma unroll
+                for (int r = 0; r < RR; r++) {
+                    av = fmaf(p[r], dOs[r * D + d], av);
+                    ak = fmaf(ds[r], Qs[r * D + d], ak);
+                }
+                dvr[d] = av;
+                dkr[d] = ak;
+            }
+        }
+    }
+    __syncwarp();
+    const int nk = g.M - j0 < KT ? (int)(g.M - j0) : KT;
+    for (int jj = 0; jj < nk; jj++) {   // coalesced: the warp adds one key row at a time
+        if (dk) {
+            float *row = dk + b * g.sk[0] + kh * g.sk[1] + (j0 + jj) * g.sk[2];
+            for (int d = lane; d < D; d += 32) row[d] += dKs[jj * DP + d];
+        }
+        if (dv) {
+            float *row = dv + b * g.sv[0] + kh * g.sv[1] + (j0 + jj) * g.sv[2];
+            for (int d = lane; d < D; d += 32) row[d] += dVs[jj * DP + d];
+        }
+    }
+}
+
+// ---- launchers ------------------------------------------------------------------------------------
+static int nv_of(long long D) { return D <= 32 ? 1 : D <= 64 ? 2 : D <= 128 ? 4 : 8; }
+
+static int blocks_ok(sao_ctx *ctx, const char *op, long long n) {
+    if (n > 2147483647LL)
+        return sao_err(ctx, op, "%lld blocks exceed the CUDA grid (split the batch)", n);
+    return 0;
+}
+
+template <int NV>
+static int launch_fwd(sao_ctx *ctx, const char *op, const ageo *g, const float *q, const float *k,
+                      const float *v, const float *bias, const uint8_t *mask, float *out, float *lse) {
+    const int DP = kpitch((int)g->D);
+    size_t smem = sizeof(float) * (size_t)(BQ * g->D + 2 * KT * DP);
+    if (smem_optin(ctx, op, attn_fwd<NV>, smem)) return -1;
+    long long blocks = g->B * g->H * ((g->T + BQ - 1) / BQ);
+    if (blocks_ok(ctx, op, blocks)) return -1;
+    attn_fwd<NV><<<(unsigned)blocks, QW * 32, smem, sao_cuda_stream()>>>(*g, q, k, v, bias, mask, out, lse);
+    CUDA_LAUNCHED(ctx, op);
+    return 0;
+}
+
+template <int NV>
+static int launch_dq(sao_ctx *ctx, const char *op, const ageo *g, const float *q, const float *k,
+                     const float *v, const float *bias, const uint8_t *mask, const float *out,
+                     const float *lse, const float *dout, float *dq, float *dbias) {
+    const int DP = kpitch((int)g->D);
+    size_t smem = sizeof(float) * (size_t)(2 * BQ * g->D + 2 * KT * DP);
+    if (smem_optin(ctx, op, attn_bwd_dq<NV>, smem)) return -1;
+    long long nb = dbias ? g->B : 1;   // with dbias a block walks every batch row (it owns dbias rows)
+    long long blocks = (g->B / nb) * g->H * ((g->T + BQ - 1) / BQ);
+    if (blocks_ok(ctx, op, blocks)) return -1;
+    attn_bwd_dq<NV><<<(unsigned)blocks, QW * 32, smem, sao_cuda_stream()>>>(
+        *g, q, k, v, bias, mask, out, lse, dout, dq, dbias, nb);
+    CUDA_LAUNCHED(ctx, op);
+    return 0;
+}
+
+template <int RR>
+static int launch_dkdv(sao_ctx *ctx, const char *op, const ageo *g, const float *q, const float *k,
+                       const float *v, const float *bias, const uint8_t *mask, const float *out,
+                       const float *lse, const float *dout, float *dk, float *dv) {
+    const int DP = kpitch((int)g->D);
+    size_t smem = sizeof(float) * (size_t)(4 * KT * DP + 2 * RR * g->D + 2 * RR);
+    if (smem_optin(ctx, op, attn_bwd_dkdv<RR>, smem)) return -1;
+    long long blocks = g->B * g->Hkv * ((g->M + KT - 1) / KT);
+    if (blocks_ok(ctx, op, blocks)) return -1;
+    attn_bwd_dkdv<RR><<<(unsigned)blocks, 32, smem, sao_cuda_stream()>>>(
+        *g, q, k, v, bias, mask, out, lse, dout, dk, dv);
+    CUDA_LAUNCHED(ctx, op);
+    return 0;
+}
+
+extern "C" int sao_cuda_attention_forward(sao_ctx *ctx, const struct sao_attn_desc *a, const float *q,
+                                          const float *k, const float *v, const float *bias,
+                                          const uint8_t *key_mask, float *out, float *lse) {
+    const char *op = "cuda_attention_forward";
+    ageo g;
+    if (setup(ctx, op, a, &g)) return -1;
+    NEED(ctx, op, out);
+    if (g.B == 0 || g.T == 0) return 0;
+    if (g.M > 0) {
+        NEED(ctx, op, q);
+        NEED(ctx, op, k);
+        NEED(ctx, op, v);
+    }
+    if (g.M == 0) {
+        if (sao_cuda_check_ptr(ctx, op, "out", out) || sao_cuda_check_ptr(ctx, op, "lse", lse)) return -1;
+        long long n = g.B * g.H * g.T * g.D;
+        attn_empty<<<sao_cuda_blocks(n, 256), 256, 0, sao_cuda_stream()>>>(g, out, lse);
+        CUDA_LAUNCHED(ctx, op);
+        return 0;
+    }
+    if (check_d(ctx, op, g.D)) return -1;
+    if (sao_cuda_check_ptr(ctx, op, "q", q) || sao_cuda_check_ptr(ctx, op, "k", k) ||
+        sao_cuda_check_ptr(ctx, op, "v", v) || sao_cuda_check_ptr(ctx, op, "bias", bias) ||
+        sao_cuda_check_ptr(ctx, op, "key_mask", key_mask) || sao_cuda_check_ptr(ctx, op, "out", out) ||
+        sao_cuda_check_ptr(ctx, op, "lse", lse))
+        return -1;
+    switch (nv_of(g.D)) {
+    case 1: return launch_fwd<1>(ctx, op, &g, q, k, v, bias, key_mask, out, lse);
+    case 2: return launch_fwd<2>(ctx, op, &g, q, k, v, bias, key_mask, out, lse);
+    case 4: return launch_fwd<4>(ctx, op, &g, q, k, v, bias, key_mask, out, lse);
+    default: return launch_fwd<8>(ctx, op, &g, q, k, v, bias, key_mask, out, lse);
+    }
+}
+
+extern "C" int sao_cuda_attention_backward(sao_ctx *ctx, const struct sao_attn_desc *a, const float *q,
+                                           const float *k, const float *v, const float *bias,
+                                           const uint8_t *key_mask, const float *out, const float *lse,
+                                           const float *dout, float *dq, float *dk, float *dv,
+                                           float *dbias) {
+    const char *op = "cuda_attention_backward";
+    ageo g;
+    if (setup(ctx, op, a, &g)) return -1;
+    if (g.B == 0 || g.T == 0 || g.M == 0) return 0;
+    NEED(ctx, op, q);
+    NEED(ctx, op, k);
+    NEED(ctx, op, v);
+    NEED(ctx, op, out);
+    NEED(ctx, op, lse);
+    NEED(ctx, op, dout);
+    if (dbias && !bias) return sao_err(ctx, op, "dbias given without bias");
+    if (!dq && !dk && !dv && !dbias) return 0;
+    if (check_d(ctx, op, g.D)) return -1;
+    if (sao_cuda_check_ptr(ctx, op, "q", q) || sao_cuda_check_ptr(ctx, op, "k", k) ||
+        sao_cuda_check_ptr(ctx, op, "v", v) || sao_cuda_check_ptr(ctx, op, "bias", bias) ||
+        sao_cuda_check_ptr(ctx, op, "key_mask", key_mask) || sao_cuda_check_ptr(ctx, op, "out", out) ||
+        sao_cuda_check_ptr(ctx, op, "lse", lse) || sao_cuda_check_ptr(ctx, op, "dout", dout) ||
+        sao_cuda_check_ptr(ctx, op, "dq", dq) || sao_cuda_check_ptr(ctx, op, "dk", dk) ||
+        sao_cuda_check_ptr(ctx, op, "dv", dv) || sao_cuda_check_ptr(ctx, op, "dbias", dbias))
+        return -1;
+    if (dk || dv) {
+        int rc = g.D <= 128 ? launch_dkdv<16>(ctx, op, &g, q, k, v, bias, key_mask, out, lse, dout, dk, dv)
+                            : launch_dkdv<8>(ctx, op, &g, q, k, v, bias, key_mask, out, lse, dout, dk, dv);
+        if (rc) return -1;
+    }
+    if (dq || dbias) {
+        switch (nv_of(g.D)) {
+        case 1: return launch_dq<1>(ctx, op, &g, q, k, v, bias, key_mask, out, lse, dout, dq, dbias);
+        case 2: return launch_dq<2>(ctx, op, &g, q, k, v, bias, key_mask, out, lse, dout, dq, dbias);
+        case 4: return launch_dq<4>(ctx, op, &g, q, k, v, bias, key_mask, out, lse, dout, dq, dbias);
+        default: return launch_dq<8>(ctx, op, &g, q, k, v, bias, key_mask, out, lse, dout, dq, dbias);
+        }
+    }
+    return 0;
+}

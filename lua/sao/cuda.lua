@@ -1,0 +1,51 @@
+-- sao.cuda — the GPU from Lua: is one usable, which devices there are, and how much device memory
+-- sao's caching allocator holds (kernels/cuda/alloc.cu).
+--
+--   sao.cuda.available()   -> true when sao was built with CUDA and a device is visible
+--   sao.cuda.devices()     -> { {index=0, name="NVIDIA H200", memory_bytes=..., capability="9.0"}, ... }
+--                             index is the CUDA device number, as in t:to("cuda:1")
+--   sao.cuda.memory()      -> { allocated=, cached=, peak=, cudamalloc_calls= } (bytes; counts since start)
+--   sao.cuda.empty_cache() -> bytes handed back to the driver (cached blocks only; live tensors stay)
+--
+-- In a CPU-only build, or with no GPU, every call still works: available() is false, devices()
+-- is empty and memory() is all zeros.
+local ffi = require "ffi"
+local core = require "sao.ffi"
+local C = core.C
+
+local M = {}
+
+--- Number of usable CUDA devices (0 in a CPU-only build, without a driver or without a GPU).
+function M.count()
+  if C.sao_has_cuda() ~= 1 then return 0 end
+  return tonumber(C.sao_cuda_device_count())
+end
+
+function M.available() return M.count() > 0 end
+
+function M.devices()
+  local list = {}
+  local n = M.count()
+  if n == 0 then return list end
+  local name, mem = ffi.new("char[256]"), ffi.new("int64_t[1]")
+  local major, minor = ffi.new("int[1]"), ffi.new("int[1]")
+  for i = 0, n - 1 do
+    core.check(C.sao_cuda_device_props(core.ctx, i, name, 256, mem, major, minor), 2)
+    list[#list + 1] = {
+      index = i, name = ffi.string(name), memory_bytes = tonumber(mem[0]),
+      capability = string.format("%d.%d", major[0], minor[0]),
+    }
+  end
+  return list
+end
+
+function M.memory()
+  local v = ffi.new("int64_t[4]")
+  C.sao_cuda_memory_stats(v, v + 1, v + 2, v + 3)
+  return { allocated = tonumber(v[0]), cached = tonumber(v[1]), peak = tonumber(v[2]),
+           cudamalloc_calls = tonumber(v[3]) }
+end
+
+function M.empty_cache() return tonumber(C.sao_cuda_empty_cache()) end
+
+return M

@@ -1,0 +1,64 @@
+/* sao_cuda_attn.h — CUDA twins of the attention and 1-D convolution kernels of sao_kernels.h
+ * (kernels/cuda/attention.cu, kernels/cuda/conv1d.cu). Each sao_cuda_<op> takes exactly the
+ * arguments of its CPU twin sao_<op> with DEVICE pointers (float / uint8_t buffers from
+ * sao_tensor_to_cuda + sao_tensor_data), validates them the same way and follows the same
+ * conventions: forward outputs overwritten, backward gradients ACCUMULATED (+=), a NULL d-buffer
+ * skips that gradient. Work is queued on sao's CUDA stream (asynchronous; a copy back to the host
+ * waits for it); results are deterministic (no atomics) and match the CPU kernels to fp32
+ * rounding (spec/cuda_attn_spec.lua, tag gpu).
+ * CUDA-only limit: attention head dim D <= 256 (larger D gets an error; use the CPU kernel).
+ * A CPU-only build answers every call with a "built without CUDA" error (runtime/cuda_attn_off.c).
+ *
+ * The descriptor is named `struct sao_attn_desc` (its typedef lives in sao_kernels.h, which the
+ * FFI reads after this file). */
+#ifndef SAO_CUDA_ATTN_H
+#define SAO_CUDA_ATTN_H
+#include "sao.h"
+#include "sao_kernels.h"
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Twins of sao_attention_forward / sao_attention_backward (see sao_kernels.h: strides, GQA,
+ * bias [H, T, M], key_mask [B, M], lse [B, H, T]). */
+int sao_cuda_attention_forward(sao_ctx *ctx, const struct sao_attn_desc *a, const float *q,
+                               const float *k, const float *v, const float *bias,
+                               const uint8_t *key_mask, float *out /* out */,
+                               float *lse /* out, may be NULL */);
+int sao_cuda_attention_backward(sao_ctx *ctx, const struct sao_attn_desc *a, const float *q,
+                                const float *k, const float *v, const float *bias,
+                                const uint8_t *key_mask, const float *out, const float *lse,
+                                const float *dout, float *dq /* out, accumulated */,
+                                float *dk /* out, accumulated */, float *dv /* out, accumulated */,
+                                float *dbias /* out, accumulated */);
+
+/* Twins of sao_conv1d_forward / sao_conv1d_backward: x [B, C_in, T_in], w [C_out, C_in/groups, K],
+ * y [B, C_out, sao_conv1d_out_len(...)]. */
+int sao_cuda_conv1d_forward(sao_ctx *ctx, const float *x, const float *w, const float *bias,
+                            int64_t B, int64_t c_in, int64_t t_in, int64_t c_out, int64_t k,
+                            int stride, int padding, int dilation, int groups, float *y /* out */);
+int sao_cuda_conv1d_backward(sao_ctx *ctx, const float *dy, const float *x, const float *w,
+                             int64_t B, int64_t c_in, int64_t t_in, int64_t c_out, int64_t k,
+                             int stride, int padding, int dilation, int groups,
+                             float *dx /* out, accumulated */, float *dw /* out, accumulated */,
+                             float *dbias /* out, accumulated */);
+
+/* Twins of sao_conv_transpose1d_forward / _backward: x [B, C_in, T_in],
+ * w [C_in, C_out/groups, K], y [B, C_out, sao_conv_transpose1d_out_len(...)]. */
+int sao_cuda_conv_transpose1d_forward(sao_ctx *ctx, const float *x, const float *w,
+                                      const float *bias, int64_t B, int64_t c_in, int64_t t_in,
+                                      int64_t c_out, int64_t k, int stride, int padding,
+                                      int output_padding, int dilation, int groups,
+                                      float *y /* out */);
+int sao_cuda_conv_transpose1d_backward(sao_ctx *ctx, const float *dy, const float *x,
+                                       const float *w, int64_t B, int64_t c_in, int64_t t_in,
+                                       int64_t c_out, int64_t k, int stride, int padding,
+                                       int output_padding, int dilation, int groups,
+                                       float *dx /* out, accumulated */,
+                                       float *dw /* out, accumulated */,
+                                       float *dbias /* out, accumulated */);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
