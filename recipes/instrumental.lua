@@ -63,8 +63,36 @@ if opts.help then
   os.exit(0)
 end
 
+-- Options the stages read (besides the dataset stage's, which are its defaults' keys): anything
+-- else is a typo, refused before any work starts.
+local OPTIONS = [[out stages midi help quiet model model_seed run config force strict_metadata strict
+  spotify lastfm llm_url llm_model no_llm temperature shots style retries seed key_source log dropped_dir
+  reencode holdout encode_seed max_seconds steps batch accum frames lr weight_decay clip cfg_dropout
+  checkpoint_every keep log_every demo_every train_seed lora_rank lora_alpha lora_targets prompt prompts
+  cfg_scales sample_steps seconds sample_seed sampler frames_sample num_demos baseline weights samples
+  reference_clips tempo_tolerances soundfont]]
+local known = {}
+for name in OPTIONS:gmatch("%S+") do known[name] = true end
+for name in pairs(require("sao.pipeline.dataset").defaults) do known[name] = true end
+for k in pairs(opts) do
+  if not known[k] then
+    io.stderr:write(("instrumental: unknown option --%s (see --help)\n"):format(k:gsub("_", "-")))
+    os.exit(2)
+  end
+end
+
 local wanted = {}
-for s in opts.stages:gmatch("[^,]+") do wanted[s] = true end
+for s in opts.stages:gmatch("[^,]+") do
+  local ok = false
+  for _, st in ipairs(STAGES) do ok = ok or st.name == s end
+  if not ok then
+    local names = {}
+    for _, st in ipairs(STAGES) do names[#names + 1] = st.name end
+    io.stderr:write(("instrumental: unknown stage '%s' (stages: %s)\n"):format(s, table.concat(names, ", ")))
+    os.exit(2)
+  end
+  wanted[s] = true
+end
 
 print(string.format("sao %s — instrumental recipe, output in %s", sao.version, opts.out))
 local missing = 0

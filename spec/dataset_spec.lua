@@ -342,6 +342,12 @@ describe_or_skip("dataset stage", function()
     assert.error_matches(function() return M.nope end, "sao.data.midi has no 'nope'")
   end)
 
+  it("names a missing SoundFont before doing any work", function()
+    local o = songs.tmpdir()
+    assert.error_matches(function() dataset.run(opts(o, corpus_dir, { soundfont = "/nonexistent/x.sf2" })) end,
+                         "SoundFont /nonexistent/x.sf2 not found")
+  end)
+
   it("relates audio and MIDI keys", function()
     assert.equal("same", dataset.key_relation(9, true, 9, true))
     assert.equal("relative", dataset.key_relation(0, false, 9, true))     -- C major / A minor

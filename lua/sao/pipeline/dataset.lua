@@ -629,6 +629,10 @@ function M.run(opts)
   for _, j in ipairs(glob(journal_glob(ds, cfg))) do read_jsonl(j, prev) end
 
   local sf = cfg.soundfont or require("sao.synth").default_soundfont()
+  if not fs.exists(sf) then
+    error("dataset: SoundFont " .. sf .. " not found (apt-get install fluid-soundfont-gm, or pass " ..
+          "--soundfont F.sf2 / set SAO_SOUNDFONT)", 0)
+  end
   local settings = render_settings(cfg, sf)
   local fp = fingerprint(settings, sf)
   local records, todo, done_before = {}, {}, 0

@@ -1,0 +1,36 @@
+-- recipes/instrumental.lua's command line: --help, and typos (an unknown option or stage) refused
+-- with exit status 2 before any work starts. The stages themselves: dataset_spec, pipeline_spec.
+local fs = require "sao.fs"
+
+local function run(args)
+  local out, err = os.tmpname(), os.tmpname()
+  local ok, _, code = os.execute("./sao recipes/instrumental.lua " .. args .. " >" .. out .. " 2>" .. err .. " </dev/null")
+  if type(ok) == "number" then code = ok / 256 end           -- Lua 5.1 / LuaJIT without 5.2 compat
+  local o, e = fs.read(out), fs.read(err)
+  os.remove(out); os.remove(err)
+  return code, o, e
+end
+
+describe("recipes/instrumental.lua", function()
+  it("lists its stages and options with --help", function()
+    local code, out = run("--help")
+    assert.equal(0, code)
+    for _, stage in ipairs { "dataset", "metadata", "prompts", "encode", "train", "sample", "eval" } do
+      assert.truthy(out:find("\n  " .. stage .. " ", 1, true), stage)
+    end
+    assert.truthy(out:find("--soundfont", 1, true))
+  end)
+
+  it("refuses an unknown option and an unknown stage before doing anything", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    local code, out, err = run("--out " .. dir .. " --stpes 10")
+    assert.equal(2, code)
+    assert.matches("unknown option %-%-stpes", err)
+    assert.equal("", out)
+    code, out, err = run("--out " .. dir .. " --stages dataset,trian")
+    assert.equal(2, code)
+    assert.matches("unknown stage 'trian' %(stages: dataset, metadata, prompts, encode, train, sample, eval%)", err)
+    assert.is_false(fs.exists(dir))
+  end)
+end)
