@@ -20,11 +20,18 @@ end
 
 local o = { out = "out.wav", steps = 100, cfg = 7, sampler = "dpmpp-3m-sde", batch = 1 }
 local flags = { normalize = true, quiet = true, help = true }
+local valued = { prompt = true, seconds = true, steps = true, cfg = true, seed = true, out = true, sampler = true,
+                 model = true, batch = true, seconds_start = true, init = true, init_noise = true,
+                 sigma_min = true, sigma_max = true }
 local i = 1
 while i <= #arg do
   local k = arg[i]:match("^%-%-(.+)$")
   if not k then io.stderr:write("generate: unexpected argument '" .. arg[i] .. "'\n") usage(2) end
   k = k:gsub("%-", "_")
+  if not flags[k] and not valued[k] then
+    io.stderr:write("generate: unknown option --" .. k:gsub("_", "-") .. "\n")
+    usage(2)
+  end
   if flags[k] then o[k] = true; i = i + 1
   else
     if arg[i + 1] == nil then io.stderr:write("generate: --" .. k .. " needs a value\n") usage(2) end
