@@ -8,22 +8,44 @@
 #include "kcommon.h"
 #include <math.h>
 
-static int check_n(sao_ctx *ctx, const char *op, int64_t n, const void *a, const void *b) {
+/* ---- argument checks (kcheck.h: the CUDA twins in kernels/cuda/elementwise.cu call them too) ---- */
+int sao_activation_check(sao_ctx *ctx, const char *op, const float *x, int64_t n, const float *y) {
     if (n < 0) return sao_err(ctx, op, "negative element count %lld", (long long)n);
-    if (n > 0 && (!a || !b)) return sao_err(ctx, op, "NULL buffer for %lld elements", (long long)n);
-    sao_threads_apply(ctx);
-    return 0;
+    if (n > 0 && (!x || !y)) return sao_err(ctx, op, "NULL buffer for %lld elements", (long long)n);
+    return 1;
 }
 
+int sao_activation_backward_check(sao_ctx *ctx, const char *op, const float *dy, const float *x,
+                                  int64_t n, const float *dx) {
+    if (sao_activation_check(ctx, op, dy, n, dx) < 0) return -1;
+    return sao_activation_check(ctx, op, x, n, x);
+}
+
+int sao_swiglu_forward_check(sao_ctx *ctx, const char *op, const float *p, int64_t n, int64_t f,
+                             const float *y) {
+    if (n < 0 || f < 1) return sao_err(ctx, op, "bad shape n=%lld f=%lld", (long long)n, (long long)f);
+    return sao_activation_check(ctx, op, p, n * f, y);
+}
+
+int sao_swiglu_backward_check(sao_ctx *ctx, const char *op, const float *dy, const float *p,
+                              int64_t n, int64_t f, const float *dp) {
+    if (n < 0 || f < 1) return sao_err(ctx, op, "bad shape n=%lld f=%lld", (long long)n, (long long)f);
+    return sao_activation_backward_check(ctx, op, dy, p, n * f, dp);
+}
+
+/* ---- kernels ---------------------------------------------------------------------------------- */
+
 int sao_silu_forward(sao_ctx *ctx, const float *x, int64_t n, float *y) {
-    if (check_n(ctx, "silu_forward", n, x, y)) return -1;
+    SAO_CHECK(sao_activation_check(ctx, "silu_forward", x, n, y));
+    sao_threads_apply(ctx);
     #pragma omp parallel for simd schedule(static) if (n >= SAO_PAR_MIN)
     for (int64_t i = 0; i < n; i++) y[i] = x[i] * sao_vsigmoidf(x[i]);
     return 0;
 }
 
 int sao_silu_backward(sao_ctx *ctx, const float *dy, const float *x, int64_t n, float *dx) {
-    if (check_n(ctx, "silu_backward", n, dy, dx) || check_n(ctx, "silu_backward", n, x, x)) return -1;
+    SAO_CHECK(sao_activation_backward_check(ctx, "silu_backward", dy, x, n, dx));
+    sao_threads_apply(ctx);
     #pragma omp parallel for simd schedule(static) if (n >= SAO_PAR_MIN)
     for (int64_t i = 0; i < n; i++) {
         float s = sao_vsigmoidf(x[i]);
@@ -38,7 +60,8 @@ int sao_silu_backward(sao_ctx *ctx, const float *dy, const float *x, int64_t n, 
 #define INV_SQRT_2PI 0.39894228040143267794f
 
 int sao_gelu_forward(sao_ctx *ctx, const float *x, int64_t n, int approximate, float *y) {
-    if (check_n(ctx, "gelu_forward", n, x, y)) return -1;
+    SAO_CHECK(sao_activation_check(ctx, "gelu_forward", x, n, y));
+    sao_threads_apply(ctx);
     if (approximate) {
         #pragma omp parallel for schedule(static) if (n >= SAO_PAR_MIN)
         for (int64_t i = 0; i < n; i++) {
@@ -54,7 +77,8 @@ int sao_gelu_forward(sao_ctx *ctx, const float *x, int64_t n, int approximate, f
 
 int sao_gelu_backward(sao_ctx *ctx, const float *dy, const float *x, int64_t n, int approximate,
                       float *dx) {
-    if (check_n(ctx, "gelu_backward", n, dy, dx) || check_n(ctx, "gelu_backward", n, x, x)) return -1;
+    SAO_CHECK(sao_activation_backward_check(ctx, "gelu_backward", dy, x, n, dx));
+    sao_threads_apply(ctx);
     if (approximate) {
         #pragma omp parallel for schedule(static) if (n >= SAO_PAR_MIN)
         for (int64_t i = 0; i < n; i++) {
@@ -76,14 +100,16 @@ int sao_gelu_backward(sao_ctx *ctx, const float *dy, const float *x, int64_t n, 
 }
 
 int sao_relu_forward(sao_ctx *ctx, const float *x, int64_t n, float *y) {
-    if (check_n(ctx, "relu_forward", n, x, y)) return -1;
+    SAO_CHECK(sao_activation_check(ctx, "relu_forward", x, n, y));
+    sao_threads_apply(ctx);
     #pragma omp parallel for simd schedule(static) if (n >= SAO_PAR_MIN)
     for (int64_t i = 0; i < n; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
     return 0;
 }
 
 int sao_relu_backward(sao_ctx *ctx, const float *dy, const float *x, int64_t n, float *dx) {
-    if (check_n(ctx, "relu_backward", n, dy, dx) || check_n(ctx, "relu_backward", n, x, x)) return -1;
+    SAO_CHECK(sao_activation_backward_check(ctx, "relu_backward", dy, x, n, dx));
+    sao_threads_apply(ctx);
     #pragma omp parallel for simd schedule(static) if (n >= SAO_PAR_MIN)
     for (int64_t i = 0; i < n; i++) dx[i] += x[i] > 0.0f ? dy[i] : 0.0f;
     return 0;
@@ -91,15 +117,16 @@ int sao_relu_backward(sao_ctx *ctx, const float *dy, const float *x, int64_t n, 
 
 /* torch.nn.functional.softplus with beta 1, threshold 20 */
 int sao_softplus_forward(sao_ctx *ctx, const float *x, int64_t n, float *y) {
-    if (check_n(ctx, "softplus_forward", n, x, y)) return -1;
+    SAO_CHECK(sao_activation_check(ctx, "softplus_forward", x, n, y));
+    sao_threads_apply(ctx);
     #pragma omp parallel for schedule(static) if (n >= SAO_PAR_MIN)
     for (int64_t i = 0; i < n; i++) y[i] = x[i] > 20.0f ? x[i] : log1pf(expf(x[i]));
     return 0;
 }
 
 int sao_softplus_backward(sao_ctx *ctx, const float *dy, const float *x, int64_t n, float *dx) {
-    if (check_n(ctx, "softplus_backward", n, dy, dx) || check_n(ctx, "softplus_backward", n, x, x))
-        return -1;
+    SAO_CHECK(sao_activation_backward_check(ctx, "softplus_backward", dy, x, n, dx));
+    sao_threads_apply(ctx);
     #pragma omp parallel for schedule(static) if (n >= SAO_PAR_MIN)
     for (int64_t i = 0; i < n; i++)
         dx[i] += x[i] > 20.0f ? dy[i] : dy[i] / (1.0f + expf(-x[i]));
@@ -108,9 +135,8 @@ int sao_softplus_backward(sao_ctx *ctx, const float *dy, const float *x, int64_t
 
 /* p [N, 2F] = [a | gate] -> y [N, F] = a * silu(gate) */
 int sao_swiglu_forward(sao_ctx *ctx, const float *p, int64_t n, int64_t f, float *y) {
-    const char *op = "swiglu_forward";
-    if (n < 0 || f < 1) return sao_err(ctx, op, "bad shape n=%lld f=%lld", (long long)n, (long long)f);
-    if (check_n(ctx, op, n * f, p, y)) return -1;
+    SAO_CHECK(sao_swiglu_forward_check(ctx, "swiglu_forward", p, n, f, y));
+    sao_threads_apply(ctx);
     #pragma omp parallel for schedule(static) if (n * f >= SAO_PAR_MIN)
     for (int64_t i = 0; i < n; i++) {
         const float *a = p + i * 2 * f, *g = a + f;
@@ -123,9 +149,8 @@ int sao_swiglu_forward(sao_ctx *ctx, const float *p, int64_t n, int64_t f, float
 
 int sao_swiglu_backward(sao_ctx *ctx, const float *dy, const float *p, int64_t n, int64_t f,
                         float *dp) {
-    const char *op = "swiglu_backward";
-    if (n < 0 || f < 1) return sao_err(ctx, op, "bad shape n=%lld f=%lld", (long long)n, (long long)f);
-    if (check_n(ctx, op, n * f, dy, dp) || check_n(ctx, op, n * f, p, p)) return -1;
+    SAO_CHECK(sao_swiglu_backward_check(ctx, "swiglu_backward", dy, p, n, f, dp));
+    sao_threads_apply(ctx);
     #pragma omp parallel for schedule(static) if (n * f >= SAO_PAR_MIN)
     for (int64_t i = 0; i < n; i++) {
         const float *a = p + i * 2 * f, *g = a + f, *d = dy + i * f;

@@ -9,10 +9,10 @@
 #include "kcommon.h"
 #include <math.h>
 
-int sao_adamw_step(sao_ctx *ctx, float *param, const float *grad, float *m, float *v, int64_t n,
-                   double lr, double beta1, double beta2, double eps, double weight_decay,
-                   int64_t step, double grad_scale) {
-    const char *op = "adamw_step";
+/* ---- argument checks (kcheck.h: the CUDA twins in kernels/cuda/optim.cu call them too) --------- */
+int sao_adamw_check(sao_ctx *ctx, const char *op, const float *param, const float *grad,
+                    const float *m, const float *v, int64_t n, double beta1, double beta2,
+                    int64_t step) {
     if (n < 0) return sao_err(ctx, op, "negative element count %lld", (long long)n);
     if (step < 1) return sao_err(ctx, op, "step %lld: the count is 1-based and includes this step",
                                  (long long)step);
@@ -23,6 +23,24 @@ int sao_adamw_step(sao_ctx *ctx, float *param, const float *grad, float *m, floa
     SAO_NEED(ctx, op, grad);
     SAO_NEED(ctx, op, m);
     SAO_NEED(ctx, op, v);
+    return 1;
+}
+
+int sao_ema_check(sao_ctx *ctx, const char *op, const float *ema, const float *param, int64_t n,
+                  double decay) {
+    if (n < 0) return sao_err(ctx, op, "negative element count %lld", (long long)n);
+    if (!(decay >= 0.0 && decay <= 1.0)) return sao_err(ctx, op, "decay %g outside [0, 1]", decay);
+    if (n == 0) return 0;
+    SAO_NEED(ctx, op, ema);
+    SAO_NEED(ctx, op, param);
+    return 1;
+}
+
+/* ---- kernels ---------------------------------------------------------------------------------- */
+int sao_adamw_step(sao_ctx *ctx, float *param, const float *grad, float *m, float *v, int64_t n,
+                   double lr, double beta1, double beta2, double eps, double weight_decay,
+                   int64_t step, double grad_scale) {
+    SAO_CHECK(sao_adamw_check(ctx, "adamw_step", param, grad, m, v, n, beta1, beta2, step));
     double decay = 1.0 - lr * weight_decay;
     double step_size = lr / (1.0 - pow(beta1, (double)step));
     double bc2_sqrt = sqrt(1.0 - pow(beta2, (double)step));
@@ -42,12 +60,7 @@ int sao_adamw_step(sao_ctx *ctx, float *param, const float *grad, float *m, floa
 }
 
 int sao_ema_update(sao_ctx *ctx, float *ema, const float *param, int64_t n, double decay) {
-    const char *op = "ema_update";
-    if (n < 0) return sao_err(ctx, op, "negative element count %lld", (long long)n);
-    if (!(decay >= 0.0 && decay <= 1.0)) return sao_err(ctx, op, "decay %g outside [0, 1]", decay);
-    if (n == 0) return 0;
-    SAO_NEED(ctx, op, ema);
-    SAO_NEED(ctx, op, param);
+    SAO_CHECK(sao_ema_check(ctx, "ema_update", ema, param, n, decay));
     double w = 1.0 - decay;
     sao_threads_apply(ctx);
     #pragma omp parallel for simd schedule(static) if (n >= SAO_PAR_MIN)

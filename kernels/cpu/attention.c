@@ -29,15 +29,9 @@
 #define BQ 64   /* queries per tile */
 #define BK 64   /* keys per tile */
 
-typedef struct {
-    int64_t B, H, Hkv, T, M, D, G;
-    int64_t Dp, Mp;              /* D and M rounded up to 16 (rows of the padded copies) */
-    float scale;
-    int64_t sq[3], sk[3], sv[3], so[3];
-} geo;
-
 static int64_t up16(int64_t n) { return (n + 15) / 16 * 16; }
 
+/* ---- argument checks (kcheck.h: the CUDA twins in kernels/cuda/attention.cu call them too) ------ */
 static void fill_strides(int64_t *dst, const int64_t *src, int64_t heads, int64_t len, int64_t D) {
     if (src[0] || src[1] || src[2]) {
         memcpy(dst, src, 3 * sizeof(int64_t));
@@ -48,7 +42,7 @@ static void fill_strides(int64_t *dst, const int64_t *src, int64_t heads, int64_
     }
 }
 
-static int setup(sao_ctx *ctx, const char *op, const sao_attn_desc *a, geo *g) {
+static int setup(sao_ctx *ctx, const char *op, const sao_attn_desc *a, sao_attn_geo *g) {
     if (!a) return sao_err(ctx, op, "descriptor is NULL");
     if (a->B < 0 || a->H < 1 || a->Hkv < 1 || a->T < 0 || a->M < 0 || a->D < 1)
         return sao_err(ctx, op, "bad shape B=%lld H=%lld Hkv=%lld T=%lld M=%lld D=%lld",
@@ -59,14 +53,43 @@ static int setup(sao_ctx *ctx, const char *op, const sao_attn_desc *a, geo *g) {
                        (long long)a->H, (long long)a->Hkv);
     g->B = a->B; g->H = a->H; g->Hkv = a->Hkv; g->T = a->T; g->M = a->M; g->D = a->D;
     g->G = a->H / a->Hkv;
-    g->Dp = up16(a->D);
-    g->Mp = up16(a->M);
     g->scale = a->scale != 0.0 ? (float)a->scale : (float)(1.0 / sqrt((double)a->D));
     fill_strides(g->sq, a->q_stride, a->H, a->T, a->D);
     fill_strides(g->sk, a->k_stride, a->Hkv, a->M, a->D);
     fill_strides(g->sv, a->v_stride, a->Hkv, a->M, a->D);
     fill_strides(g->so, a->o_stride, a->H, a->T, a->D);
     return 0;
+}
+
+int sao_attention_forward_check(sao_ctx *ctx, const char *op, const sao_attn_desc *a,
+                                const float *q, const float *k, const float *v, const float *out,
+                                sao_attn_geo *g) {
+    if (setup(ctx, op, a, g)) return -1;
+    SAO_NEED(ctx, op, out);
+    if (g->B == 0 || g->T == 0) return 0;
+    if (g->M > 0) {
+        SAO_NEED(ctx, op, q);
+        SAO_NEED(ctx, op, k);
+        SAO_NEED(ctx, op, v);
+    }
+    return 1;
+}
+
+int sao_attention_backward_check(sao_ctx *ctx, const char *op, const sao_attn_desc *a,
+                                 const float *q, const float *k, const float *v, const float *bias,
+                                 const float *out, const float *lse, const float *dout,
+                                 const float *dq, const float *dk, const float *dv,
+                                 const float *dbias, sao_attn_geo *g) {
+    if (setup(ctx, op, a, g)) return -1;
+    if (g->B == 0 || g->T == 0 || g->M == 0) return 0;
+    SAO_NEED(ctx, op, q);
+    SAO_NEED(ctx, op, k);
+    SAO_NEED(ctx, op, v);
+    SAO_NEED(ctx, op, out);
+    SAO_NEED(ctx, op, lse);
+    SAO_NEED(ctx, op, dout);
+    if (dbias && !bias) return sao_err(ctx, op, "dbias given without bias");
+    return dq || dk || dv || dbias ? 1 : 0;
 }
 
 /* ---- the tile product: C[m][n] += A(m x k) B[k][n], n a multiple of 16 ------------------------
@@ -177,8 +200,10 @@ static void copy_cols(float *dst, const float *base, int64_t rs, int64_t M, int6
  * want: bit 1 Kt, bit 2 Kr (scaled by kr_scale), bit 4 Vr, bit 8 Vt. NULL-able members. */
 typedef struct { float *Kt, *Kr, *Vr, *Vt; } kvcopy;
 
-static int kv_prepare(const geo *g, const float *k, const float *v, int want, float kr_scale, kvcopy *c) {
-    const int64_t nh = g->B * g->Hkv, per = g->Dp * g->Mp;
+static int kv_prepare(const sao_attn_geo *g, const float *k, const float *v, int want, float kr_scale,
+                      kvcopy *c) {
+    const int64_t Dp = up16(g->D), Mp = up16(g->M);
+    const int64_t nh = g->B * g->Hkv, per = Dp * Mp;
     memset(c, 0, sizeof *c);
     if ((want & 1) && !(c->Kt = malloc(sizeof(float) * (size_t)(nh * per)))) return -1;
     if ((want & 2) && !(c->Kr = malloc(sizeof(float) * (size_t)(nh * per)))) return -1;
@@ -188,10 +213,10 @@ static int kv_prepare(const geo *g, const float *k, const float *v, int want, fl
     for (int64_t i = 0; i < nh; i++) {
         int64_t b = i / g->Hkv, kh = i % g->Hkv;
         const float *kb = k + b * g->sk[0] + kh * g->sk[1], *vb = v + b * g->sv[0] + kh * g->sv[1];
-        if (c->Kt) copy_cols(c->Kt + i * per, kb, g->sk[2], g->M, g->Mp, g->D, g->Dp);
-        if (c->Kr) copy_rows(c->Kr + i * per, kb, g->sk[2], g->M, g->Mp, g->D, g->Dp, kr_scale);
-        if (c->Vr) copy_rows(c->Vr + i * per, vb, g->sv[2], g->M, g->Mp, g->D, g->Dp, 1.0f);
-        if (c->Vt) copy_cols(c->Vt + i * per, vb, g->sv[2], g->M, g->Mp, g->D, g->Dp);
+        if (c->Kt) copy_cols(c->Kt + i * per, kb, g->sk[2], g->M, Mp, g->D, Dp);
+        if (c->Kr) copy_rows(c->Kr + i * per, kb, g->sk[2], g->M, Mp, g->D, Dp, kr_scale);
+        if (c->Vr) copy_rows(c->Vr + i * per, vb, g->sv[2], g->M, Mp, g->D, Dp, 1.0f);
+        if (c->Vt) copy_cols(c->Vt + i * per, vb, g->sv[2], g->M, Mp, g->D, Dp);
     }
     return 0;
 }
@@ -227,16 +252,9 @@ int sao_attention_forward(sao_ctx *ctx, const sao_attn_desc *a, const float *q, 
                           const float *v, const float *bias, const uint8_t *key_mask,
                           float *out, float *lse) {
     const char *op = "attention_forward";
-    geo g;
-    if (setup(ctx, op, a, &g)) return -1;
-    SAO_NEED(ctx, op, out);
-    if (g.B == 0 || g.T == 0) return 0;
-    if (g.M > 0) {
-        SAO_NEED(ctx, op, q);
-        SAO_NEED(ctx, op, k);
-        SAO_NEED(ctx, op, v);
-    }
-    const int64_t D = g.D, Dp = g.Dp, Mp = g.Mp, T = g.T, M = g.M;
+    sao_attn_geo g;
+    SAO_CHECK(sao_attention_forward_check(ctx, op, a, q, k, v, out, &g));
+    const int64_t D = g.D, Dp = up16(g.D), Mp = up16(g.M), T = g.T, M = g.M;
     if (M == 0) {   /* nothing to attend to: zero rows, lse = -inf */
         for (int64_t r = 0; r < g.B * g.H * T; r++) {
             int64_t b = r / (g.H * T), h = (r / T) % g.H, t = r % T;
@@ -333,18 +351,10 @@ int sao_attention_backward(sao_ctx *ctx, const sao_attn_desc *a, const float *q,
                            const float *out, const float *lse, const float *dout,
                            float *dq, float *dk, float *dv, float *dbias) {
     const char *op = "attention_backward";
-    geo g;
-    if (setup(ctx, op, a, &g)) return -1;
-    if (g.B == 0 || g.T == 0 || g.M == 0) return 0;
-    SAO_NEED(ctx, op, q);
-    SAO_NEED(ctx, op, k);
-    SAO_NEED(ctx, op, v);
-    SAO_NEED(ctx, op, out);
-    SAO_NEED(ctx, op, lse);
-    SAO_NEED(ctx, op, dout);
-    if (dbias && !bias) return sao_err(ctx, op, "dbias given without bias");
-    if (!dq && !dk && !dv && !dbias) return 0;
-    const int64_t D = g.D, Dp = g.Dp, Mp = g.Mp, T = g.T, M = g.M, G = g.G;
+    sao_attn_geo g;
+    SAO_CHECK(sao_attention_backward_check(ctx, op, a, q, k, v, bias, out, lse, dout, dq, dk, dv, dbias,
+                                           &g));
+    const int64_t D = g.D, Dp = up16(g.D), Mp = up16(g.M), T = g.T, M = g.M, G = g.G;
     const int need_ds = dq || dk || dbias;
     /* with dbias one item covers every batch row of a kv head (dbias is shared over b) */
     const int64_t nb_item = dbias ? g.B : 1;

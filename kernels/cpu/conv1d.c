@@ -26,20 +26,23 @@
 
 #define COL_BUDGET (1 << 21)   /* floats in the im2col chunk (8 MB) */
 
-typedef struct {
-    int64_t B, cx, tx, cy, ty, K;   /* conv input X [B, cx, tx], output Y [B, cy, ty] */
-    int64_t s, p, d, g;             /* stride, padding, dilation, groups */
-    int64_t cxg, cyg, rows;         /* channels per group; rows = cxg * K (im2col rows) */
-    int64_t nc;                     /* im2col chunk width (output columns) */
-} cgeo;
-
-static int direct(const cgeo *c) { return c->K == 1 && c->s == 1 && c->p == 0 && c->tx == c->ty; }
+/* c: the conv from X [B, cx, tx] to Y [B, cy, ty] (kcheck.h's sao_conv_geo, filled by the checks) */
+static int direct(const sao_conv_geo *c) {
+    return c->K == 1 && c->s == 1 && c->p == 0 && c->tx == c->ty;
+}
 
 static int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
 
-static int make_geo(sao_ctx *ctx, const char *op, cgeo *c, int64_t B, int64_t cx, int64_t tx,
-                    int64_t cy, int64_t ty, int64_t K, int stride, int padding, int dilation,
-                    int groups) {
+/* im2col chunk width (output columns) */
+static int64_t chunk_cols(const sao_conv_geo *c) {
+    int64_t nc = imax(COL_BUDGET / c->rows, 128);
+    return nc < c->ty ? nc : c->ty;
+}
+
+/* ---- argument checks (kcheck.h: the CUDA twins in kernels/cuda/conv1d.cu call them too) -------- */
+static int make_geo(sao_ctx *ctx, const char *op, sao_kcheck_dev dev, sao_conv_geo *c, int64_t B,
+                    int64_t cx, int64_t tx, int64_t cy, int64_t ty, int64_t K, int stride,
+                    int padding, int dilation, int groups) {
     if (B < 0 || cx < 1 || cy < 1 || tx < 0 || K < 1 || stride < 1 || padding < 0 || dilation < 1 ||
         groups < 1)
         return sao_err(ctx, op, "bad geometry B=%lld channels %lld->%lld T=%lld K=%lld stride=%d "
@@ -55,16 +58,100 @@ static int make_geo(sao_ctx *ctx, const char *op, cgeo *c, int64_t B, int64_t cx
     c->B = B; c->cx = cx; c->tx = tx; c->cy = cy; c->ty = ty; c->K = K;
     c->s = stride; c->p = padding; c->d = dilation; c->g = groups;
     c->cxg = cx / groups; c->cyg = cy / groups; c->rows = c->cxg * K;
-    if (c->rows > INT_MAX || cy > INT_MAX || tx > INT_MAX || ty > INT_MAX)
+    /* OpenBLAS takes int sizes (the CUDA kernels index in 64 bits) */
+    if (dev == SAO_KCHECK_CPU && (c->rows > INT_MAX || cy > INT_MAX || tx > INT_MAX || ty > INT_MAX))
         return sao_err(ctx, op, "sizes exceed the 32-bit BLAS interface");
-    int64_t nc = COL_BUDGET / c->rows;
-    nc = imax(nc, 128);
-    c->nc = nc < ty ? nc : ty;
     return 0;
 }
 
+/* Conv1d x [B, C_in, T_in] -> y [B, C_out, T_out] is the conv with X = x, Y = y. */
+static int conv_geo(sao_ctx *ctx, const char *op, sao_kcheck_dev dev, sao_conv_geo *c, int64_t B,
+                    int64_t c_in, int64_t t_in, int64_t c_out, int64_t k, int stride, int padding,
+                    int dilation, int groups) {
+    return make_geo(ctx, op, dev, c, B, c_in, t_in, c_out,
+                    sao_conv1d_out_len(t_in, k, stride, padding, dilation), k, stride, padding,
+                    dilation, groups);
+}
+
+/* The transposed conv x [B, C_in, T_in] -> y [B, C_out, T_out] is the adjoint of the conv
+ * Y-side = x (cy = C_in, ty = T_in) from X-side = y (cx = C_out, tx = T_out). */
+static int tconv_geo(sao_ctx *ctx, const char *op, sao_kcheck_dev dev, sao_conv_geo *c, int64_t B,
+                     int64_t c_in, int64_t t_in, int64_t c_out, int64_t k, int stride, int padding,
+                     int output_padding, int dilation, int groups) {
+    if (t_in < 1) return sao_err(ctx, op, "input length %lld < 1", (long long)t_in);
+    if (output_padding < 0 || (output_padding >= stride && output_padding >= dilation))
+        return sao_err(ctx, op, "output_padding %d must be smaller than stride (%d) or dilation (%d)",
+                       output_padding, stride, dilation);
+    int64_t t_out = sao_conv_transpose1d_out_len(t_in, k, stride, padding, output_padding, dilation);
+    if (t_out < 1)
+        return sao_err(ctx, op, "output length %lld < 1 (padding %d too large)", (long long)t_out, padding);
+    return make_geo(ctx, op, dev, c, B, c_out, t_out, c_in, t_in, k, stride, padding, dilation, groups);
+}
+
+/* a forward's buffers; 0 when the batch is empty */
+static int forward_bufs(sao_ctx *ctx, const char *op, const float *x, const float *w, const float *y,
+                        int64_t B) {
+    SAO_NEED(ctx, op, x);
+    SAO_NEED(ctx, op, w);
+    SAO_NEED(ctx, op, y);
+    if (y == x) return sao_err(ctx, op, "y and x are the same buffer (not in place)");
+    return B == 0 ? 0 : 1;
+}
+
+/* a backward's buffers (w only for dx, x only for dw); 0 when the batch is empty */
+static int backward_bufs(sao_ctx *ctx, const char *op, const float *dy, const float *x,
+                         const float *w, const float *dx, const float *dw, int64_t B) {
+    SAO_NEED(ctx, op, dy);
+    if (dx) SAO_NEED(ctx, op, w);
+    if (dw) SAO_NEED(ctx, op, x);
+    return B == 0 ? 0 : 1;
+}
+
+int sao_conv1d_forward_check(sao_ctx *ctx, const char *op, sao_kcheck_dev dev, const float *x,
+                             const float *w, int64_t B, int64_t c_in, int64_t t_in, int64_t c_out,
+                             int64_t k, int stride, int padding, int dilation, int groups,
+                             const float *y, sao_conv_geo *c) {
+    if (conv_geo(ctx, op, dev, c, B, c_in, t_in, c_out, k, stride, padding, dilation, groups))
+        return -1;
+    return forward_bufs(ctx, op, x, w, y, B);
+}
+
+int sao_conv1d_backward_check(sao_ctx *ctx, const char *op, sao_kcheck_dev dev, const float *dy,
+                              const float *x, const float *w, int64_t B, int64_t c_in, int64_t t_in,
+                              int64_t c_out, int64_t k, int stride, int padding, int dilation,
+                              int groups, const float *dx, const float *dw, sao_conv_geo *c) {
+    if (conv_geo(ctx, op, dev, c, B, c_in, t_in, c_out, k, stride, padding, dilation, groups))
+        return -1;
+    return backward_bufs(ctx, op, dy, x, w, dx, dw, B);
+}
+
+int sao_conv_transpose1d_forward_check(sao_ctx *ctx, const char *op, sao_kcheck_dev dev,
+                                       const float *x, const float *w, int64_t B, int64_t c_in,
+                                       int64_t t_in, int64_t c_out, int64_t k, int stride,
+                                       int padding, int output_padding, int dilation, int groups,
+                                       const float *y, sao_conv_geo *c) {
+    if (tconv_geo(ctx, op, dev, c, B, c_in, t_in, c_out, k, stride, padding, output_padding,
+                  dilation, groups))
+        return -1;
+    return forward_bufs(ctx, op, x, w, y, B);
+}
+
+int sao_conv_transpose1d_backward_check(sao_ctx *ctx, const char *op, sao_kcheck_dev dev,
+                                        const float *dy, const float *x, const float *w, int64_t B,
+                                        int64_t c_in, int64_t t_in, int64_t c_out, int64_t k,
+                                        int stride, int padding, int output_padding, int dilation,
+                                        int groups, const float *dx, const float *dw,
+                                        sao_conv_geo *c) {
+    if (tconv_geo(ctx, op, dev, c, B, c_in, t_in, c_out, k, stride, padding, output_padding,
+                  dilation, groups))
+        return -1;
+    return backward_bufs(ctx, op, dy, x, w, dx, dw, B);
+}
+
+/* ---- the three cores ---------------------------------------------------------------------------- */
+
 /* col[r * nc + (t - t0)], r = ci*K + k, for t in [t0, t0+nc): X[ci, t*s + k*d - p] or 0 */
-static void im2col(const cgeo *c, const float *xg, int64_t t0, int64_t nc, float *col) {
+static void im2col(const sao_conv_geo *c, const float *xg, int64_t t0, int64_t nc, float *col) {
     #pragma omp parallel for schedule(static) if (c->rows * nc >= SAO_PAR_MIN)
     for (int64_t ci = 0; ci < c->cxg; ci++) {
         const float *xr = xg + ci * c->tx;
@@ -93,7 +180,7 @@ static void im2col(const cgeo *c, const float *xg, int64_t t0, int64_t nc, float
 }
 
 /* dX[ci, t*s + k*d - p] += col[r * nc + (t - t0)] */
-static void col2im(const cgeo *c, const float *col, int64_t t0, int64_t nc, float *dxg) {
+static void col2im(const sao_conv_geo *c, const float *col, int64_t t0, int64_t nc, float *dxg) {
     #pragma omp parallel for schedule(static) if (c->rows * nc >= SAO_PAR_MIN)
     for (int64_t ci = 0; ci < c->cxg; ci++) {
         float *xr = dxg + ci * c->tx;
@@ -118,8 +205,8 @@ static void col2im(const cgeo *c, const float *col, int64_t t0, int64_t nc, floa
 }
 
 /* Y = conv(X) (beta 0) or Y += conv(X) (beta 1) */
-static int core_forward(sao_ctx *ctx, const char *op, const cgeo *c, const float *x, const float *w,
-                        float beta, float *y) {
+static int core_forward(sao_ctx *ctx, const char *op, const sao_conv_geo *c, const float *x,
+                        const float *w, float beta, float *y) {
     const int64_t gw = c->cyg * c->rows;   /* weight elements per group */
     if (direct(c)) {
         for (int64_t b = 0; b < c->B; b++)
@@ -130,12 +217,13 @@ static int core_forward(sao_ctx *ctx, const char *op, const cgeo *c, const float
                             y + (b * c->cy + gi * c->cyg) * c->ty, (int)c->ty);
         return 0;
     }
-    float *col = malloc(sizeof(float) * (size_t)(c->rows * c->nc));
+    const int64_t ncmax = chunk_cols(c);
+    float *col = malloc(sizeof(float) * (size_t)(c->rows * ncmax));
     if (!col) return sao_err(ctx, op, "out of memory for a %lld x %lld im2col chunk",
-                             (long long)c->rows, (long long)c->nc);
+                             (long long)c->rows, (long long)ncmax);
     for (int64_t b = 0; b < c->B; b++)
-        for (int64_t t0 = 0; t0 < c->ty; t0 += c->nc) {
-            int64_t nc = c->ty - t0 < c->nc ? c->ty - t0 : c->nc;
+        for (int64_t t0 = 0; t0 < c->ty; t0 += ncmax) {
+            int64_t nc = c->ty - t0 < ncmax ? c->ty - t0 : ncmax;
             for (int64_t gi = 0; gi < c->g; gi++) {
                 im2col(c, x + (b * c->cx + gi * c->cxg) * c->tx, t0, nc, col);
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)c->cyg, (int)nc,
@@ -148,7 +236,7 @@ static int core_forward(sao_ctx *ctx, const char *op, const cgeo *c, const float
 }
 
 /* dX += conv^T(dY) */
-static int core_backward_data(sao_ctx *ctx, const char *op, const cgeo *c, const float *dy,
+static int core_backward_data(sao_ctx *ctx, const char *op, const sao_conv_geo *c, const float *dy,
                               const float *w, float *dx) {
     const int64_t gw = c->cyg * c->rows;
     if (direct(c)) {
@@ -160,12 +248,13 @@ static int core_backward_data(sao_ctx *ctx, const char *op, const cgeo *c, const
                             dx + (b * c->cx + gi * c->cxg) * c->tx, (int)c->tx);
         return 0;
     }
-    float *col = malloc(sizeof(float) * (size_t)(c->rows * c->nc));
+    const int64_t ncmax = chunk_cols(c);
+    float *col = malloc(sizeof(float) * (size_t)(c->rows * ncmax));
     if (!col) return sao_err(ctx, op, "out of memory for a %lld x %lld col2im chunk",
-                             (long long)c->rows, (long long)c->nc);
+                             (long long)c->rows, (long long)ncmax);
     for (int64_t b = 0; b < c->B; b++)
-        for (int64_t t0 = 0; t0 < c->ty; t0 += c->nc) {
-            int64_t nc = c->ty - t0 < c->nc ? c->ty - t0 : c->nc;
+        for (int64_t t0 = 0; t0 < c->ty; t0 += ncmax) {
+            int64_t nc = c->ty - t0 < ncmax ? c->ty - t0 : ncmax;
             for (int64_t gi = 0; gi < c->g; gi++) {
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)c->rows, (int)nc,
                             (int)c->cyg, 1.0f, w + gi * gw, (int)c->rows,
@@ -179,7 +268,7 @@ static int core_backward_data(sao_ctx *ctx, const char *op, const cgeo *c, const
 }
 
 /* dW += dY X^T (over the im2col of X) */
-static int core_backward_weight(sao_ctx *ctx, const char *op, const cgeo *c, const float *x,
+static int core_backward_weight(sao_ctx *ctx, const char *op, const sao_conv_geo *c, const float *x,
                                 const float *dy, float *dw) {
     const int64_t gw = c->cyg * c->rows;
     if (direct(c)) {
@@ -191,12 +280,13 @@ static int core_backward_weight(sao_ctx *ctx, const char *op, const cgeo *c, con
                             (int)c->cxg);
         return 0;
     }
-    float *col = malloc(sizeof(float) * (size_t)(c->rows * c->nc));
+    const int64_t ncmax = chunk_cols(c);
+    float *col = malloc(sizeof(float) * (size_t)(c->rows * ncmax));
     if (!col) return sao_err(ctx, op, "out of memory for a %lld x %lld im2col chunk",
-                             (long long)c->rows, (long long)c->nc);
+                             (long long)c->rows, (long long)ncmax);
     for (int64_t b = 0; b < c->B; b++)
-        for (int64_t t0 = 0; t0 < c->ty; t0 += c->nc) {
-            int64_t nc = c->ty - t0 < c->nc ? c->ty - t0 : c->nc;
+        for (int64_t t0 = 0; t0 < c->ty; t0 += ncmax) {
+            int64_t nc = c->ty - t0 < ncmax ? c->ty - t0 : ncmax;
             for (int64_t gi = 0; gi < c->g; gi++) {
                 im2col(c, x + (b * c->cx + gi * c->cxg) * c->tx, t0, nc, col);
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)c->cyg, (int)c->rows,
@@ -247,16 +337,9 @@ int sao_conv1d_forward(sao_ctx *ctx, const float *x, const float *w, const float
                        int64_t B, int64_t c_in, int64_t t_in, int64_t c_out, int64_t k,
                        int stride, int padding, int dilation, int groups, float *y) {
     const char *op = "conv1d_forward";
-    cgeo c;
-    if (make_geo(ctx, op, &c, B, c_in, t_in, c_out,
-                 sao_conv1d_out_len(t_in, k, stride, padding, dilation), k, stride, padding,
-                 dilation, groups))
-        return -1;
-    SAO_NEED(ctx, op, x);
-    SAO_NEED(ctx, op, w);
-    SAO_NEED(ctx, op, y);
-    if ((const float *)y == x) return sao_err(ctx, op, "y and x are the same buffer (not in place)");
-    if (B == 0) return 0;
+    sao_conv_geo c;
+    SAO_CHECK(sao_conv1d_forward_check(ctx, op, SAO_KCHECK_CPU, x, w, B, c_in, t_in, c_out, k, stride,
+                                       padding, dilation, groups, y, &c));
     sao_threads_apply(ctx);
     if (bias) fill_bias(bias, B, c_out, c.ty, y);
     return core_forward(ctx, op, &c, x, w, bias ? 1.0f : 0.0f, y);
@@ -267,36 +350,13 @@ int sao_conv1d_backward(sao_ctx *ctx, const float *dy, const float *x, const flo
                         int stride, int padding, int dilation, int groups,
                         float *dx, float *dw, float *dbias) {
     const char *op = "conv1d_backward";
-    cgeo c;
-    if (make_geo(ctx, op, &c, B, c_in, t_in, c_out,
-                 sao_conv1d_out_len(t_in, k, stride, padding, dilation), k, stride, padding,
-                 dilation, groups))
-        return -1;
-    SAO_NEED(ctx, op, dy);
-    if (dx) SAO_NEED(ctx, op, w);
-    if (dw) SAO_NEED(ctx, op, x);
-    if (B == 0) return 0;
+    sao_conv_geo c;
+    SAO_CHECK(sao_conv1d_backward_check(ctx, op, SAO_KCHECK_CPU, dy, x, w, B, c_in, t_in, c_out, k,
+                                        stride, padding, dilation, groups, dx, dw, &c));
     sao_threads_apply(ctx);
     if (dbias) sum_bias(dy, B, c_out, c.ty, dbias);
     if (dx && core_backward_data(ctx, op, &c, dy, w, dx)) return -1;
     if (dw && core_backward_weight(ctx, op, &c, x, dy, dw)) return -1;
-    return 0;
-}
-
-/* The transposed conv x [B, C_in, T_in] -> y [B, C_out, T_out] is the adjoint of the conv
- * Y-side = x (cy = C_in, ty = T_in) from X-side = y (cx = C_out, tx = T_out). */
-static int tgeo(sao_ctx *ctx, const char *op, cgeo *c, int64_t B, int64_t c_in, int64_t t_in,
-                int64_t c_out, int64_t k, int stride, int padding, int output_padding, int dilation,
-                int groups) {
-    if (t_in < 1) return sao_err(ctx, op, "input length %lld < 1", (long long)t_in);
-    if (output_padding < 0 || (output_padding >= stride && output_padding >= dilation))
-        return sao_err(ctx, op, "output_padding %d must be smaller than stride (%d) or dilation (%d)",
-                       output_padding, stride, dilation);
-    int64_t t_out = sao_conv_transpose1d_out_len(t_in, k, stride, padding, output_padding, dilation);
-    if (t_out < 1)
-        return sao_err(ctx, op, "output length %lld < 1 (padding %d too large)", (long long)t_out, padding);
-    if (make_geo(ctx, op, c, B, c_out, t_out, c_in, t_in, k, stride, padding, dilation, groups))
-        return -1;
     return 0;
 }
 
@@ -305,14 +365,10 @@ int sao_conv_transpose1d_forward(sao_ctx *ctx, const float *x, const float *w, c
                                  int stride, int padding, int output_padding, int dilation,
                                  int groups, float *y) {
     const char *op = "conv_transpose1d_forward";
-    cgeo c;
-    if (tgeo(ctx, op, &c, B, c_in, t_in, c_out, k, stride, padding, output_padding, dilation, groups))
-        return -1;
-    SAO_NEED(ctx, op, x);
-    SAO_NEED(ctx, op, w);
-    SAO_NEED(ctx, op, y);
-    if ((const float *)y == x) return sao_err(ctx, op, "y and x are the same buffer (not in place)");
-    if (B == 0) return 0;
+    sao_conv_geo c;
+    SAO_CHECK(sao_conv_transpose1d_forward_check(ctx, op, SAO_KCHECK_CPU, x, w, B, c_in, t_in, c_out,
+                                                 k, stride, padding, output_padding, dilation,
+                                                 groups, y, &c));
     sao_threads_apply(ctx);
     if (bias) fill_bias(bias, B, c_out, c.tx, y);
     else memset(y, 0, sizeof(float) * (size_t)(B * c_out * c.tx));
@@ -324,13 +380,10 @@ int sao_conv_transpose1d_backward(sao_ctx *ctx, const float *dy, const float *x,
                                   int stride, int padding, int output_padding, int dilation,
                                   int groups, float *dx, float *dw, float *dbias) {
     const char *op = "conv_transpose1d_backward";
-    cgeo c;
-    if (tgeo(ctx, op, &c, B, c_in, t_in, c_out, k, stride, padding, output_padding, dilation, groups))
-        return -1;
-    SAO_NEED(ctx, op, dy);
-    if (dx) SAO_NEED(ctx, op, w);
-    if (dw) SAO_NEED(ctx, op, x);
-    if (B == 0) return 0;
+    sao_conv_geo c;
+    SAO_CHECK(sao_conv_transpose1d_backward_check(ctx, op, SAO_KCHECK_CPU, dy, x, w, B, c_in, t_in,
+                                                  c_out, k, stride, padding, output_padding,
+                                                  dilation, groups, dx, dw, &c));
     sao_threads_apply(ctx);
     if (dbias) sum_bias(dy, B, c_out, c.tx, dbias);
     if (dx && core_forward(ctx, op, &c, dy, w, 1.0f, dx)) return -1;

@@ -12,16 +12,17 @@
 
 #define TWO_PI 6.28318530717958647692
 
-static int check(sao_ctx *ctx, const char *op, int64_t B, int64_t f, const void *a, const void *b,
-                 const void *c) {
+/* The argument check of all eight feature kernels, CPU and CUDA (kcheck.h). */
+int sao_features_check(sao_ctx *ctx, const char *op, int64_t B, int64_t f, const float *a,
+                       const float *b, const float *c) {
     if (B < 0 || f < 1) return sao_err(ctx, op, "bad shape B=%lld F=%lld", (long long)B, (long long)f);
     if (!a || !b || !c) return sao_err(ctx, op, "NULL input or output buffer");
-    return 0;
+    return 1;
 }
 
 int sao_fourier_features_forward(sao_ctx *ctx, const float *t, const float *w, int64_t B,
                                  int64_t f, float *y) {
-    if (check(ctx, "fourier_features_forward", B, f, t, w, y)) return -1;
+    SAO_CHECK(sao_features_check(ctx, "fourier_features_forward", B, f, t, w, y));
     for (int64_t b = 0; b < B; b++)
         for (int64_t i = 0; i < f; i++) {
             double ph = TWO_PI * (double)t[b] * (double)w[i];
@@ -33,7 +34,7 @@ int sao_fourier_features_forward(sao_ctx *ctx, const float *t, const float *w, i
 
 int sao_fourier_features_backward(sao_ctx *ctx, const float *dy, const float *t, const float *w,
                                   int64_t B, int64_t f, float *dw, float *dt) {
-    if (check(ctx, "fourier_features_backward", B, f, dy, t, w)) return -1;
+    SAO_CHECK(sao_features_check(ctx, "fourier_features_backward", B, f, dy, t, w));
     for (int64_t i = 0; i < f; i++) {
         double acc = 0.0;
         for (int64_t b = 0; b < B; b++) {
@@ -59,7 +60,7 @@ int sao_fourier_features_backward(sao_ctx *ctx, const float *dy, const float *t,
 
 int sao_number_features_forward(sao_ctx *ctx, const float *u, const float *w, int64_t B,
                                 int64_t f, float *y) {
-    if (check(ctx, "number_features_forward", B, f, u, w, y)) return -1;
+    SAO_CHECK(sao_features_check(ctx, "number_features_forward", B, f, u, w, y));
     for (int64_t b = 0; b < B; b++) {
         float *yr = y + b * (1 + 2 * f);
         yr[0] = u[b];
@@ -74,7 +75,7 @@ int sao_number_features_forward(sao_ctx *ctx, const float *u, const float *w, in
 
 int sao_number_features_backward(sao_ctx *ctx, const float *dy, const float *u, const float *w,
                                  int64_t B, int64_t f, float *dw, float *du) {
-    if (check(ctx, "number_features_backward", B, f, dy, u, w)) return -1;
+    SAO_CHECK(sao_features_check(ctx, "number_features_backward", B, f, dy, u, w));
     for (int64_t i = 0; i < f; i++) {
         double acc = 0.0;
         for (int64_t b = 0; b < B; b++) {

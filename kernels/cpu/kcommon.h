@@ -1,6 +1,7 @@
-/* kcommon.h — what the CPU kernels share: argument checks, the parallel threshold, and
- * vectorisable float approximations of exp and sin/cos (libm's scalar calls stop the compiler
- * from vectorising a loop; these are plain arithmetic, so `#pragma omp simd` loops vectorise).
+/* kcommon.h — what the CPU kernels share: the NULL-argument check, the checks they share with
+ * their CUDA twins (kcheck.h), the parallel threshold, and vectorisable float approximations of
+ * exp and sin/cos (libm's scalar calls stop the compiler from vectorising a loop; these are plain
+ * arithmetic, so `#pragma omp simd` loops vectorise).
  *
  * Accuracy, measured against double libm (spec/kernels_spec.lua re-checks both through the
  * kernels: "silu ... whole float range" and "snake ... wide range"):
@@ -13,6 +14,7 @@
 #ifndef SAO_KCOMMON_H
 #define SAO_KCOMMON_H
 #include "internal.h"
+#include "kcheck.h"
 #include "sao_kernels.h"
 #include <stdint.h>
 

@@ -8,13 +8,33 @@
 #include "kcommon.h"
 #include <math.h>
 
-int sao_layernorm_forward(sao_ctx *ctx, const float *x, const float *gamma, const float *beta,
-                          int64_t n, int64_t c, float eps, float *y, float *mean, float *rstd) {
-    const char *op = "layernorm_forward";
+/* ---- argument checks (kcheck.h: rmsnorm.c and the CUDA twins in kernels/cuda/norms.cu call them
+ * too; the forward check is both norms') --------------------------------------------------------- */
+int sao_norm_forward_check(sao_ctx *ctx, const char *op, const float *x, const float *gamma,
+                           int64_t n, int64_t c, const float *y) {
     if (n < 0 || c < 1) return sao_err(ctx, op, "bad shape n=%lld c=%lld", (long long)n, (long long)c);
     SAO_NEED(ctx, op, x);
     SAO_NEED(ctx, op, gamma);
     SAO_NEED(ctx, op, y);
+    return 1;
+}
+
+int sao_layernorm_backward_check(sao_ctx *ctx, const char *op, const float *dy, const float *x,
+                                 const float *gamma, const float *mean, const float *rstd,
+                                 int64_t n, int64_t c, const float *dx) {
+    if (n < 0 || c < 1) return sao_err(ctx, op, "bad shape n=%lld c=%lld", (long long)n, (long long)c);
+    SAO_NEED(ctx, op, dy);
+    SAO_NEED(ctx, op, x);
+    SAO_NEED(ctx, op, mean);
+    SAO_NEED(ctx, op, rstd);
+    if (dx) SAO_NEED(ctx, op, gamma);
+    return 1;
+}
+
+/* ---- kernels ---------------------------------------------------------------------------------- */
+int sao_layernorm_forward(sao_ctx *ctx, const float *x, const float *gamma, const float *beta,
+                          int64_t n, int64_t c, float eps, float *y, float *mean, float *rstd) {
+    SAO_CHECK(sao_norm_forward_check(ctx, "layernorm_forward", x, gamma, n, c, y));
     sao_threads_apply(ctx);
     #pragma omp parallel for schedule(static) if (n * c >= SAO_PAR_MIN)
     for (int64_t i = 0; i < n; i++) {
@@ -45,13 +65,8 @@ int sao_layernorm_forward(sao_ctx *ctx, const float *x, const float *gamma, cons
 int sao_layernorm_backward(sao_ctx *ctx, const float *dy, const float *x, const float *gamma,
                            const float *mean, const float *rstd, int64_t n, int64_t c,
                            float *dx, float *dgamma, float *dbeta) {
-    const char *op = "layernorm_backward";
-    if (n < 0 || c < 1) return sao_err(ctx, op, "bad shape n=%lld c=%lld", (long long)n, (long long)c);
-    SAO_NEED(ctx, op, dy);
-    SAO_NEED(ctx, op, x);
-    SAO_NEED(ctx, op, mean);
-    SAO_NEED(ctx, op, rstd);
-    if (dx) SAO_NEED(ctx, op, gamma);
+    SAO_CHECK(sao_layernorm_backward_check(ctx, "layernorm_backward", dy, x, gamma, mean, rstd, n, c,
+                                           dx));
     sao_threads_apply(ctx);
     if (dx) {
         #pragma omp parallel for schedule(static) if (n * c >= SAO_PAR_MIN)

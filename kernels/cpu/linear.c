@@ -9,25 +9,53 @@
 #include <limits.h>
 #include <string.h>
 
-static int check_dims(sao_ctx *ctx, const char *op, int64_t n, int64_t in, int64_t out) {
+/* ---- argument checks (kcheck.h: the CUDA twins in kernels/cuda/linear.cu call them too) -------- */
+/* Both twins' GEMMs take 32-bit sizes; they name the interface, and the buffers they need, in
+ * their own words (OpenBLAS and host buffers here, cuBLAS and device buffers on the GPU). */
+static int check_dims(sao_ctx *ctx, const char *op, sao_kcheck_dev dev, int64_t n, int64_t in,
+                      int64_t out) {
     if (n < 0 || in < 1 || out < 1)
         return sao_err(ctx, op, "bad shape n=%lld in=%lld out=%lld (need n >= 0, in, out >= 1)",
                        (long long)n, (long long)in, (long long)out);
     if (n > INT_MAX || in > INT_MAX || out > INT_MAX)
-        return sao_err(ctx, op, "shape n=%lld in=%lld out=%lld exceeds the 32-bit BLAS interface "
-                       "(split the rows into several calls)", (long long)n, (long long)in, (long long)out);
+        return sao_err(ctx, op, "shape n=%lld in=%lld out=%lld exceeds %s (split the rows into several "
+                       "calls)", (long long)n, (long long)in, (long long)out,
+                       dev == SAO_KCHECK_CUDA ? "cuBLAS's 32-bit sizes" : "the 32-bit BLAS interface");
     return 0;
 }
 
+/* SAO_NEED in the twin's words (needs ctx, op and dev in scope) */
+#define NEED_BUF(p)                                                                                \
+    do {                                                                                           \
+        if (!(p))                                                                                  \
+            return sao_err(ctx, op, "%s is NULL (pass a %sbuffer of the documented shape)", #p,     \
+                           dev == SAO_KCHECK_CUDA ? "device " : "");                              \
+    } while (0)
+
+int sao_linear_forward_check(sao_ctx *ctx, const char *op, sao_kcheck_dev dev, const void *x,
+                             const void *w, int64_t n, int64_t in, int64_t out, const float *y) {
+    if (check_dims(ctx, op, dev, n, in, out)) return -1;
+    NEED_BUF(x);
+    NEED_BUF(w);
+    NEED_BUF(y);
+    if ((const void *)y == x) return sao_err(ctx, op, "y and x are the same buffer (not in place)");
+    return n == 0 ? 0 : 1;
+}
+
+int sao_linear_backward_check(sao_ctx *ctx, const char *op, sao_kcheck_dev dev, const float *dy,
+                              const float *x, const float *w, int64_t n, int64_t in, int64_t out,
+                              const float *dx, const float *dw) {
+    if (check_dims(ctx, op, dev, n, in, out)) return -1;
+    NEED_BUF(dy);
+    if (dx) NEED_BUF(w);
+    if (dw) NEED_BUF(x);
+    return n == 0 ? 0 : 1;
+}
+
+/* ---- kernels ---------------------------------------------------------------------------------- */
 int sao_linear_forward(sao_ctx *ctx, const float *x, const float *w, const float *b,
                        int64_t n, int64_t in, int64_t out, int accumulate, float *y) {
-    const char *op = "linear_forward";
-    if (check_dims(ctx, op, n, in, out)) return -1;
-    SAO_NEED(ctx, op, x);
-    SAO_NEED(ctx, op, w);
-    SAO_NEED(ctx, op, y);
-    if ((const float *)y == x) return sao_err(ctx, op, "y and x are the same buffer (not in place)");
-    if (n == 0) return 0;
+    SAO_CHECK(sao_linear_forward_check(ctx, "linear_forward", SAO_KCHECK_CPU, x, w, n, in, out, y));
     sao_threads_apply(ctx);
     float beta = accumulate ? 1.0f : 0.0f;
     if (b) {
@@ -50,12 +78,8 @@ int sao_linear_forward(sao_ctx *ctx, const float *x, const float *w, const float
 
 int sao_linear_backward(sao_ctx *ctx, const float *dy, const float *x, const float *w,
                         int64_t n, int64_t in, int64_t out, float *dx, float *dw, float *db) {
-    const char *op = "linear_backward";
-    if (check_dims(ctx, op, n, in, out)) return -1;
-    SAO_NEED(ctx, op, dy);
-    if (dx) SAO_NEED(ctx, op, w);
-    if (dw) SAO_NEED(ctx, op, x);
-    if (n == 0) return 0;
+    SAO_CHECK(sao_linear_backward_check(ctx, "linear_backward", SAO_KCHECK_CPU, dy, x, w, n, in, out,
+                                        dx, dw));
     sao_threads_apply(ctx);
     if (dx)  /* dx [N, in] += dy [N, out] W [out, in] */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)in, (int)out,

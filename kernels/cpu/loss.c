@@ -8,12 +8,34 @@
 
 #define BLK 4096
 
-int sao_mse_forward(sao_ctx *ctx, const float *pred, const float *target, int64_t n, double *loss) {
-    const char *op = "mse_forward";
+/* ---- argument checks (kcheck.h: the CUDA twins in kernels/cuda/optim.cu call them too) --------- */
+/* what both passes read */
+static int check_inputs(sao_ctx *ctx, const char *op, const float *pred, const float *target,
+                        int64_t n) {
     if (n < 1) return sao_err(ctx, op, "need at least one element, got %lld", (long long)n);
     SAO_NEED(ctx, op, pred);
     SAO_NEED(ctx, op, target);
+    return 0;
+}
+
+int sao_mse_forward_check(sao_ctx *ctx, const char *op, const float *pred, const float *target,
+                          int64_t n, const double *loss) {
+    if (check_inputs(ctx, op, pred, target, n)) return -1;
     SAO_NEED(ctx, op, loss);
+    return 1;
+}
+
+int sao_mse_backward_check(sao_ctx *ctx, const char *op, const float *pred, const float *target,
+                           int64_t n, const float *dpred) {
+    if (check_inputs(ctx, op, pred, target, n)) return -1;
+    SAO_NEED(ctx, op, dpred);
+    return 1;
+}
+
+/* ---- kernels ---------------------------------------------------------------------------------- */
+int sao_mse_forward(sao_ctx *ctx, const float *pred, const float *target, int64_t n, double *loss) {
+    const char *op = "mse_forward";
+    SAO_CHECK(sao_mse_forward_check(ctx, op, pred, target, n, loss));
     int64_t nb = (n + BLK - 1) / BLK;
     double *part = malloc((size_t)nb * sizeof(double));
     if (!part) return sao_err(ctx, op, "out of memory for %lld block sums", (long long)nb);
@@ -38,11 +60,7 @@ int sao_mse_forward(sao_ctx *ctx, const float *pred, const float *target, int64_
 
 int sao_mse_backward(sao_ctx *ctx, const float *pred, const float *target, int64_t n, double dloss,
                      float *dpred) {
-    const char *op = "mse_backward";
-    if (n < 1) return sao_err(ctx, op, "need at least one element, got %lld", (long long)n);
-    SAO_NEED(ctx, op, pred);
-    SAO_NEED(ctx, op, target);
-    SAO_NEED(ctx, op, dpred);
+    SAO_CHECK(sao_mse_backward_check(ctx, "mse_backward", pred, target, n, dpred));
     float k = (float)(2.0 * dloss / (double)n);
     sao_threads_apply(ctx);
     #pragma omp parallel for simd schedule(static) if (n >= SAO_PAR_MIN)

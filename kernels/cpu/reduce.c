@@ -9,13 +9,35 @@
 
 #define BLK 4096
 
-int sao_sumsq(sao_ctx *ctx, const float *x, int64_t n, double *out) {
-    const char *op = "sumsq";
+/* ---- argument checks (kcheck.h: the CUDA twins in optim.cu and elementwise.cu call them too) ---- */
+int sao_sumsq_check(sao_ctx *ctx, const char *op, const float *x, int64_t n, const double *out) {
     if (n < 0) return sao_err(ctx, op, "negative element count %lld", (long long)n);
     SAO_NEED(ctx, op, out);
-    *out = 0.0;
     if (n == 0) return 0;
     SAO_NEED(ctx, op, x);
+    return 1;
+}
+
+int sao_transpose_check(sao_ctx *ctx, const char *op, const float *x, int64_t B, int64_t R,
+                        int64_t C, const float *y) {
+    if (B < 0 || R < 0 || C < 0)
+        return sao_err(ctx, op, "bad shape B=%lld R=%lld C=%lld", (long long)B, (long long)R, (long long)C);
+    if (B * R * C == 0) return 0;
+    SAO_NEED(ctx, op, x);
+    SAO_NEED(ctx, op, y);
+    if (x == y) return sao_err(ctx, op, "x and y are the same buffer (the transpose is not in place)");
+    return 1;
+}
+
+/* ---- kernels ---------------------------------------------------------------------------------- */
+int sao_sumsq(sao_ctx *ctx, const float *x, int64_t n, double *out) {
+    const char *op = "sumsq";
+    int rc = sao_sumsq_check(ctx, op, x, n, out);
+    if (rc < 0) return -1;
+    if (rc == 0) {
+        *out = 0.0;
+        return 0;
+    }
     int64_t nb = (n + BLK - 1) / BLK;
     double *part = malloc((size_t)nb * sizeof(double));
     if (!part) return sao_err(ctx, op, "out of memory for %lld block sums", (long long)nb);
@@ -37,13 +59,7 @@ int sao_sumsq(sao_ctx *ctx, const float *x, int64_t n, double *out) {
 
 int sao_transpose_forward(sao_ctx *ctx, const float *x, int64_t B, int64_t R, int64_t C,
                           int accumulate, float *y) {
-    const char *op = "transpose_forward";
-    if (B < 0 || R < 0 || C < 0)
-        return sao_err(ctx, op, "bad shape B=%lld R=%lld C=%lld", (long long)B, (long long)R, (long long)C);
-    if (B * R * C == 0) return 0;
-    SAO_NEED(ctx, op, x);
-    SAO_NEED(ctx, op, y);
-    if (x == y) return sao_err(ctx, op, "x and y are the same buffer (the transpose is not in place)");
+    SAO_CHECK(sao_transpose_check(ctx, "transpose_forward", x, B, R, C, y));
     sao_threads_apply(ctx);
     /* 32 x 32 tiles keep both sides in cache */
     int64_t tr = (R + 31) / 32, tc = (C + 31) / 32;

@@ -7,13 +7,22 @@
 #include "kcommon.h"
 #include <math.h>
 
+/* The backward's argument check (kcheck.h: the CUDA twin in kernels/cuda/norms.cu calls it too; the
+ * forward's is layernorm.c's sao_norm_forward_check). */
+int sao_rmsnorm_backward_check(sao_ctx *ctx, const char *op, const float *dy, const float *x,
+                               const float *gamma, const float *rstd, int64_t n, int64_t c,
+                               const float *dx) {
+    if (n < 0 || c < 1) return sao_err(ctx, op, "bad shape n=%lld c=%lld", (long long)n, (long long)c);
+    SAO_NEED(ctx, op, dy);
+    SAO_NEED(ctx, op, x);
+    SAO_NEED(ctx, op, rstd);
+    if (dx) SAO_NEED(ctx, op, gamma);
+    return 1;
+}
+
 int sao_rmsnorm_forward(sao_ctx *ctx, const float *x, const float *gamma, int64_t n, int64_t c,
                         float eps, float *y, float *rstd) {
-    const char *op = "rmsnorm_forward";
-    if (n < 0 || c < 1) return sao_err(ctx, op, "bad shape n=%lld c=%lld", (long long)n, (long long)c);
-    SAO_NEED(ctx, op, x);
-    SAO_NEED(ctx, op, gamma);
-    SAO_NEED(ctx, op, y);
+    SAO_CHECK(sao_norm_forward_check(ctx, "rmsnorm_forward", x, gamma, n, c, y));
     sao_threads_apply(ctx);
     #pragma omp parallel for schedule(static) if (n * c >= SAO_PAR_MIN)
     for (int64_t i = 0; i < n; i++) {
@@ -32,12 +41,7 @@ int sao_rmsnorm_forward(sao_ctx *ctx, const float *x, const float *gamma, int64_
 
 int sao_rmsnorm_backward(sao_ctx *ctx, const float *dy, const float *x, const float *gamma,
                          const float *rstd, int64_t n, int64_t c, float *dx, float *dgamma) {
-    const char *op = "rmsnorm_backward";
-    if (n < 0 || c < 1) return sao_err(ctx, op, "bad shape n=%lld c=%lld", (long long)n, (long long)c);
-    SAO_NEED(ctx, op, dy);
-    SAO_NEED(ctx, op, x);
-    SAO_NEED(ctx, op, rstd);
-    if (dx) SAO_NEED(ctx, op, gamma);
+    SAO_CHECK(sao_rmsnorm_backward_check(ctx, "rmsnorm_backward", dy, x, gamma, rstd, n, c, dx));
     sao_threads_apply(ctx);
     if (dx) {
         #pragma omp parallel for schedule(static) if (n * c >= SAO_PAR_MIN)

@@ -15,9 +15,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int rope_apply(sao_ctx *ctx, const char *op, const float *x, int64_t B, int64_t H, int64_t T,
-                      int64_t D, const int64_t *strides, int64_t rot_dim, int64_t pos_offset,
-                      const float *inv_freq, double base, float sign, float *y) {
+/* The argument check of both kernels, CPU and CUDA (kcheck.h); s: the strides to use. */
+int sao_rope_check(sao_ctx *ctx, const char *op, const float *x, int64_t B, int64_t H, int64_t T,
+                   int64_t D, const int64_t *strides, int64_t rot_dim, const float *inv_freq,
+                   double base, const float *y, int64_t s[3]) {
     if (B < 0 || H < 1 || T < 0 || D < 1)
         return sao_err(ctx, op, "bad shape B=%lld H=%lld T=%lld D=%lld", (long long)B, (long long)H,
                        (long long)T, (long long)D);
@@ -29,13 +30,19 @@ static int rope_apply(sao_ctx *ctx, const char *op, const float *x, int64_t B, i
                        "SAO: 10000)", base);
     SAO_NEED(ctx, op, x);
     SAO_NEED(ctx, op, y);
-    if (B == 0 || T == 0) return 0;
-    int64_t sb = H * T * D, sh = T * D, st = D;
-    if (strides && (strides[0] || strides[1] || strides[2])) {
-        sb = strides[0];
-        sh = strides[1];
-        st = strides[2];
-    }
+    int given = strides && (strides[0] || strides[1] || strides[2]);
+    s[0] = given ? strides[0] : H * T * D;
+    s[1] = given ? strides[1] : T * D;
+    s[2] = given ? strides[2] : D;
+    return B == 0 || T == 0 ? 0 : 1;
+}
+
+static int rope_apply(sao_ctx *ctx, const char *op, const float *x, int64_t B, int64_t H, int64_t T,
+                      int64_t D, const int64_t *strides, int64_t rot_dim, int64_t pos_offset,
+                      const float *inv_freq, double base, float sign, float *y) {
+    int64_t s[3];
+    SAO_CHECK(sao_rope_check(ctx, op, x, B, H, T, D, strides, rot_dim, inv_freq, base, y, s));
+    const int64_t sb = s[0], sh = s[1], st = s[2];
     int64_t half = rot_dim / 2;
     float *tab = NULL;   /* [T][half] cos, then [T][half] sin */
     if (half > 0) {

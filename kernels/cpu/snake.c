@@ -9,20 +9,41 @@
 #include "kcommon.h"
 #include <math.h>
 
-static int check(sao_ctx *ctx, const char *op, int64_t B, int64_t C, int64_t T) {
+/* ---- argument checks (kcheck.h: the CUDA twins in kernels/cuda/elementwise.cu call them too) ---- */
+static int check_shape(sao_ctx *ctx, const char *op, int64_t B, int64_t C, int64_t T) {
     if (B < 0 || C < 1 || T < 0)
         return sao_err(ctx, op, "bad shape B=%lld C=%lld T=%lld", (long long)B, (long long)C, (long long)T);
     return 0;
 }
 
-int sao_snake_forward(sao_ctx *ctx, const float *x, const float *alpha, const float *beta,
-                      int64_t B, int64_t C, int64_t T, float *y) {
-    const char *op = "snake_forward";
-    if (check(ctx, op, B, C, T)) return -1;
+/* what both passes read */
+static int check_inputs(sao_ctx *ctx, const char *op, const float *x, const float *alpha,
+                        const float *beta) {
     SAO_NEED(ctx, op, x);
     SAO_NEED(ctx, op, alpha);
     SAO_NEED(ctx, op, beta);
+    return 0;
+}
+
+int sao_snake_forward_check(sao_ctx *ctx, const char *op, const float *x, const float *alpha,
+                            const float *beta, int64_t B, int64_t C, int64_t T, const float *y) {
+    if (check_shape(ctx, op, B, C, T) || check_inputs(ctx, op, x, alpha, beta)) return -1;
     SAO_NEED(ctx, op, y);
+    return 1;
+}
+
+int sao_snake_backward_check(sao_ctx *ctx, const char *op, const float *dy, const float *x,
+                             const float *alpha, const float *beta, int64_t B, int64_t C, int64_t T) {
+    if (check_shape(ctx, op, B, C, T)) return -1;
+    SAO_NEED(ctx, op, dy);
+    if (check_inputs(ctx, op, x, alpha, beta)) return -1;
+    return 1;
+}
+
+/* ---- kernels ---------------------------------------------------------------------------------- */
+int sao_snake_forward(sao_ctx *ctx, const float *x, const float *alpha, const float *beta,
+                      int64_t B, int64_t C, int64_t T, float *y) {
+    SAO_CHECK(sao_snake_forward_check(ctx, "snake_forward", x, alpha, beta, B, C, T, y));
     sao_threads_apply(ctx);
     #pragma omp parallel for schedule(static) if (B * C * T >= SAO_PAR_MIN)
     for (int64_t r = 0; r < B * C; r++) {
@@ -44,12 +65,7 @@ int sao_snake_forward(sao_ctx *ctx, const float *x, const float *alpha, const fl
 int sao_snake_backward(sao_ctx *ctx, const float *dy, const float *x, const float *alpha,
                        const float *beta, int64_t B, int64_t C, int64_t T,
                        float *dx, float *dalpha, float *dbeta) {
-    const char *op = "snake_backward";
-    if (check(ctx, op, B, C, T)) return -1;
-    SAO_NEED(ctx, op, dy);
-    SAO_NEED(ctx, op, x);
-    SAO_NEED(ctx, op, alpha);
-    SAO_NEED(ctx, op, beta);
+    SAO_CHECK(sao_snake_backward_check(ctx, "snake_backward", dy, x, alpha, beta, B, C, T));
     sao_threads_apply(ctx);
     /* one channel per iteration: the parameter sums stay in one thread */
     #pragma omp parallel for schedule(static) if (B * C * T >= SAO_PAR_MIN)

@@ -1,10 +1,10 @@
 #include "cuda_internal.h"
 // attention.cu — CUDA twins of kernels/cpu/attention.c: fused multi-head scaled-dot-product
 // attention with grouped K/V heads, optional additive bias [H, T, M] and key mask [B, M], forward
-// and backward, on device pointers. Same arguments, same validation and the same statistics as the
-// CPU kernel (lse[b,h,t] = logsumexp of the row's logits, -inf for a fully masked row whose output
-// is 0), so a forward on one device and a backward on the other agree. Tested against the CPU twin
-// in spec/cuda_attn_spec.lua (tag gpu).
+// and backward, on device pointers. Same arguments, the same checks (the CPU kernel's own, from
+// kernels/cpu/kcheck.h) and the same statistics as the CPU kernel (lse[b,h,t] = logsumexp of the
+// row's logits, -inf for a fully masked row whose output is 0), so a forward on one device and a
+// backward on the other agree. Tested against the CPU twin in spec/cuda_attn_spec.lua (tag gpu).
 //
 //   S = scale * Q K^T + bias (-inf where the key mask is 0),  P = softmax_rows(S),  O = P V
 //
@@ -30,7 +30,7 @@
 // Performance: correct and tiled, not tuned (no tensor cores); cuDNN is the intended fast path.
 extern "C" {
 #include "sao_cuda_attn.h"
-#include "sao_kernels.h"
+#include "../cpu/kcheck.h"
 }
 #include <math.h>
 
@@ -41,48 +41,7 @@ extern "C" {
 #define BQ (QW * QR)    // queries per block (forward, dQ)
 #define MAX_D 256       // head dims a row keeps in registers: NV <= 8
 
-typedef struct {
-    long long B, H, Hkv, T, M, D, G;
-    float scale;
-    long long sq[3], sk[3], sv[3], so[3];   // (batch, head, token) element strides
-} ageo;
-
-// ---- host: the CPU kernel's validation and stride defaults ---------------------------------------
-static void fill_strides(long long *dst, const int64_t *src, long long heads, long long len,
-                         long long D) {
-    if (src[0] || src[1] || src[2]) {
-        for (int i = 0; i < 3; i++) dst[i] = (long long)src[i];
-    } else {
-        dst[0] = heads * len * D;
-        dst[1] = len * D;
-        dst[2] = D;
-    }
-}
-
-static int setup(sao_ctx *ctx, const char *op, const struct sao_attn_desc *a, ageo *g) {
-    if (!a) return sao_err(ctx, op, "descriptor is NULL");
-    if (a->B < 0 || a->H < 1 || a->Hkv < 1 || a->T < 0 || a->M < 0 || a->D < 1)
-        return sao_err(ctx, op, "bad shape B=%lld H=%lld Hkv=%lld T=%lld M=%lld D=%lld",
-                       (long long)a->B, (long long)a->H, (long long)a->Hkv, (long long)a->T,
-                       (long long)a->M, (long long)a->D);
-    if (a->H % a->Hkv)
-        return sao_err(ctx, op, "%lld query heads are not a multiple of %lld K/V heads",
-                       (long long)a->H, (long long)a->Hkv);
-    g->B = a->B; g->H = a->H; g->Hkv = a->Hkv; g->T = a->T; g->M = a->M; g->D = a->D;
-    g->G = a->H / a->Hkv;
-    g->scale = a->scale != 0.0 ? (float)a->scale : (float)(1.0 / sqrt((double)a->D));
-    fill_strides(g->sq, a->q_stride, a->H, a->T, a->D);
-    fill_strides(g->sk, a->k_stride, a->Hkv, a->M, a->D);
-    fill_strides(g->sv, a->v_stride, a->Hkv, a->M, a->D);
-    fill_strides(g->so, a->o_stride, a->H, a->T, a->D);
-    return 0;
-}
-
-#define NEED(ctx, op, p)                                                                            \
-    do {                                                                                            \
-        if (!(p)) return sao_err((ctx), (op), "%s is NULL (pass a buffer of the documented shape)", #p); \
-    } while (0)
-
+// ---- host: the CUDA kernels' own limits (after the CPU kernel's checks) --------------------------
 // The one limit the CPU kernel does not have: a row's output lives in NV = D/32 registers per lane.
 static int check_d(sao_ctx *ctx, const char *op, long long D) {
     if (D > MAX_D)
@@ -150,7 +109,7 @@ __host__ __device__ __forceinline__ int kpitch(int D) { return D | 1; }
 // ---- kernels ----------------------------------------------------------------------------------------
 
 // M == 0: nothing to attend to; out rows 0, lse -inf (as the CPU kernel)
-__global__ static void attn_empty(ageo g, float *out, float *lse) {
+__global__ static void attn_empty(sao_attn_geo g, float *out, float *lse) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= g.B * g.H * g.T * g.D) return;
     long long d = i % g.D, r = i / g.D;
@@ -163,7 +122,7 @@ __global__ static void attn_empty(ageo g, float *out, float *lse) {
 // Ks, Vs [KT][DP].
 template <int NV>
 __global__ static void __launch_bounds__(QW * 32)
-attn_fwd(ageo g, const float *q, const float *k, const float *v, const float *bias,
+attn_fwd(sao_attn_geo g, const float *q, const float *k, const float *v, const float *bias,
          const uint8_t *mask, float *out, float *lse) {
     extern __shared__ float sm[];
     const int D = (int)g.D, DP = kpitch(D);
@@ -254,7 +213,7 @@ attn_fwd(ageo g, const float *q, const float *k, const float *v, const float *bi
 // [b0, b0 + nb) in order (nb = B with dbias, else 1). Shared: Qs, dOs [BQ][D], Ks, Vs [KT][DP].
 template <int NV>
 __global__ static void __launch_bounds__(QW * 32)
-attn_bwd_dq(ageo g, const float *q, const float *k, const float *v, const float *bias,
+attn_bwd_dq(sao_attn_geo g, const float *q, const float *k, const float *v, const float *bias,
             const uint8_t *mask, const float *out, const float *lse, const float *dout, float *dq,
             float *dbias, long long nb) {
     extern __shared__ float sm[];
@@ -355,7 +314,7 @@ attn_bwd_dq(ageo g, const float *q, const float *k, const float *v, const float 
 // Shared: Ks, Vs, dKs, dVs [KT][DP]; Qs, dOs [RR][D]; Ls, Drs [RR].
 template <int RR>
 __global__ static void __launch_bounds__(32)
-attn_bwd_dkdv(ageo g, const float *q, const float *k, const float *v, const float *bias,
+attn_bwd_dkdv(sao_attn_geo g, const float *q, const float *k, const float *v, const float *bias,
               const uint8_t *mask, const float *out, const float *lse, const float *dout, float *dk,
               float *dv) {
     extern __shared__ float sm[];
@@ -453,7 +412,7 @@ static int blocks_ok(sao_ctx *ctx, const char *op, long long n) {
 }
 
 template <int NV>
-static int launch_fwd(sao_ctx *ctx, const char *op, const ageo *g, const float *q, const float *k,
+static int launch_fwd(sao_ctx *ctx, const char *op, const sao_attn_geo *g, const float *q, const float *k,
                       const float *v, const float *bias, const uint8_t *mask, float *out, float *lse) {
     const int DP = kpitch((int)g->D);
     size_t smem = sizeof(float) * (size_t)(BQ * g->D + 2 * KT * DP);
@@ -466,7 +425,7 @@ static int launch_fwd(sao_ctx *ctx, const char *op, const ageo *g, const float *
 }
 
 template <int NV>
-static int launch_dq(sao_ctx *ctx, const char *op, const ageo *g, const float *q, const float *k,
+static int launch_dq(sao_ctx *ctx, const char *op, const sao_attn_geo *g, const float *q, const float *k,
                      const float *v, const float *bias, const uint8_t *mask, const float *out,
                      const float *lse, const float *dout, float *dq, float *dbias) {
     const int DP = kpitch((int)g->D);
@@ -482,7 +441,7 @@ static int launch_dq(sao_ctx *ctx, const char *op, const ageo *g, const float *q
 }
 
 template <int RR>
-static int launch_dkdv(sao_ctx *ctx, const char *op, const ageo *g, const float *q, const float *k,
+static int launch_dkdv(sao_ctx *ctx, const char *op, const sao_attn_geo *g, const float *q, const float *k,
                        const float *v, const float *bias, const uint8_t *mask, const float *out,
                        const float *lse, const float *dout, float *dk, float *dv) {
     const int DP = kpitch((int)g->D);
@@ -500,15 +459,8 @@ extern "C" int sao_cuda_attention_forward(sao_ctx *ctx, const struct sao_attn_de
                                           const float *k, const float *v, const float *bias,
                                           const uint8_t *key_mask, float *out, float *lse) {
     const char *op = "cuda_attention_forward";
-    ageo g;
-    if (setup(ctx, op, a, &g)) return -1;
-    NEED(ctx, op, out);
-    if (g.B == 0 || g.T == 0) return 0;
-    if (g.M > 0) {
-        NEED(ctx, op, q);
-        NEED(ctx, op, k);
-        NEED(ctx, op, v);
-    }
+    sao_attn_geo g;
+    SAO_CHECK(sao_attention_forward_check(ctx, op, a, q, k, v, out, &g));
     if (g.M == 0) {
         if (sao_cuda_check_ptr(ctx, op, "out", out) || sao_cuda_check_ptr(ctx, op, "lse", lse)) return -1;
         long long n = g.B * g.H * g.T * g.D;
@@ -536,17 +488,9 @@ extern "C" int sao_cuda_attention_backward(sao_ctx *ctx, const struct sao_attn_d
                                            const float *dout, float *dq, float *dk, float *dv,
                                            float *dbias) {
     const char *op = "cuda_attention_backward";
-    ageo g;
-    if (setup(ctx, op, a, &g)) return -1;
-    if (g.B == 0 || g.T == 0 || g.M == 0) return 0;
-    NEED(ctx, op, q);
-    NEED(ctx, op, k);
-    NEED(ctx, op, v);
-    NEED(ctx, op, out);
-    NEED(ctx, op, lse);
-    NEED(ctx, op, dout);
-    if (dbias && !bias) return sao_err(ctx, op, "dbias given without bias");
-    if (!dq && !dk && !dv && !dbias) return 0;
+    sao_attn_geo g;
+    SAO_CHECK(sao_attention_backward_check(ctx, op, a, q, k, v, bias, out, lse, dout, dq, dk, dv, dbias,
+                                           &g));
     if (check_d(ctx, op, g.D)) return -1;
     if (sao_cuda_check_ptr(ctx, op, "q", q) || sao_cuda_check_ptr(ctx, op, "k", k) ||
         sao_cuda_check_ptr(ctx, op, "v", v) || sao_cuda_check_ptr(ctx, op, "bias", bias) ||

@@ -1,9 +1,9 @@
 #include "cuda_internal.h"
 // conv1d.cu — CUDA twins of kernels/cpu/conv1d.c: 1-D convolution and transposed convolution with
 // PyTorch semantics (stride, zero padding, dilation, groups, optional bias; output_padding for the
-// transposed form), forward and backward, on device pointers. Same arguments, output lengths
-// (sao_conv1d_out_len / sao_conv_transpose1d_out_len, the CPU functions themselves) and
-// validation as the CPU kernels; tested against them in spec/cuda_attn_spec.lua (tag gpu).
+// transposed form), forward and backward, on device pointers. Same arguments as the CPU kernels,
+// checked by their own checks, which also work out the geometry and output lengths
+// (kernels/cpu/kcheck.h); tested against them in spec/cuda_attn_spec.lua (tag gpu).
 //
 // As on the CPU, one relation underlies everything: a conv from X [B, Cx, Tx] to Y [B, Cy, Ty]
 // with weight W [Cy, Cx/groups, K],
@@ -25,63 +25,15 @@
 // Oobleck VAE's (which is frozen in SAO training).
 extern "C" {
 #include "sao_cuda_attn.h"
-#include "sao_kernels.h"
+#include "../cpu/kcheck.h"
 }
 
 #define THREADS 256
 
-typedef struct {
-    long long B, cx, tx, cy, ty, K;   // X [B, cx, tx], Y [B, cy, ty]
-    long long s, p, d, g;             // stride, padding, dilation, groups
-    long long cxg, cyg;               // channels per group
-} cgeo;
-
-#define NEED(ctx, op, p)                                                                            \
-    do {                                                                                            \
-        if (!(p)) return sao_err((ctx), (op), "%s is NULL (pass a buffer of the documented shape)", #p); \
-    } while (0)
-
-// The CPU kernel's checks and messages (less its 32-bit BLAS size limit, which has no GPU twin).
-static int make_geo(sao_ctx *ctx, const char *op, cgeo *c, int64_t B, int64_t cx, int64_t tx,
-                    int64_t cy, int64_t ty, int64_t K, int stride, int padding, int dilation,
-                    int groups) {
-    if (B < 0 || cx < 1 || cy < 1 || tx < 0 || K < 1 || stride < 1 || padding < 0 || dilation < 1 ||
-        groups < 1)
-        return sao_err(ctx, op, "bad geometry B=%lld channels %lld->%lld T=%lld K=%lld stride=%d "
-                       "padding=%d dilation=%d groups=%d", (long long)B, (long long)cx, (long long)cy,
-                       (long long)tx, (long long)K, stride, padding, dilation, groups);
-    if (cx % groups || cy % groups)
-        return sao_err(ctx, op, "channels %lld and %lld must both be multiples of groups=%d",
-                       (long long)cx, (long long)cy, groups);
-    if (ty < 1)
-        return sao_err(ctx, op, "output length %lld < 1 (input %lld too short for K=%lld, "
-                       "dilation=%d, padding=%d)", (long long)ty, (long long)tx, (long long)K,
-                       dilation, padding);
-    c->B = B; c->cx = cx; c->tx = tx; c->cy = cy; c->ty = ty; c->K = K;
-    c->s = stride; c->p = padding; c->d = dilation; c->g = groups;
-    c->cxg = cx / groups; c->cyg = cy / groups;
-    return 0;
-}
-
-// The transposed conv x [B, C_in, T_in] -> y [B, C_out, T_out] is the adjoint of the conv
-// X-side = y (cx = C_out, tx = T_out), Y-side = x (cy = C_in, ty = T_in).
-static int tgeo(sao_ctx *ctx, const char *op, cgeo *c, int64_t B, int64_t c_in, int64_t t_in,
-                int64_t c_out, int64_t k, int stride, int padding, int output_padding, int dilation,
-                int groups) {
-    if (t_in < 1) return sao_err(ctx, op, "input length %lld < 1", (long long)t_in);
-    if (output_padding < 0 || (output_padding >= stride && output_padding >= dilation))
-        return sao_err(ctx, op, "output_padding %d must be smaller than stride (%d) or dilation (%d)",
-                       output_padding, stride, dilation);
-    int64_t t_out = sao_conv_transpose1d_out_len(t_in, k, stride, padding, output_padding, dilation);
-    if (t_out < 1)
-        return sao_err(ctx, op, "output length %lld < 1 (padding %d too large)", (long long)t_out, padding);
-    return make_geo(ctx, op, c, B, c_out, t_out, c_in, t_in, k, stride, padding, dilation, groups);
-}
-
 // ---- kernels ----------------------------------------------------------------------------------------
 
 // Y[b, co, t] = (accumulate ? Y : 0) + bias[co] + sum_{ci, k} W[co, ci, k] X[b, g*cxg + ci, t*s + k*d - p]
-__global__ static void rel_forward(cgeo c, const float *x, const float *w, const float *bias,
+__global__ static void rel_forward(sao_conv_geo c, const float *x, const float *w, const float *bias,
                                    int accumulate, float *y) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= c.B * c.cy * c.ty) return;
@@ -100,8 +52,8 @@ __global__ static void rel_forward(cgeo c, const float *x, const float *w, const
 
 // dX[b, ci, u] = (accumulate ? dX : 0) + bias[ci] + sum over co in ci's group and the k with
 // u = t*s + k*d - p for an integer t in [0, ty): W[co, ci % cxg, k] dY[b, co, t]
-__global__ static void rel_backward_data(cgeo c, const float *dy, const float *w, const float *bias,
-                                         int accumulate, float *dx) {
+__global__ static void rel_backward_data(sao_conv_geo c, const float *dy, const float *w,
+                                         const float *bias, int accumulate, float *dx) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= c.B * c.cx * c.tx) return;
     long long u = i % c.tx, ci = (i / c.tx) % c.cx, b = i / (c.tx * c.cx);
@@ -125,7 +77,7 @@ __global__ static void rel_backward_data(cgeo c, const float *dy, const float *w
 // dW[co, ci, k] += sum_{b, t} dY[b, co, t] X[b, g*cxg + ci, t*s + k*d - p]; one block per weight
 // element, threads strided over (b, t), then a fixed shared-memory tree
 __global__ static void __launch_bounds__(THREADS)
-rel_backward_weight(cgeo c, const float *x, const float *dy, float *dw) {
+rel_backward_weight(sao_conv_geo c, const float *x, const float *dy, float *dw) {
     __shared__ float part[THREADS];
     long long wi = blockIdx.x;   // < cy * cxg * K
     long long k = wi % c.K, ci = (wi / c.K) % c.cxg, co = wi / (c.K * c.cxg);
@@ -175,8 +127,8 @@ static int grid_ok(sao_ctx *ctx, const char *op, long long blocks) {
     return 0;
 }
 
-static int run_forward(sao_ctx *ctx, const char *op, const cgeo *c, const float *x, const float *w,
-                       const float *bias, int accumulate, float *y) {
+static int run_forward(sao_ctx *ctx, const char *op, const sao_conv_geo *c, const float *x,
+                       const float *w, const float *bias, int accumulate, float *y) {
     long long n = c->B * c->cy * c->ty;
     if (n == 0) return 0;
     if (grid_ok(ctx, op, (n + THREADS - 1) / THREADS)) return -1;
@@ -185,7 +137,7 @@ static int run_forward(sao_ctx *ctx, const char *op, const cgeo *c, const float 
     return 0;
 }
 
-static int run_backward_data(sao_ctx *ctx, const char *op, const cgeo *c, const float *dy,
+static int run_backward_data(sao_ctx *ctx, const char *op, const sao_conv_geo *c, const float *dy,
                              const float *w, const float *bias, int accumulate, float *dx) {
     long long n = c->B * c->cx * c->tx;
     if (n == 0) return 0;
@@ -196,7 +148,7 @@ static int run_backward_data(sao_ctx *ctx, const char *op, const cgeo *c, const 
     return 0;
 }
 
-static int run_backward_weight(sao_ctx *ctx, const char *op, const cgeo *c, const float *x,
+static int run_backward_weight(sao_ctx *ctx, const char *op, const sao_conv_geo *c, const float *x,
                                const float *dy, float *dw) {
     long long n = c->cy * c->cxg * c->K;
     if (grid_ok(ctx, op, n)) return -1;
@@ -223,21 +175,14 @@ static int backward_ptrs(sao_ctx *ctx, const char *op, const float *dy, const fl
     return 0;
 }
 
-// ---- entry points (argument checks in the CPU kernels' order) ----------------------------------------
+// ---- entry points ------------------------------------------------------------------------------------
 extern "C" int sao_cuda_conv1d_forward(sao_ctx *ctx, const float *x, const float *w, const float *bias,
                                        int64_t B, int64_t c_in, int64_t t_in, int64_t c_out, int64_t k,
                                        int stride, int padding, int dilation, int groups, float *y) {
     const char *op = "cuda_conv1d_forward";
-    cgeo c;
-    if (make_geo(ctx, op, &c, B, c_in, t_in, c_out,
-                 sao_conv1d_out_len(t_in, k, stride, padding, dilation), k, stride, padding,
-                 dilation, groups))
-        return -1;
-    NEED(ctx, op, x);
-    NEED(ctx, op, w);
-    NEED(ctx, op, y);
-    if ((const float *)y == x) return sao_err(ctx, op, "y and x are the same buffer (not in place)");
-    if (B == 0) return 0;
+    sao_conv_geo c;
+    SAO_CHECK(sao_conv1d_forward_check(ctx, op, SAO_KCHECK_CUDA, x, w, B, c_in, t_in, c_out, k, stride,
+                                       padding, dilation, groups, y, &c));
     if (sao_cuda_check_ptr(ctx, op, "x", x) || sao_cuda_check_ptr(ctx, op, "w", w) ||
         sao_cuda_check_ptr(ctx, op, "bias", bias) || sao_cuda_check_ptr(ctx, op, "y", y))
         return -1;
@@ -249,15 +194,9 @@ extern "C" int sao_cuda_conv1d_backward(sao_ctx *ctx, const float *dy, const flo
                                         int stride, int padding, int dilation, int groups,
                                         float *dx, float *dw, float *dbias) {
     const char *op = "cuda_conv1d_backward";
-    cgeo c;
-    if (make_geo(ctx, op, &c, B, c_in, t_in, c_out,
-                 sao_conv1d_out_len(t_in, k, stride, padding, dilation), k, stride, padding,
-                 dilation, groups))
-        return -1;
-    NEED(ctx, op, dy);
-    if (dx) NEED(ctx, op, w);
-    if (dw) NEED(ctx, op, x);
-    if (B == 0) return 0;
+    sao_conv_geo c;
+    SAO_CHECK(sao_conv1d_backward_check(ctx, op, SAO_KCHECK_CUDA, dy, x, w, B, c_in, t_in, c_out, k,
+                                        stride, padding, dilation, groups, dx, dw, &c));
     if (backward_ptrs(ctx, op, dy, x, w, dx, dw, dbias)) return -1;
     if (dbias && run_bias_grad(ctx, op, dy, B, c_out, c.ty, dbias)) return -1;
     if (dx && run_backward_data(ctx, op, &c, dy, w, NULL, 1, dx)) return -1;
@@ -271,14 +210,10 @@ extern "C" int sao_cuda_conv_transpose1d_forward(sao_ctx *ctx, const float *x, c
                                                  int padding, int output_padding, int dilation,
                                                  int groups, float *y) {
     const char *op = "cuda_conv_transpose1d_forward";
-    cgeo c;
-    if (tgeo(ctx, op, &c, B, c_in, t_in, c_out, k, stride, padding, output_padding, dilation, groups))
-        return -1;
-    NEED(ctx, op, x);
-    NEED(ctx, op, w);
-    NEED(ctx, op, y);
-    if ((const float *)y == x) return sao_err(ctx, op, "y and x are the same buffer (not in place)");
-    if (B == 0) return 0;
+    sao_conv_geo c;
+    SAO_CHECK(sao_conv_transpose1d_forward_check(ctx, op, SAO_KCHECK_CUDA, x, w, B, c_in, t_in, c_out,
+                                                 k, stride, padding, output_padding, dilation,
+                                                 groups, y, &c));
     if (sao_cuda_check_ptr(ctx, op, "x", x) || sao_cuda_check_ptr(ctx, op, "w", w) ||
         sao_cuda_check_ptr(ctx, op, "bias", bias) || sao_cuda_check_ptr(ctx, op, "y", y))
         return -1;
@@ -291,13 +226,10 @@ extern "C" int sao_cuda_conv_transpose1d_backward(sao_ctx *ctx, const float *dy,
                                                   int padding, int output_padding, int dilation,
                                                   int groups, float *dx, float *dw, float *dbias) {
     const char *op = "cuda_conv_transpose1d_backward";
-    cgeo c;
-    if (tgeo(ctx, op, &c, B, c_in, t_in, c_out, k, stride, padding, output_padding, dilation, groups))
-        return -1;
-    NEED(ctx, op, dy);
-    if (dx) NEED(ctx, op, w);
-    if (dw) NEED(ctx, op, x);
-    if (B == 0) return 0;
+    sao_conv_geo c;
+    SAO_CHECK(sao_conv_transpose1d_backward_check(ctx, op, SAO_KCHECK_CUDA, dy, x, w, B, c_in, t_in,
+                                                  c_out, k, stride, padding, output_padding,
+                                                  dilation, groups, dx, dw, &c));
     if (backward_ptrs(ctx, op, dy, x, w, dx, dw, dbias)) return -1;
     if (dbias && run_bias_grad(ctx, op, dy, B, c_out, c.tx, dbias)) return -1;
     if (dx && run_forward(ctx, op, &c, dy, w, NULL, 1, dx)) return -1;        // dx += conv(dy)

@@ -7,12 +7,13 @@
 // within a few ulp of glibc's and of kcommon.h's vectorised approximations. Element-wise work is
 // a grid-stride loop of 256-thread blocks. Parameter gradients that are sums (snake's dalpha and
 // dbeta over (b, t), the features' dw over b and dt/du over f) take one block per output element
-// with a fixed-order tree in double: no atomics, the same result on every run. Every device
-// pointer is checked (sao_cuda_check_ptr) after the CPU twin's own argument checks.
+// with a fixed-order tree in double: no atomics, the same result on every run. Arguments are
+// checked by the CPU twins' own checks (kernels/cpu/kcheck.h), then every device pointer
+// (sao_cuda_check_ptr).
 #include "cuda_internal.h"
 extern "C" {
 #include "sao_cuda_ops.h"
-#include "../cpu/kcommon.h"   // SAO_NEED: the CPU kernels' argument messages, word for word
+#include "../cpu/kcheck.h"
 }
 #include <math.h>
 
@@ -50,30 +51,15 @@ __global__ static void rope_kernel(const float *x, long long H, long long T, lon
 static int rope_apply(sao_ctx *ctx, const char *op, const float *x, int64_t B, int64_t H, int64_t T,
                       int64_t D, const int64_t *strides, int64_t rot_dim, int64_t pos_offset,
                       const float *inv_freq, double base, float sign, float *y) {
-    if (B < 0 || H < 1 || T < 0 || D < 1)
-        return sao_err(ctx, op, "bad shape B=%lld H=%lld T=%lld D=%lld", (long long)B, (long long)H,
-                       (long long)T, (long long)D);
-    if (rot_dim < 0 || rot_dim > D || rot_dim % 2)
-        return sao_err(ctx, op, "rot_dim %lld must be even and within the head dim %lld",
-                       (long long)rot_dim, (long long)D);
-    if (!inv_freq && !(base > 0.0))
-        return sao_err(ctx, op, "no inv_freq and base %g (pass the stored inv_freq or a base > 0, "
-                       "SAO: 10000)", base);
-    SAO_NEED(ctx, op, x);
-    SAO_NEED(ctx, op, y);
-    if (SAO_CUDA_PTR(x) || SAO_CUDA_PTR(y) || SAO_CUDA_PTR(inv_freq)) return -1;
-    if (B == 0 || T == 0) return 0;
-    int64_t sb = H * T * D, sh = T * D, st = D;
-    if (strides && (strides[0] || strides[1] || strides[2])) {
-        sb = strides[0];
-        sh = strides[1];
-        st = strides[2];
-    }
+    int64_t s[3];
+    int rc = sao_rope_check(ctx, op, x, B, H, T, D, strides, rot_dim, inv_freq, base, y, s);
+    if (rc < 0 || SAO_CUDA_PTR(x) || SAO_CUDA_PTR(y) || SAO_CUDA_PTR(inv_freq)) return -1;
+    if (rc == 0) return 0;
     long long rows = (long long)(B * H * T), half = rot_dim / 2, pass = x == y ? 0 : D - rot_dim;
     if (half + pass == 0) return 0;
     rope_kernel<<<sao_cuda_stride_blocks(rows * (half + pass)), SAO_CUDA_THREADS, 0, sao_cuda_stream()>>>(
-        x, (long long)H, (long long)T, (long long)sb, (long long)sh, (long long)st, rows, half, pass,
-        (long long)rot_dim, (long long)pos_offset, inv_freq, base, sign, y);
+        x, (long long)H, (long long)T, (long long)s[0], (long long)s[1], (long long)s[2], rows, half,
+        pass, (long long)rot_dim, (long long)pos_offset, inv_freq, base, sign, y);
     CUDA_LAUNCHED(ctx, op);
     return 0;
 }
@@ -99,13 +85,6 @@ extern "C" int sao_cuda_rope_backward(sao_ctx *ctx, const float *dy, int64_t B, 
 #define GELU_K1 0.044715f
 #define INV_SQRT2 0.70710678118654752440f
 #define INV_SQRT_2PI 0.39894228040143267794f
-
-// The CPU's check_n: a count and two buffers that must be there when n > 0.
-static int check_n(sao_ctx *ctx, const char *op, int64_t n, const void *a, const void *b) {
-    if (n < 0) return sao_err(ctx, op, "negative element count %lld", (long long)n);
-    if (n > 0 && (!a || !b)) return sao_err(ctx, op, "NULL buffer for %lld elements", (long long)n);
-    return 0;
-}
 
 __global__ static void gelu_fwd(const float *x, long long n, int approximate, float *y) {
     SAO_GRID_STRIDE(i, n) {
@@ -180,60 +159,61 @@ __global__ static void swiglu_bwd(const float *dy, const float *p, long long n, 
 extern "C" int sao_cuda_gelu_forward(sao_ctx *ctx, const float *x, int64_t n, int approximate,
                                      float *y) {
     const char *op = "cuda_gelu_forward";
-    if (check_n(ctx, op, n, x, y) || SAO_CUDA_PTR(x) || SAO_CUDA_PTR(y)) return -1;
+    SAO_CHECK(sao_activation_check(ctx, op, x, n, y));
+    if (SAO_CUDA_PTR(x) || SAO_CUDA_PTR(y)) return -1;
     LAUNCH_EW(ctx, op, n, gelu_fwd, x, (long long)n, approximate, y);
 }
 
 extern "C" int sao_cuda_gelu_backward(sao_ctx *ctx, const float *dy, const float *x, int64_t n,
                                       int approximate, float *dx) {
     const char *op = "cuda_gelu_backward";
-    if (check_n(ctx, op, n, dy, dx) || check_n(ctx, op, n, x, x) || SAO_CUDA_PTR(dy) || SAO_CUDA_PTR(x) || SAO_CUDA_PTR(dx))
-        return -1;
+    SAO_CHECK(sao_activation_backward_check(ctx, op, dy, x, n, dx));
+    if (SAO_CUDA_PTR(dy) || SAO_CUDA_PTR(x) || SAO_CUDA_PTR(dx)) return -1;
     LAUNCH_EW(ctx, op, n, gelu_bwd, dy, x, (long long)n, approximate, dx);
 }
 
 extern "C" int sao_cuda_relu_forward(sao_ctx *ctx, const float *x, int64_t n, float *y) {
     const char *op = "cuda_relu_forward";
-    if (check_n(ctx, op, n, x, y) || SAO_CUDA_PTR(x) || SAO_CUDA_PTR(y)) return -1;
+    SAO_CHECK(sao_activation_check(ctx, op, x, n, y));
+    if (SAO_CUDA_PTR(x) || SAO_CUDA_PTR(y)) return -1;
     LAUNCH_EW(ctx, op, n, relu_fwd, x, (long long)n, y);
 }
 
 extern "C" int sao_cuda_relu_backward(sao_ctx *ctx, const float *dy, const float *x, int64_t n,
                                       float *dx) {
     const char *op = "cuda_relu_backward";
-    if (check_n(ctx, op, n, dy, dx) || check_n(ctx, op, n, x, x) || SAO_CUDA_PTR(dy) || SAO_CUDA_PTR(x) || SAO_CUDA_PTR(dx))
-        return -1;
+    SAO_CHECK(sao_activation_backward_check(ctx, op, dy, x, n, dx));
+    if (SAO_CUDA_PTR(dy) || SAO_CUDA_PTR(x) || SAO_CUDA_PTR(dx)) return -1;
     LAUNCH_EW(ctx, op, n, relu_bwd, dy, x, (long long)n, dx);
 }
 
 extern "C" int sao_cuda_softplus_forward(sao_ctx *ctx, const float *x, int64_t n, float *y) {
     const char *op = "cuda_softplus_forward";
-    if (check_n(ctx, op, n, x, y) || SAO_CUDA_PTR(x) || SAO_CUDA_PTR(y)) return -1;
+    SAO_CHECK(sao_activation_check(ctx, op, x, n, y));
+    if (SAO_CUDA_PTR(x) || SAO_CUDA_PTR(y)) return -1;
     LAUNCH_EW(ctx, op, n, softplus_fwd, x, (long long)n, y);
 }
 
 extern "C" int sao_cuda_softplus_backward(sao_ctx *ctx, const float *dy, const float *x, int64_t n,
                                           float *dx) {
     const char *op = "cuda_softplus_backward";
-    if (check_n(ctx, op, n, dy, dx) || check_n(ctx, op, n, x, x) || SAO_CUDA_PTR(dy) || SAO_CUDA_PTR(x) || SAO_CUDA_PTR(dx))
-        return -1;
+    SAO_CHECK(sao_activation_backward_check(ctx, op, dy, x, n, dx));
+    if (SAO_CUDA_PTR(dy) || SAO_CUDA_PTR(x) || SAO_CUDA_PTR(dx)) return -1;
     LAUNCH_EW(ctx, op, n, softplus_bwd, dy, x, (long long)n, dx);
 }
 
 extern "C" int sao_cuda_swiglu_forward(sao_ctx *ctx, const float *p, int64_t n, int64_t f, float *y) {
     const char *op = "cuda_swiglu_forward";
-    if (n < 0 || f < 1) return sao_err(ctx, op, "bad shape n=%lld f=%lld", (long long)n, (long long)f);
-    if (check_n(ctx, op, n * f, p, y) || SAO_CUDA_PTR(p) || SAO_CUDA_PTR(y)) return -1;
+    SAO_CHECK(sao_swiglu_forward_check(ctx, op, p, n, f, y));
+    if (SAO_CUDA_PTR(p) || SAO_CUDA_PTR(y)) return -1;
     LAUNCH_EW(ctx, op, n * f, swiglu_fwd, p, (long long)n, (long long)f, y);
 }
 
 extern "C" int sao_cuda_swiglu_backward(sao_ctx *ctx, const float *dy, const float *p, int64_t n,
                                         int64_t f, float *dp) {
     const char *op = "cuda_swiglu_backward";
-    if (n < 0 || f < 1) return sao_err(ctx, op, "bad shape n=%lld f=%lld", (long long)n, (long long)f);
-    if (check_n(ctx, op, n * f, dy, dp) || check_n(ctx, op, n * f, p, p) || SAO_CUDA_PTR(dy) || SAO_CUDA_PTR(p) ||
-        SAO_CUDA_PTR(dp))
-        return -1;
+    SAO_CHECK(sao_swiglu_backward_check(ctx, op, dy, p, n, f, dp));
+    if (SAO_CUDA_PTR(dy) || SAO_CUDA_PTR(p) || SAO_CUDA_PTR(dp)) return -1;
     LAUNCH_EW(ctx, op, n * f, swiglu_bwd, dy, p, (long long)n, (long long)f, dp);
 }
 
@@ -292,20 +272,10 @@ __global__ static void snake_bwd_params(const float *dy, const float *x, const f
     }
 }
 
-static int snake_check(sao_ctx *ctx, const char *op, int64_t B, int64_t C, int64_t T) {
-    if (B < 0 || C < 1 || T < 0)
-        return sao_err(ctx, op, "bad shape B=%lld C=%lld T=%lld", (long long)B, (long long)C, (long long)T);
-    return 0;
-}
-
 extern "C" int sao_cuda_snake_forward(sao_ctx *ctx, const float *x, const float *alpha,
                                       const float *beta, int64_t B, int64_t C, int64_t T, float *y) {
     const char *op = "cuda_snake_forward";
-    if (snake_check(ctx, op, B, C, T)) return -1;
-    SAO_NEED(ctx, op, x);
-    SAO_NEED(ctx, op, alpha);
-    SAO_NEED(ctx, op, beta);
-    SAO_NEED(ctx, op, y);
+    SAO_CHECK(sao_snake_forward_check(ctx, op, x, alpha, beta, B, C, T, y));
     if (SAO_CUDA_PTR(x) || SAO_CUDA_PTR(alpha) || SAO_CUDA_PTR(beta) || SAO_CUDA_PTR(y)) return -1;
     long long n = (long long)(B * C * T);
     LAUNCH_EW(ctx, op, n, snake_fwd, x, alpha, beta, (long long)C, (long long)T, n, y);
@@ -315,11 +285,7 @@ extern "C" int sao_cuda_snake_backward(sao_ctx *ctx, const float *dy, const floa
                                        const float *alpha, const float *beta, int64_t B, int64_t C,
                                        int64_t T, float *dx, float *dalpha, float *dbeta) {
     const char *op = "cuda_snake_backward";
-    if (snake_check(ctx, op, B, C, T)) return -1;
-    SAO_NEED(ctx, op, dy);
-    SAO_NEED(ctx, op, x);
-    SAO_NEED(ctx, op, alpha);
-    SAO_NEED(ctx, op, beta);
+    SAO_CHECK(sao_snake_backward_check(ctx, op, dy, x, alpha, beta, B, C, T));
     if (SAO_CUDA_PTR(dy) || SAO_CUDA_PTR(x) || SAO_CUDA_PTR(alpha) || SAO_CUDA_PTR(beta) || SAO_CUDA_PTR(dx) || SAO_CUDA_PTR(dalpha) || SAO_CUDA_PTR(dbeta)) return -1;
     long long n = (long long)(B * C * T);
     if (n == 0) return 0;   // the CPU adds zeros to dalpha/dbeta: nothing to do
@@ -394,16 +360,10 @@ __global__ static void features_bwd_t(const float *dy, const float *t, const flo
     }
 }
 
-static int features_check(sao_ctx *ctx, const char *op, int64_t B, int64_t f, const void *a,
-                          const void *b, const void *c) {
-    if (B < 0 || f < 1) return sao_err(ctx, op, "bad shape B=%lld F=%lld", (long long)B, (long long)f);
-    if (!a || !b || !c) return sao_err(ctx, op, "NULL input or output buffer");
-    return 0;
-}
-
 static int features_forward(sao_ctx *ctx, const char *op, const float *t, const float *w, int64_t B,
                             int64_t f, int number, float *y) {
-    if (features_check(ctx, op, B, f, t, w, y) || SAO_CUDA_PTR(t) || SAO_CUDA_PTR(w) || SAO_CUDA_PTR(y)) return -1;
+    SAO_CHECK(sao_features_check(ctx, op, B, f, t, w, y));
+    if (SAO_CUDA_PTR(t) || SAO_CUDA_PTR(w) || SAO_CUDA_PTR(y)) return -1;
     long long ld = number ? 1 + 2 * f : 2 * f, oc = number ? 1 + f : 0, os = number ? 1 : f;
     LAUNCH_EW(ctx, op, (long long)(B * f), features_fwd, t, w, (long long)B, (long long)f, ld, oc, os,
               number, y);
@@ -411,7 +371,8 @@ static int features_forward(sao_ctx *ctx, const char *op, const float *t, const 
 
 static int features_backward(sao_ctx *ctx, const char *op, const float *dy, const float *t,
                              const float *w, int64_t B, int64_t f, int number, float *dw, float *dt) {
-    if (features_check(ctx, op, B, f, dy, t, w) || SAO_CUDA_PTR(dy) || SAO_CUDA_PTR(t) || SAO_CUDA_PTR(w) || SAO_CUDA_PTR(dw) || SAO_CUDA_PTR(dt))
+    SAO_CHECK(sao_features_check(ctx, op, B, f, dy, t, w));
+    if (SAO_CUDA_PTR(dy) || SAO_CUDA_PTR(t) || SAO_CUDA_PTR(w) || SAO_CUDA_PTR(dw) || SAO_CUDA_PTR(dt))
         return -1;
     long long ld = number ? 1 + 2 * f : 2 * f, oc = number ? 1 + f : 0, os = number ? 1 : f;
     if (B == 0) return 0;   // the CPU adds zeros to dw
@@ -483,12 +444,7 @@ __global__ static void transpose_kernel(const float *x, long long B, long long R
 extern "C" int sao_cuda_transpose_forward(sao_ctx *ctx, const float *x, int64_t B, int64_t R,
                                           int64_t C, int accumulate, float *y) {
     const char *op = "cuda_transpose_forward";
-    if (B < 0 || R < 0 || C < 0)
-        return sao_err(ctx, op, "bad shape B=%lld R=%lld C=%lld", (long long)B, (long long)R, (long long)C);
-    if (B * R * C == 0) return 0;
-    SAO_NEED(ctx, op, x);
-    SAO_NEED(ctx, op, y);
-    if (x == y) return sao_err(ctx, op, "x and y are the same buffer (the transpose is not in place)");
+    SAO_CHECK(sao_transpose_check(ctx, op, x, B, R, C, y));
     if (SAO_CUDA_PTR(x) || SAO_CUDA_PTR(y)) return -1;
     long long tiles = (long long)(B * ((R + 31) / 32) * ((C + 31) / 32));
     transpose_kernel<<<(unsigned)(tiles < SAO_CUDA_MAX_BLOCKS ? tiles : SAO_CUDA_MAX_BLOCKS), dim3(32, 8), 0,

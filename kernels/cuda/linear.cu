@@ -19,10 +19,10 @@
 #include "cuda_internal.h"
 extern "C" {
 #include "sao_cuda.h"
+#include "../cpu/kcheck.h"
 }
 #include <cublasLt.h>
 #include <cublas_v2.h>
-#include <limits.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <array>
@@ -246,30 +246,10 @@ int gemm(sao_ctx *ctx, const char *op, bool ta, bool tb, int m, int n, int k,
     return 0;
 }
 
-int check_dims(sao_ctx *ctx, const char *op, int64_t n, int64_t in, int64_t out) {
-    if (n < 0 || in < 1 || out < 1)
-        return sao_err(ctx, op, "bad shape n=%lld in=%lld out=%lld (need n >= 0, in, out >= 1)",
-                       (long long)n, (long long)in, (long long)out);
-    if (n > INT_MAX || in > INT_MAX || out > INT_MAX)
-        return sao_err(ctx, op, "shape n=%lld in=%lld out=%lld exceeds cuBLAS's 32-bit sizes "
-                       "(split the rows into several calls)", (long long)n, (long long)in, (long long)out);
-    return 0;
-}
-
-#define NEED(ctx, op, p)                                                                           \
-    do {                                                                                           \
-        if (!(p)) return sao_err((ctx), (op), "%s is NULL (pass a device buffer of the documented shape)", #p); \
-    } while (0)
-
 // Both forwards: x, w of type `ab`.
 int forward(sao_ctx *ctx, const char *op, const void *x, const void *w, cudaDataType_t ab, const float *b,
             int64_t n, int64_t in, int64_t out, int accumulate, float *y) {
-    if (check_dims(ctx, op, n, in, out)) return -1;
-    NEED(ctx, op, x);
-    NEED(ctx, op, w);
-    NEED(ctx, op, y);
-    if ((const void *)y == x) return sao_err(ctx, op, "y and x are the same buffer (not in place)");
-    if (n == 0) return 0;
+    SAO_CHECK(sao_linear_forward_check(ctx, op, SAO_KCHECK_CUDA, x, w, n, in, out, y));
     if (sao_cuda_check_ptr(ctx, op, "x", x) || sao_cuda_check_ptr(ctx, op, "w", w) ||
         sao_cuda_check_ptr(ctx, op, "b", b) || sao_cuda_check_ptr(ctx, op, "y", y))
         return -1;
@@ -297,11 +277,7 @@ extern "C" int sao_cuda_linear_forward_bf16(sao_ctx *ctx, const uint16_t *x, con
 extern "C" int sao_cuda_linear_backward(sao_ctx *ctx, const float *dy, const float *x, const float *w,
                                         int64_t n, int64_t in, int64_t out, float *dx, float *dw, float *db) {
     const char *op = "cuda_linear_backward";
-    if (check_dims(ctx, op, n, in, out)) return -1;
-    NEED(ctx, op, dy);
-    if (dx) NEED(ctx, op, w);
-    if (dw) NEED(ctx, op, x);
-    if (n == 0) return 0;
+    SAO_CHECK(sao_linear_backward_check(ctx, op, SAO_KCHECK_CUDA, dy, x, w, n, in, out, dx, dw));
     if (sao_cuda_check_ptr(ctx, op, "dy", dy) || sao_cuda_check_ptr(ctx, op, "x", dw ? x : NULL) ||
         sao_cuda_check_ptr(ctx, op, "w", dx ? w : NULL) || sao_cuda_check_ptr(ctx, op, "dx", dx) ||
         sao_cuda_check_ptr(ctx, op, "dw", dw) || sao_cuda_check_ptr(ctx, op, "db", db))

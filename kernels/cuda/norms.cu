@@ -8,12 +8,13 @@
 // fp32 first. dgamma/dbeta: column sums in two passes and no atomics — pass 1 sums chunks of 256
 // rows per 32-column tile into a scratch [chunks, C] (double, from the caching allocator), pass 2
 // adds the chunks in order — so the result is the same on every run and every GPU.
-// Every device pointer is checked (sao_cuda_check_ptr) after the CPU twin's argument checks.
+// Arguments are checked by the CPU twins' own checks (kernels/cpu/kcheck.h), then every device
+// pointer (sao_cuda_check_ptr).
 #include "cuda_internal.h"
 extern "C" {
 #include "sao_cuda.h"
 #include "sao_cuda_ops.h"
-#include "../cpu/kcommon.h"   // SAO_NEED: the CPU kernels' argument messages, word for word
+#include "../cpu/kcheck.h"
 }
 #include <math.h>
 
@@ -182,10 +183,7 @@ extern "C" int sao_cuda_layernorm_forward(sao_ctx *ctx, const float *x, const fl
                                           const float *beta, int64_t n, int64_t c, float eps,
                                           float *y, float *mean, float *rstd) {
     const char *op = "cuda_layernorm_forward";
-    if (n < 0 || c < 1) return sao_err(ctx, op, "bad shape n=%lld c=%lld", (long long)n, (long long)c);
-    SAO_NEED(ctx, op, x);
-    SAO_NEED(ctx, op, gamma);
-    SAO_NEED(ctx, op, y);
+    SAO_CHECK(sao_norm_forward_check(ctx, op, x, gamma, n, c, y));
     if (SAO_CUDA_PTR(x) || SAO_CUDA_PTR(gamma) || SAO_CUDA_PTR(beta) || SAO_CUDA_PTR(y) || SAO_CUDA_PTR(mean) || SAO_CUDA_PTR(rstd)) return -1;
     if (n == 0) return 0;
     layernorm_fwd<<<row_blocks(n), ROW_THREADS, 0, sao_cuda_stream()>>>(x, gamma, beta, (long long)n,
@@ -199,12 +197,7 @@ extern "C" int sao_cuda_layernorm_backward(sao_ctx *ctx, const float *dy, const 
                                            int64_t n, int64_t c, float *dx, float *dgamma,
                                            float *dbeta) {
     const char *op = "cuda_layernorm_backward";
-    if (n < 0 || c < 1) return sao_err(ctx, op, "bad shape n=%lld c=%lld", (long long)n, (long long)c);
-    SAO_NEED(ctx, op, dy);
-    SAO_NEED(ctx, op, x);
-    SAO_NEED(ctx, op, mean);
-    SAO_NEED(ctx, op, rstd);
-    if (dx) SAO_NEED(ctx, op, gamma);
+    SAO_CHECK(sao_layernorm_backward_check(ctx, op, dy, x, gamma, mean, rstd, n, c, dx));
     if ((dgamma || dbeta) && c > MAX_COLS)
         return sao_err(ctx, op, "c=%lld: dgamma/dbeta support c <= %lld", (long long)c, MAX_COLS);
     if (SAO_CUDA_PTR(dy) || SAO_CUDA_PTR(x) || (dx && SAO_CUDA_PTR(gamma)) || SAO_CUDA_PTR(mean) || SAO_CUDA_PTR(rstd) || SAO_CUDA_PTR(dx) || SAO_CUDA_PTR(dgamma) ||
@@ -223,10 +216,7 @@ extern "C" int sao_cuda_layernorm_backward(sao_ctx *ctx, const float *dy, const 
 extern "C" int sao_cuda_rmsnorm_forward(sao_ctx *ctx, const float *x, const float *gamma, int64_t n,
                                         int64_t c, float eps, float *y, float *rstd) {
     const char *op = "cuda_rmsnorm_forward";
-    if (n < 0 || c < 1) return sao_err(ctx, op, "bad shape n=%lld c=%lld", (long long)n, (long long)c);
-    SAO_NEED(ctx, op, x);
-    SAO_NEED(ctx, op, gamma);
-    SAO_NEED(ctx, op, y);
+    SAO_CHECK(sao_norm_forward_check(ctx, op, x, gamma, n, c, y));
     if (SAO_CUDA_PTR(x) || SAO_CUDA_PTR(gamma) || SAO_CUDA_PTR(y) || SAO_CUDA_PTR(rstd)) return -1;
     if (n == 0) return 0;
     rmsnorm_fwd<<<row_blocks(n), ROW_THREADS, 0, sao_cuda_stream()>>>(x, gamma, (long long)n,
@@ -239,11 +229,7 @@ extern "C" int sao_cuda_rmsnorm_backward(sao_ctx *ctx, const float *dy, const fl
                                          const float *gamma, const float *rstd, int64_t n, int64_t c,
                                          float *dx, float *dgamma) {
     const char *op = "cuda_rmsnorm_backward";
-    if (n < 0 || c < 1) return sao_err(ctx, op, "bad shape n=%lld c=%lld", (long long)n, (long long)c);
-    SAO_NEED(ctx, op, dy);
-    SAO_NEED(ctx, op, x);
-    SAO_NEED(ctx, op, rstd);
-    if (dx) SAO_NEED(ctx, op, gamma);
+    SAO_CHECK(sao_rmsnorm_backward_check(ctx, op, dy, x, gamma, rstd, n, c, dx));
     if (dgamma && c > MAX_COLS)
         return sao_err(ctx, op, "c=%lld: dgamma supports c <= %lld", (long long)c, MAX_COLS);
     if (SAO_CUDA_PTR(dy) || SAO_CUDA_PTR(x) || (dx && SAO_CUDA_PTR(gamma)) || SAO_CUDA_PTR(rstd) || SAO_CUDA_PTR(dx) || SAO_CUDA_PTR(dgamma)) return -1;

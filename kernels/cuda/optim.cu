@@ -8,13 +8,13 @@
 // fixed order; the chunking does not depend on the GPU, so the result is the same on every run
 // (the tree order differs from the CPU's sequential one: the sums agree to double rounding). The
 // chunk sums live in scratch from the caching allocator (alloc.cu); the scalar is copied to `out`
-// (host or device memory, cudaMemcpyDefault) before the call returns. Every device pointer is
-// checked (sao_cuda_check_ptr) after the CPU twin's own argument checks.
+// (host or device memory, cudaMemcpyDefault) before the call returns. Arguments are checked by the
+// CPU twins' own checks (kernels/cpu/kcheck.h), then every device pointer (sao_cuda_check_ptr).
 #include "cuda_internal.h"
 extern "C" {
 #include "sao_cuda.h"
 #include "sao_cuda_ops.h"
-#include "../cpu/kcommon.h"   // SAO_NEED: the CPU kernels' argument messages, word for word
+#include "../cpu/kcheck.h"
 }
 #include <math.h>
 
@@ -73,14 +73,13 @@ static int sq_sum(sao_ctx *ctx, const char *op, const float *a, const float *b, 
 
 extern "C" int sao_cuda_sumsq(sao_ctx *ctx, const float *x, int64_t n, double *out) {
     const char *op = "cuda_sumsq";
-    if (n < 0) return sao_err(ctx, op, "negative element count %lld", (long long)n);
-    SAO_NEED(ctx, op, out);
-    if (n == 0) {
+    int rc = sao_sumsq_check(ctx, op, x, n, out);
+    if (rc < 0) return -1;
+    if (rc == 0) {
         const double zero = 0.0;
         CUDA_TRY(ctx, op, cudaMemcpy(out, &zero, sizeof(double), cudaMemcpyDefault));
         return 0;
     }
-    SAO_NEED(ctx, op, x);
     if (SAO_CUDA_PTR(x)) return -1;
     return sq_sum(ctx, op, x, NULL, n, 1.0, out);
 }
@@ -88,10 +87,7 @@ extern "C" int sao_cuda_sumsq(sao_ctx *ctx, const float *x, int64_t n, double *o
 extern "C" int sao_cuda_mse_forward(sao_ctx *ctx, const float *pred, const float *target, int64_t n,
                                     double *loss) {
     const char *op = "cuda_mse_forward";
-    if (n < 1) return sao_err(ctx, op, "need at least one element, got %lld", (long long)n);
-    SAO_NEED(ctx, op, pred);
-    SAO_NEED(ctx, op, target);
-    SAO_NEED(ctx, op, loss);
+    SAO_CHECK(sao_mse_forward_check(ctx, op, pred, target, n, loss));
     if (SAO_CUDA_PTR(pred) || SAO_CUDA_PTR(target)) return -1;
     return sq_sum(ctx, op, pred, target, n, (double)n, loss);
 }
@@ -105,10 +101,7 @@ __global__ static void mse_bwd(const float *pred, const float *target, long long
 extern "C" int sao_cuda_mse_backward(sao_ctx *ctx, const float *pred, const float *target, int64_t n,
                                      double dloss, float *dpred) {
     const char *op = "cuda_mse_backward";
-    if (n < 1) return sao_err(ctx, op, "need at least one element, got %lld", (long long)n);
-    SAO_NEED(ctx, op, pred);
-    SAO_NEED(ctx, op, target);
-    SAO_NEED(ctx, op, dpred);
+    SAO_CHECK(sao_mse_backward_check(ctx, op, pred, target, n, dpred));
     if (SAO_CUDA_PTR(pred) || SAO_CUDA_PTR(target) || SAO_CUDA_PTR(dpred)) return -1;
     float k = (float)(2.0 * dloss / (double)n);
     mse_bwd<<<sao_cuda_stride_blocks(n), SAO_CUDA_THREADS, 0, sao_cuda_stream()>>>(pred, target, (long long)n, k, dpred);
@@ -137,16 +130,7 @@ extern "C" int sao_cuda_adamw_step(sao_ctx *ctx, float *param, const float *grad
                                    int64_t n, double lr, double beta1, double beta2, double eps,
                                    double weight_decay, int64_t step, double grad_scale) {
     const char *op = "cuda_adamw_step";
-    if (n < 0) return sao_err(ctx, op, "negative element count %lld", (long long)n);
-    if (step < 1) return sao_err(ctx, op, "step %lld: the count is 1-based and includes this step",
-                                 (long long)step);
-    if (!(beta1 >= 0.0 && beta1 < 1.0 && beta2 >= 0.0 && beta2 < 1.0))
-        return sao_err(ctx, op, "betas (%g, %g) must lie in [0, 1)", beta1, beta2);
-    if (n == 0) return 0;
-    SAO_NEED(ctx, op, param);
-    SAO_NEED(ctx, op, grad);
-    SAO_NEED(ctx, op, m);
-    SAO_NEED(ctx, op, v);
+    SAO_CHECK(sao_adamw_check(ctx, op, param, grad, m, v, n, beta1, beta2, step));
     if (SAO_CUDA_PTR(param) || SAO_CUDA_PTR(grad) || SAO_CUDA_PTR(m) || SAO_CUDA_PTR(v)) return -1;
     double decay = 1.0 - lr * weight_decay;
     double step_size = lr / (1.0 - pow(beta1, (double)step));
@@ -169,11 +153,7 @@ __global__ static void ema_kernel(float *ema, const float *param, long long n, d
 extern "C" int sao_cuda_ema_update(sao_ctx *ctx, float *ema, const float *param, int64_t n,
                                    double decay) {
     const char *op = "cuda_ema_update";
-    if (n < 0) return sao_err(ctx, op, "negative element count %lld", (long long)n);
-    if (!(decay >= 0.0 && decay <= 1.0)) return sao_err(ctx, op, "decay %g outside [0, 1]", decay);
-    if (n == 0) return 0;
-    SAO_NEED(ctx, op, ema);
-    SAO_NEED(ctx, op, param);
+    SAO_CHECK(sao_ema_check(ctx, op, ema, param, n, decay));
     if (SAO_CUDA_PTR(ema) || SAO_CUDA_PTR(param)) return -1;
     ema_kernel<<<sao_cuda_stride_blocks(n), SAO_CUDA_THREADS, 0, sao_cuda_stream()>>>(ema, param, (long long)n, 1.0 - decay);
     CUDA_LAUNCHED(ctx, op);
