@@ -10,7 +10,12 @@
  *   o   = project_out(h)[:, 1:]^T; out = o + post_conv(o)                  [B, io, T]
  * CFG (scale != 1): the batch is doubled; the second half gets a zero cross context and the same
  * global token; out = uncond + scale (cond - uncond), optionally rescaled (scale_phi).
- * All work buffers live in one workspace sized from (config, B, T, L) and reused across calls. */
+ * All work buffers live in one workspace sized from (config, B, T, L) and reused across calls.
+ *
+ * Devices: the forward calls its kernels through m->ops (dit_internal.h), the CPU kernels here or
+ * their CUDA twins once sao_dit_to_device has put the weights on a GPU (kernels/cuda/dit_device.cu).
+ * The public entry points take host pointers either way: the inputs are put into the workspace
+ * (host or device) and out/hidden fetched from it, so one orchestration serves both. */
 #include "dit_internal.h"
 #include "sao_lora.h"
 #include <math.h>
@@ -20,18 +25,35 @@
 sao_params *sao_dit_params(sao_dit *m) { return m->params; }
 const sao_dit_config *sao_dit_get_config(const sao_dit *m) { return &m->cfg; }
 
+int sao_dit_device(const sao_dit *m) { return m->device; }
+
 void sao_dit_free(sao_dit *m) {
     if (!m) return;
+    dit_device_release(m);
     sao_dit_lora_remove(m);
     sao_params_free(m->params);
     free(m->layers);
     free(m->ws);
+    free(m->slots);
+    free(m->doff);
     free(m);
+}
+
+/* Records parameter i's field (registry order), so the device code can re-point it. */
+static int add_slot(sao_dit *m, float **slot) {
+    int n = m->nslots;
+    if (n == 0 || (n >= 64 && (n & (n - 1)) == 0)) {   /* capacity 64, then doubled when full */
+        float ***v = realloc(m->slots, (size_t)(n ? 2 * n : 64) * sizeof *v);
+        if (!v) return -1;
+        m->slots = v;
+    }
+    m->slots[m->nslots++] = slot;
+    return 0;
 }
 
 #define SHAPE(...) (const int64_t[]){__VA_ARGS__}
 #define ADD(slot, nd, shp, ...) \
-    do { if (sao_params_add(m->params, slot, nd, shp, __VA_ARGS__)) goto oom; } while (0)
+    do { if (sao_params_add(m->params, slot, nd, shp, __VA_ARGS__) || add_slot(m, slot)) goto oom; } while (0)
 
 sao_dit *sao_dit_new(sao_ctx *ctx, const sao_dit_config *cfg) {
     const char *op = "dit_new";
@@ -52,6 +74,8 @@ sao_dit *sao_dit_new(sao_ctx *ctx, const sao_dit_config *cfg) {
     if (!m) return sao_err_null(ctx, op, "out of memory");
     m->cfg = *cfg;
     m->cfg.timestep_features_dim = (int)TF;
+    m->ops = &dit_ops_cpu;
+    m->device = -1;
     m->params = sao_params_new("dit");
     m->layers = calloc((size_t)cfg->depth, sizeof *m->layers);
     if (!m->params || !m->layers) goto oom;
@@ -146,98 +170,160 @@ void dit_stem_layout(const dit_dims *d, float *b, dit_stem *s) {
     b = carve(b, &s->cc, BL * (size_t)d->Dc); carve(b, &s->tok, BE);
 }
 
+/* ---- the CPU table: the kernels of sao_kernels.h, and the loops the forward used to run inline ---- */
+static int cpu_copy(sao_ctx *ctx, float *dst, int64_t dst_pitch, const float *src, int64_t src_pitch, int64_t rows,
+                    int64_t cols) {
+    SAO_UNUSED(ctx);
+    for (int64_t r = 0; r < rows; r++) memcpy(dst + r * dst_pitch, src + r * src_pitch, (size_t)cols * sizeof(float));
+    return 0;
+}
+
+static int cpu_zero(sao_ctx *ctx, float *dst, int64_t n) {
+    SAO_UNUSED(ctx);
+    memset(dst, 0, (size_t)n * sizeof(float));
+    return 0;
+}
+
+static int cpu_add(sao_ctx *ctx, float *y, const float *x, int64_t n) {
+    SAO_UNUSED(ctx);
+    for (int64_t k = 0; k < n; k++) y[k] += x[k];
+    return 0;
+}
+
+static int cpu_memcpy(sao_ctx *ctx, float *dst, const float *src, int64_t n) {
+    SAO_UNUSED(ctx);
+    if (n > 0) memcpy(dst, src, (size_t)n * sizeof(float));
+    return 0;
+}
+
+/* CFG combine and rescale; kernels/cuda/dit_glue.cu's cfg_kernel is its twin (same order, double sums). */
+static int cpu_cfg(sao_ctx *ctx, const float *cond, const float *unc, int64_t rows, int64_t io, double scale,
+                   double phi, float *g) {
+    SAO_UNUSED(ctx);
+    int64_t n = rows * io;
+    for (int64_t k = 0; k < n; k++) g[k] = unc[k] + (float)scale * (cond[k] - unc[k]);
+    if (phi == 0.0) return 0;
+    /* std over the io channels (unbiased) per (batch, time), of cond and of the CFG output */
+    for (int64_t r = 0; r < rows; r++) {
+        double sc = 0, sc2 = 0, sg = 0, sg2 = 0;
+        for (int64_t ch = 0; ch < io; ch++) {
+            double a_ = cond[r * io + ch], g_ = g[r * io + ch];
+            sc += a_; sc2 += a_ * a_; sg += g_; sg2 += g_ * g_;
+        }
+        double vc = (sc2 - sc * sc / io) / (io - 1), vg = (sg2 - sg * sg / io) / (io - 1);
+        double ratio = sqrt(vc > 0 ? vc : 0) / sqrt(vg > 0 ? vg : 1e-30);
+        for (int64_t ch = 0; ch < io; ch++) {
+            double g_ = g[r * io + ch];
+            g[r * io + ch] = (float)(phi * g_ * ratio + (1 - phi) * g_);
+        }
+    }
+    return 0;
+}
+
+const dit_ops dit_ops_cpu = {
+    .device = "cpu",
+    .linear = sao_linear_forward,
+    .silu = sao_silu_forward,
+    .fourier = sao_fourier_features_forward,
+    .transpose = sao_transpose_forward,
+    .layernorm = sao_layernorm_forward,
+    .rope = sao_rope_forward,
+    .attention = sao_attention_forward,
+    .swiglu = sao_swiglu_forward,
+    .copy = cpu_copy,
+    .zero = cpu_zero,
+    .add = cpu_add,
+    .cfg = cpu_cfg,
+    .put = cpu_memcpy,
+    .get = cpu_memcpy,
+};
+
+/* n contiguous floats */
+static int copy1(sao_ctx *ctx, const dit_ops *ops, float *dst, const float *src, int64_t n) {
+    return ops->copy(ctx, dst, n, src, n, 1, n);
+}
+
+/* ---- the forward, on m->ops ------------------------------------------------------------------ */
 /* y = W2 silu(W1 x + b1) + b2 keeping the hidden layer before (pre) and after (act) the SiLU. */
-static int mlp2(sao_ctx *ctx, const float *x, int64_t n, int64_t in, int64_t hid, int64_t out,
+static int mlp2(sao_ctx *ctx, const dit_ops *ops, const float *x, int64_t n, int64_t in, int64_t hid, int64_t out,
                 const float *w1, const float *b1, const float *w2, const float *b2, float *pre, float *act,
                 float *y) {
-    if (sao_linear_forward(ctx, x, w1, b1, n, in, hid, 0, pre)) return -1;
-    if (sao_silu_forward(ctx, pre, n * hid, act)) return -1;
-    return sao_linear_forward(ctx, act, w2, b2, n, hid, out, 0, y);
+    if (ops->linear(ctx, x, w1, b1, n, in, hid, 0, pre)) return -1;
+    if (ops->silu(ctx, pre, n * hid, act)) return -1;
+    return ops->linear(ctx, act, w2, b2, n, hid, out, 0, y);
 }
 
 int dit_stem_forward(sao_ctx *ctx, const sao_dit *m, const dit_dims *d, const float *x, const float *t,
                      const float *cross, const float *global, dit_stem *s, float *h) {
+    const dit_ops *ops = m->ops;
     int64_t B = d->B, T = d->T, N = d->N, E = d->E, io = d->io;
     /* context: to_cond_embed (SiLU MLP without biases), shared by every block */
-    if (d->L > 0 && mlp2(ctx, cross, B * d->L, d->Dc, d->Dc, d->Dc, m->c_w1, NULL, m->c_w2, NULL, s->c_pre,
+    if (d->L > 0 && mlp2(ctx, ops, cross, B * d->L, d->Dc, d->Dc, d->Dc, m->c_w1, NULL, m->c_w2, NULL, s->c_pre,
                          s->c_act, s->cc)) return -1;
     /* the prepended token: timestep embedding ([cos, sin] Fourier features) + global embedding */
-    if (sao_fourier_features_forward(ctx, t, m->t_feat_w, B, d->TF / 2, s->tf)) return -1;
-    if (mlp2(ctx, s->tf, B, d->TF, E, E, m->t_w1, m->t_b1, m->t_w2, m->t_b2, s->t_pre, s->t_act, s->tok)) return -1;
-    if (mlp2(ctx, global, B, d->Dg, E, E, m->g_w1, NULL, m->g_w2, NULL, s->g_pre, s->g_act, h)) return -1;
-    for (int64_t k = 0; k < B * E; k++) s->tok[k] += h[k];
+    if (ops->fourier(ctx, t, m->t_feat_w, B, d->TF / 2, s->tf)) return -1;
+    if (mlp2(ctx, ops, s->tf, B, d->TF, E, E, m->t_w1, m->t_b1, m->t_w2, m->t_b2, s->t_pre, s->t_act, s->tok)) return -1;
+    if (mlp2(ctx, ops, global, B, d->Dg, E, E, m->g_w1, NULL, m->g_w2, NULL, s->g_pre, s->g_act, h)) return -1;
+    if (ops->add(ctx, s->tok, h, B * E)) return -1;
     /* x + pre_conv(x) in token layout, project_in into rows 1..T; the token into row 0 */
-    if (sao_transpose_forward(ctx, x, B, io, T, 0, s->xt)) return -1;
-    memcpy(s->xt2, s->xt, (size_t)(B * T * io) * sizeof(float));
-    if (sao_linear_forward(ctx, s->xt, m->pre_conv, NULL, B * T, io, io, 1, s->xt2)) return -1;
-    for (int64_t b = 0; b < B; b++) {
-        memcpy(h + b * N * E, s->tok + b * E, (size_t)E * sizeof(float));
-        if (sao_linear_forward(ctx, s->xt2 + b * T * io, m->proj_in, NULL, T, io, E, 0, h + (b * N + 1) * E)) return -1;
-    }
+    if (ops->transpose(ctx, x, B, io, T, 0, s->xt)) return -1;
+    if (copy1(ctx, ops, s->xt2, s->xt, B * T * io)) return -1;
+    if (ops->linear(ctx, s->xt, m->pre_conv, NULL, B * T, io, io, 1, s->xt2)) return -1;
+    if (ops->copy(ctx, h, N * E, s->tok, E, B, E)) return -1;
+    for (int64_t b = 0; b < B; b++)
+        if (ops->linear(ctx, s->xt2 + b * T * io, m->proj_in, NULL, T, io, E, 0, h + (b * N + 1) * E)) return -1;
     return 0;
 }
 
 int dit_block_forward(sao_ctx *ctx, const sao_dit *m, int i, const dit_dims *d, const float *cc,
                       float *h, dit_acts *a) {
+    const dit_ops *ops = m->ops;
     const dit_layer *l = &m->layers[i];
     int64_t B = d->B, N = d->N, E = d->E, D = d->D, H = d->H, L = d->L, Dc = d->Dc, F = d->F;
     /* self-attention, partial RoPE on q and k, read in place from the fused qkv rows */
-    if (sao_layernorm_forward(ctx, h, l->pre_g, NULL, B * N, E, 1e-5f, a->ln1, a->mean1, a->rstd1)) return -1;
+    if (ops->layernorm(ctx, h, l->pre_g, NULL, B * N, E, 1e-5f, a->ln1, a->mean1, a->rstd1)) return -1;
     if (dit_lin_forward(ctx, m, i, 0, a->ln1, B * N, E, 3 * E, l->qkv, NULL, 0, a->qkv)) return -1;
     int64_t qs[3] = {N * 3 * E, D, 3 * E};
-    if (sao_rope_forward(ctx, a->qkv, B, H, N, D, qs, d->rot, 0, m->inv_freq, 10000.0, a->qkv)) return -1;
-    if (sao_rope_forward(ctx, a->qkv + E, B, H, N, D, qs, d->rot, 0, m->inv_freq, 10000.0, a->qkv + E)) return -1;
+    if (ops->rope(ctx, a->qkv, B, H, N, D, qs, d->rot, 0, m->inv_freq, 10000.0, a->qkv)) return -1;
+    if (ops->rope(ctx, a->qkv + E, B, H, N, D, qs, d->rot, 0, m->inv_freq, 10000.0, a->qkv + E)) return -1;
     sao_attn_desc sa = {.B = B, .H = H, .Hkv = H, .T = N, .M = N, .D = D, .scale = 0,
                         .q_stride = {N * 3 * E, D, 3 * E}, .k_stride = {N * 3 * E, D, 3 * E},
                         .v_stride = {N * 3 * E, D, 3 * E}, .o_stride = {N * E, D, E}};
-    if (sao_attention_forward(ctx, &sa, a->qkv, a->qkv + E, a->qkv + 2 * E, NULL, NULL, a->att1, a->lse1)) return -1;
+    if (ops->attention(ctx, &sa, a->qkv, a->qkv + E, a->qkv + 2 * E, NULL, NULL, a->att1, a->lse1)) return -1;
     if (dit_lin_forward(ctx, m, i, 1, a->att1, B * N, E, E, l->attn_out, NULL, 1, h)) return -1;
-    memcpy(a->h1, h, (size_t)(B * N * E) * sizeof(float));
+    if (copy1(ctx, ops, a->h1, h, B * N * E)) return -1;
     /* cross-attention on the 768-d context, K/V heads shared by consecutive query heads */
     if (L > 0) {
-        if (sao_layernorm_forward(ctx, h, l->ca_g, NULL, B * N, E, 1e-5f, a->ln2, a->mean2, a->rstd2)) return -1;
+        if (ops->layernorm(ctx, h, l->ca_g, NULL, B * N, E, 1e-5f, a->ln2, a->mean2, a->rstd2)) return -1;
         if (dit_lin_forward(ctx, m, i, 2, a->ln2, B * N, E, E, l->ca_q, NULL, 0, a->q2)) return -1;
         if (dit_lin_forward(ctx, m, i, 3, cc, B * L, Dc, 2 * Dc, l->ca_kv, NULL, 0, a->kv)) return -1;
         sao_attn_desc ca = {.B = B, .H = H, .Hkv = d->Hkv, .T = N, .M = L, .D = D, .scale = 0,
                             .q_stride = {N * E, D, E}, .k_stride = {L * 2 * Dc, D, 2 * Dc},
                             .v_stride = {L * 2 * Dc, D, 2 * Dc}, .o_stride = {N * E, D, E}};
-        if (sao_attention_forward(ctx, &ca, a->q2, a->kv, a->kv + Dc, NULL, NULL, a->att2, a->lse2)) return -1;
+        if (ops->attention(ctx, &ca, a->q2, a->kv, a->kv + Dc, NULL, NULL, a->att2, a->lse2)) return -1;
         if (dit_lin_forward(ctx, m, i, 4, a->att2, B * N, E, E, l->ca_out, NULL, 1, h)) return -1;
     }
-    memcpy(a->h2, h, (size_t)(B * N * E) * sizeof(float));
+    if (copy1(ctx, ops, a->h2, h, B * N * E)) return -1;
     /* feed-forward: SwiGLU */
-    if (sao_layernorm_forward(ctx, h, l->ff_g, NULL, B * N, E, 1e-5f, a->ln3, a->mean3, a->rstd3)) return -1;
+    if (ops->layernorm(ctx, h, l->ff_g, NULL, B * N, E, 1e-5f, a->ln3, a->mean3, a->rstd3)) return -1;
     if (dit_lin_forward(ctx, m, i, 5, a->ln3, B * N, E, 2 * F, l->ff_w1, l->ff_b1, 0, a->p)) return -1;
-    if (sao_swiglu_forward(ctx, a->p, B * N, F, a->g)) return -1;
+    if (ops->swiglu(ctx, a->p, B * N, F, a->g)) return -1;
     return dit_lin_forward(ctx, m, i, 6, a->g, B * N, F, E, l->ff_w2, l->ff_b2, 1, h);
 }
 
 int dit_head_forward(sao_ctx *ctx, const sao_dit *m, const dit_dims *d, const float *h, float *o,
                      float *ot, float *y) {
+    const dit_ops *ops = m->ops;
     int64_t B = d->B, T = d->T, N = d->N, io = d->io;
-    if (sao_linear_forward(ctx, h, m->proj_out, NULL, B * N, d->E, io, 0, o)) return -1;
-    for (int64_t b = 0; b < B; b++) memcpy(ot + b * T * io, o + (b * N + 1) * io, (size_t)(T * io) * sizeof(float));
-    memcpy(y, ot, (size_t)(B * T * io) * sizeof(float));
-    return sao_linear_forward(ctx, ot, m->post_conv, NULL, B * T, io, io, 1, y);
+    if (ops->linear(ctx, h, m->proj_out, NULL, B * N, d->E, io, 0, o)) return -1;
+    if (ops->copy(ctx, ot, T * io, o + io, N * io, B, T * io)) return -1;   /* rows 1..T of each item */
+    if (copy1(ctx, ops, y, ot, B * T * io)) return -1;
+    return ops->linear(ctx, ot, m->post_conv, NULL, B * T, io, io, 1, y);
 }
 
-int sao_dit_token(sao_ctx *ctx, sao_dit *m, const float *t, const float *global, int64_t B, float *temb,
-                  float *gemb) {
-    if (!m->t_w1) return sao_err(ctx, "dit_token", "the model has no weights bound (load a checkpoint first)");
-    dit_dims d;
-    dit_dims_init(m, B, 1, 0, &d);
-    size_t n = (size_t)(B * d.TF + 2 * B * d.E);
-    float *w = malloc(n * sizeof(float));
-    if (!w) return sao_err(ctx, "dit_token", "out of memory");
-    float *tf = w, *pre = tf + B * d.TF, *act = pre + B * d.E;
-    int rc = sao_fourier_features_forward(ctx, t, m->t_feat_w, B, d.TF / 2, tf) ||
-             mlp2(ctx, tf, B, d.TF, d.E, d.E, m->t_w1, m->t_b1, m->t_w2, m->t_b2, pre, act, temb) ||
-             mlp2(ctx, global, B, d.Dg, d.E, d.E, m->g_w1, NULL, m->g_w2, NULL, pre, act, gemb);
-    free(w);
-    return rc ? -1 : 0;
-}
-
+/* The workspace in the model's memory: host, or the device (kernels/cuda/dit_device.cu). */
 static float *ws_get(sao_ctx *ctx, sao_dit *m, size_t need) {
+    if (m->device >= 0) return dit_device_ws(ctx, m, need);
     if (need > m->ws_size) {
         float *w = realloc(m->ws, need * sizeof(float));
         if (!w) return sao_err_null(ctx, "dit_forward", "out of memory for a %zu MB workspace", need * 4 >> 20);
@@ -247,35 +333,55 @@ static float *ws_get(sao_ctx *ctx, sao_dit *m, size_t need) {
     return m->ws;
 }
 
+/* Before a call: weights bound; on a device model, its device current and its weights up to date. */
+static int dit_begin(sao_ctx *ctx, sao_dit *m, const char *op) {
+    if (!m->t_w1) return sao_err(ctx, op, "the model has no weights bound (load a checkpoint first)");
+    return m->device >= 0 ? dit_device_begin(ctx, m) : 0;
+}
+
+int sao_dit_token(sao_ctx *ctx, sao_dit *m, const float *t, const float *global, int64_t B, float *temb,
+                  float *gemb) {
+    if (dit_begin(ctx, m, "dit_token")) return -1;
+    if (B <= 0) return sao_err(ctx, "dit_token", "bad batch size %lld", (long long)B);
+    const dit_ops *ops = m->ops;
+    dit_dims d;
+    dit_dims_init(m, B, 1, 0, &d);
+    float *w = ws_get(ctx, m, (size_t)(B + B * d.Dg + B * d.TF + 4 * B * d.E));
+    if (!w) return -1;
+    float *ti = w, *gi = ti + B, *tf = gi + B * d.Dg, *pre = tf + B * d.TF, *act = pre + B * d.E;
+    float *te = act + B * d.E, *ge = te + B * d.E;
+    if (ops->put(ctx, ti, t, B) || ops->put(ctx, gi, global, B * d.Dg)) return -1;
+    if (ops->fourier(ctx, ti, m->t_feat_w, B, d.TF / 2, tf) ||
+        mlp2(ctx, ops, tf, B, d.TF, d.E, d.E, m->t_w1, m->t_b1, m->t_w2, m->t_b2, pre, act, te) ||
+        mlp2(ctx, ops, gi, B, d.Dg, d.E, d.E, m->g_w1, NULL, m->g_w2, NULL, pre, act, ge)) return -1;
+    return ops->get(ctx, temb, te, B * d.E) || ops->get(ctx, gemb, ge, B * d.E) ? -1 : 0;
+}
+
 int sao_dit_forward(sao_ctx *ctx, sao_dit *m, const float *x, const float *t, const float *cross,
                     const float *global, int64_t B, int64_t T, int64_t L, double cfg_scale,
                     double scale_phi, float *out, float *hidden) {
     const char *op = "dit_forward";
-    if (!m->t_w1) return sao_err(ctx, op, "the model has no weights bound (load a checkpoint first)");
+    if (dit_begin(ctx, m, op)) return -1;
     if (B <= 0 || T <= 0 || L < 0) return sao_err(ctx, op, "bad sizes B=%lld T=%lld L=%lld", (long long)B, (long long)T, (long long)L);
+    const dit_ops *ops = m->ops;
     int cfg_on = cfg_scale != 1.0 && L > 0;
     int64_t BB = cfg_on ? 2 * B : B;               /* batch through the transformer */
     dit_dims d;
     dit_dims_init(m, BB, T, L, &d);
-    int64_t io = d.io, E = d.E, N = d.N;
-    /* inputs of the doubled batch: [x; x], [t; t], [cross; 0], [global; global] */
-    size_t n_in = (size_t)(BB * io * T + BB + BB * (L > 0 ? L : 1) * d.Dc + BB * d.Dg);
+    int64_t io = d.io, E = d.E, N = d.N, Dc = d.Dc, Dg = d.Dg;
+    size_t n_in = (size_t)(BB * io * T + BB + BB * (L > 0 ? L : 1) * Dc + BB * Dg);
     size_t n_h = (size_t)(BB * N * E), n_o = (size_t)(BB * N * io), n_y = (size_t)(BB * T * io);
     size_t total = n_in + dit_stem_size(&d) + dit_acts_size(&d) + n_h + n_o + 2 * n_y;
     float *w = ws_get(ctx, m, total);
     if (!w) return -1;
-    float *xi = w, *ti = xi + BB * io * T, *ci = ti + BB, *gi = ci + BB * (L > 0 ? L : 1) * d.Dc;
-    float *sbuf = gi + BB * d.Dg, *abuf = sbuf + dit_stem_size(&d), *h = abuf + dit_acts_size(&d);
+    float *xi = w, *ti = xi + BB * io * T, *ci = ti + BB, *gi = ci + BB * (L > 0 ? L : 1) * Dc;
+    float *sbuf = gi + BB * Dg, *abuf = sbuf + dit_stem_size(&d), *h = abuf + dit_acts_size(&d);
     float *o = h + n_h, *ot = o + n_o, *y = ot + n_y;
-    for (int64_t b = 0; b < BB; b++) {
-        memcpy(xi + b * io * T, x + (b % B) * io * T, (size_t)(io * T) * sizeof(float));
-        ti[b] = t[b % B];
-        memcpy(gi + b * d.Dg, global + (b % B) * d.Dg, (size_t)d.Dg * sizeof(float));
-    }
-    if (L > 0) {
-        memcpy(ci, cross, (size_t)(B * L * d.Dc) * sizeof(float));
-        if (cfg_on) memset(ci + B * L * d.Dc, 0, (size_t)(B * L * d.Dc) * sizeof(float));
-    }
+    /* inputs of the doubled batch: [x; x], [t; t], [cross; 0], [global; global] */
+    if (ops->put(ctx, xi, x, B * io * T) || ops->put(ctx, ti, t, B) || ops->put(ctx, gi, global, B * Dg)) return -1;
+    if (L > 0 && ops->put(ctx, ci, cross, B * L * Dc)) return -1;
+    if (cfg_on && (copy1(ctx, ops, xi + B * io * T, xi, B * io * T) || copy1(ctx, ops, ti + B, ti, B) ||
+                   copy1(ctx, ops, gi + B * Dg, gi, B * Dg) || ops->zero(ctx, ci + B * L * Dc, B * L * Dc))) return -1;
     dit_stem s;
     dit_acts a;
     dit_stem_layout(&d, sbuf, &s);
@@ -283,32 +389,17 @@ int sao_dit_forward(sao_ctx *ctx, sao_dit *m, const float *x, const float *t, co
     if (dit_stem_forward(ctx, m, &d, xi, ti, L > 0 ? ci : NULL, gi, &s, h)) return -1;
     for (int i = 0; i < m->cfg.depth; i++) {
         if (dit_block_forward(ctx, m, i, &d, s.cc, h, &a)) return -1;
-        if (hidden) memcpy(hidden + (size_t)i * B * N * E, h, (size_t)(B * N * E) * sizeof(float));
+        if (hidden && ops->get(ctx, hidden + (size_t)i * B * N * E, h, B * N * E)) return -1;
         if (sao_interrupt_pending()) return sao_err(ctx, op, "interrupted");
     }
     if (dit_head_forward(ctx, m, &d, h, o, ot, y)) return -1;
-    /* y is [BB, T, io]: combine the CFG halves in token layout, then transpose into out */
+    /* y is [BB, T, io]: combine the CFG halves in token layout (into ot), then transpose into o
+     * (free after the head) and fetch it as out [B, io, T] */
+    const float *res = y;
     if (cfg_on) {
-        int64_t n = B * T * io;
-        float *cond = y, *unc = y + n, *g = ot;
-        for (int64_t k = 0; k < n; k++) g[k] = unc[k] + (float)cfg_scale * (cond[k] - unc[k]);
-        if (scale_phi != 0.0) {
-            /* std over the io channels (unbiased) per (batch, time), of cond and of the CFG output */
-            for (int64_t r = 0; r < B * T; r++) {
-                double sc = 0, sc2 = 0, sg = 0, sg2 = 0;
-                for (int64_t ch = 0; ch < io; ch++) {
-                    double a_ = cond[r * io + ch], g_ = g[r * io + ch];
-                    sc += a_; sc2 += a_ * a_; sg += g_; sg2 += g_ * g_;
-                }
-                double vc = (sc2 - sc * sc / io) / (io - 1), vg = (sg2 - sg * sg / io) / (io - 1);
-                double ratio = sqrt(vc > 0 ? vc : 0) / sqrt(vg > 0 ? vg : 1e-30);
-                for (int64_t ch = 0; ch < io; ch++) {
-                    double g_ = g[r * io + ch];
-                    g[r * io + ch] = (float)(scale_phi * g_ * ratio + (1 - scale_phi) * g_);
-                }
-            }
-        }
-        return sao_transpose_forward(ctx, g, B, T, io, 0, out);
+        if (ops->cfg(ctx, y, y + B * T * io, B * T, io, cfg_scale, scale_phi, ot)) return -1;
+        res = ot;
     }
-    return sao_transpose_forward(ctx, y, B, T, io, 0, out);
+    if (ops->transpose(ctx, res, B, T, io, 0, o)) return -1;
+    return ops->get(ctx, out, o, B * io * T);
 }

@@ -1,11 +1,48 @@
-/* dit_internal.h — the DiT's layout shared by the inference forward (dit.c) and training
- * (dit_train.c): the parameter pointers, the per-block activation record, and the pieces of the
- * forward both use. Internal to runtime/. */
+/* dit_internal.h — the DiT's layout shared by the inference forward (dit.c), training
+ * (dit_train.c), LoRA (dit_lora.c) and the device code (kernels/cuda/dit_device.cu, dit_glue.cu):
+ * the parameter pointers, the kernel table, the per-block activation record, and the pieces of
+ * the forward both use. Internal to runtime/ (and compiled as C++ by nvcc). */
 #ifndef SAO_DIT_INTERNAL_H
 #define SAO_DIT_INTERNAL_H
 #include "internal.h"
 #include "params.h"
 #include "sao_kernels.h"
+
+/* The kernels and memory helpers the DiT forward calls, one table per device: the orchestration
+ * (stem, blocks, head, CFG) is written once against this table. Every pointer argument is memory
+ * of the table's device, except put's source and get's destination, which are host memory.
+ * The kernels have exactly the sao_kernels.h signatures (the CPU table points at them; the CUDA
+ * table at their sao_cuda_ twins). */
+typedef struct dit_ops {
+    const char *device;   /* "cpu" or "cuda" */
+    int (*linear)(sao_ctx *ctx, const float *x, const float *w, const float *b, int64_t n, int64_t in,
+                  int64_t out, int accumulate, float *y);
+    int (*silu)(sao_ctx *ctx, const float *x, int64_t n, float *y);
+    int (*fourier)(sao_ctx *ctx, const float *t, const float *w, int64_t B, int64_t f, float *y);
+    int (*transpose)(sao_ctx *ctx, const float *x, int64_t B, int64_t R, int64_t C, int accumulate, float *y);
+    int (*layernorm)(sao_ctx *ctx, const float *x, const float *gamma, const float *beta, int64_t n, int64_t c,
+                     float eps, float *y, float *mean, float *rstd);
+    int (*rope)(sao_ctx *ctx, const float *x, int64_t B, int64_t H, int64_t T, int64_t D, const int64_t *strides,
+                int64_t rot_dim, int64_t pos_offset, const float *inv_freq, double base, float *y);
+    int (*attention)(sao_ctx *ctx, const sao_attn_desc *a, const float *q, const float *k, const float *v,
+                     const float *bias, const uint8_t *key_mask, float *out, float *lse);
+    int (*swiglu)(sao_ctx *ctx, const float *p, int64_t n, int64_t f, float *y);
+    /* memory: `rows` rows of `cols` floats, pitches in floats (rows 1: a plain copy) */
+    int (*copy)(sao_ctx *ctx, float *dst, int64_t dst_pitch, const float *src, int64_t src_pitch, int64_t rows,
+                int64_t cols);
+    int (*zero)(sao_ctx *ctx, float *dst, int64_t n);
+    int (*add)(sao_ctx *ctx, float *y, const float *x, int64_t n);   /* y += x */
+    /* g = unc + scale (cond - unc) over rows x io (token layout); phi != 0 then rescales each row by
+     * std(cond)/std(g) (unbiased, over io, double sums): g = phi g ratio + (1 - phi) g (SAO_SPEC 5.5) */
+    int (*cfg)(sao_ctx *ctx, const float *cond, const float *unc, int64_t rows, int64_t io, double scale,
+               double phi, float *g);
+    int (*put)(sao_ctx *ctx, float *dst, const float *host_src, int64_t n);   /* host -> this device */
+    int (*get)(sao_ctx *ctx, float *host_dst, const float *src, int64_t n);   /* this device -> host */
+} dit_ops;
+extern const dit_ops dit_ops_cpu;
+#ifdef SAO_WITH_CUDA
+extern const dit_ops dit_ops_cuda;      /* kernels/cuda/dit_glue.cu */
+#endif
 
 typedef struct {
     float *pre_g, *qkv, *attn_out, *ca_g, *ca_q, *ca_kv, *ca_out, *ff_g, *ff_w1, *ff_b1, *ff_w2, *ff_b2;
@@ -23,7 +60,25 @@ struct sao_dit {
     dit_lora *lora;     /* adapters (dit_lora.c), NULL when none */
     float *ws;          /* inference workspace */
     size_t ws_size;     /* in floats */
+    /* the device the forward runs on (sao_dit_to_device, kernels/cuda/dit_device.cu) */
+    const dit_ops *ops; /* &dit_ops_cpu, or the CUDA table while the weights are on a device */
+    int device;         /* -1: weights on the host; else the CUDA device holding them */
+    int nslots;
+    float ***slots;     /* [nslots]: per parameter (registry order), the field it is bound through;
+                           NULL for buffers the forward never reads (the zero LayerNorm betas) */
+    float *dparams;     /* device model: one block holding every parameter of a slot */
+    int64_t *doff;      /* [nslots]: offset of parameter i in dparams (floats; -1: no slot) */
+    float *dws;         /* device model: the inference workspace (caching allocator) */
+    size_t dws_size;    /* in floats */
 };
+
+/* Device glue (kernels/cuda/dit_device.cu; runtime/dit_cuda_off.c in a CPU-only build).
+ * begin: before a forward on a device model: makes its device current and re-uploads every
+ * parameter rebound (loaded anew) since the upload. ws: the device workspace, grown as needed.
+ * release: frees the device blocks (sao_dit_free). */
+int dit_device_begin(sao_ctx *ctx, sao_dit *m);
+float *dit_device_ws(sao_ctx *ctx, sao_dit *m, size_t floats);
+void dit_device_release(sao_dit *m);
 
 /* Sizes derived from the config and a (batch, frames, context) shape. */
 typedef struct {
@@ -69,6 +124,8 @@ int dit_block_forward(sao_ctx *ctx, const sao_dit *m, int i, const dit_dims *d, 
  * (token layout); ot [B*T, io] is the dropped-token copy (kept for the backward). */
 int dit_head_forward(sao_ctx *ctx, const sao_dit *m, const dit_dims *d, const float *h, float *o,
                      float *ot, float *y);
+/* Stem, blocks, head and dit_lin_forward run on m->ops: every buffer they get is memory of that
+ * device. */
 /* A block linear (slot DIT_LORA_SLOTS order) with its LoRA adapter when there is one. */
 int dit_lin_forward(sao_ctx *ctx, const sao_dit *m, int layer, int slot, const float *x, int64_t n, int64_t in,
                     int64_t out, const float *w, const float *b, int accumulate, float *y);

@@ -1,6 +1,8 @@
 /* dit_lora.c — LoRA adapters on the DiT's block linears: forward, backward and merge. See
  * sao_lora.h. The block code calls dit_lin_forward / dit_lin_backward for every adaptable linear;
- * without adapters they are the plain kernels. */
+ * without adapters they are the plain kernels (of the model's table, m->ops). Adapters run on the
+ * CPU only: adding or merging them on a model whose weights are on a GPU is refused, and
+ * sao_dit_to_device refuses a model with adapters. */
 #include "dit_internal.h"
 #include "sao_lora.h"
 #include <stdio.h>
@@ -61,6 +63,9 @@ static int bind_zero(sao_ctx *ctx, sao_params *p) {
 int sao_dit_lora_add(sao_ctx *ctx, sao_dit *m, int rank, double alpha, const char *targets) {
     const char *op = "lora_add";
     if (rank < 1) return sao_err(ctx, op, "rank %d: must be at least 1", rank);
+    if (m->device >= 0)
+        return sao_err(ctx, op, "the model's weights are on CUDA device %d: LoRA runs on the CPU only for now "
+                       "(dit:to(\"cpu\") first)", m->device);
     if (m->lora) return sao_err(ctx, op, "the model already has adapters (merge or remove them first)");
     dit_lora *l = calloc(1, sizeof *l);
     if (!l) return sao_err(ctx, op, "out of memory");
@@ -163,12 +168,12 @@ static int lora_u(sao_ctx *ctx, dit_lora *l, size_t k, const float *x, int64_t n
 
 int dit_lin_forward(sao_ctx *ctx, const sao_dit *m, int layer, int slot, const float *x, int64_t n, int64_t in,
                     int64_t out, const float *w, const float *b, int accumulate, float *y) {
-    if (sao_linear_forward(ctx, x, w, b, n, in, out, accumulate, y)) return -1;
+    if (m->ops->linear(ctx, x, w, b, n, in, out, accumulate, y)) return -1;
     dit_lora *l = m->lora;
     if (!l || !l->on[slot] || l->strength == 0.0) return 0;
     size_t k = (size_t)layer * DIT_LORA_SLOTS + (size_t)slot;
     if (lora_u(ctx, l, k, x, n, in)) return -1;
-    return sao_linear_forward(ctx, l->u, l->B[k], NULL, n, l->rank, out, 1, y);
+    return m->ops->linear(ctx, l->u, l->B[k], NULL, n, l->rank, out, 1, y);   /* a host model's (see top) */
 }
 
 int dit_lin_backward(sao_ctx *ctx, const sao_dit *m, int layer, int slot, const float *dy, const float *x,
@@ -191,6 +196,9 @@ int dit_lin_backward(sao_ctx *ctx, const sao_dit *m, int layer, int slot, const 
 int sao_dit_lora_merge(sao_ctx *ctx, sao_dit *m) {
     dit_lora *l = m->lora;
     if (!l) return sao_err(ctx, "lora_merge", "the model has no adapters");
+    if (m->device >= 0)
+        return sao_err(ctx, "lora_merge", "the model's weights are on CUDA device %d: merge on the CPU "
+                       "(dit:to(\"cpu\") first)", m->device);
     double s = lora_scale(l);
     for (int i = 0; i < m->cfg.depth; i++) {
         dit_layer *L = &m->layers[i];

@@ -8,7 +8,9 @@
  * Gradients live in a second DiT instance whose parameter pointers are bound to one zeroed arena
  * (sao_dit_train_grads gives its registry), so a parameter's gradient has its upstream name.
  * Backward accumulates into the gradients (call sao_dit_train_zero_grad between steps); it also
- * returns d(loss)/d(x), d/d(cross) and d/d(global) when asked (the number conditioners train too). */
+ * returns d(loss)/d(x), d/d(cross) and d/d(global) when asked (the number conditioners train too).
+ * CPU only: the forward pieces run on the model's kernel table (m->ops), which is the CPU one for
+ * a host model; a model whose weights are on a GPU (sao_dit_to_device) is refused. */
 #include "dit_internal.h"
 #include "sao_lora.h"
 #include <stdlib.h>
@@ -51,8 +53,16 @@ void sao_dit_train_free(sao_dit_train *tr) {
 static void release_nothing(sao_storage *s) { SAO_UNUSED(s); }
 static const sao_allocator borrowed = {"arena", release_nothing};
 
+/* Training runs on the CPU: a device model is refused with what to do. */
+static int host_only(sao_ctx *ctx, const char *op, const sao_dit *m) {
+    if (m->device < 0) return 0;
+    return sao_err(ctx, op, "the model's weights are on CUDA device %d: training runs on the CPU only for now "
+                   "(dit:to(\"cpu\") first)", m->device);
+}
+
 sao_dit_train *sao_dit_train_new(sao_ctx *ctx, sao_dit *m, int64_t B, int64_t T, int64_t L, int recompute) {
     const char *op = "dit_train_new";
+    if (host_only(ctx, op, m)) return NULL;
     if (B <= 0 || T <= 0 || L < 0) return sao_err_null(ctx, op, "bad sizes B=%lld T=%lld L=%lld", (long long)B, (long long)T, (long long)L);
     sao_dit_train *tr = calloc(1, sizeof *tr);
     if (!tr) return sao_err_null(ctx, op, "out of memory");
@@ -138,6 +148,7 @@ int sao_dit_train_forward(sao_ctx *ctx, sao_dit_train *tr, const float *x, const
     const dit_dims *d = &tr->d;
     sao_dit *m = tr->m;
     if (!m->t_w1) return sao_err(ctx, "dit_train_forward", "the model has no weights bound");
+    if (host_only(ctx, "dit_train_forward", m)) return -1;
     size_t BNE = (size_t)(d->B * d->N * d->E);
     if (dit_stem_forward(ctx, m, d, x, t, d->L > 0 ? cross : NULL, global, &tr->stem, tr->h)) return -1;
     for (int i = 0; i < m->cfg.depth; i++) {
@@ -213,6 +224,7 @@ int sao_dit_train_backward(sao_ctx *ctx, sao_dit_train *tr, const float *dout, f
                            float *dglobal) {
     const char *op = "dit_train_backward";
     if (!tr->ready) return sao_err(ctx, op, "no recorded forward (call sao_dit_train_forward first)");
+    if (host_only(ctx, op, tr->m)) return -1;
     const dit_dims *d = &tr->d;
     sao_dit *m = tr->m, *g = tr->g;
     int64_t B = d->B, T = d->T, N = d->N, E = d->E, io = d->io, L = d->L, Dc = d->Dc, BN = B * N;

@@ -4,6 +4,11 @@
 --                           cond_token_dim=768, global_cond_dim=1536}
 --   dit:load(tensors, "model.model.")          -- upstream key names; strict
 --   local v = dit:forward(x, t, cross, global, {cfg_scale=7})
+--   dit:to("cuda")                              -- weights on the GPU: forward runs the CUDA kernels
+--   local v = dit:forward(x, t, cross, global)  -- inputs and outputs are host tensors on either device
+--   dit:to("cpu")
+-- On a GPU only the inference forward runs (and dit:load uploads the new weights); training and
+-- LoRA need the model on the CPU (docs/gpu.md).
 local ffi = require "ffi"
 local sao = require "sao"
 local models = require "sao.models"
@@ -29,11 +34,40 @@ function M.new(cfg)
 end
 
 function Dit:params() return C.sao_dit_params(self.h) end
-function Dit:load(tensors, prefix, opts) return models.bind(self:params(), tensors, prefix, opts) end
+--- Binds a checkpoint's tensors; on a device model the weights are uploaded again at once.
+function Dit:load(tensors, prefix, opts)
+  local n = models.bind(self:params(), tensors, prefix, opts)
+  local dev = C.sao_dit_device(self.h)
+  if dev >= 0 then sao.check(C.sao_dit_to_device(sao.ctx, self.h, dev), 2) end
+  return n
+end
 function Dit:parameter_count() return tonumber(C.sao_params_numel(self:params())) end
+
+--- "cpu", or "cuda" and the CUDA device number, where the weights are.
+function Dit:device()
+  local d = C.sao_dit_device(self.h)
+  if d < 0 then return "cpu" end
+  return "cuda", d
+end
+
+--- dit:to("cuda") / dit:to("cuda:N") copies the weights to a GPU (one device block; the host copies
+--- stay) and runs the forward there; dit:to("cpu") goes back and frees the device memory. Returns
+--- self. Again on the model's own device it uploads every weight anew (after in-place edits of
+--- the host tensors). Without CUDA (a CPU-only build, or no device visible) the error says so.
+function Dit:to(what)
+  if what == "cpu" then
+    sao.check(C.sao_dit_to_host(sao.ctx, self.h), 2)
+    return self
+  end
+  local dev = type(what) == "string" and what:match("^cuda:?(%d*)$")
+  if not dev then error("dit:to: '" .. tostring(what) .. "': expected \"cpu\", \"cuda\" or \"cuda:N\"", 2) end
+  sao.check(C.sao_dit_to_device(sao.ctx, self.h, tonumber(dev) or 0), 2)
+  return self
+end
 
 --- x [B, io, T], t [B] (or a number), cross [B, L, Dc] or nil, global [B, Dg].
 --- opts: cfg_scale (1), scale_phi (0), hidden (true: also return [depth, B, 1+T, E]).
+--- Host tensors in and out, wherever the weights are.
 function Dit:forward(x, t, cross, global, opts)
   opts = opts or {}
   local xs = x:shape()

@@ -5,6 +5,7 @@
 --   local m = sao.load_model("checkpoints/stable-audio-open-1.0")
 --   local m = sao.load_model("tiny")                 -- random weights, SAO's structure, small
 --   local audio, info = m:generate{prompt = "...", seconds = 30, steps = 100, cfg_scale = 7, seed = 1}
+--   local m = sao.load_model(nil, {device = "cuda"})   -- the DiT on the GPU (T5 and the VAE: CPU)
 --
 -- Where weights are found (checkpoints/README.md): a directory with model_config.json and
 -- model.safetensors (the Hugging Face repo's layout); T5 from <dir>/t5-base, $SAO_CHECKPOINTS/t5-base
@@ -140,15 +141,38 @@ end
 --- sao.load_model([what[, opts]]): what is a checkpoint directory, a model config JSON path, a
 --- config table, "sao-1.0" (found under $SAO_CHECKPOINTS or checkpoints/stable-audio-open-1.0) or
 --- "tiny". With nothing given: SAO 1.0 when its files are present, else the tiny random model.
---- opts: seed (random weights), t5 (T5 directory), quiet.
+--- opts: seed (random weights), t5 (T5 directory), quiet, device ("cpu", the default, or "cuda" /
+--- "cuda:N": the DiT runs on that GPU; T5 and the VAE stay on the CPU for now).
 function M.load(what, opts)
   opts = opts or {}
   local function notice(msg) if not opts.quiet then io.stderr:write("sao: " .. msg .. "\n") end end
+  -- the device is checked before any weights are read
+  local device = opts.device
+  if device == "cpu" then device = nil end
+  if device ~= nil then
+    local why
+    if type(device) ~= "string" or not device:match("^cuda:?%d*$") then
+      why = "expected \"cpu\", \"cuda\" or \"cuda:N\""
+    elseif not sao.has_cuda() then
+      why = "sao was built without CUDA (no nvcc found, or CUDA=0): rebuild with the CUDA toolkit, or load with device = \"cpu\""
+    elseif not sao.cuda.available() then
+      why = "no CUDA device is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES), or load with device = \"cpu\""
+    end
+    if why then error("load_model: device '" .. tostring(device) .. "': " .. why, 2) end
+  end
+  local function placed(m)
+    m.device = device or "cpu"
+    if device then
+      m.dit:to(device)
+      notice("the DiT runs on " .. device .. "; T5 and the VAE stay on the CPU for now")
+    end
+    return m
+  end
   if what == nil or what == "sao-1.0" then
     local dir = find_dir("stable-audio-open-1.0")
     if dir and exists(dir .. "/model.safetensors") then
       notice("loading Stable Audio Open 1.0 from " .. dir)
-      return build(read_json(dir .. "/model_config.json"), dir, dir, opts)
+      return placed(build(read_json(dir .. "/model_config.json"), dir, dir, opts))
     end
     if what == "sao-1.0" then
       error("load_model: Stable Audio Open 1.0 not found: put model_config.json and model.safetensors in " ..
@@ -158,16 +182,16 @@ function M.load(what, opts)
       "using the TINY model with random weights: its output is noise-like, for exercising pipelines only")
     what = "tiny"
   end
-  if type(what) == "table" then return build(what, "config table", nil, opts) end
+  if type(what) == "table" then return placed(build(what, "config table", nil, opts)) end
   if what == "tiny" then
     local m = build(read_json(sao.root .. "/checkpoints/tiny.json"), "checkpoints/tiny.json", nil, opts)
     m.name = "tiny"
-    return m
+    return placed(m)
   end
   if exists(what .. "/model_config.json") then
-    return build(read_json(what .. "/model_config.json"), what, what, opts)
+    return placed(build(read_json(what .. "/model_config.json"), what, what, opts))
   end
-  if what:match("%.json$") and exists(what) then return build(read_json(what), what, nil, opts) end
+  if what:match("%.json$") and exists(what) then return placed(build(read_json(what), what, nil, opts)) end
   error("load_model: " .. tostring(what) .. ": not a checkpoint directory (no model_config.json), a config file, " ..
     "'sao-1.0' or 'tiny'", 2)
 end
@@ -256,7 +280,7 @@ function Model:generate(opts)
     audio = audio:narrow(3, 1, keep):contiguous()
   end
   return audio, { seed = seed, seconds = seconds, steps = opts.steps or 100, model = self.name,
-    random_weights = self.random, sampling_s = now() - t0, latents = latents }
+    random_weights = self.random, sampling_s = now() - t0, latents = latents, device = self.device or "cpu" }
 end
 
 return M

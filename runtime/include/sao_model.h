@@ -55,6 +55,21 @@ int sao_dit_forward(sao_ctx *ctx, sao_dit *m, const float *x, const float *t, co
  * [B, E] of global [B, Dg] (the token is their sum). */
 int sao_dit_token(sao_ctx *ctx, sao_dit *m, const float *t, const float *global, int64_t B,
                   float *temb /* out */, float *gemb /* out */);
+/* Weights on a GPU (kernels/cuda/dit_device.cu): copies every parameter the forward reads (all
+ * but the zero LayerNorm betas) into one block of CUDA device `device` (caching allocator) and
+ * switches the model to the CUDA kernels. sao_dit_forward and sao_dit_token keep taking HOST
+ * pointers: the inputs go through a device workspace (cached, grown as needed) and out/hidden
+ * come back. The host copies stay (sao_dit_params, state dicts); a parameter rebound after the
+ * upload (a new checkpoint loaded) is uploaded again by the next call, but an in-place edit of a
+ * host tensor is not seen until sao_dit_to_device runs again: on the model's own device it uploads
+ * every parameter anew (on another device it moves the weights there). Refused for a
+ * model with LoRA adapters; training (sao_dit_train_*) and LoRA refuse a device model.
+ * A CPU-only build answers with a "built without CUDA" error (runtime/dit_cuda_off.c). */
+int sao_dit_to_device(sao_ctx *ctx, sao_dit *m, int device);
+/* Back to the CPU kernels and host weights; the device blocks go back to the cache. 0 on a host model. */
+int sao_dit_to_host(sao_ctx *ctx, sao_dit *m);
+/* The CUDA device holding the weights, or -1 (host). */
+int sao_dit_device(const sao_dit *m);
 
 
 /* ---- samplers (sampler.c): per-step math; the loop is lua/sao/sampler.lua ------------------- */

@@ -1,0 +1,148 @@
+// dit_device.cu — the DiT's weights on a GPU (sao_model.h: sao_dit_to_device / sao_dit_to_host).
+//
+// Every parameter the forward reads goes into ONE device block from the caching allocator
+// (alloc.cu), each at a multiple of 64 floats (256 B, cuBLASLt's preferred alignment); the model's
+// pointer fields (the registry's slots, recorded per parameter by dit.c) are re-pointed into it and
+// its kernel table becomes the CUDA one (dit_glue.cu). The host tensors stay in the registry, so
+// moving back only re-points the fields. A parameter bound anew after the upload shows up as a slot
+// that no longer points into the block: dit_device_begin (before every forward) uploads it again.
+// An in-place edit of a host tensor cannot be seen that way: sao_dit_to_device on the model's own
+// device uploads every parameter again.
+// The inference workspace of a device model is a second block, grown as needed.
+#include "cuda_internal.h"
+extern "C" {
+#include "dit_internal.h"
+#include "sao_cuda.h"
+}
+#include <stdlib.h>
+
+static const int64_t ALIGN = 64;   // floats
+
+static int64_t param_numel(const sao_params *p, int i) {
+    int64_t n = 1;
+    const int64_t *s = sao_params_shape(p, i);
+    for (int k = 0; k < sao_params_ndim(p, i); k++) n *= s[k];
+    return n;
+}
+
+// Copies bound parameter i from its host tensor into its place in the block.
+static int upload(sao_ctx *ctx, const char *op, sao_dit *m, int i, float *blk) {
+    const sao_tensor *t = sao_params_tensor(m->params, i);
+    size_t bytes = (size_t)param_numel(m->params, i) * sizeof(float);
+    cudaError_t e = cudaMemcpy(blk + m->doff[i], sao_tensor_data(t), bytes, cudaMemcpyHostToDevice);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return sao_err(ctx, op, "%s:%d: copying '%s' (%zu bytes) to device %d: %s", __FILE__, __LINE__,
+                       sao_params_name(m->params, i), bytes, m->device >= 0 ? m->device : -1, cudaGetErrorString(e));
+    }
+    return 0;
+}
+
+static void release_blocks(sao_dit *m) {
+    sao_cuda_free(m->dparams);
+    sao_cuda_free(m->dws);
+    m->dparams = NULL;
+    m->dws = NULL;
+    m->dws_size = 0;
+}
+
+extern "C" int sao_dit_to_host(sao_ctx *ctx, sao_dit *m) {
+    SAO_UNUSED(ctx);
+    if (m->device < 0) return 0;
+    for (int i = 0; i < m->nslots; i++) {
+        if (!m->slots[i]) continue;
+        const sao_tensor *t = sao_params_tensor(m->params, i);
+        *m->slots[i] = t ? (float *)sao_tensor_data(t) : NULL;
+    }
+    // freeing is stream-ordered (alloc.cu): queued kernels that still read the blocks finish first
+    release_blocks(m);
+    m->ops = &dit_ops_cpu;
+    m->device = -1;
+    return 0;
+}
+
+extern "C" int sao_dit_to_device(sao_ctx *ctx, sao_dit *m, int device) {
+    const char *op = "dit_to_device";
+    int n = sao_cuda_device_count();
+    if (n == 0)
+        return sao_err(ctx, op, "device %d: no CUDA device is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES), "
+                       "or keep the model on the CPU", device);
+    if (device < 0 || device >= n)
+        return sao_err(ctx, op, "device %d: there are %d CUDA device(s), numbered 0 to %d", device, n, n - 1);
+    if (m->lora)
+        return sao_err(ctx, op, "the model has LoRA adapters, which run on the CPU only for now: merge them "
+                       "(sao.lora.merge) or keep the model on the CPU");
+    if (m->nslots != sao_params_count(m->params))
+        return sao_err(ctx, op, "internal: %d slots for %d parameters", m->nslots, sao_params_count(m->params));
+    if (!m->t_w1) return sao_err(ctx, op, "the model has no weights bound (load a checkpoint first)");
+    if (sao_params_check(ctx, m->params)) return -1;
+    CUDA_TRY(ctx, op, cudaSetDevice(device));
+    if (m->device == device) {   // again: every weight anew, so in-place edits of the host tensors arrive
+        for (int i = 0; i < m->nslots; i++) {
+            if (m->doff[i] < 0 || !sao_params_tensor(m->params, i)) continue;
+            if (upload(ctx, op, m, i, m->dparams)) return -1;
+            *m->slots[i] = m->dparams + m->doff[i];
+        }
+        return 0;
+    }
+    if (m->device >= 0 && sao_dit_to_host(ctx, m)) return -1;    // another device: move
+
+    // the plan: every parameter with a slot, bound or not (an optional buffer bound later has its place)
+    if (!m->doff && !(m->doff = (int64_t *)malloc((size_t)m->nslots * sizeof(int64_t))))
+        return sao_err(ctx, op, "out of memory");
+    int64_t total = 0;
+    for (int i = 0; i < m->nslots; i++) {
+        m->doff[i] = m->slots[i] ? total : -1;
+        if (m->slots[i]) total += (param_numel(m->params, i) + ALIGN - 1) / ALIGN * ALIGN;
+    }
+    void *p = NULL;
+    if (sao_cuda_malloc(ctx, (size_t)total * sizeof(float), &p)) return -1;
+    float *blk = (float *)p;
+    m->device = device;   // for the messages of upload(); reset below on failure
+    for (int i = 0; i < m->nslots; i++) {
+        if (m->doff[i] < 0 || !sao_params_tensor(m->params, i)) continue;
+        if (upload(ctx, op, m, i, blk)) {
+            m->device = -1;
+            sao_cuda_free(blk);
+            return -1;
+        }
+    }
+    // every copy made: switch the fields, the table and the workspace
+    for (int i = 0; i < m->nslots; i++)
+        if (m->doff[i] >= 0) *m->slots[i] = sao_params_tensor(m->params, i) ? blk + m->doff[i] : NULL;
+    m->dparams = blk;
+    m->ops = &dit_ops_cuda;
+    free(m->ws);
+    m->ws = NULL;
+    m->ws_size = 0;
+    return 0;
+}
+
+extern "C" int dit_device_begin(sao_ctx *ctx, sao_dit *m) {
+    const char *op = "dit_forward";
+    CUDA_TRY(ctx, op, cudaSetDevice(m->device));
+    for (int i = 0; i < m->nslots; i++) {
+        if (m->doff[i] < 0) continue;
+        float *want = m->dparams + m->doff[i], *now = *m->slots[i];
+        if (now == want || now == NULL) continue;   // uploaded, or an optional buffer never bound
+        // bound anew since the upload: its host tensor replaces the device copy
+        if (upload(ctx, op, m, i, m->dparams)) return -1;
+        *m->slots[i] = want;
+    }
+    return 0;
+}
+
+extern "C" float *dit_device_ws(sao_ctx *ctx, sao_dit *m, size_t floats) {
+    if (floats <= m->dws_size) return m->dws;
+    sao_cuda_free(m->dws);   // stream-ordered: safe while queued kernels still use it
+    m->dws = NULL;
+    m->dws_size = 0;
+    void *p = NULL;
+    size_t bytes = floats * sizeof(float);
+    if (sao_cuda_malloc(ctx, bytes, &p)) return NULL;
+    m->dws = (float *)p;
+    m->dws_size = sao_cuda_size_class(bytes) / sizeof(float);   // the block's real size
+    return m->dws;
+}
+
+extern "C" void dit_device_release(sao_dit *m) { release_blocks(m); }

@@ -1,0 +1,123 @@
+// dit_glue.cu — the DiT forward's CUDA kernel table (dit_ops, runtime/dit_internal.h): the sao_cuda_
+// twins of the CPU kernels, plus the memory helpers the shared orchestration (runtime/dit.c) needs
+// on the device: row copies, zero, y += x, host <-> device transfers, and the CFG combine + rescale,
+// the twin of dit.c's cpu_cfg (same operation order, double sums, unbiased std over io channels).
+// Everything is queued on sao's stream; `get` (a blocking copy to the host) is where the work of a
+// forward is waited for, and where an error of a running kernel surfaces.
+#include "cuda_internal.h"
+extern "C" {
+#include "dit_internal.h"
+#include "sao_cuda.h"
+#include "sao_cuda_ops.h"
+#include "sao_cuda_attn.h"
+}
+#include <math.h>
+#include <string.h>
+
+// rows x cols floats, pitches in floats (rows 1: one contiguous copy)
+static int cuda_copy(sao_ctx *ctx, float *dst, int64_t dst_pitch, const float *src, int64_t src_pitch, int64_t rows,
+                     int64_t cols) {
+    const char *op = "dit_copy";
+    if (rows <= 0 || cols <= 0) return 0;
+    size_t w = (size_t)cols * sizeof(float);
+    if (rows == 1) {
+        CUDA_TRY(ctx, op, cudaMemcpyAsync(dst, src, w, cudaMemcpyDeviceToDevice, sao_cuda_stream()));
+    } else {
+        CUDA_TRY(ctx, op, cudaMemcpy2DAsync(dst, (size_t)dst_pitch * sizeof(float), src, (size_t)src_pitch * sizeof(float),
+                                            w, (size_t)rows, cudaMemcpyDeviceToDevice, sao_cuda_stream()));
+    }
+    return 0;
+}
+
+static int cuda_zero(sao_ctx *ctx, float *dst, int64_t n) {
+    if (n <= 0) return 0;
+    CUDA_TRY(ctx, "dit_zero", cudaMemsetAsync(dst, 0, (size_t)n * sizeof(float), sao_cuda_stream()));
+    return 0;
+}
+
+__global__ static void add_kernel(float *y, const float *x, long long n) {
+    SAO_GRID_STRIDE(i, n) y[i] += x[i];
+}
+
+static int cuda_add(sao_ctx *ctx, float *y, const float *x, int64_t n) {
+    if (n <= 0) return 0;
+    add_kernel<<<sao_cuda_stride_blocks(n), SAO_CUDA_THREADS, 0, sao_cuda_stream()>>>(y, x, (long long)n);
+    CUDA_LAUNCHED(ctx, "dit_add");
+    return 0;
+}
+
+// One thread per (batch, time) row of io channels: the combine, then (phi != 0) the rescale by
+// std(cond) / std(g), summed in double in channel order as the CPU does. The roundings are spelled
+// out with intrinsics so that nvcc fuses exactly what gcc fuses in dit.c's cpu_cfg (-O2
+// -march=native, gnu11 contracts to FMA; read off its disassembly): the combine is
+// fmaf(s, c - u, u), the squares are fma(a, a, sum), the blend is fma(phi g, ratio, (1 - phi) g).
+// Same inputs then give the same bits as the CPU build (a CPU build without FMA differs by an ulp).
+__global__ static void cfg_kernel(const float *cond, const float *unc, long long rows, long long io, float s,
+                                  double phi, float *g) {
+    SAO_GRID_STRIDE(r, rows) {
+        const float *c = cond + r * io, *u = unc + r * io;
+        float *o = g + r * io;
+        for (long long ch = 0; ch < io; ch++) o[ch] = __fmaf_rn(s, __fsub_rn(c[ch], u[ch]), u[ch]);
+        if (phi == 0.0) continue;
+        double sc = 0, sc2 = 0, sg = 0, sg2 = 0;
+        for (long long ch = 0; ch < io; ch++) {
+            double a_ = c[ch], g_ = o[ch];
+            sc = __dadd_rn(sc, a_); sc2 = __fma_rn(a_, a_, sc2);
+            sg = __dadd_rn(sg, g_); sg2 = __fma_rn(g_, g_, sg2);
+        }
+        double n = (double)io, n1 = (double)(io - 1);
+        double vc = __ddiv_rn(__dsub_rn(sc2, __ddiv_rn(__dmul_rn(sc, sc), n)), n1);
+        double vg = __ddiv_rn(__dsub_rn(sg2, __ddiv_rn(__dmul_rn(sg, sg), n)), n1);
+        double ratio = __ddiv_rn(sqrt(vc > 0 ? vc : 0), sqrt(vg > 0 ? vg : 1e-30));
+        double keep = __dsub_rn(1.0, phi);
+        for (long long ch = 0; ch < io; ch++) {
+            double g_ = o[ch];
+            o[ch] = (float)__fma_rn(__dmul_rn(phi, g_), ratio, __dmul_rn(g_, keep));
+        }
+    }
+}
+
+static int cuda_cfg(sao_ctx *ctx, const float *cond, const float *unc, int64_t rows, int64_t io, double scale,
+                    double phi, float *g) {
+    if (rows <= 0) return 0;
+    cfg_kernel<<<sao_cuda_stride_blocks(rows), SAO_CUDA_THREADS, 0, sao_cuda_stream()>>>(
+        cond, unc, (long long)rows, (long long)io, (float)scale, phi, g);
+    CUDA_LAUNCHED(ctx, "dit_cfg");
+    return 0;
+}
+
+// Blocking copies: the host buffer may be reused (put) or read (get) as soon as they return.
+static int cuda_put(sao_ctx *ctx, float *dst, const float *host_src, int64_t n) {
+    if (n <= 0) return 0;
+    CUDA_TRY(ctx, "dit_forward", cudaMemcpy(dst, host_src, (size_t)n * sizeof(float), cudaMemcpyHostToDevice));
+    return 0;
+}
+
+static int cuda_get(sao_ctx *ctx, float *host_dst, const float *src, int64_t n) {
+    if (n <= 0) return 0;
+    CUDA_TRY(ctx, "dit_forward", cudaMemcpy(host_dst, src, (size_t)n * sizeof(float), cudaMemcpyDeviceToHost));
+    return 0;
+}
+
+static dit_ops cuda_ops(void) {
+    dit_ops o;
+    memset(&o, 0, sizeof o);
+    o.device = "cuda";
+    o.linear = sao_cuda_linear_forward;
+    o.silu = sao_cuda_silu_forward;
+    o.fourier = sao_cuda_fourier_features_forward;
+    o.transpose = sao_cuda_transpose_forward;
+    o.layernorm = sao_cuda_layernorm_forward;
+    o.rope = sao_cuda_rope_forward;
+    o.attention = sao_cuda_attention_forward;
+    o.swiglu = sao_cuda_swiglu_forward;
+    o.copy = cuda_copy;
+    o.zero = cuda_zero;
+    o.add = cuda_add;
+    o.cfg = cuda_cfg;
+    o.put = cuda_put;
+    o.get = cuda_get;
+    return o;
+}
+
+extern "C" const dit_ops dit_ops_cuda = cuda_ops();

@@ -1,0 +1,236 @@
+-- The DiT forward on a GPU (sao_dit_to_device: weights in one device block, the CUDA kernel table,
+-- kernels/cuda/dit_device.cu + dit_glue.cu) against the same model on the CPU, on the dit_tiny
+-- fixture's weights and inputs, and tiny-model generation with device = "cuda" (tag gpu).
+-- Without a usable GPU every device test is reported as pending (skipped), never as passed; the
+-- error messages of a build or a machine without CUDA, and the argument checks, run everywhere.
+--
+-- Tolerances: |gpu - cpu| <= abs per element. They are NOT yet measured on a GPU. What is
+-- measured is this spec run on a CPU emulation of the CUDA build (every kernels/cuda/*.cu file,
+-- the real linear.cu with cuBLASLt replaced by a plain column-major float GEMM, run on the CPU):
+-- the figures quoted below. A GPU differs from that emulation by FMA contraction and cuBLASLt's
+-- summation order, both fp32 rounding effects of the same size, so each limit is about 10x the
+-- emulated error while a wrong layout, a missed copy or a stale weight gives errors of order 1.
+-- On the first GPU run, note the max error each failure message (or a probe) prints and replace
+-- the estimates with the measured figures plus a margin.
+local sao = require "sao"
+local cjson = require "cjson"
+local models = require "sao.models"
+require "spec.support.near"
+local C = sao.C
+
+local has_gpu = sao.cuda.available()
+
+local function gpu_it(name, f)
+  if has_gpu then it(name, f) else pending(name .. " (no CUDA device: skipped)") end
+end
+
+local man = cjson.decode(io.open("spec/fixtures/dit_tiny.json"):read("*a"))
+local fx = sao.load_safetensors("spec/fixtures/dit_tiny.safetensors")
+local cfg = man.config
+local params = {}
+for k, v in pairs(fx) do
+  if not k:match("^inputs/") and not k:match("^outputs/") then params[k] = v end
+end
+local x, t = fx["inputs/x"], fx["inputs/t"]
+local cross, global = fx["inputs/cross_attn_cond"], fx["inputs/global_cond"]
+
+local function new_dit(p)
+  local d = sao.dit.new { io_channels = cfg.io_channels, embed_dim = cfg.embed_dim, depth = cfg.depth,
+    num_heads = cfg.num_heads, cond_token_dim = cfg.cond_token_dim, global_cond_dim = cfg.global_cond_dim }
+  d:load(p or params)
+  return d
+end
+
+-- every weight scaled by s (a different model of the same shapes)
+local function scaled(s)
+  local p = {}
+  for k, v in pairs(params) do p[k] = v * s end
+  return p
+end
+
+-- the error a machine without a usable GPU gives, by build
+local function no_cuda_reason()
+  if not sao.has_cuda() then return "built without CUDA" end
+  return "no CUDA device is visible"
+end
+
+describe("DiT on CUDA #gpu", function()
+  -- ---- everywhere -----------------------------------------------------------------------------
+  it("a new model is on the CPU, and dit:to('cpu') there changes nothing", function()
+    local d = new_dit()
+    assert.equal("cpu", d:device())
+    assert.equal(-1, C.sao_dit_device(d.h))
+    local before = d:forward(x, t, cross, global, { cfg_scale = 7, scale_phi = 0.75 })
+    assert.equal(d, d:to("cpu"))
+    assert.equal(0, before:maxdiff(d:forward(x, t, cross, global, { cfg_scale = 7, scale_phi = 0.75 })))
+  end)
+
+  it("dit:to refuses a device name it does not know", function()
+    local d = new_dit()
+    assert.error_matches(function() d:to("gpu") end, "dit:to: 'gpu': expected \"cpu\", \"cuda\" or \"cuda:N\"")
+    assert.error_matches(function() d:to(0) end, "expected \"cpu\", \"cuda\" or \"cuda:N\"")
+  end)
+
+  it("dit:to('cuda') without a usable GPU says why, and the model keeps working on the CPU", function()
+    local d = new_dit()
+    local want = d:forward(x, t, cross, global)
+    if has_gpu then
+      -- here: a device number past the last one
+      local n = sao.cuda.count()
+      assert.error_matches(function() d:to("cuda:" .. n) end,
+        "dit_to_device: device " .. n .. ": there are " .. n .. " CUDA device%(s%)")
+    else
+      assert.error_matches(function() d:to("cuda") end, "dit_to_device: device 0: .*" .. no_cuda_reason())
+      assert.error_matches(function() d:to("cuda:1") end, "dit_to_device: device 1: .*" .. no_cuda_reason())
+    end
+    assert.equal("cpu", d:device())
+    assert.equal(0, want:maxdiff(d:forward(x, t, cross, global)))
+  end)
+
+  -- the device path fetches hidden from the shared orchestration's buffer: pin down which half
+  local function check_cfg_hidden(d)
+    local _, h1 = d:forward(x, t, cross, global, { cfg_scale = 1, hidden = true })
+    local _, h7 = d:forward(x, t, cross, global, { cfg_scale = 7, scale_phi = 0.75, hidden = true })
+    local _, hu = d:forward(x, t, sao.zeros(cross:shape()), global, { cfg_scale = 1, hidden = true })
+    -- the same rows through a batch twice the size: CPU (OpenBLAS) 2.4e-6, emulated device 0
+    assert.tensor_near(h1, h7, { abs = 5e-5 })
+    assert.is_true(hu:maxdiff(h7) > 0.1)   -- and not the unconditional half (4.5 apart here)
+  end
+
+  it("with CFG, hidden holds the conditional half's states", function() check_cfg_hidden(new_dit()) end)
+
+  it("load_model checks the device before reading any weights", function()
+    assert.error_matches(function() sao.load_model("tiny", { device = "tpu", quiet = true }) end,
+      "load_model: device 'tpu': expected \"cpu\", \"cuda\" or \"cuda:N\"")
+    if not has_gpu then
+      assert.error_matches(function() sao.load_model("tiny", { device = "cuda", quiet = true }) end,
+        "load_model: device 'cuda': .*" .. no_cuda_reason() .. ".*device = \"cpu\"")
+    end
+    local m = sao.load_model("tiny", { device = "cpu", quiet = true })
+    assert.equal("cpu", m.dit:device())
+    assert.equal("cpu", m.device)
+  end)
+
+  -- ---- on a GPU -------------------------------------------------------------------------------
+  gpu_it("forward matches the CPU: CFG 1 with every block's hidden state", function()
+    local cpu, gpu = new_dit(), new_dit():to("cuda")
+    assert.equal("cuda", gpu:device())
+    local want, hw = cpu:forward(x, t, cross, global, { cfg_scale = 1, hidden = true })
+    local got, hg = gpu:forward(x, t, cross, global, { cfg_scale = 1, hidden = true })
+    -- emulated: out 3.8e-6, hidden 3.6e-6 (|out| <= 15): estimate abs 5e-5
+    assert.tensor_near(want, got, { abs = 5e-5 })
+    assert.tensor_near(hw, hg, { abs = 5e-5 })
+    -- and the float64 reference within the fixture's own tolerance
+    assert.tensor_near(fx["outputs/out_cfg1"], got, { abs = man.tolerances["outputs/out_cfg1"].max_abs })
+    assert.tensor_near(fx["outputs/hidden_layer0"], hg[1], { abs = man.tolerances["outputs/hidden_layer0"].max_abs })
+  end)
+
+  gpu_it("forward matches the CPU: CFG 7 with rescale 0.75 (doubled batch, device combine) and hidden", function()
+    local cpu, gpu = new_dit(), new_dit():to("cuda")
+    local want, hw = cpu:forward(x, t, cross, global, { cfg_scale = 7, scale_phi = 0.75, hidden = true })
+    local got, hg = gpu:forward(x, t, cross, global, { cfg_scale = 7, scale_phi = 0.75, hidden = true })
+    -- CFG 7 multiplies the difference of the halves by 7: emulated out 2.4e-5 (|out| <= 12),
+    -- hidden (the conditional half) 3.8e-6: estimates abs 3e-4 and 5e-5
+    assert.tensor_near(want, got, { abs = 3e-4 })
+    assert.tensor_near(hw, hg, { abs = 5e-5 })
+    local plain_c = cpu:forward(x, t, cross, global, { cfg_scale = 7 })
+    local plain_g = gpu:forward(x, t, cross, global, { cfg_scale = 7 })
+    assert.tensor_near(plain_c, plain_g, { abs = 3e-4 })   -- emulated 3.2e-5 (|out| <= 31)
+    assert.tensor_near(fx["outputs/out_cfg7"], plain_g, { abs = man.tolerances["outputs/out_cfg7"].max_abs })
+    assert.is_true(plain_g:maxdiff(got) > 1e-3)            -- the rescale did act on the device
+  end)
+
+  gpu_it("with CFG, hidden holds the conditional half's states (device)", function()
+    check_cfg_hidden(new_dit():to("cuda"))
+  end)
+
+  gpu_it("the prepended token's parts (sao_dit_token) match the CPU", function()
+    local cpu, gpu = new_dit(), new_dit():to("cuda")
+    local B, E = t:size(1), cfg.embed_dim
+    local function token(d)
+      local te, ge = sao.zeros(B, E), sao.zeros(B, E)
+      sao.check(C.sao_dit_token(sao.ctx, d.h, t:data(), global:data(), B, te:data(), ge:data()))
+      return te, ge
+    end
+    local te_c, ge_c = token(cpu)
+    local te_g, ge_g = token(gpu)
+    -- emulated 7.2e-7 and 5.4e-7 (|token| <= 1.6): estimate abs 2e-5
+    assert.tensor_near(te_c, te_g, { abs = 2e-5 })
+    assert.tensor_near(ge_c, ge_g, { abs = 2e-5 })
+  end)
+
+  gpu_it("the workspace is cached: a repeated forward makes no cudaMalloc; to('cpu') gives the blocks back", function()
+    local d = new_dit()
+    local want = d:forward(x, t, cross, global, { cfg_scale = 7 })
+    -- no device model of an earlier test may be collected mid-way; the process-wide cuBLASLt
+    -- workspace is made by a first device forward
+    collectgarbage("collect")
+    collectgarbage("collect")
+    local w = new_dit():to("cuda")
+    w:forward(x, t, cross, global)
+    w:to("cpu")
+    local m0 = sao.cuda.memory()
+    d:to("cuda")
+    d:forward(x, t, cross, global, { cfg_scale = 7 })            -- sizes the workspace
+    local m1 = sao.cuda.memory()
+    assert.is_true(m1.allocated > m0.allocated)
+    for _ = 1, 3 do d:forward(x, t, cross, global, { cfg_scale = 7 }) end
+    d:forward(x, t, cross, global, { cfg_scale = 1 })            -- smaller: fits
+    local m2 = sao.cuda.memory()
+    assert.equal(m1.cudamalloc_calls, m2.cudamalloc_calls)
+    assert.equal(m1.allocated, m2.allocated)
+    d:to("cpu")
+    assert.equal("cpu", d:device())
+    assert.equal(m0.allocated, sao.cuda.memory().allocated)
+    assert.equal(0, want:maxdiff(d:forward(x, t, cross, global, { cfg_scale = 7 })))   -- the CPU path again, bit for bit
+  end)
+
+  gpu_it("new weights loaded into a device model are uploaded (dit:load, and a bare rebind)", function()
+    local p2 = scaled(0.5)
+    local want = new_dit(p2):forward(x, t, cross, global, { cfg_scale = 7 })
+    local d = new_dit():to("cuda")
+    local before = d:forward(x, t, cross, global, { cfg_scale = 7 })
+    d:load(p2)                                                   -- uploads at once
+    local got = d:forward(x, t, cross, global, { cfg_scale = 7 })
+    assert.tensor_near(want, got, { abs = 5e-5 })   -- emulated 2.5e-6 (|out| <= 1.7)
+    assert.is_true(before:maxdiff(got) > 1e-2)
+    -- binding through the registry alone: the next forward finds the stale slots and re-uploads
+    models.bind(d:params(), params)
+    assert.tensor_near(before, d:forward(x, t, cross, global, { cfg_scale = 7 }), { abs = 1e-6 })
+    -- an in-place edit of the bound host tensors reaches the device with dit:to("cuda") again
+    local own = {}
+    for k, v in pairs(params) do own[k] = v:clone() end
+    local e = new_dit(own):to("cuda")
+    for _, v in pairs(own) do v:copy_(v * 0.5) end
+    assert.tensor_near(before, e:forward(x, t, cross, global, { cfg_scale = 7 }), { abs = 1e-6 })   -- not yet
+    e:to("cuda")
+    assert.tensor_near(want, e:forward(x, t, cross, global, { cfg_scale = 7 }), { abs = 5e-5 })
+  end)
+
+  gpu_it("training and LoRA refuse a device model; a model with adapters stays on the CPU", function()
+    local d = new_dit():to("cuda")
+    assert.error_matches(function() sao.dit_train.new(d, { batch = 1, frames = 4, context = 2 }) end,
+      "dit_train_new: the model's weights are on CUDA device 0: training runs on the CPU only")
+    assert.error_matches(function() sao.lora.add(d, { rank = 2 }) end,
+      "lora_add: the model's weights are on CUDA device 0: LoRA runs on the CPU only")
+    local e = new_dit()
+    sao.lora.add(e, { rank = 2 })
+    assert.error_matches(function() e:to("cuda") end, "dit_to_device: the model has LoRA adapters")
+    assert.equal("cpu", e:device())
+  end)
+
+  gpu_it("a tiny model generates with device = 'cuda' as on the CPU", function()
+    local opts = { prompt = "a short test", frames = 16, steps = 6, cfg_scale = 7, seed = 3, progress = false }
+    local cpu = sao.load_model("tiny", { quiet = true })
+    local gpu = sao.load_model("tiny", { quiet = true, device = "cuda" })
+    assert.equal("cuda", gpu.dit:device())
+    local a, ia = cpu:generate(opts)
+    local b, ib = gpu:generate(opts)
+    assert.equal("cuda", ib.device)
+    -- 6 sampler steps at CFG 7 amplify the forward's rounding: emulated latents 3.5e-4 (|latents|
+    -- <= 42), audio 1.5e-5 (|audio| <= 1.3). For scale: on the CPU alone, one weight matrix
+    -- multiplied by (1 + 1e-7) moves these latents by 1.8e-4. Estimates abs 5e-3 and 2e-4.
+    assert.tensor_near(ia.latents, ib.latents, { abs = 5e-3 })
+    assert.tensor_near(a, b, { abs = 2e-4 })
+  end)
+end)
