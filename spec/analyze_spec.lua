@@ -5,27 +5,8 @@ local sao = require "sao"
 local cjson = require "cjson"
 
 local G = sao.musicgen
-local ROOT = io.popen("pwd"):read("*l")
-local SAO = ROOT .. "/sao"
-
-local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
-local function slurp(path)
-  local f = io.open(path, "rb")
-  if not f then return "" end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
--- sh(command) -> exit code, stdout, stderr
-local function sh(cmd)
-  local out, err, rc = os.tmpname(), os.tmpname(), os.tmpname()
-  os.execute(("{ %s ; } >%s 2>%s </dev/null; echo $? >%s"):format(cmd, out, err, rc))
-  local code = tonumber(slurp(rc):match("%d+"))
-  local o, e = slurp(out), slurp(err)
-  os.remove(out); os.remove(err); os.remove(rc)
-  return code, o, e
-end
+local shell = require "support.shell"
+local SAO, q, slurp, sh = shell.SAO, shell.q, shell.slurp, shell.sh
 
 local function lines(s)
   local t = {}

@@ -2,36 +2,9 @@
 -- codes, error reports, finding the Lua tree from another directory, strict mode, Ctrl-C.
 -- Runs ./sao from the repository root (where busted runs).
 
-local ROOT = io.popen("pwd"):read("*l")
-local SAO = ROOT .. "/sao"
-
-local function slurp(path)
-  local f = io.open(path, "rb")
-  if not f then return "" end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
-local function write(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-  return path
-end
-
-local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
-
--- sh(command) -> exit code, stdout, stderr   (command is a shell line; $SAO is ./sao)
-local function sh(cmd)
-  local out, err, rc = os.tmpname(), os.tmpname(), os.tmpname()
-  os.execute(("SAO=%s; export SAO; { %s ; } >%s 2>%s </dev/null; echo $? >%s")
-             :format(q(SAO), cmd, out, err, rc))
-  local code = tonumber(slurp(rc):match("%d+"))
-  local o, e = slurp(out), slurp(err)
-  os.remove(out); os.remove(err); os.remove(rc)
-  return code, o, e
-end
+local shell = require "support.shell"
+local ROOT, SAO = shell.ROOT, shell.SAO
+local slurp, write, q, sh = shell.slurp, shell.write, shell.q, shell.sh   -- sh: $SAO is ./sao
 
 -- The same with `input` on stdin.
 local function sh_in(cmd, input)

@@ -4,7 +4,6 @@
 -- in flight), parallel workers giving the same bytes, and no temporary files left behind.
 -- Renders with FluidSynth and the default GM SoundFont; skipped with a message without them.
 local sao = require "sao"
-local ffi = require "ffi"
 local clips = require "sao.clips"
 local ojson = require "sao.ojson"
 local songs = require "support.songs"
@@ -14,15 +13,8 @@ local soundfont = require("sao.synth").default_soundfont()
 local have_sf = io.open(soundfont, "rb")
 if have_sf then have_sf:close() end
 
-pcall(ffi.cdef, "int poll(void *fds, unsigned long nfds, int timeout);")
-local function sleep_ms(ms) ffi.C.poll(nil, 0, ms) end
-
-local function sh(cmd)
-  local p = io.popen(cmd)
-  local out = p:read("*a")
-  p:close()
-  return out
-end
+local shell = require "support.shell"
+local sleep_ms, sh = shell.sleep_ms, shell.capture
 
 local function lines_of(path)
   local out = {}

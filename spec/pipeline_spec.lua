@@ -3,7 +3,6 @@
 -- export with upstream key names, samples + JSON, metrics + report), a run continued with the
 -- same losses as an uninterrupted one, a run killed mid-way and resumed, and clear errors.
 local sao = require "sao"
-local ffi = require "ffi"
 local cjson = require "cjson"
 local clipset = require "support.clipset"
 local encode = require "sao.pipeline.encode"
@@ -12,15 +11,8 @@ local sample = require "sao.pipeline.sample"
 local eval = require "sao.pipeline.eval"
 local common = require "sao.pipeline.common"
 
-pcall(ffi.cdef, "int poll(void *fds, unsigned long nfds, int timeout);")
-local function sleep_ms(ms) ffi.C.poll(nil, 0, ms) end
-
-local function sh(cmd)
-  local p = io.popen(cmd)
-  local s = p:read("*a")
-  p:close()
-  return s
-end
+local shell = require "support.shell"
+local sleep_ms, sh = shell.sleep_ms, shell.capture
 
 local out = clipset.tmpdir()
 clipset.write(out, "Band/Alpha/Alpha_01", { seconds = 3, bpm = 120, key = "A", mode = "Minor" })

@@ -4,23 +4,8 @@
 package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
 local repl = require "sao.repl"
 
-local ROOT = io.popen("pwd"):read("*l")
-local SAO = ROOT .. "/sao"
-
-local function slurp(path)
-  local f = io.open(path, "rb")
-  if not f then return "" end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
-local function write(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-  return path
-end
+local shell = require "support.shell"
+local SAO, slurp, write = shell.SAO, shell.slurp, shell.write
 
 -- session(lines, env_prefix) -> exit code, stdout, stderr of `./sao --repl` fed `lines`.
 local function session(input, env)

@@ -72,11 +72,8 @@ end
 
 --- SHA-256 (hex) of a file's bytes, and its size; nil, message when it cannot be read.
 function M.hash_file(path)
-  local f, err = io.open(path, "rb")
-  if not f then return nil, err end
-  local bytes = f:read("*a")
-  f:close()
-  if not bytes then return nil, path .. ": cannot read" end
+  local bytes, err = fs.read(path)
+  if not bytes then return nil, err end
   return M.sha256(bytes), #bytes
 end
 

@@ -225,10 +225,8 @@ function M.encode(v, opts)
 end
 
 function M.read(path)
-  local f, err = io.open(path, "rb")
-  if not f then return nil, err end
-  local s = f:read("*a")
-  f:close()
+  local s, err = require("sao.fs").read(path)
+  if not s then return nil, err end
   local ok, v = pcall(M.decode, s)
   if not ok then return nil, path .. ": " .. v end
   return v
