@@ -21,10 +21,23 @@
  * same code on chunk-sized windows, so its workspace depends on the chunk, not on L: see
  * sao_vae_workspace_bytes and the table in sao_model.h. Not thread-safe per handle (the
  * workspace is shared): use one handle per thread.
+ *
+ * Devices: the graph (encode_item, decode_item, the chunk windows) is written once against a
+ * kernel table, vae_ops: the CPU table points at the kernels/cpu functions and at the loops this
+ * file used to run inline (bit-identical to before); the CUDA table at their sao_cuda_ twins and
+ * at the glue of runtime/cuda_glue.h (kernels/cuda/glue.cu; runtime/cuda_glue_off.c in a CPU-only build). After
+ * sao_vae_to_device the folded weights, biases and Snake parameters live in ONE block of the
+ * caching allocator, the public calls still take host pointers (copied in per item, copied out),
+ * and the activations live in a device workspace kept between calls. The weight-norm fold and
+ * the bottleneck stay on the host (the folded weights are uploaded; raw comes back first).
  */
+#include "cuda_glue.h"
 #include "internal.h"
 #include "params.h"
 #include "sao_kernels.h"
+#include "sao_cuda.h"
+#include "sao_cuda_ops.h"
+#include "sao_cuda_attn.h"
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,12 +46,18 @@
 typedef struct {            /* a weight-normed conv; g, v, b are bound parameter slots */
     float *g, *v, *b;
     float *w;               /* folded weight (in m->wfold), same layout as v */
+    float *dw, *db;         /* device copies of w and b (in m->dparams) while on a device */
+    const float *up_b;      /* the b uploaded (detects a rebind) */
     const float *folded_v;  /* the v that w was folded from (detects a rebind) */
     int64_t c_in, c_out, k; /* v is [c_out, c_in, k] for a conv, [c_in, c_out, k] transposed */
     int stride, pad, dil, transposed;
 } wnconv;
 
-typedef struct { float *alpha, *beta; int64_t c; } snake;
+typedef struct {
+    float *alpha, *beta; int64_t c;
+    float *dalpha, *dbeta;              /* device copies while on a device */
+    const float *up_alpha, *up_beta;    /* the host arrays uploaded (detects a rebind) */
+} snake;
 
 typedef struct { snake s1; wnconv c7; snake s2; wnconv c1; } resunit;
 
@@ -56,6 +75,29 @@ typedef struct {
     wnconv out;
 } coder;
 
+/* The kernels and memory helpers the graph calls, one table per device. Every pointer is memory
+ * of the table's device, except put's source and get's destination (host memory). The kernels
+ * have the sao_kernels.h signatures (CPU) / their sao_cuda_ twins' (CUDA). */
+typedef struct vae_ops {
+    const char *device;   /* "cpu" or "cuda" */
+    int (*conv1d)(sao_ctx *ctx, const float *x, const float *w, const float *bias, int64_t B, int64_t c_in,
+                  int64_t t_in, int64_t c_out, int64_t k, int stride, int padding, int dilation, int groups,
+                  float *y);
+    int (*conv_transpose1d)(sao_ctx *ctx, const float *x, const float *w, const float *bias, int64_t B,
+                            int64_t c_in, int64_t t_in, int64_t c_out, int64_t k, int stride, int padding,
+                            int output_padding, int dilation, int groups, float *y);
+    int (*snake)(sao_ctx *ctx, const float *x, const float *alpha, const float *beta, int64_t B, int64_t C,
+                 int64_t T, float *y);
+    int (*add)(sao_ctx *ctx, float *y, const float *x, int64_t n);   /* y += x */
+    int (*tanh)(sao_ctx *ctx, float *x, int64_t n);                  /* x = tanh(x) in place */
+    /* `rows` rows of `cols` floats, pitches in floats */
+    int (*copy)(sao_ctx *ctx, float *dst, int64_t dst_pitch, const float *src, int64_t src_pitch, int64_t rows,
+                int64_t cols);
+    int (*zero)(sao_ctx *ctx, float *dst, int64_t n);
+    int (*put)(sao_ctx *ctx, float *dst, const float *host_src, int64_t n);   /* host -> this device */
+    int (*get)(sao_ctx *ctx, float *host_dst, const float *src, int64_t n);   /* this device -> host */
+} vae_ops;
+
 struct sao_vae {
     sao_vae_config cfg;
     sao_params *params;
@@ -66,7 +108,17 @@ struct sao_vae {
     int prepared;
     float *ws;              /* activation workspace (floats) */
     size_t ws_n;
+    unsigned fold_gen;      /* bumped by every fold (sao_vae_prepare) */
+    /* the device (sao_vae_to_device) */
+    const vae_ops *ops;     /* &vae_ops_cpu, or &vae_ops_cuda while the weights are on a device */
+    int device;             /* -1: host; else the CUDA device holding them */
+    float *dparams;         /* one block: folded weights, biases, Snake parameters */
+    unsigned up_gen;        /* fold_gen of the folded weights in dparams */
+    float *dws;             /* the device workspace (floats) */
+    size_t dws_n;
 };
+
+static const vae_ops vae_ops_cpu, vae_ops_cuda;   /* defined with the graph below */
 
 static const int DILATIONS[3] = { 1, 3, 9 };
 
@@ -81,6 +133,8 @@ int64_t sao_vae_downsampling_ratio(const sao_vae *m) {
 
 void sao_vae_free(sao_vae *m) {
     if (!m) return;
+    sao_cuda_free(m->dparams);   /* NULL unless on a device */
+    sao_cuda_free(m->dws);
     sao_params_free(m->params);
     free(m->wfold);
     free(m->ws);
@@ -202,6 +256,8 @@ sao_vae *sao_vae_new(sao_ctx *ctx, const sao_vae_config *cfg) {
     m->cfg = *cfg;
     m->cfg.parts = parts;
     m->parts = parts;
+    m->ops = &vae_ops_cpu;
+    m->device = -1;
     m->params = sao_params_new("vae");
     if (!m->params) goto oom;
     if ((parts & SAO_VAE_ENCODER) && build_encoder(m->params, &m->enc, cfg)) goto oom;
@@ -296,6 +352,7 @@ int sao_vae_prepare(sao_ctx *ctx, sao_vae *m) {
     char name[160];
     m->prepared = 0;
     FOR_EACH_CONV(m, if (!rc) rc = fold(ctx, op, cv, conv_name(m, cv, name, sizeof name)));
+    m->fold_gen++;
     if (rc) return -1;
     m->prepared = 1;
     return 0;
@@ -307,6 +364,12 @@ static int ensure_prepared(sao_ctx *ctx, sao_vae *m, int part) {
         return sao_err(ctx, part == SAO_VAE_ENCODER ? "vae_encode" : "vae_decode",
                        "this VAE was built without its %s (config parts = %d)",
                        part == SAO_VAE_ENCODER ? "encoder" : "decoder", m->parts);
+    int stale = !m->prepared;
+    if (!stale) FOR_EACH_CONV(m, stale |= (cv->v != cv->folded_v));
+    return stale ? sao_vae_prepare(ctx, m) : 0;
+}
+
+static int ensure_folded(sao_ctx *ctx, sao_vae *m) {
     int stale = !m->prepared;
     if (!stale) FOR_EACH_CONV(m, stale |= (cv->v != cv->folded_v));
     return stale ? sao_vae_prepare(ctx, m) : 0;
@@ -394,40 +457,218 @@ static float *ws_get(sao_ctx *ctx, sao_vae *m, const char *op, size_t need) {
     return m->ws;
 }
 
+/* the device workspace of a device model: one block of the caching allocator, grown as needed */
+static float *dws_get(sao_ctx *ctx, sao_vae *m, size_t need) {
+    if (need <= m->dws_n) return m->dws;
+    sao_cuda_free(m->dws);   /* stream-ordered: safe while queued kernels still use it */
+    m->dws = NULL;
+    m->dws_n = 0;
+    void *p = NULL;
+    size_t bytes = need * sizeof(float);
+    if (sao_cuda_malloc(ctx, bytes, &p)) return NULL;
+    m->dws = (float *)p;
+    m->dws_n = sao_cuda_size_class(bytes) / sizeof(float);   /* the block's real size */
+    return m->dws;
+}
+
+static float *work(sao_ctx *ctx, sao_vae *m, const char *op, size_t need) {
+    return m->device >= 0 ? dws_get(ctx, m, need) : ws_get(ctx, m, op, need);
+}
+
 void sao_vae_release_workspace(sao_vae *m) {
     free(m->ws);
     m->ws = NULL;
     m->ws_n = 0;
+    sao_cuda_free(m->dws);
+    m->dws = NULL;
+    m->dws_n = 0;
 }
 
-/* ---- the graph ------------------------------------------------------------------------------- */
+/* ---- the weights on a device ------------------------------------------------------------------
+ * The block holds, each at a multiple of 64 floats, every conv's folded weight and bias and every
+ * Snake's alpha and beta, in FOR_EACH_CONV then FOR_EACH_SNAKE order. Folded weights are uploaded
+ * again when the host folded anew (fold_gen); a bias or Snake parameter when it was rebound. */
 
-static int conv_run(sao_ctx *ctx, const wnconv *c, const float *x, int64_t t_in, float *y) {
-    if (c->transposed)
-        return sao_conv_transpose1d_forward(ctx, x, c->w, c->b, 1, c->c_in, t_in, c->c_out, c->k,
-                                            c->stride, c->pad, 0, c->dil, 1, y);
-    return sao_conv1d_forward(ctx, x, c->w, c->b, 1, c->c_in, t_in, c->c_out, c->k, c->stride,
-                              c->pad, c->dil, 1, y);
+#define FOR_EACH_SNAKE(m, body)                                                              \
+    do {                                                                                     \
+        coder *cs_[2] = { ((m)->parts & SAO_VAE_ENCODER) ? &(m)->enc : NULL,                 \
+                          ((m)->parts & SAO_VAE_DECODER) ? &(m)->dec : NULL };               \
+        for (int ci_ = 0; ci_ < 2; ci_++) {                                                  \
+            coder *cd_ = cs_[ci_];                                                           \
+            if (!cd_) continue;                                                              \
+            snake *sn;                                                                       \
+            for (int bi_ = 0; bi_ < cd_->n; bi_++) {                                         \
+                for (int ri_ = 0; ri_ < 3; ri_++) {                                          \
+                    sn = &cd_->blk[bi_].ru[ri_].s1; body;                                    \
+                    sn = &cd_->blk[bi_].ru[ri_].s2; body;                                    \
+                }                                                                            \
+                sn = &cd_->blk[bi_].act; body;                                               \
+            }                                                                                \
+            sn = &cd_->act; body;                                                            \
+        }                                                                                    \
+    } while (0)
+
+static int64_t al64(int64_t n) { return (n + 63) / 64 * 64; }
+
+/* floats of the block */
+static int64_t dparams_size(sao_vae *m) {
+    int64_t n = 0;
+    FOR_EACH_CONV(m, n += al64(conv_numel(cv)) + (cv->b ? al64(cv->c_out) : 0));
+    FOR_EACH_SNAKE(m, n += 2 * al64(sn->c));
+    return n;
 }
 
-static int snake_run(sao_ctx *ctx, const snake *s, const float *x, int64_t t, float *y) {
-    return sao_snake_forward(ctx, x, s->alpha, s->beta, 1, s->c, t, y);
+/* one array into the block: when `all`, or stale (src differs from *up, or fold_gen moved on) */
+static int put_one(sao_ctx *ctx, float **dev, float *blk, int64_t *off, const float *src, const float **up,
+                   int64_t n, int stale) {
+    float *d = blk + *off;
+    *off += al64(n);
+    if (stale || (up && *up != src)) {
+        if (sao_cuda_put(ctx, d, src, n)) return -1;
+        if (up) *up = src;
+    }
+    *dev = d;
+    return 0;
 }
 
-static void add_inplace(sao_ctx *ctx, float *x, const float *a, int64_t n) {
+/* uploads what is stale (everything when all) into blk and points the device fields at it */
+static int upload(sao_ctx *ctx, sao_vae *m, float *blk, int all) {
+    int64_t off = 0;
+    int rc = 0, wstale = all || m->up_gen != m->fold_gen;
+    FOR_EACH_CONV(m, {
+        if (!rc) rc = put_one(ctx, &cv->dw, blk, &off, cv->w, NULL, conv_numel(cv), wstale);
+        if (!rc && cv->b) rc = put_one(ctx, &cv->db, blk, &off, cv->b, &cv->up_b, cv->c_out, all);
+    });
+    FOR_EACH_SNAKE(m, {
+        if (!rc) rc = put_one(ctx, &sn->dalpha, blk, &off, sn->alpha, &sn->up_alpha, sn->c, all);
+        if (!rc) rc = put_one(ctx, &sn->dbeta, blk, &off, sn->beta, &sn->up_beta, sn->c, all);
+    });
+    if (rc) return -1;
+    m->up_gen = m->fold_gen;
+    return 0;
+}
+
+int sao_vae_device(const sao_vae *m) { return m->device; }
+
+int sao_vae_to_host(sao_ctx *ctx, sao_vae *m) {
+    SAO_UNUSED(ctx);
+    if (m->device < 0) return 0;
+    /* freeing is stream-ordered (alloc.cu): queued kernels that still read the blocks finish first */
+    sao_cuda_free(m->dparams);
+    sao_cuda_free(m->dws);
+    m->dparams = NULL;
+    m->dws = NULL;
+    m->dws_n = 0;
+    m->ops = &vae_ops_cpu;
+    m->device = -1;
+    return 0;
+}
+
+int sao_vae_to_device(sao_ctx *ctx, sao_vae *m, int device) {
+    const char *op = "vae_to_device";
+    if (sao_cuda_use(ctx, op, device, "VAE")) return -1;
+    if (ensure_folded(ctx, m)) return -1;
+    if (m->device >= 0 && m->device != device) {   /* another device: move */
+        if (sao_vae_to_host(ctx, m) || sao_cuda_use(ctx, op, device, "VAE")) return -1;
+    }
+    float *blk = m->dparams;
+    if (!blk) {
+        void *p = NULL;
+        if (sao_cuda_malloc(ctx, (size_t)dparams_size(m) * sizeof(float), &p)) return -1;
+        blk = (float *)p;
+    }
+    /* again on its own device: every array anew, so in-place edits of the host tensors arrive */
+    if (upload(ctx, m, blk, 1)) {
+        if (blk != m->dparams) sao_cuda_free(blk);
+        return -1;
+    }
+    m->dparams = blk;
+    m->device = device;
+    m->ops = &vae_ops_cuda;
+    free(m->ws);   /* the host workspace is not used by a device model */
+    m->ws = NULL;
+    m->ws_n = 0;
+    return 0;
+}
+
+/* before a call on a device model: its device current, and what was refolded or rebound uploaded */
+static int device_begin(sao_ctx *ctx, sao_vae *m, const char *op) {
+    if (sao_cuda_use(ctx, op, m->device, "VAE")) return -1;
+    return upload(ctx, m, m->dparams, 0);
+}
+
+/* ---- the kernel tables ---------------------------------------------------------------------- */
+
+static int cpu_add(sao_ctx *ctx, float *x, const float *a, int64_t n) {
     sao_threads_apply(ctx);
     #pragma omp parallel for simd schedule(static) if (n >= 32768)
     for (int64_t i = 0; i < n; i++) x[i] += a[i];
+    return 0;
+}
+
+static int cpu_tanh(sao_ctx *ctx, float *x, int64_t n) {
+    SAO_UNUSED(ctx);
+    for (int64_t i = 0; i < n; i++) x[i] = tanhf(x[i]);
+    return 0;
+}
+
+static int cpu_copy(sao_ctx *ctx, float *dst, int64_t dst_pitch, const float *src, int64_t src_pitch,
+                    int64_t rows, int64_t cols) {
+    SAO_UNUSED(ctx);
+    if (cols <= 0) return 0;
+    for (int64_t r = 0; r < rows; r++)
+        memcpy(dst + r * dst_pitch, src + r * src_pitch, (size_t)cols * sizeof(float));
+    return 0;
+}
+
+static int cpu_zero(sao_ctx *ctx, float *dst, int64_t n) {
+    SAO_UNUSED(ctx);
+    if (n > 0) memset(dst, 0, (size_t)n * sizeof(float));
+    return 0;
+}
+
+static int cpu_move(sao_ctx *ctx, float *dst, const float *src, int64_t n) {
+    SAO_UNUSED(ctx);
+    if (n > 0) memcpy(dst, src, (size_t)n * sizeof(float));
+    return 0;
+}
+
+static const vae_ops vae_ops_cpu = {
+    "cpu", sao_conv1d_forward, sao_conv_transpose1d_forward, sao_snake_forward,
+    cpu_add, cpu_tanh, cpu_copy, cpu_zero, cpu_move, cpu_move,
+};
+
+/* In a CPU-only build the sao_cuda_ twins and the glue (cuda_glue.h) are stubs that say so; this
+ * table is never chosen there (sao_vae_to_device fails first). */
+static const vae_ops vae_ops_cuda = {
+    "cuda", sao_cuda_conv1d_forward, sao_cuda_conv_transpose1d_forward, sao_cuda_snake_forward,
+    sao_cuda_add, sao_cuda_tanh, sao_cuda_copy_rows, sao_cuda_zero, sao_cuda_put, sao_cuda_get,
+};
+
+/* ---- the graph (on m->ops: every buffer is memory of m's device) ------------------------------ */
+
+static int conv_run(sao_ctx *ctx, const sao_vae *m, const wnconv *c, const float *x, int64_t t_in, float *y) {
+    int dev = m->device >= 0;
+    const float *w = dev ? c->dw : c->w, *b = dev ? c->db : c->b;
+    if (c->transposed)
+        return m->ops->conv_transpose1d(ctx, x, w, b, 1, c->c_in, t_in, c->c_out, c->k,
+                                        c->stride, c->pad, 0, c->dil, 1, y);
+    return m->ops->conv1d(ctx, x, w, b, 1, c->c_in, t_in, c->c_out, c->k, c->stride,
+                          c->pad, c->dil, 1, y);
+}
+
+static int snake_run(sao_ctx *ctx, const sao_vae *m, const snake *s, const float *x, int64_t t, float *y) {
+    int dev = m->device >= 0;
+    return m->ops->snake(ctx, x, dev ? s->dalpha : s->alpha, dev ? s->dbeta : s->beta, 1, s->c, t, y);
 }
 
 /* x [C, T] <- RU(x), using a and b ([C, T] each) as scratch */
-static int resunit_run(sao_ctx *ctx, const resunit *r, float *x, int64_t t, float *a, float *b) {
-    if (snake_run(ctx, &r->s1, x, t, a)) return -1;
-    if (conv_run(ctx, &r->c7, a, t, b)) return -1;
-    if (snake_run(ctx, &r->s2, b, t, b)) return -1;
-    if (conv_run(ctx, &r->c1, b, t, a)) return -1;
-    add_inplace(ctx, x, a, r->c1.c_out * t);
-    return 0;
+static int resunit_run(sao_ctx *ctx, const sao_vae *m, const resunit *r, float *x, int64_t t, float *a, float *b) {
+    if (snake_run(ctx, m, &r->s1, x, t, a)) return -1;
+    if (conv_run(ctx, m, &r->c7, a, t, b)) return -1;
+    if (snake_run(ctx, m, &r->s2, b, t, b)) return -1;
+    if (conv_run(ctx, m, &r->c1, b, t, a)) return -1;
+    return m->ops->add(ctx, x, a, r->c1.c_out * t);
 }
 
 static int interrupted(sao_ctx *ctx, const char *op) {
@@ -441,19 +682,19 @@ static int encode_item(sao_ctx *ctx, sao_vae *m, const char *op, const float *au
     size_t act = (size_t)enc_max_act(m, S);
     float *x = ws, *a = ws + act, *b = ws + 2 * act;
     int64_t t = S;
-    if (conv_run(ctx, &e->in, audio, t, x)) return -1;
+    if (conv_run(ctx, m, &e->in, audio, t, x)) return -1;
     for (int i = 0; i < e->n; i++) {
         const block *bl = &e->blk[i];
         for (int r = 0; r < 3; r++)
-            if (resunit_run(ctx, &bl->ru[r], x, t, a, b)) return -1;
-        if (snake_run(ctx, &bl->act, x, t, x)) return -1;
-        if (conv_run(ctx, &bl->conv, x, t, a)) return -1;
+            if (resunit_run(ctx, m, &bl->ru[r], x, t, a, b)) return -1;
+        if (snake_run(ctx, m, &bl->act, x, t, x)) return -1;
+        if (conv_run(ctx, m, &bl->conv, x, t, a)) return -1;
         t = sao_conv1d_out_len(t, bl->conv.k, bl->conv.stride, bl->conv.pad, 1);
         float *s = x; x = a; a = s;
         if (interrupted(ctx, op)) return -1;
     }
-    if (snake_run(ctx, &e->act, x, t, x)) return -1;
-    return conv_run(ctx, &e->out, x, t, raw);
+    if (snake_run(ctx, m, &e->act, x, t, x)) return -1;
+    return conv_run(ctx, m, &e->out, x, t, raw);
 }
 
 /* latent [latent, L] -> audio [io, decoded_len(L)]; ws: three buffers of dec_max_act(L) */
@@ -463,23 +704,20 @@ static int decode_item(sao_ctx *ctx, sao_vae *m, const char *op, const float *la
     size_t act = (size_t)dec_max_act(m, L);
     float *x = ws, *a = ws + act, *b = ws + 2 * act;
     int64_t t = L;
-    if (conv_run(ctx, &d->in, latent, t, x)) return -1;
+    if (conv_run(ctx, m, &d->in, latent, t, x)) return -1;
     for (int j = 0; j < d->n; j++) {
         const block *bl = &d->blk[j];
-        if (snake_run(ctx, &bl->act, x, t, x)) return -1;
-        if (conv_run(ctx, &bl->conv, x, t, a)) return -1;
+        if (snake_run(ctx, m, &bl->act, x, t, x)) return -1;
+        if (conv_run(ctx, m, &bl->conv, x, t, a)) return -1;
         t = sao_conv_transpose1d_out_len(t, bl->conv.k, bl->conv.stride, bl->conv.pad, 0, 1);
         float *s = x; x = a; a = s;
         for (int r = 0; r < 3; r++)
-            if (resunit_run(ctx, &bl->ru[r], x, t, a, b)) return -1;
+            if (resunit_run(ctx, m, &bl->ru[r], x, t, a, b)) return -1;
         if (interrupted(ctx, op)) return -1;
     }
-    if (snake_run(ctx, &d->act, x, t, x)) return -1;
-    if (conv_run(ctx, &d->out, x, t, audio)) return -1;
-    if (m->cfg.final_tanh) {
-        int64_t n = d->out.c_out * t;
-        for (int64_t i = 0; i < n; i++) audio[i] = tanhf(audio[i]);
-    }
+    if (snake_run(ctx, m, &d->act, x, t, x)) return -1;
+    if (conv_run(ctx, m, &d->out, x, t, audio)) return -1;
+    if (m->cfg.final_tanh && m->ops->tanh(ctx, audio, d->out.c_out * t)) return -1;
     return 0;
 }
 
@@ -552,6 +790,9 @@ int sao_vae_bottleneck(sao_ctx *ctx, const sao_vae *m, const float *raw, int64_t
     return 0;
 }
 
+/* On a device model each item's audio is put into the device workspace (after the activations),
+ * the raw encoding is computed there and got back into raw (raw_out, or a host buffer when only
+ * the latents are wanted); the bottleneck then runs on the host, as on the CPU. */
 static int encode_common(sao_ctx *ctx, sao_vae *m, const float *audio, int64_t B, int64_t S,
                          int mode, const float *eps, float *latents, float *raw_out,
                          int64_t chunk, int64_t overlap) {
@@ -566,39 +807,62 @@ static int encode_common(sao_ctx *ctx, sao_vae *m, const float *audio, int64_t B
     if (chunk > 0 && S % r)
         return sao_err(ctx, op, "chunked encoding needs a multiple of %lld samples, got %lld (pad the audio)",
                        (long long)r, (long long)S);
+    int dev = m->device >= 0;
+    if (dev && device_begin(ctx, m, op)) return -1;
+    const vae_ops *o = m->ops;
     int chunked = chunk > 0 && chunk < L;
     int64_t io = m->cfg.in_channels, D2 = 2 * (int64_t)m->cfg.latent_dim;
-    size_t need = enc_ws(m, S, chunked ? chunk * r : 0);
-    if (!raw_out) need += (size_t)(B * D2 * L);
-    float *ws = ws_get(ctx, m, op, need);
+    size_t base = enc_ws(m, S, chunked ? chunk * r : 0), need = base;
+    if (dev) need += (size_t)(io * S + D2 * L);          /* one item's audio and raw */
+    else if (!raw_out) need += (size_t)(B * D2 * L);
+    float *ws = work(ctx, m, op, need);
     if (!ws) return -1;
-    float *raw = raw_out ? raw_out : ws + (need - (size_t)(B * D2 * L));
-    for (int64_t b = 0; b < B; b++) {
+    float *raw = raw_out, *hraw = NULL;
+    if (!raw_out) {
+        if (dev) {
+            raw = hraw = malloc((size_t)(B * D2 * L) * sizeof(float) + 1);
+            if (!hraw) return sao_err(ctx, op, "out of memory");
+        } else {
+            raw = ws + (need - (size_t)(B * D2 * L));
+        }
+    }
+    int rc = 0;
+    window *w = NULL;
+    int64_t nw = 0;
+    if (chunked) {
+        nw = plan_windows(L, chunk, overlap, NULL);
+        w = malloc((size_t)nw * sizeof *w);
+        if (!w) { free(hraw); return sao_err(ctx, op, "out of memory"); }
+        plan_windows(L, chunk, overlap, w);
+    }
+    for (int64_t b = 0; b < B && !rc; b++) {
         const float *xb = audio + b * io * S;
         float *rb = raw + b * D2 * L;
+        if (dev) {   /* the item on the device */
+            float *dx = ws + base;
+            if ((rc = o->put(ctx, dx, xb, io * S))) break;
+            xb = dx;
+            rb = dx + io * S;
+        }
         if (!chunked) {
-            if (encode_item(ctx, m, op, xb, S, rb, ws)) return -1;
-            continue;
+            rc = encode_item(ctx, m, op, xb, S, rb, ws);
+        } else {
+            int64_t span = chunk * r, lc = sao_vae_encoded_len(m, span);
+            size_t act3 = 3 * (size_t)enc_max_act(m, span);
+            float *xw = ws + act3, *rw = xw + io * span;
+            for (int64_t k = 0; k < nw && !rc; k++) {
+                rc = o->copy(ctx, xw, span, xb + w[k].start * r, S, io, span);
+                if (!rc) rc = encode_item(ctx, m, op, xw, span, rw, ws);
+                if (!rc) rc = o->copy(ctx, rb + w[k].from, L, rw + (w[k].from - w[k].start), lc, D2,
+                                      w[k].to - w[k].from);
+            }
         }
-        int64_t span = chunk * r, lc = sao_vae_encoded_len(m, span);
-        size_t act3 = 3 * (size_t)enc_max_act(m, span);
-        float *xw = ws + act3, *rw = xw + io * span;
-        int64_t nw = plan_windows(L, chunk, overlap, NULL);
-        window *w = malloc((size_t)nw * sizeof *w);
-        if (!w) return sao_err(ctx, op, "out of memory");
-        plan_windows(L, chunk, overlap, w);
-        for (int64_t k = 0; k < nw; k++) {
-            for (int64_t c = 0; c < io; c++)
-                memcpy(xw + c * span, xb + c * S + w[k].start * r, (size_t)span * sizeof(float));
-            if (encode_item(ctx, m, op, xw, span, rw, ws)) { free(w); return -1; }
-            for (int64_t c = 0; c < D2; c++)
-                memcpy(rb + c * L + w[k].from, rw + c * lc + (w[k].from - w[k].start),
-                       (size_t)(w[k].to - w[k].from) * sizeof(float));
-        }
-        free(w);
+        if (!rc && dev) rc = o->get(ctx, raw + b * D2 * L, rb, D2 * L);
     }
-    if (!latents) return 0;
-    return sao_vae_bottleneck(ctx, m, raw, B, L, mode, eps, latents, NULL, NULL, NULL);
+    free(w);
+    if (!rc && latents) rc = sao_vae_bottleneck(ctx, m, raw, B, L, mode, eps, latents, NULL, NULL, NULL);
+    free(hraw);
+    return rc ? -1 : 0;
 }
 
 int sao_vae_encode(sao_ctx *ctx, sao_vae *m, const float *audio, int64_t B, int64_t S, int mode,
@@ -613,6 +877,8 @@ int sao_vae_encode_chunked(sao_ctx *ctx, sao_vae *m, const float *audio, int64_t
     return encode_common(ctx, m, audio, B, S, mode, eps, latents, raw, chunk, overlap);
 }
 
+/* On a device model each item's latents are put into the device workspace (after the
+ * activations), decoded (windows pasted) there, and the item's audio got back. */
 static int decode_common(sao_ctx *ctx, sao_vae *m, const float *latents, int64_t B, int64_t L,
                          int64_t chunk, int64_t overlap, float *audio) {
     const char *op = chunk > 0 ? "vae_decode_chunked" : "vae_decode";
@@ -625,33 +891,48 @@ static int decode_common(sao_ctx *ctx, sao_vae *m, const float *latents, int64_t
     int64_t D = m->cfg.latent_dim, io = m->cfg.out_channels;
     if (chunked && (S != L * r || sao_vae_decoded_len(m, chunk) != chunk * r))
         return sao_err(ctx, op, "chunked decoding needs even strides (decoded length = frames x %lld)", (long long)r);
-    float *ws = ws_get(ctx, m, op, dec_ws(m, L, chunked ? chunk : 0));
+    int dev = m->device >= 0;
+    if (dev && device_begin(ctx, m, op)) return -1;
+    const vae_ops *o = m->ops;
+    size_t base = dec_ws(m, L, chunked ? chunk : 0), need = base;
+    if (dev) need += (size_t)(D * L + io * S);          /* one item's latents and audio */
+    float *ws = work(ctx, m, op, need);
     if (!ws) return -1;
-    for (int64_t b = 0; b < B; b++) {
-        const float *zb = latents + b * D * L;
-        float *yb = audio + b * io * S;
-        if (!chunked) {
-            if (decode_item(ctx, m, op, zb, L, yb, ws)) return -1;
-            continue;
-        }
-        int64_t span = chunk * r;
-        size_t act3 = 3 * (size_t)dec_max_act(m, chunk);
-        float *zw = ws + act3, *yw = zw + D * chunk;
-        int64_t nw = plan_windows(L, chunk, overlap, NULL);
-        window *w = malloc((size_t)nw * sizeof *w);
+    int rc = 0;
+    window *w = NULL;
+    int64_t nw = 0;
+    if (chunked) {
+        nw = plan_windows(L, chunk, overlap, NULL);
+        w = malloc((size_t)nw * sizeof *w);
         if (!w) return sao_err(ctx, op, "out of memory");
         plan_windows(L, chunk, overlap, w);
-        for (int64_t k = 0; k < nw; k++) {
-            for (int64_t c = 0; c < D; c++)
-                memcpy(zw + c * chunk, zb + c * L + w[k].start, (size_t)chunk * sizeof(float));
-            if (decode_item(ctx, m, op, zw, chunk, yw, ws)) { free(w); return -1; }
-            for (int64_t c = 0; c < io; c++)
-                memcpy(yb + c * S + w[k].from * r, yw + c * span + (w[k].from - w[k].start) * r,
-                       (size_t)((w[k].to - w[k].from) * r) * sizeof(float));
-        }
-        free(w);
     }
-    return 0;
+    for (int64_t b = 0; b < B && !rc; b++) {
+        const float *zb = latents + b * D * L;
+        float *yb = audio + b * io * S;
+        if (dev) {   /* the item on the device */
+            float *dz = ws + base;
+            if ((rc = o->put(ctx, dz, zb, D * L))) break;
+            zb = dz;
+            yb = dz + D * L;
+        }
+        if (!chunked) {
+            rc = decode_item(ctx, m, op, zb, L, yb, ws);
+        } else {
+            int64_t span = chunk * r;
+            size_t act3 = 3 * (size_t)dec_max_act(m, chunk);
+            float *zw = ws + act3, *yw = zw + D * chunk;
+            for (int64_t k = 0; k < nw && !rc; k++) {
+                rc = o->copy(ctx, zw, chunk, zb + w[k].start, L, D, chunk);
+                if (!rc) rc = decode_item(ctx, m, op, zw, chunk, yw, ws);
+                if (!rc) rc = o->copy(ctx, yb + w[k].from * r, S, yw + (w[k].from - w[k].start) * r, span, io,
+                                      (w[k].to - w[k].from) * r);
+            }
+        }
+        if (!rc && dev) rc = o->get(ctx, audio + b * io * S, yb, io * S);
+    }
+    free(w);
+    return rc ? -1 : 0;
 }
 
 int sao_vae_decode(sao_ctx *ctx, sao_vae *m, const float *latents, int64_t B, int64_t L, float *audio) {

@@ -11,6 +11,7 @@
 // The inference workspace of a device model is a second block, grown as needed.
 #include "cuda_internal.h"
 extern "C" {
+#include "cuda_glue.h"
 #include "dit_internal.h"
 #include "sao_cuda.h"
 }
@@ -63,12 +64,7 @@ extern "C" int sao_dit_to_host(sao_ctx *ctx, sao_dit *m) {
 
 extern "C" int sao_dit_to_device(sao_ctx *ctx, sao_dit *m, int device) {
     const char *op = "dit_to_device";
-    int n = sao_cuda_device_count();
-    if (n == 0)
-        return sao_err(ctx, op, "device %d: no CUDA device is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES), "
-                       "or keep the model on the CPU", device);
-    if (device < 0 || device >= n)
-        return sao_err(ctx, op, "device %d: there are %d CUDA device(s), numbered 0 to %d", device, n, n - 1);
+    if (sao_cuda_use(ctx, op, device, "model")) return -1;
     if (m->lora)
         return sao_err(ctx, op, "the model has LoRA adapters, which run on the CPU only for now: merge them "
                        "(sao.lora.merge) or keep the model on the CPU");
@@ -76,7 +72,6 @@ extern "C" int sao_dit_to_device(sao_ctx *ctx, sao_dit *m, int device) {
         return sao_err(ctx, op, "internal: %d slots for %d parameters", m->nslots, sao_params_count(m->params));
     if (!m->t_w1) return sao_err(ctx, op, "the model has no weights bound (load a checkpoint first)");
     if (sao_params_check(ctx, m->params)) return -1;
-    CUDA_TRY(ctx, op, cudaSetDevice(device));
     if (m->device == device) {   // again: every weight anew, so in-place edits of the host tensors arrive
         for (int i = 0; i < m->nslots; i++) {
             if (m->doff[i] < 0 || !sao_params_tensor(m->params, i)) continue;

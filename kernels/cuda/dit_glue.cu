@@ -1,11 +1,12 @@
 // dit_glue.cu — the DiT forward's CUDA kernel table (dit_ops, runtime/dit_internal.h): the sao_cuda_
-// twins of the CPU kernels, plus the memory helpers the shared orchestration (runtime/dit.c) needs
-// on the device: row copies, zero, y += x, host <-> device transfers, and the CFG combine + rescale,
-// the twin of dit.c's cpu_cfg (same operation order, double sums, unbiased std over io channels).
+// twins of the CPU kernels, the shared memory helpers (runtime/cuda_glue.h: row copies, zero, y += x,
+// host <-> device transfers), and the CFG combine + rescale, the twin of dit.c's cpu_cfg (same
+// operation order, double sums, unbiased std over io channels).
 // Everything is queued on sao's stream; `get` (a blocking copy to the host) is where the work of a
 // forward is waited for, and where an error of a running kernel surfaces.
 #include "cuda_internal.h"
 extern "C" {
+#include "cuda_glue.h"
 #include "dit_internal.h"
 #include "sao_cuda.h"
 #include "sao_cuda_ops.h"
@@ -13,38 +14,6 @@ extern "C" {
 }
 #include <math.h>
 #include <string.h>
-
-// rows x cols floats, pitches in floats (rows 1: one contiguous copy)
-static int cuda_copy(sao_ctx *ctx, float *dst, int64_t dst_pitch, const float *src, int64_t src_pitch, int64_t rows,
-                     int64_t cols) {
-    const char *op = "dit_copy";
-    if (rows <= 0 || cols <= 0) return 0;
-    size_t w = (size_t)cols * sizeof(float);
-    if (rows == 1) {
-        CUDA_TRY(ctx, op, cudaMemcpyAsync(dst, src, w, cudaMemcpyDeviceToDevice, sao_cuda_stream()));
-    } else {
-        CUDA_TRY(ctx, op, cudaMemcpy2DAsync(dst, (size_t)dst_pitch * sizeof(float), src, (size_t)src_pitch * sizeof(float),
-                                            w, (size_t)rows, cudaMemcpyDeviceToDevice, sao_cuda_stream()));
-    }
-    return 0;
-}
-
-static int cuda_zero(sao_ctx *ctx, float *dst, int64_t n) {
-    if (n <= 0) return 0;
-    CUDA_TRY(ctx, "dit_zero", cudaMemsetAsync(dst, 0, (size_t)n * sizeof(float), sao_cuda_stream()));
-    return 0;
-}
-
-__global__ static void add_kernel(float *y, const float *x, long long n) {
-    SAO_GRID_STRIDE(i, n) y[i] += x[i];
-}
-
-static int cuda_add(sao_ctx *ctx, float *y, const float *x, int64_t n) {
-    if (n <= 0) return 0;
-    add_kernel<<<sao_cuda_stride_blocks(n), SAO_CUDA_THREADS, 0, sao_cuda_stream()>>>(y, x, (long long)n);
-    CUDA_LAUNCHED(ctx, "dit_add");
-    return 0;
-}
 
 // One thread per (batch, time) row of io channels: the combine, then (phi != 0) the rescale by
 // std(cond) / std(g), summed in double in channel order as the CPU does. The roundings are spelled
@@ -86,19 +55,6 @@ static int cuda_cfg(sao_ctx *ctx, const float *cond, const float *unc, int64_t r
     return 0;
 }
 
-// Blocking copies: the host buffer may be reused (put) or read (get) as soon as they return.
-static int cuda_put(sao_ctx *ctx, float *dst, const float *host_src, int64_t n) {
-    if (n <= 0) return 0;
-    CUDA_TRY(ctx, "dit_forward", cudaMemcpy(dst, host_src, (size_t)n * sizeof(float), cudaMemcpyHostToDevice));
-    return 0;
-}
-
-static int cuda_get(sao_ctx *ctx, float *host_dst, const float *src, int64_t n) {
-    if (n <= 0) return 0;
-    CUDA_TRY(ctx, "dit_forward", cudaMemcpy(host_dst, src, (size_t)n * sizeof(float), cudaMemcpyDeviceToHost));
-    return 0;
-}
-
 static dit_ops cuda_ops(void) {
     dit_ops o;
     memset(&o, 0, sizeof o);
@@ -111,12 +67,12 @@ static dit_ops cuda_ops(void) {
     o.rope = sao_cuda_rope_forward;
     o.attention = sao_cuda_attention_forward;
     o.swiglu = sao_cuda_swiglu_forward;
-    o.copy = cuda_copy;
-    o.zero = cuda_zero;
-    o.add = cuda_add;
+    o.copy = sao_cuda_copy_rows;
+    o.zero = sao_cuda_zero;
+    o.add = sao_cuda_add;
     o.cfg = cuda_cfg;
-    o.put = cuda_put;
-    o.get = cuda_get;
+    o.put = sao_cuda_put;
+    o.get = sao_cuda_get;
     return o;
 }
 

@@ -5,6 +5,7 @@
 --   vae:load(sao.load_safetensors("model.safetensors"), { prefix = "pretransform.model." })
 --   local z = vae:encode(audio, { seed = 1 })            -- [B, 2, S] -> [B, 64, S/2048], sampled
 --   local y = vae:decode(z, { chunked = true })          -- [B, 64, L] -> [B, 2, 2048 L]
+--   vae:to("cuda")                                       -- encode/decode on a GPU (host tensors in/out)
 --
 -- Keys are upstream's state_dict names (encoder.layers.*, decoder.layers.*); weight norm is folded
 -- at load. Configs: a flat table (fields of sao_vae_config, see SAO below) or the upstream form
@@ -328,6 +329,31 @@ end
 
 --- Frees the activation workspace now (it is reallocated by the next call).
 function VAE:release_workspace() C.sao_vae_release_workspace(handle(self)) end
+
+--- vae:device() -> "cpu", or "cuda", N while the weights are on GPU N.
+function VAE:device()
+  local d = C.sao_vae_device(handle(self))
+  if d < 0 then return "cpu" end
+  return "cuda", d
+end
+
+--- vae:to("cuda") / vae:to("cuda:N") copies the folded weights (and biases, Snake parameters) to a
+--- GPU in one device block and runs encode/decode there; vae:to("cpu") goes back and frees the
+--- device memory. Returns self. encode/decode still take and return host tensors. Again on its
+--- own device it uploads every weight anew (after in-place edits of the host tensors). Without
+--- CUDA (a CPU-only build, or no device visible) the error says so.
+function VAE:to(what)
+  local h = handle(self)
+  if what == "cpu" then
+    check(C.sao_vae_to_host(ctx, h), 2)
+    return self
+  end
+  local dev = type(what) == "string" and what:match("^cuda:?(%d*)$")
+  if not dev then error("vae:to: '" .. tostring(what) .. "': expected \"cpu\", \"cuda\" or \"cuda:N\"", 2) end
+  if not self.loaded then error("sao.vae: to(\"" .. what .. "\") before load (call :load or :init_random)", 2) end
+  check(C.sao_vae_to_device(ctx, h, tonumber(dev) or 0), 2)
+  return self
+end
 
 function VAE:free()
   if self.h ~= nil then

@@ -154,6 +154,20 @@ int sao_vae_decode(sao_ctx *ctx, sao_vae *m, const float *latents, int64_t B, in
  * is under overlap/2 frames (SAO: about 10 frames). L <= chunk decodes in one pass. */
 int sao_vae_decode_chunked(sao_ctx *ctx, sao_vae *m, const float *latents, int64_t B, int64_t L,
                            int64_t chunk, int64_t overlap, float *audio /* out */);
+/* Weights on a GPU (runtime/vae.c, kernels/cuda/vae_glue.cu): folds the weight norm if needed,
+ * copies every folded conv weight, bias and Snake parameter into one block of CUDA device
+ * `device` (caching allocator) and switches the handle to the CUDA kernels. encode, decode (and
+ * their chunked forms) keep taking HOST pointers: each item is copied in, run in a device
+ * workspace (cached, grown as needed; sao_vae_workspace_bytes plus one item's input and output)
+ * and copied out; the bottleneck runs on the host. The host tensors stay bound; a parameter
+ * rebound (or refolded) after the upload is uploaded again by the next call, but an in-place edit
+ * of a host tensor is not seen until sao_vae_to_device runs again (on the handle's own device it
+ * uploads everything anew). A CPU-only build answers "built without CUDA" (runtime/vae_cuda_off.c). */
+int sao_vae_to_device(sao_ctx *ctx, sao_vae *m, int device);
+/* Back to the CPU kernels; the device blocks go back to the cache. 0 on a host handle. */
+int sao_vae_to_host(sao_ctx *ctx, sao_vae *m);
+/* The CUDA device holding the weights, or -1 (host). */
+int sao_vae_device(const sao_vae *m);
 
 
 /* ---- DiT training (dit_train.c): recorded forward + hand-written backward ------------------- */
@@ -214,6 +228,19 @@ const sao_t5_config *sao_t5_get_config(const sao_t5 *m);
  * last_hidden_state in fp32; zero_padding 1 applies SAO's post-processing (rows with mask 0 zeroed). */
 int sao_t5_forward(sao_ctx *ctx, sao_t5 *m, const int64_t *ids, const int64_t *mask, int64_t B, int64_t L,
                    int zero_padding, float *out /* out */);
+/* Weights on a GPU (runtime/t5.c, kernels/cuda/t5_glue.cu): every parameter is copied into ONE
+ * block of CUDA device `device` (caching allocator) and the encoder switches to the CUDA kernels.
+ * sao_t5_forward keeps taking HOST ids/mask and filling a HOST output: the ids, the key mask and the
+ * bucket list are copied in, the forward runs in a device workspace (cached, grown as needed) and
+ * the output is copied out. The host tensors stay bound; a parameter rebound after the upload is
+ * uploaded again by the next forward, but an in-place edit of a host tensor is not seen until
+ * sao_t5_to_device runs again (on the encoder's own device it uploads every weight anew). Needs
+ * every weight bound. A CPU-only build answers "built without CUDA" (runtime/t5_cuda_off.c). */
+int sao_t5_to_device(sao_ctx *ctx, sao_t5 *m, int device);
+/* Back to the CPU kernels and host weights; the device blocks go back to the cache. 0 on a host encoder. */
+int sao_t5_to_host(sao_ctx *ctx, sao_t5 *m);
+/* The CUDA device holding the weights, or -1 (host). */
+int sao_t5_device(const sao_t5 *m);
 /* The bidirectional relative-position bucket of key j for query i: out [T, T] (i major). */
 int sao_t5_relative_buckets(sao_ctx *ctx, int64_t T, int64_t num_buckets, int64_t max_distance,
                             int64_t *out /* out */);

@@ -1,0 +1,24 @@
+/* cuda_glue.h — the device memory helpers the model code (dit.c, vae.c, t5.c) puts in its kernel
+ * tables beside the sao_cuda_ kernel twins: choosing a device, row copies, zero, y += x, tanh and
+ * blocking host <-> device transfers. Internal to runtime/ (not part of the FFI contract).
+ * kernels/cuda/glue.cu implements them; runtime/cuda_glue_off.c answers "built without CUDA" in
+ * a CPU-only build. Every call is queued on sao's stream except put/get, which block: the host
+ * buffer may be reused (put) or read (get) as soon as they return, and get is where the errors of
+ * running kernels surface. */
+#ifndef SAO_CUDA_GLUE_H
+#define SAO_CUDA_GLUE_H
+#include "internal.h"
+#include <stdint.h>
+
+/* Checks `device` against the visible devices and makes it current; `what` ends the hint
+ * ("... or keep the <what> on the CPU"). */
+int sao_cuda_use(sao_ctx *ctx, const char *op, int device, const char *what);
+/* rows x cols floats, pitches in floats (rows 1: one contiguous copy), device to device. */
+int sao_cuda_copy_rows(sao_ctx *ctx, float *dst, int64_t dst_pitch, const float *src, int64_t src_pitch,
+                       int64_t rows, int64_t cols);
+int sao_cuda_zero(sao_ctx *ctx, float *dst, int64_t n);
+int sao_cuda_add(sao_ctx *ctx, float *y, const float *x, int64_t n);   /* y += x */
+int sao_cuda_tanh(sao_ctx *ctx, float *x, int64_t n);                  /* in place */
+int sao_cuda_put(sao_ctx *ctx, float *dst, const float *host_src, int64_t n);
+int sao_cuda_get(sao_ctx *ctx, float *host_dst, const float *src, int64_t n);
+#endif
