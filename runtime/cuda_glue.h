@@ -21,4 +21,13 @@ int sao_cuda_add(sao_ctx *ctx, float *y, const float *x, int64_t n);   /* y += x
 int sao_cuda_tanh(sao_ctx *ctx, float *x, int64_t n);                  /* in place */
 int sao_cuda_put(sao_ctx *ctx, float *dst, const float *host_src, int64_t n);
 int sao_cuda_get(sao_ctx *ctx, float *host_dst, const float *src, int64_t n);
+int sao_cuda_put_bytes(sao_ctx *ctx, void *dst, const void *host_src, size_t bytes);
+int sao_cuda_get_bytes(sao_ctx *ctx, void *host_dst, const void *src, size_t bytes);
+
+/* T5's own steps (kernels/cuda/t5_glue.cu), each writing exactly what t5.c's CPU loop writes:
+ * h [n, d] = table[ids[i]]; bias [H, L, L] = rel[bk[j - i + L - 1] * H + h]; rows of x [n, d]
+ * with km[i] == 0 set to 0. */
+int sao_cuda_t5_embed(sao_ctx *ctx, const float *table, const int64_t *ids, int64_t n, int64_t d, float *h);
+int sao_cuda_t5_bias(sao_ctx *ctx, const float *rel, const int32_t *bk, int64_t H, int64_t L, float *bias);
+int sao_cuda_t5_mask_rows(sao_ctx *ctx, float *x, const uint8_t *km, int64_t n, int64_t d);
 #endif

@@ -41,4 +41,29 @@ int sao_cuda_get(sao_ctx *ctx, float *host_dst, const float *src, int64_t n) {
     SAO_UNUSED(host_dst); SAO_UNUSED(src); SAO_UNUSED(n);
     return sao_err(ctx, "cuda_get", "%s", why);
 }
+
+int sao_cuda_put_bytes(sao_ctx *ctx, void *dst, const void *host_src, size_t bytes) {
+    SAO_UNUSED(dst); SAO_UNUSED(host_src); SAO_UNUSED(bytes);
+    return sao_err(ctx, "cuda_put", "%s", why);
+}
+
+int sao_cuda_get_bytes(sao_ctx *ctx, void *host_dst, const void *src, size_t bytes) {
+    SAO_UNUSED(host_dst); SAO_UNUSED(src); SAO_UNUSED(bytes);
+    return sao_err(ctx, "cuda_get", "%s", why);
+}
+
+int sao_cuda_t5_embed(sao_ctx *ctx, const float *table, const int64_t *ids, int64_t n, int64_t d, float *h) {
+    SAO_UNUSED(table); SAO_UNUSED(ids); SAO_UNUSED(n); SAO_UNUSED(d); SAO_UNUSED(h);
+    return sao_err(ctx, "t5_embed", "%s", why);
+}
+
+int sao_cuda_t5_bias(sao_ctx *ctx, const float *rel, const int32_t *bk, int64_t H, int64_t L, float *bias) {
+    SAO_UNUSED(rel); SAO_UNUSED(bk); SAO_UNUSED(H); SAO_UNUSED(L); SAO_UNUSED(bias);
+    return sao_err(ctx, "t5_bias", "%s", why);
+}
+
+int sao_cuda_t5_mask_rows(sao_ctx *ctx, float *x, const uint8_t *km, int64_t n, int64_t d) {
+    SAO_UNUSED(x); SAO_UNUSED(km); SAO_UNUSED(n); SAO_UNUSED(d);
+    return sao_err(ctx, "t5_mask_rows", "%s", why);
+}
 #endif

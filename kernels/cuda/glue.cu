@@ -61,14 +61,22 @@ extern "C" int sao_cuda_tanh(sao_ctx *ctx, float *x, int64_t n) {
     return 0;
 }
 
-extern "C" int sao_cuda_put(sao_ctx *ctx, float *dst, const float *host_src, int64_t n) {
-    if (n <= 0) return 0;
-    CUDA_TRY(ctx, "cuda_put", cudaMemcpy(dst, host_src, (size_t)n * sizeof(float), cudaMemcpyHostToDevice));
+extern "C" int sao_cuda_put_bytes(sao_ctx *ctx, void *dst, const void *host_src, size_t bytes) {
+    if (!bytes) return 0;
+    CUDA_TRY(ctx, "cuda_put", cudaMemcpy(dst, host_src, bytes, cudaMemcpyHostToDevice));
     return 0;
 }
 
-extern "C" int sao_cuda_get(sao_ctx *ctx, float *host_dst, const float *src, int64_t n) {
-    if (n <= 0) return 0;
-    CUDA_TRY(ctx, "cuda_get", cudaMemcpy(host_dst, src, (size_t)n * sizeof(float), cudaMemcpyDeviceToHost));
+extern "C" int sao_cuda_get_bytes(sao_ctx *ctx, void *host_dst, const void *src, size_t bytes) {
+    if (!bytes) return 0;
+    CUDA_TRY(ctx, "cuda_get", cudaMemcpy(host_dst, src, bytes, cudaMemcpyDeviceToHost));
     return 0;
+}
+
+extern "C" int sao_cuda_put(sao_ctx *ctx, float *dst, const float *host_src, int64_t n) {
+    return n <= 0 ? 0 : sao_cuda_put_bytes(ctx, dst, host_src, (size_t)n * sizeof(float));
+}
+
+extern "C" int sao_cuda_get(sao_ctx *ctx, float *host_dst, const float *src, int64_t n) {
+    return n <= 0 ? 0 : sao_cuda_get_bytes(ctx, host_dst, src, (size_t)n * sizeof(float));
 }

@@ -5,7 +5,7 @@
 --   local m = sao.load_model("checkpoints/stable-audio-open-1.0")
 --   local m = sao.load_model("tiny")                 -- random weights, SAO's structure, small
 --   local audio, info = m:generate{prompt = "...", seconds = 30, steps = 100, cfg_scale = 7, seed = 1}
---   local m = sao.load_model(nil, {device = "cuda"})   -- the DiT and the VAE on the GPU (T5: CPU)
+--   local m = sao.load_model(nil, {device = "cuda"})   -- the DiT, the VAE and T5 on the GPU
 --
 -- Where weights are found (checkpoints/README.md): a directory with model_config.json and
 -- model.safetensors (the Hugging Face repo's layout); T5 from <dir>/t5-base, $SAO_CHECKPOINTS/t5-base
@@ -142,7 +142,7 @@ end
 --- config table, "sao-1.0" (found under $SAO_CHECKPOINTS or checkpoints/stable-audio-open-1.0) or
 --- "tiny". With nothing given: SAO 1.0 when its files are present, else the tiny random model.
 --- opts: seed (random weights), t5 (T5 directory), quiet, device ("cpu", the default, or "cuda" /
---- "cuda:N": the DiT and the VAE run on that GPU; T5 stays on the CPU for now).
+--- "cuda:N": the DiT, the VAE and T5 run on that GPU; the tokenizer and sampler stay on the host).
 function M.load(what, opts)
   opts = opts or {}
   local function notice(msg) if not opts.quiet then io.stderr:write("sao: " .. msg .. "\n") end end
@@ -165,7 +165,8 @@ function M.load(what, opts)
     if device then
       m.dit:to(device)
       m.vae:to(device)
-      notice("the DiT and the VAE run on " .. device .. "; T5 stays on the CPU for now")
+      m.t5:to(device)
+      notice("the DiT, the VAE and T5 run on " .. device)
     end
     return m
   end

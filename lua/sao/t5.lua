@@ -7,6 +7,8 @@
 --   local ids, mask = sao.t5.tokenize(tok, {"a prompt"})      -- i64 [B, 128] each
 --   tok:encode("a prompt")                      -- Lua list of ids (no </s>, no padding)
 --   local enc = sao.t5.new(sao.t5.BASE); enc:load(tensors); enc:forward(ids, mask)
+--   enc:to("cuda")  /  t5:to("cuda")          -- weights on the GPU; forward/encode still take and
+--                                             -- return host tensors; :to("cpu") goes back
 --
 -- Weights: the HF t5-base model.safetensors (T5ForConditionalGeneration or T5EncoderModel); the
 -- decoder and lm_head keys are ignored, encoder.embed_tokens.weight stands in for shared.weight
@@ -132,7 +134,39 @@ function Encoder:load(tensors)
   if not t["shared.weight"] and tensors["encoder.embed_tokens.weight"] then
     t["shared.weight"] = tensors["encoder.embed_tokens.weight"]
   end
-  return models.bind(self:params(), t, "", { strict = true })
+  local n = models.bind(self:params(), t, "", { strict = true })
+  -- on a device encoder the new weights are uploaded at once
+  local dev = C.sao_t5_device(self.h)
+  if dev >= 0 then sao.check(C.sao_t5_to_device(sao.ctx, self.h, dev), 2) end
+  return n
+end
+
+--- "cpu", or "cuda" and the CUDA device number, where the weights are.
+function Encoder:device()
+  local d = C.sao_t5_device(self.h)
+  if d < 0 then return "cpu" end
+  return "cuda", d
+end
+
+--- enc:to("cuda") / enc:to("cuda:N") copies the weights to a GPU (one device block; the host copies
+--- stay) and runs the forward there; enc:to("cpu") goes back and frees the device memory. Returns
+--- self. forward keeps taking and returning host tensors. Again on the encoder's own device it
+--- uploads every weight anew (after in-place edits of the host tensors). Without CUDA (a CPU-only
+--- build, or no device visible) the error says so.
+local function move(h, what, level)
+  level = level + 1
+  if what == "cpu" then
+    sao.check(C.sao_t5_to_host(sao.ctx, h), level)
+    return
+  end
+  local dev = type(what) == "string" and what:match("^cuda:?(%d*)$")
+  if not dev then error("t5:to: '" .. tostring(what) .. "': expected \"cpu\", \"cuda\" or \"cuda:N\"", level) end
+  sao.check(C.sao_t5_to_device(sao.ctx, h, tonumber(dev) or 0), level)
+end
+
+function Encoder:to(what)
+  move(self.h, what, 2)
+  return self
 end
 
 --- ids i64 [B, L], mask [B, L] (nil: all ones) -> f32 [B, L, d_model].
@@ -260,6 +294,15 @@ end
 function M.from_parts(tok, enc, max_length)
   return setmetatable({ tokenizer = tok, encoder = enc, config = enc.config, max_length = max_length or M.MAX_LENGTH }, T5)
 end
+
+--- t5:to("cuda" | "cuda:N" | "cpu"): moves the encoder (the tokenizer runs on the host). Returns self.
+function T5:to(what)
+  move(self.encoder.h, what, 2)
+  return self
+end
+
+--- "cpu", or "cuda" and the device number.
+function T5:device() return self.encoder:device() end
 
 --- texts (a string or a list) -> emb f32 [B, 128, d_model] with padding rows zeroed, mask i64 [B, 128].
 function T5:encode(texts)
