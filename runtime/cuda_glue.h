@@ -21,6 +21,10 @@ int sao_cuda_add(sao_ctx *ctx, float *y, const float *x, int64_t n);   /* y += x
 int sao_cuda_tanh(sao_ctx *ctx, float *x, int64_t n);                  /* in place */
 int sao_cuda_put(sao_ctx *ctx, float *dst, const float *host_src, int64_t n);
 int sao_cuda_get(sao_ctx *ctx, float *host_dst, const float *src, int64_t n);
+/* A device buffer of at least `need` floats: *buf (holding *have floats) when it is large enough,
+ * else a new block of the caching allocator (the old one freed; stream-ordered, so queued kernels
+ * may still use it) with *have set to the block's real size. The model workspaces. */
+float *sao_cuda_grow(sao_ctx *ctx, float **buf, size_t *have, size_t need);
 int sao_cuda_put_bytes(sao_ctx *ctx, void *dst, const void *host_src, size_t bytes);
 int sao_cuda_get_bytes(sao_ctx *ctx, void *host_dst, const void *src, size_t bytes);
 

@@ -42,6 +42,11 @@ int sao_cuda_get(sao_ctx *ctx, float *host_dst, const float *src, int64_t n) {
     return sao_err(ctx, "cuda_get", "%s", why);
 }
 
+float *sao_cuda_grow(sao_ctx *ctx, float **buf, size_t *have, size_t need) {
+    SAO_UNUSED(buf); SAO_UNUSED(have); SAO_UNUSED(need);
+    return sao_err_null(ctx, "cuda_workspace", "%s", why);
+}
+
 int sao_cuda_put_bytes(sao_ctx *ctx, void *dst, const void *host_src, size_t bytes) {
     SAO_UNUSED(dst); SAO_UNUSED(host_src); SAO_UNUSED(bytes);
     return sao_err(ctx, "cuda_put", "%s", why);

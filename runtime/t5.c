@@ -239,18 +239,7 @@ static float *ws_get(sao_ctx *ctx, sao_t5 *m, const char *op, size_t need, int64
 }
 
 /* the device workspace of a device model: one block of the caching allocator, grown as needed */
-static float *dws_get(sao_ctx *ctx, sao_t5 *m, size_t need) {
-    if (need <= m->dws_size) return m->dws;
-    sao_cuda_free(m->dws);   /* stream-ordered: safe while queued kernels still use it */
-    m->dws = NULL;
-    m->dws_size = 0;
-    void *p = NULL;
-    size_t bytes = need * sizeof(float);
-    if (sao_cuda_malloc(ctx, bytes, &p)) return NULL;
-    m->dws = (float *)p;
-    m->dws_size = sao_cuda_size_class(bytes) / sizeof(float);   /* the block's real size */
-    return m->dws;
-}
+static float *dws_get(sao_ctx *ctx, sao_t5 *m, size_t need) { return sao_cuda_grow(ctx, &m->dws, &m->dws_size, need); }
 
 /* ---- the weights on a device ------------------------------------------------------------------
  * Every parameter goes into ONE block (each at a multiple of 64 floats, registry order) and the

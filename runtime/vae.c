@@ -458,18 +458,7 @@ static float *ws_get(sao_ctx *ctx, sao_vae *m, const char *op, size_t need) {
 }
 
 /* the device workspace of a device model: one block of the caching allocator, grown as needed */
-static float *dws_get(sao_ctx *ctx, sao_vae *m, size_t need) {
-    if (need <= m->dws_n) return m->dws;
-    sao_cuda_free(m->dws);   /* stream-ordered: safe while queued kernels still use it */
-    m->dws = NULL;
-    m->dws_n = 0;
-    void *p = NULL;
-    size_t bytes = need * sizeof(float);
-    if (sao_cuda_malloc(ctx, bytes, &p)) return NULL;
-    m->dws = (float *)p;
-    m->dws_n = sao_cuda_size_class(bytes) / sizeof(float);   /* the block's real size */
-    return m->dws;
-}
+static float *dws_get(sao_ctx *ctx, sao_vae *m, size_t need) { return sao_cuda_grow(ctx, &m->dws, &m->dws_n, need); }
 
 static float *work(sao_ctx *ctx, sao_vae *m, const char *op, size_t need) {
     return m->device >= 0 ? dws_get(ctx, m, need) : ws_get(ctx, m, op, need);

@@ -17,11 +17,10 @@ local sao = require "sao"
 require "spec.support.near"
 
 local C, ctx = sao.C, sao.ctx
-local has_gpu = sao.C.sao_cuda_device_count() > 0
+local gpu = require "support.gpu"
+local has_gpu = gpu.has_gpu
 
-local function gpu_it(name, f)
-  if has_gpu then it(name, f) else pending(name .. " (no CUDA device: skipped)") end
-end
+local gpu_it = gpu.it(it, pending)
 
 local function check(rc)
   if rc ~= 0 then error(ffi.string(C.sao_ctx_error(ctx)), 2) end

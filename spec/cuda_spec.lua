@@ -6,11 +6,10 @@ local sao = require "sao"
 require "spec.support.near"
 local C = sao.C
 
-local has_gpu = sao.C.sao_cuda_device_count() > 0
+local gpu = require "support.gpu"
+local has_gpu = gpu.has_gpu
 
-local function gpu_it(name, f)
-  if has_gpu then it(name, f) else pending(name .. " (no CUDA device: skipped)") end
-end
+local gpu_it = gpu.it(it, pending)
 
 describe("CUDA #gpu", function()
   it("reports no device rather than failing when none is usable", function()

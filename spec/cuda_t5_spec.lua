@@ -20,11 +20,10 @@ local models = require "sao.models"
 require "spec.support.near"
 local C = sao.C
 
-local has_gpu = sao.cuda.available()
+local gpu = require "support.gpu"
+local has_gpu = gpu.has_gpu
 
-local function gpu_it(name, f)
-  if has_gpu then it(name, f) else pending(name .. " (no CUDA device: skipped)") end
-end
+local gpu_it = gpu.it(it, pending)
 
 local man = cjson.decode(io.open("spec/fixtures/t5_encoder_tiny.json"):read("*a"))
 local fx = sao.load_safetensors("spec/fixtures/t5_encoder_tiny.safetensors")
@@ -41,18 +40,9 @@ local function new_enc(p)
   return e
 end
 
--- every weight scaled by s (a different encoder of the same shapes)
-local function scaled(s)
-  local p = {}
-  for k, v in pairs(params) do p[k] = v * s end
-  return p
-end
+local function scaled(s) return gpu.scaled(params, s) end   -- a different model of the same shapes
 
--- the error a machine without a usable GPU gives, by build
-local function no_cuda_reason()
-  if not sao.has_cuda() then return "built without CUDA" end
-  return "no CUDA device is visible"
-end
+local no_cuda_reason = gpu.no_cuda_reason
 
 -- ids/mask [B, L] with a different number of padded positions per row (row b keeps L - 3(b-1))
 local function batch(B, L, vocab, seed)

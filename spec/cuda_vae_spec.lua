@@ -19,11 +19,10 @@ local cjson = require "cjson"
 require "spec.support.near"
 local C = sao.C
 
-local has_gpu = sao.cuda.available()
+local gpu = require "support.gpu"
+local has_gpu = gpu.has_gpu
 
-local function gpu_it(name, f)
-  if has_gpu then it(name, f) else pending(name .. " (no CUDA device: skipped)") end
-end
+local gpu_it = gpu.it(it, pending)
 
 local FIX = "spec/fixtures/oobleck_tiny"
 local manifest = cjson.decode(io.open(FIX .. ".json"):read("*a"))
@@ -38,17 +37,9 @@ local function new_vae(p, cfg)
   return sao.vae.new(cfg or manifest.config):load(p or params)
 end
 
--- every weight scaled by s (weight_g and the biases too: a different model of the same shapes)
-local function scaled(s)
-  local p = {}
-  for k, v in pairs(params) do p[k] = v * s end
-  return p
-end
+local function scaled(s) return gpu.scaled(params, s) end   -- a different model of the same shapes
 
-local function no_cuda_reason()
-  if not sao.has_cuda() then return "built without CUDA" end
-  return "no CUDA device is visible"
-end
+local no_cuda_reason = gpu.no_cuda_reason
 
 describe("Oobleck VAE on CUDA #gpu", function()
   -- ---- everywhere -----------------------------------------------------------------------------

@@ -128,16 +128,7 @@ extern "C" int dit_device_begin(sao_ctx *ctx, sao_dit *m) {
 }
 
 extern "C" float *dit_device_ws(sao_ctx *ctx, sao_dit *m, size_t floats) {
-    if (floats <= m->dws_size) return m->dws;
-    sao_cuda_free(m->dws);   // stream-ordered: safe while queued kernels still use it
-    m->dws = NULL;
-    m->dws_size = 0;
-    void *p = NULL;
-    size_t bytes = floats * sizeof(float);
-    if (sao_cuda_malloc(ctx, bytes, &p)) return NULL;
-    m->dws = (float *)p;
-    m->dws_size = sao_cuda_size_class(bytes) / sizeof(float);   // the block's real size
-    return m->dws;
+    return sao_cuda_grow(ctx, &m->dws, &m->dws_size, floats);
 }
 
 extern "C" void dit_device_release(sao_dit *m) { release_blocks(m); }

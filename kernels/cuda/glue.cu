@@ -61,6 +61,19 @@ extern "C" int sao_cuda_tanh(sao_ctx *ctx, float *x, int64_t n) {
     return 0;
 }
 
+extern "C" float *sao_cuda_grow(sao_ctx *ctx, float **buf, size_t *have, size_t need) {
+    if (need <= *have) return *buf;
+    sao_cuda_free(*buf);   // stream-ordered: safe while queued kernels still use it
+    *buf = NULL;
+    *have = 0;
+    void *p = NULL;
+    size_t bytes = need * sizeof(float);
+    if (sao_cuda_malloc(ctx, bytes, &p)) return NULL;
+    *buf = (float *)p;
+    *have = sao_cuda_size_class(bytes) / sizeof(float);   // the block's real size
+    return *buf;
+}
+
 extern "C" int sao_cuda_put_bytes(sao_ctx *ctx, void *dst, const void *host_src, size_t bytes) {
     if (!bytes) return 0;
     CUDA_TRY(ctx, "cuda_put", cudaMemcpy(dst, host_src, bytes, cudaMemcpyHostToDevice));

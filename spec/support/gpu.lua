@@ -1,0 +1,32 @@
+-- spec/support/gpu.lua — what the CUDA specs share: whether a device is usable, a test that runs
+-- only with one (reported as pending, never as passed, without), the error a machine without a
+-- usable GPU gives, and a model of the same shapes with every weight scaled.
+local sao = require "sao"
+
+local M = {}
+
+M.has_gpu = sao.C.sao_cuda_device_count() > 0
+
+--- A test function that is busted's `it` with a device, and `pending` (skipped, visibly) without
+--- one. busted's it/pending live in the spec file's environment, so the spec passes them in:
+---   local gpu_it = gpu.it(it, pending)
+function M.it(it_, pending_)
+  return function(name, f)
+    if M.has_gpu then it_(name, f) else pending_(name .. " (no CUDA device: skipped)") end
+  end
+end
+
+--- The message a machine without a usable GPU gives, by build.
+function M.no_cuda_reason()
+  if not sao.has_cuda() then return "built without CUDA" end
+  return "no CUDA device is visible"
+end
+
+--- params with every tensor scaled by s (a different model of the same shapes).
+function M.scaled(params, s)
+  local p = {}
+  for k, v in pairs(params) do p[k] = v * s end
+  return p
+end
+
+return M
