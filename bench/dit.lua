@@ -35,7 +35,8 @@ local flops = cfg.depth * per_layer + B * 2 * N * E * cfg.io_channels * 2 + B * 
 
 local t_dit = best_of(3, function() local o = dit:forward(x, t, cross, global); o:free() end)
 local a, b = sao.randn { 1024, 1024, seed = 4 }, sao.randn { 1024, 1024, seed = 5 }
-local t_mm = best_of(3, function() local r = sao.matmul(a, b); r:free() end)
+do local r0 = sao.matmul(a, b); r0:free() end    -- warm-up: threads awake, buffers allocated
+local t_mm = best_of(5, function() local r = sao.matmul(a, b); r:free() end)
 local sgemm = 2 * 1024 ^ 3 / t_mm / 1e9
 local gflops = flops / t_dit / 1e9
 print(cjson.encode {
