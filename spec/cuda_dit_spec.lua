@@ -26,10 +26,7 @@ local gpu_it = gpu.it(it, pending)
 local man = cjson.decode(io.open("spec/fixtures/dit_tiny.json"):read("*a"))
 local fx = sao.load_safetensors("spec/fixtures/dit_tiny.safetensors")
 local cfg = man.config
-local params = {}
-for k, v in pairs(fx) do
-  if not k:match("^inputs/") and not k:match("^outputs/") then params[k] = v end
-end
+local params = require("sao.fixtures").params(fx)
 local x, t = fx["inputs/x"], fx["inputs/t"]
 local cross, global = fx["inputs/cross_attn_cond"], fx["inputs/global_cond"]
 

@@ -27,10 +27,7 @@ local gpu_it = gpu.it(it, pending)
 
 local man = cjson.decode(io.open("spec/fixtures/t5_encoder_tiny.json"):read("*a"))
 local fx = sao.load_safetensors("spec/fixtures/t5_encoder_tiny.safetensors")
-local params = {}
-for k, v in pairs(fx) do
-  if not k:match("^inputs/") and not k:match("^outputs/") then params[k] = v end
-end
+local params = require("sao.fixtures").params(fx)
 local ids, mask = fx["inputs/input_ids"], fx["inputs/attention_mask"]                 -- [2, 7], padded
 local ids_long, mask_long = fx["inputs/input_ids_long"], fx["inputs/attention_mask_long"]   -- [1, 128]
 

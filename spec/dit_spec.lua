@@ -19,10 +19,7 @@ describe("DiT forward (dit_tiny fixture)", function()
     io_channels = cfg.io_channels, embed_dim = cfg.embed_dim, depth = cfg.depth, num_heads = cfg.num_heads,
     cond_token_dim = cfg.cond_token_dim, global_cond_dim = cfg.global_cond_dim,
   }
-  local params = {}
-  for k, v in pairs(fx) do
-    if not k:match("^inputs/") and not k:match("^outputs/") then params[k] = v end
-  end
+  local params = require("sao.fixtures").params(fx)
   dit:load(params)
   local x, t = fx["inputs/x"], fx["inputs/t"]
   local cross, global = fx["inputs/cross_attn_cond"], fx["inputs/global_cond"]

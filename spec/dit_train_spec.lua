@@ -13,10 +13,7 @@ local cfg = man.config
 local function new_dit()
   local dit = sao.dit.new { io_channels = cfg.io_channels, embed_dim = cfg.embed_dim, depth = cfg.depth,
     num_heads = cfg.num_heads, cond_token_dim = cfg.cond_token_dim, global_cond_dim = cfg.global_cond_dim }
-  local p = {}
-  for k, v in pairs(params) do
-    if not k:match("^inputs/") and not k:match("^outputs/") then p[k] = v end
-  end
+  local p = require("sao.fixtures").params(params)
   dit:load(p)
   return dit
 end

@@ -8,10 +8,7 @@ local function load_dit()
   local fx = sao.load_safetensors("spec/fixtures/dit_tiny.safetensors")
   local dit = sao.dit.new { io_channels = 8, embed_dim = 128, depth = 2, num_heads = 2,
                             cond_token_dim = 64, global_cond_dim = 64 }
-  local p = {}
-  for k, v in pairs(fx) do
-    if not k:match("^inputs/") and not k:match("^outputs/") then p[k] = v end
-  end
+  local p = require("sao.fixtures").params(fx)
   dit:load(p)
   return dit
 end

@@ -30,13 +30,7 @@ end
 -- error_matches with a literal message (the position prefix error() adds is allowed)
 local function esc(s) return (s:gsub("%p", "%%%0")) end
 
-local function params_of(fx)
-  local p = {}
-  for k, v in pairs(fx) do
-    if not k:match("^inputs/") and not k:match("^outputs/") then p[k] = v end
-  end
-  return p
-end
+local params_of = require("sao.fixtures").params
 
 describe("T5 encoder (t5_encoder_tiny fixture)", function()
   local man = manifest("t5_encoder_tiny")

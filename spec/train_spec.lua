@@ -9,10 +9,7 @@ local fixture = sao.load_safetensors("spec/fixtures/dit_tiny.safetensors")
 
 local function new_dit()
   local d = sao.dit.new(cfg)
-  local p = {}
-  for k, v in pairs(fixture) do
-    if not k:match("^inputs/") and not k:match("^outputs/") then p[k] = v end
-  end
+  local p = require("sao.fixtures").params(fixture)
   d:load(p)
   return d
 end

@@ -7,6 +7,8 @@ local sao = require "sao"
 
 local M = {}
 
+--- The parameters of a fixture's tensors: every name without a '/' (inputs/*, outputs/*, grads/*
+--- ... left out).
 local function params_of(t)
   local p = {}
   for k, v in pairs(t) do
@@ -14,6 +16,8 @@ local function params_of(t)
   end
   return p
 end
+
+M.params = params_of
 
 -- the fixture named by params_from (same directory), for fixtures that reuse the DiT's params
 local function sibling(path, manifest)
