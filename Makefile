@@ -28,9 +28,11 @@ CFLAGS   += -std=gnu11 $(OPT) -g -Wall -Wextra -fPIC -fopenmp -D_GNU_SOURCE -DSA
 ifeq ($(WERROR),1)
 CFLAGS   += -Werror
 endif
-LDLIBS   := $(PKG_LIBS) -lreadline -lm -lpthread
+LDLIBS   := $(PKG_LIBS) -lreadline -lm -lpthread -ldl
 
 # ---- CUDA: auto-detected; CUDA=0 forces a CPU-only build ----------------------------------------
+# kernels/cuda/*.cu become build/libsao_cuda.so, the only library linked against the CUDA ones;
+# libsao.so loads it on the first CUDA call (runtime/cuda_load.c), so CPU work never pays for it.
 NVCC     ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
 CUDA_HOME ?= $(if $(NVCC),$(patsubst %/bin/nvcc,%,$(NVCC)),/usr/local/cuda)
 CU_SRCS  := $(wildcard kernels/cuda/*.cu)
@@ -46,17 +48,17 @@ CFLAGS   += -DSAO_WITH_CUDA -I$(CUDA_HOME)/include
 CUDNN    := $(shell ls $(CUDA_HOME)/lib64/libcudnn.so /usr/lib/x86_64-linux-gnu/libcudnn.so 2>/dev/null | head -1)
 NVFLAGS  := -O2 -std=c++17 -Xcompiler -fPIC -Iruntime/include -Iruntime -DSAO_WITH_CUDA \
             -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=sm_80
-LDLIBS   += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lcublasLt
+CU_LIBS  := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lcublasLt
 ifneq ($(CUDNN),)
-CFLAGS   += -DSAO_WITH_CUDNN
 NVFLAGS  += -DSAO_WITH_CUDNN
-LDLIBS   += -lcudnn
+CU_LIBS  += -lcudnn
 endif
 CU_OBJS  := $(patsubst %.cu,$(BUILD)/%.o,$(CU_SRCS))
+CUDA_LIB := $(BUILD)/libsao_cuda.so
 endif
 
 LIB_SRCS := $(filter-out runtime/main.c,$(wildcard runtime/*.c)) $(wildcard kernels/cpu/*.c)
-LIB_OBJS := $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRCS)) $(CU_OBJS)
+LIB_OBJS := $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRCS))
 HEADERS  := $(wildcard runtime/include/*.h) $(wildcard runtime/*.h) $(wildcard kernels/cpu/*.h) $(wildcard kernels/cuda/*.h)
 # The FFI contract: sao.h and sao_model.h first (others build on them), then the other public
 # headers, with '#' lines and
@@ -66,14 +68,14 @@ CDEF_SRCS := $(CDEF_FIRST) $(sort $(filter-out $(CDEF_FIRST),$(wildcard runtime/
 
 # Objects depend on the flags they were built with: build/.flags is rewritten when they change
 # (CUDA=0 vs auto, WERROR=1, OPT=...), so switching never links stale objects.
-FLAGS_NOW := $(CFLAGS) | $(NVFLAGS) | $(LDLIBS)
+FLAGS_NOW := $(CFLAGS) | $(NVFLAGS) | $(LDLIBS) | $(CU_LIBS)
 ifneq ($(FLAGS_NOW),$(file < $(BUILD)/.flags))
 $(shell mkdir -p $(BUILD))
 $(file > $(BUILD)/.flags,$(FLAGS_NOW))
 endif
 
 .PHONY: all deps run test test-gpu bench install clean
-all: sao $(BUILD)/sao_cdef.h
+all: sao $(BUILD)/sao_cdef.h $(CUDA_LIB)
 
 $(BUILD)/%.o: %.c $(HEADERS) $(BUILD)/.flags
 	@mkdir -p $(dir $@)
@@ -83,8 +85,15 @@ $(BUILD)/%.o: %.cu $(HEADERS) $(BUILD)/.flags
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c $< -o $@
 
-$(BUILD)/libsao.so: $(LIB_OBJS)
-	$(CC) -shared -fopenmp -o $@ $^ $(LDLIBS)
+# -Bsymbolic-functions: the library's calls to its own functions bind inside it, so a second copy
+# loaded with SAO_LIB (a CPU-only build tried with ./sao) runs its own code, not the first copy's.
+$(BUILD)/libsao.so: $(LIB_OBJS) Makefile
+	$(CC) -shared -fopenmp -Wl,-soname,libsao.so -Wl,-Bsymbolic-functions -o $@ $(LIB_OBJS) $(LDLIBS)
+
+# The backend exports one symbol (backend.map); it finds libsao.so next to itself.
+$(BUILD)/libsao_cuda.so: $(CU_OBJS) $(BUILD)/libsao.so kernels/cuda/backend.map Makefile
+	$(CC) -shared -o $@ $(CU_OBJS) -L$(BUILD) -lsao -Wl,-rpath,'$$ORIGIN' \
+	    -Wl,--version-script=kernels/cuda/backend.map $(CU_LIBS) -lstdc++ -lpthread
 
 $(BUILD)/sao_cdef.h: $(CDEF_SRCS) Makefile
 	@mkdir -p $(BUILD)
@@ -123,7 +132,7 @@ bench: all
 
 install: all
 	install -d $(PREFIX)/bin $(PREFIX)/lib $(PREFIX)/share/sao/lua/sao
-	install -m 755 $(BUILD)/libsao.so $(PREFIX)/lib/
+	install -m 755 $(BUILD)/libsao.so $(CUDA_LIB) $(PREFIX)/lib/
 	install -m 755 sao $(PREFIX)/bin/sao
 	install -m 644 $(BUILD)/sao_cdef.h $(PREFIX)/share/sao/
 	cp -R lua/. $(PREFIX)/share/sao/lua/

@@ -18,10 +18,12 @@
 #define SAO_VERSION "0.1.0"
 #endif
 
-static volatile sig_atomic_t interrupt_flag;
+/* Exported data, on purpose: every copy of libsao.so in a process (./sao links one, SAO_LIB may
+ * load another) resolves this name to the same flag, so Ctrl-C reaches whichever copy runs. */
+volatile sig_atomic_t sao_interrupt_flag;
 
-void sao_interrupt_set(int on) { interrupt_flag = on ? 1 : 0; }
-int sao_interrupt_pending(void) { return interrupt_flag != 0; }
+void sao_interrupt_set(int on) { sao_interrupt_flag = on ? 1 : 0; }
+int sao_interrupt_pending(void) { return sao_interrupt_flag != 0; }
 
 const char *sao_version(void) { return SAO_VERSION; }
 
@@ -29,14 +31,6 @@ double sao_file_mtime(const char *path) {
     struct stat st;
     if (!path || stat(path, &st) != 0) return -1;
     return (double)st.st_mtim.tv_sec + (double)st.st_mtim.tv_nsec * 1e-9;
-}
-
-int sao_has_cuda(void) {
-#ifdef SAO_WITH_CUDA
-    return 1;
-#else
-    return 0;
-#endif
 }
 
 static int default_threads(void) {

@@ -1,8 +1,8 @@
 /* cuda_glue.h — the device memory helpers the model code (dit.c, vae.c, t5.c) puts in its kernel
  * tables beside the sao_cuda_ kernel twins: choosing a device, row copies, zero, y += x, tanh and
  * blocking host <-> device transfers. Internal to runtime/ (not part of the FFI contract).
- * kernels/cuda/glue.cu implements them; runtime/cuda_glue_off.c answers "built without CUDA" in
- * a CPU-only build. Every call is queued on sao's stream except put/get, which block: the host
+ * kernels/cuda/glue.cu implements them (reached through runtime/cuda_load.c, which answers
+ * "built without CUDA" in a CPU-only build). Every call is queued on sao's stream except put/get, which block: the host
  * buffer may be reused (put) or read (get) as soon as they return, and get is where the errors of
  * running kernels surface. */
 #ifndef SAO_CUDA_GLUE_H

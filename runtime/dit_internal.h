@@ -40,9 +40,7 @@ typedef struct dit_ops {
     int (*get)(sao_ctx *ctx, float *host_dst, const float *src, int64_t n);   /* this device -> host */
 } dit_ops;
 extern const dit_ops dit_ops_cpu;
-#ifdef SAO_WITH_CUDA
-extern const dit_ops dit_ops_cuda;      /* kernels/cuda/dit_glue.cu */
-#endif
+extern const dit_ops dit_ops_cuda;      /* kernels/cuda/dit_glue.cu (in libsao_cuda.so only) */
 
 typedef struct {
     float *pre_g, *qkv, *attn_out, *ca_g, *ca_q, *ca_kv, *ca_out, *ff_g, *ff_w1, *ff_b1, *ff_w2, *ff_b2;
@@ -72,7 +70,7 @@ struct sao_dit {
     size_t dws_size;    /* in floats */
 };
 
-/* Device glue (kernels/cuda/dit_device.cu; runtime/dit_cuda_off.c in a CPU-only build).
+/* Device glue (kernels/cuda/dit_device.cu, reached through runtime/cuda_load.c).
  * begin: before a forward on a device model: makes its device current and re-uploads every
  * parameter rebound (loaded anew) since the upload. ws: the device workspace, grown as needed.
  * release: frees the device blocks (sao_dit_free). */

@@ -29,7 +29,7 @@
  * kernels/cpu functions and at the loops this file used to run inline (bit-identical to before:
  * same kernels, same workspace layout of the float buffers); the CUDA table at their sao_cuda_
  * twins, the shared helpers of runtime/cuda_glue.h and kernels/cuda/t5_glue.cu (embedding gather,
- * relative-position bias, padding rows; runtime/cuda_glue_off.c in a CPU-only build). After sao_t5_to_device every
+ * relative-position bias, padding rows; "built without CUDA" from runtime/cuda_load.c in a CPU-only build). After sao_t5_to_device every
  * parameter lives in ONE block of the caching allocator (each at a multiple of 64 floats), the
  * forward still takes host ids/mask and fills a host output (ids, key mask and bucket list copied
  * in, the output copied out), and the activations live in a device workspace kept between calls. */

@@ -25,7 +25,7 @@
  * Devices: the graph (encode_item, decode_item, the chunk windows) is written once against a
  * kernel table, vae_ops: the CPU table points at the kernels/cpu functions and at the loops this
  * file used to run inline (bit-identical to before); the CUDA table at their sao_cuda_ twins and
- * at the glue of runtime/cuda_glue.h (kernels/cuda/glue.cu; runtime/cuda_glue_off.c in a CPU-only build). After
+ * at the glue of runtime/cuda_glue.h (kernels/cuda/glue.cu; runtime/cuda_load.c answers for them in a CPU-only build). After
  * sao_vae_to_device the folded weights, biases and Snake parameters live in ONE block of the
  * caching allocator, the public calls still take host pointers (copied in per item, copied out),
  * and the activations live in a device workspace kept between calls. The weight-norm fold and

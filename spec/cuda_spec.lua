@@ -357,3 +357,73 @@ describe("sao.cuda", function()
     end, "built without CUDA")
   end)
 end)
+
+-- The CUDA libraries (cudart, cuBLAS, cuBLASLt, cuDNN) are only linked into libsao_cuda.so, which
+-- libsao.so loads on the first call that needs a GPU (runtime/cuda_load.c): work that never
+-- touches CUDA starts as fast, and as small, as in a CPU-only build.
+describe("the CUDA backend is loaded on first use", function()
+  local shell = require "support.shell"
+  local lib_dir = (os.getenv("SAO_LIB") or shell.ROOT .. "/build/libsao.so"):match("^(.*)/[^/]*$")
+  local backend = lib_dir .. "/libsao_cuda.so"
+  local built_with = io.open(backend) ~= nil
+
+  -- Runs a Lua chunk in a fresh ./sao (same SAO_LIB) with `env` prepended; returns its stdout lines.
+  local function run(env, chunk)
+    local code, out, err = shell.sh(("%s $SAO -e %s"):format(env, shell.q(chunk)))
+    assert.equal(0, code, err)
+    return out
+  end
+  local mapped = [[local function mapped() local f = io.open("/proc/self/maps") local s = f:read("*a")
+    f:close() return s:match("libcudart") and "cudart" or "none" end ]]
+
+  it("libsao.so does not link the CUDA libraries; the backend exports one symbol", function()
+    local needed = shell.capture("readelf -d " .. shell.q(lib_dir .. "/libsao.so"))
+    assert.matches("NEEDED", needed)
+    assert.is_nil(needed:match("libcud"), needed)
+    if not built_with then return end
+    local syms = shell.capture("nm -D --defined-only " .. shell.q(backend))
+    local names = {}
+    for name in syms:gmatch("%x+ %u ([%w_]+)") do names[#names + 1] = name end
+    assert.same({ "sao_cuda_backend_v1" }, names)
+    assert.matches("libcudart", shell.capture("readelf -d " .. shell.q(backend)))
+  end)
+
+  it("maps nothing of CUDA until asked, then loads the backend (CUDA build) or says why not", function()
+    local out = run("", mapped .. [[local sao = require "sao"
+      local x = sao.randn { 64, 64, seed = 1 }; local _ = (x + x):sum()
+      io.write(mapped(), " ", tostring(sao.cuda.unavailable()), " ")
+      io.write(sao.cuda.count(), " ", mapped(), "\n")]])
+    local before, why, count, after = out:match("^(%S+) (.-) (%d+) (%S+)\n$")
+    assert.equal("none", before, out)
+    if built_with and sao.has_cuda() then
+      assert.equal("nil", why)
+      assert.equal("cudart", after)
+      assert.equal(C.sao_cuda_device_count(), tonumber(count))
+    else
+      assert.matches("built without CUDA", why)
+      assert.equal("none", after)
+      assert.equal("0", count)
+    end
+  end)
+
+  it("a backend that cannot be loaded is named in every answer, and nothing else breaks", function()
+    local missing = "/nonexistent/dir/libsao_cuda.so"
+    local out = run("SAO_CUDA_LIB=" .. missing, [[local sao = require "sao"
+      local ffi = require "ffi"
+      print(sao.has_cuda(), sao.cuda.count(), sao.cuda.memory().allocated, sao.C.sao_cuda_free(nil))
+      print(sao.cuda.unavailable())
+      print(sao.C.sao_cuda_silu_forward(sao.ctx, nil, 0, nil), ffi.string(sao.C.sao_ctx_error(sao.ctx)))
+      print(select(2, pcall(sao.load_model, "tiny", { device = "cuda", quiet = true })))
+      print(sao.randn({ 3, seed = 2 }):sum() ~= 0)]])
+    local lines = {}
+    for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end
+    assert.equal("false\t0\t0\t0", lines[1])
+    local reason = built_with and "could not be loaded: " .. missing or "built without CUDA"
+    assert.truthy(lines[2]:find(reason, 1, true), lines[2])
+    assert.truthy(lines[3]:find("-1\tcuda_silu_forward: ", 1, true), lines[3])
+    assert.truthy(lines[3]:find(reason, 1, true), lines[3])
+    assert.truthy(lines[4]:find("load_model: device 'cuda': ", 1, true), lines[4])
+    assert.truthy(lines[4]:find(reason, 1, true), lines[4])
+    assert.equal("true", lines[5])
+  end)
+end)

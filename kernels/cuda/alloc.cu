@@ -52,16 +52,10 @@ struct Locked {
     ~Locked() { pthread_mutex_unlock(&cache_lock); }
 };
 
-const size_t SMALL_LIMIT = (size_t)1 << 20;   // up to here: 512 B steps
 const size_t LARGEST = (size_t)1 << 50;       // a request beyond 1 PiB is a bug upstream
 
-size_t size_class(size_t n) {
-    if (n == 0) n = 1;
-    if (n <= SMALL_LIMIT) return (n + 511) & ~(size_t)511;
-    int p = 63 - __builtin_clzll((unsigned long long)(n - 1));   // 2^p < n <= 2^(p+1)
-    size_t step = (size_t)1 << (p - 2);                          // 4 classes per octave
-    return (n + step - 1) & ~(step - 1);
-}
+// The size classes are sao_cuda_size_class's (runtime/cuda_load.c, shared with libsao.so).
+size_t size_class(size_t n) { return sao_cuda_size_class(n); }
 
 // Gives the free blocks of `device` (-1: every device) back to the driver; returns the bytes.
 // The current device is restored. Caller holds cache_lock.
@@ -176,4 +170,3 @@ extern "C" void sao_cuda_memory_stats(int64_t *allocated, int64_t *cached, int64
     if (n_cudamalloc) *n_cudamalloc = cache ? cache->n_cudamalloc : 0;
 }
 
-extern "C" size_t sao_cuda_size_class(size_t bytes) { return size_class(bytes); }

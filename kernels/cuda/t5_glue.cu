@@ -1,7 +1,7 @@
 // t5_glue.cu — the T5 encoder's own device steps (declared in runtime/cuda_glue.h): the embedding
 // gather, the relative-position bias built from the bucket list, and the zeroing of padded rows.
 // runtime/t5.c builds its CUDA kernel table (t5_ops) from these, the sao_cuda_ kernel twins and
-// the shared helpers of cuda_glue.h; runtime/cuda_glue_off.c stubs them in a CPU-only build. Each
+// the shared helpers of cuda_glue.h; runtime/cuda_load.c answers for them without the backend. Each
 // kernel writes exactly the values of t5.c's CPU loop (plain copies), so the twins agree bit for bit.
 #include "cuda_internal.h"
 extern "C" {

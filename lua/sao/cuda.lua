@@ -2,18 +2,25 @@
 -- sao's caching allocator holds (kernels/cuda/alloc.cu).
 --
 --   sao.cuda.available()   -> true when sao was built with CUDA and a device is visible
+--   sao.cuda.unavailable() -> nil when the CUDA backend (libsao_cuda.so) loads, else why not
 --   sao.cuda.devices()     -> { {index=0, name="NVIDIA H200", memory_bytes=..., capability="9.0"}, ... }
 --                             index is the CUDA device number, as in t:to("cuda:1")
 --   sao.cuda.memory()      -> { allocated=, cached=, peak=, cudamalloc_calls= } (bytes; counts since start)
 --   sao.cuda.empty_cache() -> bytes handed back to the driver (cached blocks only; live tensors stay)
 --
--- In a CPU-only build, or with no GPU, every call still works: available() is false, devices()
+-- The backend is loaded on the first of these calls (or the first tensor or model moved to a GPU),
+-- never at start-up. In a CPU-only build, or with no GPU, every call still works: available() is false, devices()
 -- is empty and memory() is all zeros.
 local ffi = require "ffi"
 local core = require "sao.ffi"
 local C = core.C
 
 local M = {}
+
+function M.unavailable()
+  local why = C.sao_cuda_unavailable()
+  return why ~= nil and ffi.string(why) or nil
+end
 
 --- Number of usable CUDA devices (0 in a CPU-only build, without a driver or without a GPU).
 function M.count()

@@ -153,8 +153,8 @@ function M.load(what, opts)
     local why
     if type(device) ~= "string" or not device:match("^cuda:?%d*$") then
       why = "expected \"cpu\", \"cuda\" or \"cuda:N\""
-    elseif not sao.has_cuda() then
-      why = "sao was built without CUDA (no nvcc found, or CUDA=0): rebuild with the CUDA toolkit, or load with device = \"cpu\""
+    elseif sao.cuda.unavailable() then
+      why = sao.cuda.unavailable() .. ", or load with device = \"cpu\""
     elseif not sao.cuda.available() then
       why = "no CUDA device is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES), or load with device = \"cpu\""
     end

@@ -30,7 +30,11 @@ void sao_ctx_clear_error(sao_ctx *ctx);
 int sao_ctx_threads(const sao_ctx *ctx);
 int sao_ctx_set_threads(sao_ctx *ctx, int n);   /* n >= 1 */
 const char *sao_version(void);
-int sao_has_cuda(void);                         /* 1 when the CUDA backend was compiled in */
+/* 1 when the CUDA backend is usable: built (nvcc found) and libsao_cuda.so loads, with the CUDA
+ * libraries it needs (runtime/cuda_load.c loads it on this first call). A GPU may still be absent:
+ * sao_cuda_device_count tells. sao_cuda_unavailable: NULL then, else why not. */
+int sao_has_cuda(void);
+const char *sao_cuda_unavailable(void);
 
 /* Modification time of a file in seconds (with sub-second part), or -1 when it cannot be read. */
 double sao_file_mtime(const char *path);

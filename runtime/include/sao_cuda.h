@@ -1,7 +1,8 @@
 /* sao_cuda.h — the CUDA device runtime: device query, the caching device allocator, device
  * storage for tensors, transfers, and the first device kernels (each with its CPU twin as the
- * reference). Built from kernels/cuda/ when nvcc is found; a CPU-only build answers every call
- * with a clear "built without CUDA" error and zero memory statistics (runtime/cuda_off.c), so Lua
+ * reference). Built from kernels/cuda/ into libsao_cuda.so when nvcc is found and loaded on the
+ * first call (runtime/cuda_load.c); without it (a CPU-only build, or a backend that does not load)
+ * every call answers with a clear error saying why and the memory statistics are zero, so Lua
  * code can probe and skip. */
 #ifndef SAO_CUDA_H
 #define SAO_CUDA_H

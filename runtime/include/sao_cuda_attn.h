@@ -7,7 +7,7 @@
  * waits for it); results are deterministic (no atomics) and match the CPU kernels to fp32
  * rounding (spec/cuda_attn_spec.lua, tag gpu).
  * CUDA-only limit: attention head dim D <= 256 (larger D gets an error; use the CPU kernel).
- * A CPU-only build answers every call with a "built without CUDA" error (runtime/cuda_attn_off.c).
+ * Without the CUDA backend every call answers with an error saying why (runtime/cuda_load.c).
  *
  * The descriptor is named `struct sao_attn_desc` (its typedef lives in sao_kernels.h, which the
  * FFI reads after this file). */

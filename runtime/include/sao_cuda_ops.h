@@ -16,7 +16,7 @@
  * kernel itself surface at the next synchronising call. Reductions run in a fixed order that
  * does not depend on the GPU, so results are reproducible run to run (they are not bit-equal
  * to the CPU's, whose summation order differs). A CPU-only build answers each with a "built
- * without CUDA" error (runtime/cuda_ops_off.c).
+ * without CUDA" error (runtime/cuda_load.c).
  *
  * Read by LuaJIT's ffi.cdef with the '#' lines and the __cplusplus blocks dropped.
  */

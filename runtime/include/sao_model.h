@@ -64,7 +64,7 @@ int sao_dit_token(sao_ctx *ctx, sao_dit *m, const float *t, const float *global,
  * host tensor is not seen until sao_dit_to_device runs again: on the model's own device it uploads
  * every parameter anew (on another device it moves the weights there). Refused for a
  * model with LoRA adapters; training (sao_dit_train_*) and LoRA refuse a device model.
- * A CPU-only build answers with a "built without CUDA" error (runtime/dit_cuda_off.c). */
+ * Without the CUDA backend: an error saying why ("built without CUDA", runtime/cuda_load.c). */
 int sao_dit_to_device(sao_ctx *ctx, sao_dit *m, int device);
 /* Back to the CPU kernels and host weights; the device blocks go back to the cache. 0 on a host model. */
 int sao_dit_to_host(sao_ctx *ctx, sao_dit *m);
@@ -154,7 +154,7 @@ int sao_vae_decode(sao_ctx *ctx, sao_vae *m, const float *latents, int64_t B, in
  * is under overlap/2 frames (SAO: about 10 frames). L <= chunk decodes in one pass. */
 int sao_vae_decode_chunked(sao_ctx *ctx, sao_vae *m, const float *latents, int64_t B, int64_t L,
                            int64_t chunk, int64_t overlap, float *audio /* out */);
-/* Weights on a GPU (runtime/vae.c, kernels/cuda/vae_glue.cu): folds the weight norm if needed,
+/* Weights on a GPU (runtime/vae.c over kernels/cuda/glue.cu and the kernel twins): folds the weight norm if needed,
  * copies every folded conv weight, bias and Snake parameter into one block of CUDA device
  * `device` (caching allocator) and switches the handle to the CUDA kernels. encode, decode (and
  * their chunked forms) keep taking HOST pointers: each item is copied in, run in a device
@@ -162,7 +162,7 @@ int sao_vae_decode_chunked(sao_ctx *ctx, sao_vae *m, const float *latents, int64
  * and copied out; the bottleneck runs on the host. The host tensors stay bound; a parameter
  * rebound (or refolded) after the upload is uploaded again by the next call, but an in-place edit
  * of a host tensor is not seen until sao_vae_to_device runs again (on the handle's own device it
- * uploads everything anew). A CPU-only build answers "built without CUDA" (runtime/vae_cuda_off.c). */
+ * uploads everything anew). A CPU-only build answers "built without CUDA" (runtime/cuda_load.c). */
 int sao_vae_to_device(sao_ctx *ctx, sao_vae *m, int device);
 /* Back to the CPU kernels; the device blocks go back to the cache. 0 on a host handle. */
 int sao_vae_to_host(sao_ctx *ctx, sao_vae *m);
@@ -235,7 +235,7 @@ int sao_t5_forward(sao_ctx *ctx, sao_t5 *m, const int64_t *ids, const int64_t *m
  * the output is copied out. The host tensors stay bound; a parameter rebound after the upload is
  * uploaded again by the next forward, but an in-place edit of a host tensor is not seen until
  * sao_t5_to_device runs again (on the encoder's own device it uploads every weight anew). Needs
- * every weight bound. A CPU-only build answers "built without CUDA" (runtime/t5_cuda_off.c). */
+ * every weight bound. A CPU-only build answers "built without CUDA" (runtime/cuda_load.c). */
 int sao_t5_to_device(sao_ctx *ctx, sao_t5 *m, int device);
 /* Back to the CPU kernels and host weights; the device blocks go back to the cache. 0 on a host encoder. */
 int sao_t5_to_host(sao_ctx *ctx, sao_t5 *m);
