@@ -45,14 +45,9 @@ endif
 endif
 ifdef USE_CUDA
 CFLAGS   += -DSAO_WITH_CUDA -I$(CUDA_HOME)/include
-CUDNN    := $(shell ls $(CUDA_HOME)/lib64/libcudnn.so /usr/lib/x86_64-linux-gnu/libcudnn.so 2>/dev/null | head -1)
 NVFLAGS  := -O2 -std=c++17 -Xcompiler -fPIC -Iruntime/include -Iruntime -DSAO_WITH_CUDA \
             -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=sm_80
 CU_LIBS  := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lcublasLt
-ifneq ($(CUDNN),)
-NVFLAGS  += -DSAO_WITH_CUDNN
-CU_LIBS  += -lcudnn
-endif
 CU_OBJS  := $(patsubst %.cu,$(BUILD)/%.o,$(CU_SRCS))
 CUDA_LIB := $(BUILD)/libsao_cuda.so
 endif

@@ -49,6 +49,7 @@
                                        int64_t n, int64_t in, int64_t out, int accumulate, float *y),       \
         (ctx, x, w, b, n, in, out, accumulate, y))                                                         \
     OWN(sao_cuda_gemm_use_lt)                                                                              \
+    OWN(sao_cuda_gemm_workspace_bytes)                                                                     \
     /* sao_cuda_ops.h: norms, pointwise, features, loss, optimiser */                                      \
     ERR(sao_cuda_layernorm_forward, (sao_ctx *ctx, const float *x, const float *gamma, const float *beta,   \
                                      int64_t n, int64_t c, float eps, float *y, float *mean, float *rstd),  \
@@ -160,6 +161,7 @@
         (ctx, dst, host_src, bytes))                                                                       \
     ERR(sao_cuda_get_bytes, (sao_ctx *ctx, void *host_dst, const void *src, size_t bytes),                 \
         (ctx, host_dst, src, bytes))                                                                       \
+    ERR(sao_cuda_memcpy, (sao_ctx *ctx, void *dst, const void *src, size_t bytes), (ctx, dst, src, bytes))  \
     ERR(sao_cuda_t5_embed, (sao_ctx *ctx, const float *table, const int64_t *ids, int64_t n, int64_t d,     \
                             float *h), (ctx, table, ids, n, d, h))                                         \
     ERR(sao_cuda_t5_bias, (sao_ctx *ctx, const float *rel, const int32_t *bk, int64_t H, int64_t L,        \
@@ -169,6 +171,8 @@
     /* the DiT on a device (dit_internal.h, sao_model.h) */                                                \
     OWN(sao_dit_to_device)                                                                                 \
     OWN(sao_dit_to_host)                                                                                   \
+    OWN(sao_dit_sync_host)                                                                                 \
+    PTR(sao_tensor *, sao_dit_device_tensor, (sao_ctx *ctx, sao_dit *m, const char *name), (ctx, m, name))  \
     ERR(dit_device_begin, (sao_ctx *ctx, sao_dit *m), (ctx, m))                                            \
     PTR(float *, dit_device_ws, (sao_ctx *ctx, sao_dit *m, size_t floats), (ctx, m, floats))               \
     OWN(dit_device_release)

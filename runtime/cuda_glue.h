@@ -27,6 +27,8 @@ int sao_cuda_get(sao_ctx *ctx, float *host_dst, const float *src, int64_t n);
 float *sao_cuda_grow(sao_ctx *ctx, float **buf, size_t *have, size_t need);
 int sao_cuda_put_bytes(sao_ctx *ctx, void *dst, const void *host_src, size_t bytes);
 int sao_cuda_get_bytes(sao_ctx *ctx, void *host_dst, const void *src, size_t bytes);
+/* Any direction (host or device on either side, unified addressing), blocking. */
+int sao_cuda_memcpy(sao_ctx *ctx, void *dst, const void *src, size_t bytes);
 
 /* T5's own steps (kernels/cuda/t5_glue.cu), each writing exactly what t5.c's CPU loop writes:
  * h [n, d] = table[ids[i]]; bias [H, L, L] = rel[bk[j - i + L - 1] * H + h]; rows of x [n, d]

@@ -108,6 +108,7 @@ void sao_cuda_memory_stats(int64_t *allocated, int64_t *cached, int64_t *peak, i
 }
 
 int sao_cuda_gemm_use_lt(int on) { return sao_cuda_unavailable() ? 0 : tbl.fn_sao_cuda_gemm_use_lt(on); }
+int64_t sao_cuda_gemm_workspace_bytes(int device) { return loaded ? tbl.fn_sao_cuda_gemm_workspace_bytes(device) : 0; }
 
 int sao_cuda_use(sao_ctx *ctx, const char *op, int device, const char *what) {
     const char *no = sao_cuda_unavailable();
@@ -123,6 +124,7 @@ int sao_dit_to_device(sao_ctx *ctx, sao_dit *m, int device) {
 
 /* A model is on a device only through the backend: without one it is already on the host. */
 int sao_dit_to_host(sao_ctx *ctx, sao_dit *m) { return loaded ? tbl.fn_sao_dit_to_host(ctx, m) : 0; }
+int sao_dit_sync_host(sao_ctx *ctx, sao_dit *m) { return loaded ? tbl.fn_sao_dit_sync_host(ctx, m) : 0; }
 
 void dit_device_release(sao_dit *m) {
     if (loaded) tbl.fn_dit_device_release(m);

@@ -196,6 +196,13 @@ static int cpu_memcpy(sao_ctx *ctx, float *dst, const float *src, int64_t n) {
     return 0;
 }
 
+static float *cpu_alloc(sao_ctx *ctx, size_t floats) {
+    float *p = malloc((floats ? floats : 1) * sizeof(float));
+    return p ? p : sao_err_null(ctx, "dit_alloc", "out of memory for %zu MB", floats * 4 >> 20);
+}
+
+static void cpu_release(float *p) { free(p); }
+
 /* CFG combine and rescale; kernels/cuda/dit_glue.cu's cfg_kernel is its twin (same order, double sums). */
 static int cpu_cfg(sao_ctx *ctx, const float *cond, const float *unc, int64_t rows, int64_t io, double scale,
                    double phi, float *g) {
@@ -236,12 +243,17 @@ const dit_ops dit_ops_cpu = {
     .cfg = cpu_cfg,
     .put = cpu_memcpy,
     .get = cpu_memcpy,
+    .linear_bwd = sao_linear_backward,
+    .silu_bwd = sao_silu_backward,
+    .swiglu_bwd = sao_swiglu_backward,
+    .layernorm_bwd = sao_layernorm_backward,
+    .rope_bwd = sao_rope_backward,
+    .attention_bwd = sao_attention_backward,
+    .fourier_bwd = sao_fourier_features_backward,
+    .sumsq = sao_sumsq,
+    .alloc = cpu_alloc,
+    .release = cpu_release,
 };
-
-/* n contiguous floats */
-static int copy1(sao_ctx *ctx, const dit_ops *ops, float *dst, const float *src, int64_t n) {
-    return ops->copy(ctx, dst, n, src, n, 1, n);
-}
 
 /* ---- the forward, on m->ops ------------------------------------------------------------------ */
 /* y = W2 silu(W1 x + b1) + b2 keeping the hidden layer before (pre) and after (act) the SiLU. */
@@ -267,7 +279,7 @@ int dit_stem_forward(sao_ctx *ctx, const sao_dit *m, const dit_dims *d, const fl
     if (ops->add(ctx, s->tok, h, B * E)) return -1;
     /* x + pre_conv(x) in token layout, project_in into rows 1..T; the token into row 0 */
     if (ops->transpose(ctx, x, B, io, T, 0, s->xt)) return -1;
-    if (copy1(ctx, ops, s->xt2, s->xt, B * T * io)) return -1;
+    if (dit_copy(ctx, ops, s->xt2, s->xt, B * T * io)) return -1;
     if (ops->linear(ctx, s->xt, m->pre_conv, NULL, B * T, io, io, 1, s->xt2)) return -1;
     if (ops->copy(ctx, h, N * E, s->tok, E, B, E)) return -1;
     for (int64_t b = 0; b < B; b++)
@@ -291,7 +303,7 @@ int dit_block_forward(sao_ctx *ctx, const sao_dit *m, int i, const dit_dims *d, 
                         .v_stride = {N * 3 * E, D, 3 * E}, .o_stride = {N * E, D, E}};
     if (ops->attention(ctx, &sa, a->qkv, a->qkv + E, a->qkv + 2 * E, NULL, NULL, a->att1, a->lse1)) return -1;
     if (dit_lin_forward(ctx, m, i, 1, a->att1, B * N, E, E, l->attn_out, NULL, 1, h)) return -1;
-    if (copy1(ctx, ops, a->h1, h, B * N * E)) return -1;
+    if (dit_copy(ctx, ops, a->h1, h, B * N * E)) return -1;
     /* cross-attention on the 768-d context, K/V heads shared by consecutive query heads */
     if (L > 0) {
         if (ops->layernorm(ctx, h, l->ca_g, NULL, B * N, E, 1e-5f, a->ln2, a->mean2, a->rstd2)) return -1;
@@ -303,7 +315,7 @@ int dit_block_forward(sao_ctx *ctx, const sao_dit *m, int i, const dit_dims *d, 
         if (ops->attention(ctx, &ca, a->q2, a->kv, a->kv + Dc, NULL, NULL, a->att2, a->lse2)) return -1;
         if (dit_lin_forward(ctx, m, i, 4, a->att2, B * N, E, E, l->ca_out, NULL, 1, h)) return -1;
     }
-    if (copy1(ctx, ops, a->h2, h, B * N * E)) return -1;
+    if (dit_copy(ctx, ops, a->h2, h, B * N * E)) return -1;
     /* feed-forward: SwiGLU */
     if (ops->layernorm(ctx, h, l->ff_g, NULL, B * N, E, 1e-5f, a->ln3, a->mean3, a->rstd3)) return -1;
     if (dit_lin_forward(ctx, m, i, 5, a->ln3, B * N, E, 2 * F, l->ff_w1, l->ff_b1, 0, a->p)) return -1;
@@ -317,7 +329,7 @@ int dit_head_forward(sao_ctx *ctx, const sao_dit *m, const dit_dims *d, const fl
     int64_t B = d->B, T = d->T, N = d->N, io = d->io;
     if (ops->linear(ctx, h, m->proj_out, NULL, B * N, d->E, io, 0, o)) return -1;
     if (ops->copy(ctx, ot, T * io, o + io, N * io, B, T * io)) return -1;   /* rows 1..T of each item */
-    if (copy1(ctx, ops, y, ot, B * T * io)) return -1;
+    if (dit_copy(ctx, ops, y, ot, B * T * io)) return -1;
     return ops->linear(ctx, ot, m->post_conv, NULL, B * T, io, io, 1, y);
 }
 
@@ -334,7 +346,7 @@ static float *ws_get(sao_ctx *ctx, sao_dit *m, size_t need) {
 }
 
 /* Before a call: weights bound; on a device model, its device current and its weights up to date. */
-static int dit_begin(sao_ctx *ctx, sao_dit *m, const char *op) {
+int dit_begin(sao_ctx *ctx, sao_dit *m, const char *op) {
     if (!m->t_w1) return sao_err(ctx, op, "the model has no weights bound (load a checkpoint first)");
     return m->device >= 0 ? dit_device_begin(ctx, m) : 0;
 }
@@ -380,8 +392,8 @@ int sao_dit_forward(sao_ctx *ctx, sao_dit *m, const float *x, const float *t, co
     /* inputs of the doubled batch: [x; x], [t; t], [cross; 0], [global; global] */
     if (ops->put(ctx, xi, x, B * io * T) || ops->put(ctx, ti, t, B) || ops->put(ctx, gi, global, B * Dg)) return -1;
     if (L > 0 && ops->put(ctx, ci, cross, B * L * Dc)) return -1;
-    if (cfg_on && (copy1(ctx, ops, xi + B * io * T, xi, B * io * T) || copy1(ctx, ops, ti + B, ti, B) ||
-                   copy1(ctx, ops, gi + B * Dg, gi, B * Dg) || ops->zero(ctx, ci + B * L * Dc, B * L * Dc))) return -1;
+    if (cfg_on && (dit_copy(ctx, ops, xi + B * io * T, xi, B * io * T) || dit_copy(ctx, ops, ti + B, ti, B) ||
+                   dit_copy(ctx, ops, gi + B * Dg, gi, B * Dg) || ops->zero(ctx, ci + B * L * Dc, B * L * Dc))) return -1;
     dit_stem s;
     dit_acts a;
     dit_stem_layout(&d, sbuf, &s);

@@ -8,11 +8,11 @@
 #include "params.h"
 #include "sao_kernels.h"
 
-/* The kernels and memory helpers the DiT forward calls, one table per device: the orchestration
- * (stem, blocks, head, CFG) is written once against this table. Every pointer argument is memory
- * of the table's device, except put's source and get's destination, which are host memory.
- * The kernels have exactly the sao_kernels.h signatures (the CPU table points at them; the CUDA
- * table at their sao_cuda_ twins). */
+/* The kernels and memory helpers the DiT forward and its training pass call, one table per
+ * device: the orchestration (stem, blocks, head, CFG; dit_train.c's backward) is written once
+ * against this table. Every pointer argument is memory of the table's device, except put's source
+ * and get's destination, which are host memory. The kernels have exactly the sao_kernels.h
+ * signatures (the CPU table points at them; the CUDA table at their sao_cuda_ twins). */
 typedef struct dit_ops {
     const char *device;   /* "cpu" or "cuda" */
     int (*linear)(sao_ctx *ctx, const float *x, const float *w, const float *b, int64_t n, int64_t in,
@@ -38,7 +38,31 @@ typedef struct dit_ops {
                double phi, float *g);
     int (*put)(sao_ctx *ctx, float *dst, const float *host_src, int64_t n);   /* host -> this device */
     int (*get)(sao_ctx *ctx, float *host_dst, const float *src, int64_t n);   /* this device -> host */
+    /* training: the backward kernels (gradients accumulate), the sum of squares (into a host
+     * double), and the device's memory (alloc: NULL and a sao error when it fails) */
+    int (*linear_bwd)(sao_ctx *ctx, const float *dy, const float *x, const float *w, int64_t n, int64_t in,
+                      int64_t out, float *dx, float *dw, float *db);
+    int (*silu_bwd)(sao_ctx *ctx, const float *dy, const float *x, int64_t n, float *dx);
+    int (*swiglu_bwd)(sao_ctx *ctx, const float *dy, const float *p, int64_t n, int64_t f, float *dp);
+    int (*layernorm_bwd)(sao_ctx *ctx, const float *dy, const float *x, const float *gamma, const float *mean,
+                         const float *rstd, int64_t n, int64_t c, float *dx, float *dgamma, float *dbeta);
+    int (*rope_bwd)(sao_ctx *ctx, const float *dy, int64_t B, int64_t H, int64_t T, int64_t D,
+                    const int64_t *strides, int64_t rot_dim, int64_t pos_offset, const float *inv_freq,
+                    double base, float *dx);
+    int (*attention_bwd)(sao_ctx *ctx, const sao_attn_desc *a, const float *q, const float *k, const float *v,
+                         const float *bias, const uint8_t *key_mask, const float *out, const float *lse,
+                         const float *dout, float *dq, float *dk, float *dv, float *dbias);
+    int (*fourier_bwd)(sao_ctx *ctx, const float *dy, const float *t, const float *w, int64_t B, int64_t f,
+                       float *dw, float *dt);
+    int (*sumsq)(sao_ctx *ctx, const float *x, int64_t n, double *out);
+    float *(*alloc)(sao_ctx *ctx, size_t floats);
+    void (*release)(float *p);
 } dit_ops;
+
+/* n contiguous floats, on the table's device */
+static inline int dit_copy(sao_ctx *ctx, const dit_ops *ops, float *dst, const float *src, int64_t n) {
+    return ops->copy(ctx, dst, n, src, n, 1, n);
+}
 extern const dit_ops dit_ops_cpu;
 extern const dit_ops dit_ops_cuda;      /* kernels/cuda/dit_glue.cu (in libsao_cuda.so only) */
 
@@ -67,6 +91,9 @@ struct sao_dit {
     float *dparams;     /* device model: one block holding every parameter of a slot */
     int64_t *doff;      /* [nslots]: offset of parameter i in dparams (floats; -1: no slot) */
     float *dws;         /* device model: the inference workspace (caching allocator) */
+    int dirty;          /* device weights handed out for writing (sao_dit_device_tensor: training):
+                           they may be newer than the host tensors, so leaving the device, or
+                           uploading again, first copies them back (sao_dit_sync_host) */
     size_t dws_size;    /* in floats */
 };
 
@@ -75,6 +102,8 @@ struct sao_dit {
  * parameter rebound (loaded anew) since the upload. ws: the device workspace, grown as needed.
  * release: frees the device blocks (sao_dit_free). */
 int dit_device_begin(sao_ctx *ctx, sao_dit *m);
+/* Before any call on the model (dit.c): weights bound, and on a device model dit_device_begin. */
+int dit_begin(sao_ctx *ctx, sao_dit *m, const char *op);
 float *dit_device_ws(sao_ctx *ctx, sao_dit *m, size_t floats);
 void dit_device_release(sao_dit *m);
 

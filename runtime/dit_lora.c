@@ -181,7 +181,7 @@ int dit_lin_backward(sao_ctx *ctx, const sao_dit *m, int layer, int slot, const 
     dit_lora *l = m->lora;
     int adapted = l && l->on[slot] && l->strength != 0.0;
     /* with adapters the base is frozen: skip its weight gradient */
-    if (sao_linear_backward(ctx, dy, x, w, n, in, out, dx, adapted ? NULL : dw, adapted ? NULL : db)) return -1;
+    if (m->ops->linear_bwd(ctx, dy, x, w, n, in, out, dx, adapted ? NULL : dw, adapted ? NULL : db)) return -1;
     if (!adapted) return 0;
     size_t k = (size_t)layer * DIT_LORA_SLOTS + (size_t)slot;
     if (lora_u(ctx, l, k, x, n, in)) return -1;

@@ -9,15 +9,24 @@
  * (sao_dit_train_grads gives its registry), so a parameter's gradient has its upstream name.
  * Backward accumulates into the gradients (call sao_dit_train_zero_grad between steps); it also
  * returns d(loss)/d(x), d/d(cross) and d/d(global) when asked (the number conditioners train too).
- * CPU only: the forward pieces run on the model's kernel table (m->ops), which is the CPU one for
- * a host model; a model whose weights are on a GPU (sao_dit_to_device) is refused. */
+ *
+ * One code path for every device: each kernel and memory operation goes through the model's
+ * kernel table (m->ops, dit_internal.h), and both arenas live in that device's memory (ops->alloc).
+ * The entry points take HOST buffers (inputs, output, d(output), the input gradients): they are
+ * copied into the arena (ops->put) and the results copied out (ops->get), plain memcpys on the
+ * CPU, so a host model computes exactly what it did when the trainer borrowed the caller's buffers.
+ * A device model (sao_dit_to_device) trains on its GPU with its gradients in device memory; the
+ * trainer belongs to the device the model was on when it was made. LoRA adapters run on the CPU only. */
 #include "dit_internal.h"
 #include "sao_lora.h"
+#include "sao_cuda.h"
 #include <stdlib.h>
 #include <string.h>
 
 struct sao_dit_train {
     sao_dit *m;
+    const dit_ops *ops;       /* the model's table when the trainer was made: its memory holds the arenas */
+    int device;               /* the model's device then (-1: host) */
     sao_dit *g;               /* gradients: same layout, pointers into garena */
     float *garena;
     int64_t gnumel;
@@ -32,8 +41,9 @@ struct sao_dit_train {
     /* backward scratch */
     float *dh, *dln, *dqkv, *datt, *dp, *dg, *dkv, *dcc, *dy, *dot, *dxt2, *dxt;
     float *dtok, *dhid, *dpre, *dtf, *dcact, *dcpre;
-    const float *x, *t, *cross, *global;   /* the last forward's inputs (borrowed) */
-    int ready;
+    /* the last forward's inputs, copied in; the output / d(output) and the input gradients staged */
+    float *x, *t, *cross, *global, *outb, *dxb, *dcrossb, *dglobalb;
+    int ready, has_cross;
 };
 
 sao_params *sao_dit_train_grads(sao_dit_train *tr) { return tr->g->params; }
@@ -41,11 +51,19 @@ int64_t sao_dit_train_bytes(const sao_dit_train *tr) {
     return (int64_t)(tr->arena_floats * sizeof(float)) + tr->gnumel * (int64_t)sizeof(float);
 }
 
+int64_t sao_dit_train_device_bytes(const sao_dit_train *tr) {
+    if (tr->device < 0) return sao_dit_train_bytes(tr);
+    return (int64_t)(sao_cuda_size_class(tr->arena_floats * sizeof(float)) +
+                     sao_cuda_size_class((size_t)tr->gnumel * sizeof(float)));
+}
+
 void sao_dit_train_free(sao_dit_train *tr) {
     if (!tr) return;
     sao_dit_free(tr->g);
-    free(tr->garena);
-    free(tr->arena);
+    if (tr->ops) {
+        tr->ops->release(tr->garena);
+        tr->ops->release(tr->arena);
+    }
     free(tr->acts);
     free(tr);
 }
@@ -53,21 +71,29 @@ void sao_dit_train_free(sao_dit_train *tr) {
 static void release_nothing(sao_storage *s) { SAO_UNUSED(s); }
 static const sao_allocator borrowed = {"arena", release_nothing};
 
-/* Training runs on the CPU: a device model is refused with what to do. */
-static int host_only(sao_ctx *ctx, const char *op, const sao_dit *m) {
-    if (m->device < 0) return 0;
-    return sao_err(ctx, op, "the model's weights are on CUDA device %d: training runs on the CPU only for now "
-                   "(dit:to(\"cpu\") first)", m->device);
+/* The model must still be where it was when the trainer was made (its arenas are there); on a
+ * device, its device current and its weights up to date (dit_begin). */
+static int same_place(sao_ctx *ctx, const char *op, sao_dit_train *tr) {
+    if (tr->m->device != tr->device)
+        return sao_err(ctx, op, "the model moved (from %s %d to %s %d) since this trainer was made: make a new "
+                       "trainer", tr->device < 0 ? "host" : "CUDA device", tr->device,
+                       tr->m->device < 0 ? "host" : "CUDA device", tr->m->device);
+    return dit_begin(ctx, tr->m, op);
 }
 
 sao_dit_train *sao_dit_train_new(sao_ctx *ctx, sao_dit *m, int64_t B, int64_t T, int64_t L, int recompute) {
     const char *op = "dit_train_new";
-    if (host_only(ctx, op, m)) return NULL;
     if (B <= 0 || T <= 0 || L < 0) return sao_err_null(ctx, op, "bad sizes B=%lld T=%lld L=%lld", (long long)B, (long long)T, (long long)L);
     sao_dit_train *tr = calloc(1, sizeof *tr);
     if (!tr) return sao_err_null(ctx, op, "out of memory");
     tr->m = m;
+    tr->ops = m->ops;
+    tr->device = m->device;
     tr->recompute = recompute ? 1 : 0;
+    if (m->device >= 0 && m->lora) {
+        free(tr);
+        return sao_err_null(ctx, op, "LoRA adapters train on the CPU only for now (dit:to(\"cpu\") first)");
+    }
     dit_dims_init(m, B, T, L, &tr->d);
     const dit_dims *d = &tr->d;
     int depth = m->cfg.depth;
@@ -75,8 +101,8 @@ sao_dit_train *sao_dit_train_new(sao_ctx *ctx, sao_dit *m, int64_t B, int64_t T,
     tr->g = sao_dit_new(ctx, &m->cfg);
     if (!tr->g) { free(tr); return NULL; }
     tr->gnumel = sao_params_numel(tr->g->params);
-    tr->garena = calloc((size_t)tr->gnumel, sizeof(float));
-    if (!tr->garena) { sao_dit_train_free(tr); return sao_err_null(ctx, op, "out of memory for gradients"); }
+    tr->garena = tr->ops->alloc(ctx, (size_t)tr->gnumel);
+    if (!tr->garena || tr->ops->zero(ctx, tr->garena, tr->gnumel)) { sao_dit_train_free(tr); return NULL; }
     int64_t off = 0;
     for (int i = 0; i < sao_params_count(tr->g->params); i++) {
         int nd = sao_params_ndim(tr->g->params, i);
@@ -84,6 +110,7 @@ sao_dit_train *sao_dit_train_new(sao_ctx *ctx, sao_dit *m, int64_t B, int64_t T,
         int64_t n = 1;
         for (int k = 0; k < nd; k++) n *= shp[k];
         sao_tensor *w = sao_tensor_wrap(ctx, tr->garena + off, (size_t)n * sizeof(float), SAO_F32, nd, shp, &borrowed, NULL);
+        if (w) w->storage->device = m->device >= 0 ? SAO_CUDA : SAO_CPU;   /* Lua sees where the gradients are */
         if (!w || sao_params_bind(ctx, tr->g->params, sao_params_name(tr->g->params, i), w)) {
             sao_tensor_free(w);
             sao_dit_train_free(tr);
@@ -101,13 +128,20 @@ sao_dit_train *sao_dit_train_new(sao_ctx *ctx, sao_dit *m, int64_t B, int64_t T,
                   BN * E * 3 + BN * 3 * E + BN * (size_t)(2 * d->F + d->F) + /* dh, dln, datt, dqkv, dp, dg */
                   BL * 2 * (size_t)d->Dc + BL * (size_t)d->Dc +               /* dkv, dcc */
                   BT * io * 4 + BN * io +                                     /* dy, dot, dxt2, dxt, (do) */
-                  BE * 3 + (size_t)(d->B * d->TF) + BL * (size_t)d->Dc * 2;  /* dtok, dhid, dpre, dtf, dcact, dcpre */
+                  BE * 3 + (size_t)(d->B * d->TF) + BL * (size_t)d->Dc * 2 + /* dtok, dhid, dpre, dtf, dcact, dcpre */
+                  BT * io * 3 + (size_t)d->B + BL * (size_t)d->Dc * 2 +       /* x, out, dx; t; cross, dcross */
+                  (size_t)(d->B * d->Dg) * 2;                                 /* global, dglobal */
     tr->arena_floats = need;
-    tr->arena = malloc(need * sizeof(float));
     tr->acts = calloc(nacts, sizeof *tr->acts);
-    if (!tr->arena || !tr->acts) {
+    if (!tr->acts) {
         sao_dit_train_free(tr);
-        return sao_err_null(ctx, op, "out of memory for the %zu MB activation plan", need * 4 >> 20);
+        return sao_err_null(ctx, op, "out of memory");
+    }
+    tr->arena = tr->ops->alloc(ctx, need);
+    if (!tr->arena) {
+        sao_dit_train_free(tr);
+        return sao_err_null(ctx, op, "out of %s memory for the %zu MB activation plan (%s)",
+                            m->device >= 0 ? "device" : "host", need * 4 >> 20, sao_ctx_error(ctx));
     }
     float *b = tr->arena;
     dit_stem_layout(d, b, &tr->stem); b += dit_stem_size(d);
@@ -135,11 +169,19 @@ sao_dit_train *sao_dit_train_new(sao_ctx *ctx, sao_dit *m, int64_t B, int64_t T,
     tr->dtf = b; b += (size_t)(d->B * d->TF);
     tr->dcact = b; b += BL * (size_t)d->Dc;
     tr->dcpre = b; b += BL * (size_t)d->Dc;
+    tr->x = b; b += BT * io;
+    tr->outb = b; b += BT * io;
+    tr->dxb = b; b += BT * io;
+    tr->t = b; b += (size_t)d->B;
+    tr->cross = b; b += BL * (size_t)d->Dc;
+    tr->dcrossb = b; b += BL * (size_t)d->Dc;
+    tr->global = b; b += (size_t)(d->B * d->Dg);
+    tr->dglobalb = b; b += (size_t)(d->B * d->Dg);
     return tr;
 }
 
 int sao_dit_train_zero_grad(sao_ctx *ctx, sao_dit_train *tr) {
-    memset(tr->garena, 0, (size_t)tr->gnumel * sizeof(float));
+    if (tr->ops->zero(ctx, tr->garena, tr->gnumel)) return -1;
     return sao_dit_lora_zero_grad(ctx, tr->m);
 }
 
@@ -147,130 +189,150 @@ int sao_dit_train_forward(sao_ctx *ctx, sao_dit_train *tr, const float *x, const
                           const float *global, float *out) {
     const dit_dims *d = &tr->d;
     sao_dit *m = tr->m;
-    if (!m->t_w1) return sao_err(ctx, "dit_train_forward", "the model has no weights bound");
-    if (host_only(ctx, "dit_train_forward", m)) return -1;
+    const dit_ops *ops = tr->ops;
+    if (same_place(ctx, "dit_train_forward", tr)) return -1;
+    int64_t B = d->B, BTio = d->B * d->T * d->io;
     size_t BNE = (size_t)(d->B * d->N * d->E);
-    if (dit_stem_forward(ctx, m, d, x, t, d->L > 0 ? cross : NULL, global, &tr->stem, tr->h)) return -1;
+    tr->ready = 0;
+    tr->has_cross = d->L > 0 && cross;
+    if (ops->put(ctx, tr->x, x, BTio) || ops->put(ctx, tr->t, t, B) ||
+        ops->put(ctx, tr->global, global, B * d->Dg) ||
+        (tr->has_cross && ops->put(ctx, tr->cross, cross, B * d->L * d->Dc))) return -1;
+    if (dit_stem_forward(ctx, m, d, tr->x, tr->t, tr->has_cross ? tr->cross : NULL, tr->global, &tr->stem, tr->h))
+        return -1;
     for (int i = 0; i < m->cfg.depth; i++) {
-        memcpy(tr->hin + (size_t)i * BNE, tr->h, BNE * sizeof(float));
+        if (dit_copy(ctx, ops, tr->hin + (size_t)i * BNE, tr->h, (int64_t)BNE)) return -1;
         if (dit_block_forward(ctx, m, i, d, tr->stem.cc, tr->h, &tr->acts[tr->recompute ? 0 : i])) return -1;
     }
     if (dit_head_forward(ctx, m, d, tr->h, tr->o, tr->ot, tr->y)) return -1;
-    tr->x = x; tr->t = t; tr->cross = cross; tr->global = global;
+    if (ops->transpose(ctx, tr->y, d->B, d->T, d->io, 0, tr->outb) || ops->get(ctx, out, tr->outb, BTio)) return -1;
     tr->ready = 1;
-    return sao_transpose_forward(ctx, tr->y, d->B, d->T, d->io, 0, out);
+    return 0;
 }
 
 /* Backward of y = W2 silu(W1 x + b1) + b2 given dy; accumulates dW*, db*, and dx when not NULL. */
-static int mlp2_backward(sao_ctx *ctx, const float *dy, const float *x, const float *pre, const float *act,
-                         int64_t n, int64_t in, int64_t hid, int64_t out, const float *w1, const float *w2,
-                         float *dw1, float *db1, float *dw2, float *db2, float *dact, float *dpre, float *dx) {
-    memset(dact, 0, (size_t)(n * hid) * sizeof(float));
-    if (sao_linear_backward(ctx, dy, act, w2, n, hid, out, dact, dw2, db2)) return -1;
-    memset(dpre, 0, (size_t)(n * hid) * sizeof(float));
-    if (sao_silu_backward(ctx, dact, pre, n * hid, dpre)) return -1;
-    return sao_linear_backward(ctx, dpre, x, w1, n, in, hid, dx, dw1, db1);
+static int mlp2_backward(sao_ctx *ctx, const dit_ops *ops, const float *dy, const float *x, const float *pre,
+                         const float *act, int64_t n, int64_t in, int64_t hid, int64_t out, const float *w1,
+                         const float *w2, float *dw1, float *db1, float *dw2, float *db2, float *dact, float *dpre,
+                         float *dx) {
+    if (ops->zero(ctx, dact, n * hid)) return -1;
+    if (ops->linear_bwd(ctx, dy, act, w2, n, hid, out, dact, dw2, db2)) return -1;
+    if (ops->zero(ctx, dpre, n * hid)) return -1;
+    if (ops->silu_bwd(ctx, dact, pre, n * hid, dpre)) return -1;
+    return ops->linear_bwd(ctx, dpre, x, w1, n, in, hid, dx, dw1, db1);
 }
 
 /* One block backward: dh [B*N, E] is d(loss)/d(block output) on entry and d/d(block input) on exit. */
 static int block_backward(sao_ctx *ctx, sao_dit_train *tr, int i, const float *hin, const dit_acts *a) {
     const dit_dims *d = &tr->d;
     const dit_layer *l = &tr->m->layers[i], *gl = &tr->g->layers[i];
+    const dit_ops *ops = tr->ops;
     int64_t B = d->B, N = d->N, E = d->E, D = d->D, H = d->H, L = d->L, Dc = d->Dc, F = d->F, BN = B * N;
     float *dh = tr->dh;
     /* h = h2 + W2 swiglu(W1 LN3(h2) + b1) + b2 */
-    memset(tr->dg, 0, (size_t)(BN * F) * sizeof(float));
+    if (ops->zero(ctx, tr->dg, BN * F)) return -1;
     if (dit_lin_backward(ctx, tr->m, i, 6, dh, a->g, BN, F, E, l->ff_w2, tr->dg, gl->ff_w2, gl->ff_b2)) return -1;
-    memset(tr->dp, 0, (size_t)(BN * 2 * F) * sizeof(float));
-    if (sao_swiglu_backward(ctx, tr->dg, a->p, BN, F, tr->dp)) return -1;
-    memset(tr->dln, 0, (size_t)(BN * E) * sizeof(float));
+    if (ops->zero(ctx, tr->dp, BN * 2 * F)) return -1;
+    if (ops->swiglu_bwd(ctx, tr->dg, a->p, BN, F, tr->dp)) return -1;
+    if (ops->zero(ctx, tr->dln, BN * E)) return -1;
     if (dit_lin_backward(ctx, tr->m, i, 5, tr->dp, a->ln3, BN, E, 2 * F, l->ff_w1, tr->dln, gl->ff_w1, gl->ff_b1)) return -1;
-    if (sao_layernorm_backward(ctx, tr->dln, a->h2, l->ff_g, a->mean3, a->rstd3, BN, E, dh, gl->ff_g, NULL)) return -1;
+    if (ops->layernorm_bwd(ctx, tr->dln, a->h2, l->ff_g, a->mean3, a->rstd3, BN, E, dh, gl->ff_g, NULL)) return -1;
     /* h2 = h1 + W_o CrossAttn(W_q LN2(h1), W_kv c) */
     if (L > 0) {
-        memset(tr->datt, 0, (size_t)(BN * E) * sizeof(float));
+        if (ops->zero(ctx, tr->datt, BN * E)) return -1;
         if (dit_lin_backward(ctx, tr->m, i, 4, dh, a->att2, BN, E, E, l->ca_out, tr->datt, gl->ca_out, NULL)) return -1;
         sao_attn_desc ca = {.B = B, .H = H, .Hkv = d->Hkv, .T = N, .M = L, .D = D, .scale = 0,
                             .q_stride = {N * E, D, E}, .k_stride = {L * 2 * Dc, D, 2 * Dc},
                             .v_stride = {L * 2 * Dc, D, 2 * Dc}, .o_stride = {N * E, D, E}};
         float *dq = tr->dqkv;   /* [BN, E] of the qkv scratch */
-        memset(dq, 0, (size_t)(BN * E) * sizeof(float));
-        memset(tr->dkv, 0, (size_t)(B * L * 2 * Dc) * sizeof(float));
-        if (sao_attention_backward(ctx, &ca, a->q2, a->kv, a->kv + Dc, NULL, NULL, a->att2, a->lse2, tr->datt,
+        if (ops->zero(ctx, dq, BN * E)) return -1;
+        if (ops->zero(ctx, tr->dkv, B * L * 2 * Dc)) return -1;
+        if (ops->attention_bwd(ctx, &ca, a->q2, a->kv, a->kv + Dc, NULL, NULL, a->att2, a->lse2, tr->datt,
                                    dq, tr->dkv, tr->dkv + Dc, NULL)) return -1;
         if (dit_lin_backward(ctx, tr->m, i, 3, tr->dkv, tr->stem.cc, B * L, Dc, 2 * Dc, l->ca_kv, tr->dcc, gl->ca_kv, NULL)) return -1;
-        memset(tr->dln, 0, (size_t)(BN * E) * sizeof(float));
+        if (ops->zero(ctx, tr->dln, BN * E)) return -1;
         if (dit_lin_backward(ctx, tr->m, i, 2, dq, a->ln2, BN, E, E, l->ca_q, tr->dln, gl->ca_q, NULL)) return -1;
-        if (sao_layernorm_backward(ctx, tr->dln, a->h1, l->ca_g, a->mean2, a->rstd2, BN, E, dh, gl->ca_g, NULL)) return -1;
+        if (ops->layernorm_bwd(ctx, tr->dln, a->h1, l->ca_g, a->mean2, a->rstd2, BN, E, dh, gl->ca_g, NULL)) return -1;
     }
     /* h1 = hin + W_o SelfAttn(RoPE(q), RoPE(k), v) with [q|k|v] = W_qkv LN1(hin) */
-    memset(tr->datt, 0, (size_t)(BN * E) * sizeof(float));
+    if (ops->zero(ctx, tr->datt, BN * E)) return -1;
     if (dit_lin_backward(ctx, tr->m, i, 1, dh, a->att1, BN, E, E, l->attn_out, tr->datt, gl->attn_out, NULL)) return -1;
     sao_attn_desc sa = {.B = B, .H = H, .Hkv = H, .T = N, .M = N, .D = D, .scale = 0,
                         .q_stride = {N * 3 * E, D, 3 * E}, .k_stride = {N * 3 * E, D, 3 * E},
                         .v_stride = {N * 3 * E, D, 3 * E}, .o_stride = {N * E, D, E}};
-    memset(tr->dqkv, 0, (size_t)(BN * 3 * E) * sizeof(float));
-    if (sao_attention_backward(ctx, &sa, a->qkv, a->qkv + E, a->qkv + 2 * E, NULL, NULL, a->att1, a->lse1, tr->datt,
+    if (ops->zero(ctx, tr->dqkv, BN * 3 * E)) return -1;
+    if (ops->attention_bwd(ctx, &sa, a->qkv, a->qkv + E, a->qkv + 2 * E, NULL, NULL, a->att1, a->lse1, tr->datt,
                                tr->dqkv, tr->dqkv + E, tr->dqkv + 2 * E, NULL)) return -1;
     int64_t qs[3] = {N * 3 * E, D, 3 * E};
-    if (sao_rope_backward(ctx, tr->dqkv, B, H, N, D, qs, d->rot, 0, tr->m->inv_freq, 10000.0, tr->dqkv)) return -1;
-    if (sao_rope_backward(ctx, tr->dqkv + E, B, H, N, D, qs, d->rot, 0, tr->m->inv_freq, 10000.0, tr->dqkv + E)) return -1;
-    memset(tr->dln, 0, (size_t)(BN * E) * sizeof(float));
+    if (ops->rope_bwd(ctx, tr->dqkv, B, H, N, D, qs, d->rot, 0, tr->m->inv_freq, 10000.0, tr->dqkv)) return -1;
+    if (ops->rope_bwd(ctx, tr->dqkv + E, B, H, N, D, qs, d->rot, 0, tr->m->inv_freq, 10000.0, tr->dqkv + E)) return -1;
+    if (ops->zero(ctx, tr->dln, BN * E)) return -1;
     if (dit_lin_backward(ctx, tr->m, i, 0, tr->dqkv, a->ln1, BN, E, 3 * E, l->qkv, tr->dln, gl->qkv, NULL)) return -1;
-    return sao_layernorm_backward(ctx, tr->dln, hin, l->pre_g, a->mean1, a->rstd1, BN, E, dh, gl->pre_g, NULL);
+    return ops->layernorm_bwd(ctx, tr->dln, hin, l->pre_g, a->mean1, a->rstd1, BN, E, dh, gl->pre_g, NULL);
 }
 
 int sao_dit_train_backward(sao_ctx *ctx, sao_dit_train *tr, const float *dout, float *dx, float *dcross,
                            float *dglobal) {
     const char *op = "dit_train_backward";
     if (!tr->ready) return sao_err(ctx, op, "no recorded forward (call sao_dit_train_forward first)");
-    if (host_only(ctx, op, tr->m)) return -1;
+    if (same_place(ctx, op, tr)) return -1;
+    const dit_ops *ops = tr->ops;
     const dit_dims *d = &tr->d;
     sao_dit *m = tr->m, *g = tr->g;
     int64_t B = d->B, T = d->T, N = d->N, E = d->E, io = d->io, L = d->L, Dc = d->Dc, BN = B * N;
+    int64_t BTio = B * T * io;
     size_t BNE = (size_t)(BN * E);
     /* head: y = ot + ot W_post^T (token layout), ot = o[:, 1:], o = h W_out^T */
-    if (sao_transpose_forward(ctx, dout, B, io, T, 0, tr->dy)) return -1;
-    memcpy(tr->dxt2, tr->dy, (size_t)(B * T * io) * sizeof(float));          /* d(ot) */
-    if (sao_linear_backward(ctx, tr->dy, tr->ot, m->post_conv, B * T, io, io, tr->dxt2, g->post_conv, NULL)) return -1;
-    memset(tr->dot, 0, (size_t)(BN * io) * sizeof(float));
-    for (int64_t b = 0; b < B; b++)
-        memcpy(tr->dot + (b * N + 1) * io, tr->dxt2 + b * T * io, (size_t)(T * io) * sizeof(float));
-    memset(tr->dh, 0, BNE * sizeof(float));
-    if (sao_linear_backward(ctx, tr->dot, tr->h, m->proj_out, BN, E, io, tr->dh, g->proj_out, NULL)) return -1;
+    if (ops->put(ctx, tr->outb, dout, BTio) || ops->transpose(ctx, tr->outb, B, io, T, 0, tr->dy)) return -1;
+    if (dit_copy(ctx, ops, tr->dxt2, tr->dy, BTio)) return -1;                        /* d(ot) */
+    if (ops->linear_bwd(ctx, tr->dy, tr->ot, m->post_conv, B * T, io, io, tr->dxt2, g->post_conv, NULL)) return -1;
+    /* d(o): zero on the prepended token's rows, d(ot) on the others */
+    if (ops->zero(ctx, tr->dot, BN * io) || ops->copy(ctx, tr->dot + io, N * io, tr->dxt2, T * io, B, T * io))
+        return -1;
+    if (ops->zero(ctx, tr->dh, (int64_t)BNE)) return -1;
+    if (ops->linear_bwd(ctx, tr->dot, tr->h, m->proj_out, BN, E, io, tr->dh, g->proj_out, NULL)) return -1;
     /* blocks in reverse; with recompute, re-run block i from its saved input to rebuild its record */
-    if (L > 0) memset(tr->dcc, 0, (size_t)(B * L * Dc) * sizeof(float));
+    if (L > 0 && ops->zero(ctx, tr->dcc, B * L * Dc)) return -1;
     for (int i = m->cfg.depth - 1; i >= 0; i--) {
         const float *hin = tr->hin + (size_t)i * BNE;
         const dit_acts *a = &tr->acts[tr->recompute ? 0 : i];
         if (tr->recompute) {
-            memcpy(tr->h, hin, BNE * sizeof(float));
+            if (dit_copy(ctx, ops, tr->h, hin, (int64_t)BNE)) return -1;
             if (dit_block_forward(ctx, m, i, d, tr->stem.cc, tr->h, &tr->acts[0])) return -1;
         }
         if (block_backward(ctx, tr, i, hin, a)) return -1;
         if (sao_interrupt_pending()) return sao_err(ctx, op, "interrupted");
     }
     /* stem: h rows 1..T = xt2 W_in^T, row 0 = tok = tE + gE */
-    memset(tr->dxt2, 0, (size_t)(B * T * io) * sizeof(float));
-    for (int64_t b = 0; b < B; b++) {
-        memcpy(tr->dtok + b * E, tr->dh + b * N * E, (size_t)E * sizeof(float));
-        if (sao_linear_backward(ctx, tr->dh + (b * N + 1) * E, tr->stem.xt2 + b * T * io, m->proj_in, T, io, E,
-                                tr->dxt2 + b * T * io, g->proj_in, NULL)) return -1;
-    }
+    if (ops->zero(ctx, tr->dxt2, BTio)) return -1;
+    if (ops->copy(ctx, tr->dtok, E, tr->dh, N * E, B, E)) return -1;
+    for (int64_t b = 0; b < B; b++)
+        if (ops->linear_bwd(ctx, tr->dh + (b * N + 1) * E, tr->stem.xt2 + b * T * io, m->proj_in, T, io, E,
+                            tr->dxt2 + b * T * io, g->proj_in, NULL)) return -1;
     /* xt2 = xt + xt W_pre^T */
-    memcpy(tr->dxt, tr->dxt2, (size_t)(B * T * io) * sizeof(float));
-    if (sao_linear_backward(ctx, tr->dxt2, tr->stem.xt, m->pre_conv, B * T, io, io, tr->dxt, g->pre_conv, NULL)) return -1;
-    if (dx && sao_transpose_forward(ctx, tr->dxt, B, T, io, 1, dx)) return -1;
+    if (dit_copy(ctx, ops, tr->dxt, tr->dxt2, BTio)) return -1;
+    if (ops->linear_bwd(ctx, tr->dxt2, tr->stem.xt, m->pre_conv, B * T, io, io, tr->dxt, g->pre_conv, NULL)) return -1;
+    /* the input gradients accumulate into the caller's buffers: staged in, added to, staged out */
+    if (dx && (ops->put(ctx, tr->dxb, dx, BTio) || ops->transpose(ctx, tr->dxt, B, T, io, 1, tr->dxb) ||
+               ops->get(ctx, dx, tr->dxb, BTio))) return -1;
     /* timestep MLP and Fourier features (t itself gets no gradient) */
-    memset(tr->dtf, 0, (size_t)(B * d->TF) * sizeof(float));
-    if (mlp2_backward(ctx, tr->dtok, tr->stem.tf, tr->stem.t_pre, tr->stem.t_act, B, d->TF, E, E, m->t_w1, m->t_w2,
-                      g->t_w1, g->t_b1, g->t_w2, g->t_b2, tr->dhid, tr->dpre, tr->dtf)) return -1;
-    if (sao_fourier_features_backward(ctx, tr->dtf, tr->t, m->t_feat_w, B, d->TF / 2, g->t_feat_w, NULL)) return -1;
+    if (ops->zero(ctx, tr->dtf, B * d->TF)) return -1;
+    if (mlp2_backward(ctx, ops, tr->dtok, tr->stem.tf, tr->stem.t_pre, tr->stem.t_act, B, d->TF, E, E, m->t_w1,
+                      m->t_w2, g->t_w1, g->t_b1, g->t_w2, g->t_b2, tr->dhid, tr->dpre, tr->dtf)) return -1;
+    if (ops->fourier_bwd(ctx, tr->dtf, tr->t, m->t_feat_w, B, d->TF / 2, g->t_feat_w, NULL)) return -1;
     /* global MLP */
-    if (mlp2_backward(ctx, tr->dtok, tr->global, tr->stem.g_pre, tr->stem.g_act, B, d->Dg, E, E, m->g_w1, m->g_w2,
-                      g->g_w1, NULL, g->g_w2, NULL, tr->dhid, tr->dpre, dglobal)) return -1;
+    float *dgl = dglobal ? tr->dglobalb : NULL;
+    if (dgl && ops->put(ctx, dgl, dglobal, B * d->Dg)) return -1;
+    if (mlp2_backward(ctx, ops, tr->dtok, tr->global, tr->stem.g_pre, tr->stem.g_act, B, d->Dg, E, E, m->g_w1,
+                      m->g_w2, g->g_w1, NULL, g->g_w2, NULL, tr->dhid, tr->dpre, dgl)) return -1;
+    if (dgl && ops->get(ctx, dglobal, dgl, B * d->Dg)) return -1;
     /* context MLP (its input gradient feeds the trainable number conditioners' tokens) */
-    if (L > 0 && mlp2_backward(ctx, tr->dcc, tr->cross, tr->stem.c_pre, tr->stem.c_act, B * L, Dc, Dc, Dc, m->c_w1,
-                               m->c_w2, g->c_w1, NULL, g->c_w2, NULL, tr->dcact, tr->dcpre, dcross)) return -1;
+    if (L > 0 && tr->has_cross) {
+        float *dcr = dcross ? tr->dcrossb : NULL;
+        if (dcr && ops->put(ctx, dcr, dcross, B * L * Dc)) return -1;
+        if (mlp2_backward(ctx, ops, tr->dcc, tr->cross, tr->stem.c_pre, tr->stem.c_act, B * L, Dc, Dc, Dc, m->c_w1,
+                          m->c_w2, g->c_w1, NULL, g->c_w2, NULL, tr->dcact, tr->dcpre, dcr)) return -1;
+        if (dcr && ops->get(ctx, dcross, dcr, B * L * Dc)) return -1;
+    }
     return 0;
 }

@@ -7,6 +7,7 @@
  * Elementwise math and reductions live in tensor_ops.c; this file only moves data. */
 #include "internal.h"
 #include "tensor_iter.h"
+#include "cuda_glue.h"
 #include <stdlib.h>
 #include <string.h>
 
@@ -279,6 +280,15 @@ void sao_tensor_set(sao_tensor *t, const int64_t *index, double value) {
 /* ---- copies ----------------------------------------------------------------------------- */
 int sao_tensor_copy_(sao_ctx *ctx, sao_tensor *dst, const sao_tensor *src) {
     int64_t sst[8];
+    if (dst->storage->device != SAO_CPU || src->storage->device != SAO_CPU) {
+        /* a device on either side: whole contiguous tensors of one dtype and size, any direction */
+        if (dst->dtype != src->dtype || !sao_tensor_is_contiguous(dst) || !sao_tensor_is_contiguous(src) ||
+            sao_tensor_numel(dst) != sao_tensor_numel(src))
+            return sao_err(ctx, "copy_", "with a device tensor, both must be contiguous with the same dtype and "
+                           "number of elements (convert or reshape on the host first)");
+        return sao_cuda_memcpy(ctx, sao_tensor_data(dst), sao_tensor_data(src),
+                               (size_t)sao_tensor_numel(dst) * sao_dtype_size(dst->dtype));
+    }
     if (sao_broadcast_strides(src, dst->ndim, dst->shape, sst))
         return sao_err(ctx, "copy_", "source shape does not broadcast to the destination's %d-d shape", dst->ndim);
     int64_t n = sao_tensor_numel(dst);

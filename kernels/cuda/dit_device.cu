@@ -16,6 +16,7 @@ extern "C" {
 #include "sao_cuda.h"
 }
 #include <stdlib.h>
+#include <string.h>
 
 static const int64_t ALIGN = 64;   // floats
 
@@ -39,6 +40,58 @@ static int upload(sao_ctx *ctx, const char *op, sao_dit *m, int i, float *blk) {
     return 0;
 }
 
+// Copies parameter i's device copy back into its host tensor.
+static int download(sao_ctx *ctx, const char *op, sao_dit *m, int i) {
+    const sao_tensor *t = sao_params_tensor(m->params, i);
+    size_t bytes = (size_t)param_numel(m->params, i) * sizeof(float);
+    cudaError_t e = cudaMemcpy(sao_tensor_data(t), m->dparams + m->doff[i], bytes, cudaMemcpyDeviceToHost);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return sao_err(ctx, op, "%s:%d: copying '%s' (%zu bytes) back from device %d: %s", __FILE__, __LINE__,
+                       sao_params_name(m->params, i), bytes, m->device, cudaGetErrorString(e));
+    }
+    return 0;
+}
+
+extern "C" int sao_dit_sync_host(sao_ctx *ctx, sao_dit *m) {
+    const char *op = "dit_sync_host";
+    if (m->device < 0) return 0;
+    CUDA_TRY(ctx, op, cudaSetDevice(m->device));
+    for (int i = 0; i < m->nslots; i++) {
+        if (m->doff[i] < 0 || !sao_params_tensor(m->params, i)) continue;
+        if (*m->slots[i] != m->dparams + m->doff[i]) continue;   // bound anew since: the host tensor is newer
+        if (download(ctx, op, m, i)) return -1;
+    }
+    return 0;
+}
+
+static void release_nothing(sao_storage *s) { SAO_UNUSED(s); }
+static const sao_allocator device_view = {"cuda-view", release_nothing};
+
+extern "C" sao_tensor *sao_dit_device_tensor(sao_ctx *ctx, sao_dit *m, const char *name) {
+    const char *op = "dit_device_tensor";
+    if (m->device < 0)
+        return (sao_tensor *)sao_err_null(ctx, op, "the model is on the host (dit:to(\"cuda\") first)");
+    int n = sao_params_count(m->params);
+    for (int i = 0; i < n; i++) {
+        if (strcmp(sao_params_name(m->params, i), name) != 0) continue;
+        if (m->doff[i] < 0 || !sao_params_tensor(m->params, i))
+            return (sao_tensor *)sao_err_null(ctx, op, "'%s' is not on the device (a buffer the forward never "
+                                              "reads, or not bound)", name);
+        // a parameter bound anew since the upload goes up first, so the view shows the current weights
+        if (dit_device_begin(ctx, m)) return NULL;
+        int64_t numel = param_numel(m->params, i);
+        sao_tensor *t = sao_tensor_wrap(ctx, m->dparams + m->doff[i], (size_t)numel * sizeof(float), SAO_F32,
+                                        sao_params_ndim(m->params, i), sao_params_shape(m->params, i),
+                                        &device_view, NULL);
+        if (!t) return NULL;
+        t->storage->device = SAO_CUDA;
+        m->dirty = 1;
+        return t;
+    }
+    return (sao_tensor *)sao_err_null(ctx, op, "no parameter named '%s'", name);
+}
+
 static void release_blocks(sao_dit *m) {
     sao_cuda_free(m->dparams);
     sao_cuda_free(m->dws);
@@ -48,8 +101,9 @@ static void release_blocks(sao_dit *m) {
 }
 
 extern "C" int sao_dit_to_host(sao_ctx *ctx, sao_dit *m) {
-    SAO_UNUSED(ctx);
     if (m->device < 0) return 0;
+    if (m->dirty && sao_dit_sync_host(ctx, m)) return -1;   // trained on the device: keep what it learnt
+    m->dirty = 0;
     for (int i = 0; i < m->nslots; i++) {
         if (!m->slots[i]) continue;
         const sao_tensor *t = sao_params_tensor(m->params, i);
@@ -73,6 +127,7 @@ extern "C" int sao_dit_to_device(sao_ctx *ctx, sao_dit *m, int device) {
     if (!m->t_w1) return sao_err(ctx, op, "the model has no weights bound (load a checkpoint first)");
     if (sao_params_check(ctx, m->params)) return -1;
     if (m->device == device) {   // again: every weight anew, so in-place edits of the host tensors arrive
+        if (m->dirty && sao_dit_sync_host(ctx, m)) return -1;   // unless the device copy is the newer one
         for (int i = 0; i < m->nslots; i++) {
             if (m->doff[i] < 0 || !sao_params_tensor(m->params, i)) continue;
             if (upload(ctx, op, m, i, m->dparams)) return -1;

@@ -1,4 +1,4 @@
-// dit_glue.cu — the DiT forward's CUDA kernel table (dit_ops, runtime/dit_internal.h): the sao_cuda_
+// dit_glue.cu — the DiT's CUDA kernel table (forward and training) (dit_ops, runtime/dit_internal.h): the sao_cuda_
 // twins of the CPU kernels, the shared memory helpers (runtime/cuda_glue.h: row copies, zero, y += x,
 // host <-> device transfers), and the CFG combine + rescale, the twin of dit.c's cpu_cfg (same
 // operation order, double sums, unbiased std over io channels).
@@ -55,6 +55,13 @@ static int cuda_cfg(sao_ctx *ctx, const float *cond, const float *unc, int64_t r
     return 0;
 }
 
+static float *cuda_alloc(sao_ctx *ctx, size_t floats) {
+    void *p = NULL;
+    return sao_cuda_malloc(ctx, floats * sizeof(float), &p) ? NULL : (float *)p;
+}
+
+static void cuda_release(float *p) { sao_cuda_free(p); }
+
 static dit_ops cuda_ops(void) {
     dit_ops o;
     memset(&o, 0, sizeof o);
@@ -73,6 +80,16 @@ static dit_ops cuda_ops(void) {
     o.cfg = cuda_cfg;
     o.put = sao_cuda_put;
     o.get = sao_cuda_get;
+    o.linear_bwd = sao_cuda_linear_backward;
+    o.silu_bwd = sao_cuda_silu_backward;
+    o.swiglu_bwd = sao_cuda_swiglu_backward;
+    o.layernorm_bwd = sao_cuda_layernorm_backward;
+    o.rope_bwd = sao_cuda_rope_backward;
+    o.attention_bwd = sao_cuda_attention_backward;
+    o.fourier_bwd = sao_cuda_fourier_features_backward;
+    o.sumsq = sao_cuda_sumsq;
+    o.alloc = cuda_alloc;
+    o.release = cuda_release;
     return o;
 }
 

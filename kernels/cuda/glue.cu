@@ -86,6 +86,12 @@ extern "C" int sao_cuda_get_bytes(sao_ctx *ctx, void *host_dst, const void *src,
     return 0;
 }
 
+extern "C" int sao_cuda_memcpy(sao_ctx *ctx, void *dst, const void *src, size_t bytes) {
+    if (!bytes) return 0;
+    CUDA_TRY(ctx, "cuda_memcpy", cudaMemcpy(dst, src, bytes, cudaMemcpyDefault));
+    return 0;
+}
+
 extern "C" int sao_cuda_put(sao_ctx *ctx, float *dst, const float *host_src, int64_t n) {
     return n <= 0 ? 0 : sao_cuda_put_bytes(ctx, dst, host_src, (size_t)n * sizeof(float));
 }

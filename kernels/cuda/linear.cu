@@ -304,3 +304,9 @@ extern "C" int sao_cuda_gemm_use_lt(int on) {
     if (on >= 0) use_lt = on != 0;
     return was;
 }
+
+extern "C" int64_t sao_cuda_gemm_workspace_bytes(int device) {
+    if (device < 0 || device >= MAX_DEVICES) return 0;
+    Locked guard;
+    return states[device].ready ? (int64_t)sao_cuda_size_class(WORKSPACE_BYTES) : 0;
+}

@@ -7,8 +7,9 @@
 --   dit:to("cuda")                              -- weights on the GPU: forward runs the CUDA kernels
 --   local v = dit:forward(x, t, cross, global)  -- inputs and outputs are host tensors on either device
 --   dit:to("cpu")
--- On a GPU only the inference forward runs (and dit:load uploads the new weights); training and
--- LoRA need the model on the CPU (docs/gpu.md).
+-- On a GPU the forward and the training pass run there (dit:load uploads the new weights); LoRA
+-- needs the model on the CPU (docs/gpu.md). dit:device_tensor(name) is a parameter's device copy
+-- (what a GPU optimiser updates); dit:sync_host() copies the device weights back to the host tensors.
 local ffi = require "ffi"
 local sao = require "sao"
 local models = require "sao.models"
@@ -62,6 +63,19 @@ function Dit:to(what)
   local dev = type(what) == "string" and what:match("^cuda:?(%d*)$")
   if not dev then error("dit:to: '" .. tostring(what) .. "': expected \"cpu\", \"cuda\" or \"cuda:N\"", 2) end
   sao.check(C.sao_dit_to_device(sao.ctx, self.h, tonumber(dev) or 0), 2)
+  return self
+end
+
+--- The device copy of parameter `name` (a device model): an f32 device tensor viewing the weight
+--- block, valid while the model stays on that device. Writing it changes the weights the forward
+--- uses; dit:to("cpu") (and dit:sync_host()) copy such weights back into the host tensors.
+function Dit:device_tensor(name)
+  return sao.tensor_from_ptr(sao.checkp(C.sao_dit_device_tensor(sao.ctx, self.h, name), 2))
+end
+
+--- Copies the device weights back into the host tensors (nothing on a host model).
+function Dit:sync_host()
+  sao.check(C.sao_dit_sync_host(sao.ctx, self.h), 2)
   return self
 end
 

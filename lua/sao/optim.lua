@@ -4,17 +4,33 @@
 -- Torch7 style: the optimiser re-reads its config table at every step, so changing cfg.lr,
 -- cfg.weight_decay, ... (or cfg.schedule, a function(step, cfg)) between steps takes effect at
 -- once. State (m, v, step) is a table of tensors that checkpoints save and restore.
+--
+-- Tensors on a GPU (a model trained there: dit:device_tensor, the trainer's device gradients) are
+-- updated there by the CUDA twins of the same kernels; the moments and the EMA copy then live on
+-- that device too.
 local ffi = require "ffi"
 local sao = require "sao"
 local C = sao.C
 
 local M = {}
 
+-- The kernel for where t lives: the CPU one, or its sao_cuda_ twin.
+local function kernel(t, name)
+  return t:device() == "cpu" and C["sao_" .. name] or C["sao_cuda_" .. name]
+end
+
+-- Zeros shaped like p, where p lives (`device` names the GPU: "cuda" or "cuda:N").
+local function zeros_like(p, device)
+  local z = sao.zeros(p:shape())
+  if p:device() == "cpu" then return z end
+  return z:to(device or "cuda")
+end
+
 --- Global L2 norm of the gradients (a number; inf/NaN when any gradient is).
 function M.grad_norm(grads)
   local s, out = 0, ffi.new("double[1]")
   for _, g in pairs(grads) do
-    sao.check(C.sao_sumsq(sao.ctx, g:data(), g:numel(), out))
+    sao.check(kernel(g, "sumsq")(sao.ctx, g:data(), g:numel(), out))
     s = s + out[0]
   end
   return math.sqrt(s)
@@ -24,8 +40,9 @@ local AdamW = {}
 AdamW.__index = AdamW
 
 --- params, grads: name -> f32 contiguous tensor (same names). cfg: {lr, betas={b1,b2}, eps,
---- weight_decay, clip (max global norm or nil), schedule (function or nil)}.
-function M.adamw(params, grads, cfg)
+--- weight_decay, clip (max global norm or nil), schedule (function or nil)}. device: the GPU the
+--- params live on when they are device tensors ("cuda", the default, or "cuda:N").
+function M.adamw(params, grads, cfg, device)
   local self = setmetatable({ params = params, grads = grads, cfg = cfg, state = { step = 0, m = {}, v = {} } }, AdamW)
   self.names = {}
   for k in pairs(params) do
@@ -34,8 +51,8 @@ function M.adamw(params, grads, cfg)
   end
   table.sort(self.names)
   for _, k in ipairs(self.names) do
-    self.state.m[k] = sao.zeros(params[k]:shape())
-    self.state.v[k] = sao.zeros(params[k]:shape())
+    self.state.m[k] = zeros_like(params[k], device)
+    self.state.v[k] = zeros_like(params[k], device)
   end
   return self
 end
@@ -67,7 +84,7 @@ function AdamW:step()
   st.step = st.step + 1
   for _, k in ipairs(self.names) do
     local p, g = self.params[k], self.grads[k]
-    sao.check(C.sao_adamw_step(sao.ctx, p:data(), g:data(), st.m[k]:data(), st.v[k]:data(), p:numel(),
+    sao.check(kernel(p, "adamw_step")(sao.ctx, p:data(), g:data(), st.m[k]:data(), st.v[k]:data(), p:numel(),
       info.lr, b[1], b[2], cfg.eps or 1e-8, cfg.weight_decay or 0, st.step, scale))
   end
   return info
@@ -77,13 +94,20 @@ local EMA = {}
 EMA.__index = EMA
 
 --- EMA of `params` (name -> tensor) with ema_pytorch's schedule: beta 0.9999, power 3/4,
---- update_after_step 1, inv_gamma 1 (SAO's defaults).
-function M.ema(params, opts)
+--- update_after_step 1, inv_gamma 1 (SAO's defaults). device: as for adamw.
+function M.ema(params, opts, device)
   opts = opts or {}
   local self = setmetatable({ params = params, beta = opts.beta or 0.9999, power = opts.power or 0.75,
     inv_gamma = opts.inv_gamma or 1, min_value = opts.min_value or 0, after = opts.update_after_step or 1,
     step = 0, shadow = {} }, EMA)
-  for k, p in pairs(params) do self.shadow[k] = p:clone() end
+  for k, p in pairs(params) do
+    if p:device() == "cpu" then
+      self.shadow[k] = p:clone()
+    else
+      self.shadow[k] = zeros_like(p, device)
+      self.shadow[k]:copy_(p)
+    end
+  end
   return self
 end
 
@@ -103,7 +127,7 @@ function EMA:update()
   end
   local d = self:decay(self.step)
   for k, p in pairs(self.params) do
-    sao.check(C.sao_ema_update(sao.ctx, self.shadow[k]:data(), p:data(), p:numel(), d))
+    sao.check(kernel(p, "ema_update")(sao.ctx, self.shadow[k]:data(), p:data(), p:numel(), d))
   end
   return d
 end

@@ -33,9 +33,12 @@ function M.save(path, tensors, metadata)
   local n = #names
   local cnames = ffi.new("const char*[?]", math.max(1, n))
   local cts = ffi.new("sao_tensor*[?]", math.max(1, n))
+  local host = {}   -- device tensors are written through host copies (kept alive until the call returns)
   for i, k in ipairs(names) do
+    local t = tensors[k]
+    if t:device() ~= "cpu" then t = t:to("cpu"); host[#host + 1] = t end
     cnames[i - 1] = k
-    cts[i - 1] = T.ptr(tensors[k])
+    cts[i - 1] = T.ptr(t)
   end
   local mj
   if metadata then

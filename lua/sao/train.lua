@@ -11,6 +11,7 @@
 --     recompute = false, run_dir = "runs/x", checkpoint_every = 1000, keep_checkpoints = 3, log_every = 1,
 --     demo = {every = 500, fn = function(trainer, step) ... end},   -- demo generations
 --     lora = nil,                         -- or {rank = 16, alpha = 16, targets = "..."}: train adapters only
+--     device = nil,                       -- "cuda" / "cuda:N": train on that GPU (default: where the DiT is)
 --   }
 --   for i = 1, 100 do trainer:step() end
 --   trainer:save()                       -- runs/x/checkpoints/step-N/
@@ -20,6 +21,12 @@
 -- Philox, so a resumed run draws exactly what the original would have: bit-exact resume.
 -- The optimiser re-reads trainer.cfg.optimizer every step; assigning trainer.cfg.schedule (from the
 -- REPL, say) or editing the schedule file swaps the schedule at the next step, and is logged.
+--
+-- On a GPU (cfg.device, or a DiT already moved there) the forward, backward, AdamW, clipping and
+-- EMA all run on the device, in fp32: the parameters are the DiT's device weights
+-- (dit:device_tensor), the gradients, moments and EMA copy are device tensors, and only the batch,
+-- the model output and its gradient cross to the host each micro-batch. Checkpoints are written
+-- from host copies; dit:to("cpu") brings the trained weights back. LoRA trains on the CPU only.
 local ffi = require "ffi"
 local cjson = require "cjson"
 local sao = require "sao"
@@ -63,10 +70,28 @@ local function draw_t(B, seed, counter)
   return sao.tensor(t)
 end
 
+-- The GPU to train on ("cuda:N"), or nil for the CPU: cfg.device, else where the DiT is.
+local function train_device(cfg)
+  local d = cfg.device
+  if d == nil then
+    local kind, n = cfg.dit:device()
+    return kind == "cuda" and ("cuda:" .. n) or nil
+  end
+  if d == "cpu" then return nil end
+  local n = type(d) == "string" and d:match("^cuda:?(%d*)$")
+  if not n then error("train: device '" .. tostring(d) .. "': expected \"cpu\", \"cuda\" or \"cuda:N\"", 3) end
+  return "cuda:" .. (n ~= "" and n or "0")
+end
+
 function M.new(cfg)
   if not cfg.dit then error("train: cfg.dit (a sao.dit handle with weights) is required", 2) end
   if not cfg.data then error("train: cfg.data (a loader with :next()) is required", 2) end
   local self = setmetatable({ cfg = cfg }, Trainer)
+  local device = train_device(cfg)
+  self.device = device
+  if device and cfg.lora then
+    error("train: LoRA adapters train on the CPU only for now (device = \"cpu\", or dit:to(\"cpu\"))", 2)
+  end
   cfg.optimizer = cfg.optimizer or {}
   local oc = cfg.optimizer
   oc.lr = oc.lr or 5e-5
@@ -82,6 +107,16 @@ function M.new(cfg)
     if self.schedule_mtime >= 0 then cfg.schedule = schedules.load_file(cfg.schedule_file) end
   end
   cfg.schedule = schedules.resolve(cfg.schedule)
+  -- private host copies of the weights first; on a GPU they are uploaded by dit:to, and the
+  -- optimiser updates the device copies
+  local host_params = not cfg.lora and trainable(cfg.dit) or nil
+  local mem0
+  if device then
+    local m = sao.cuda.memory()
+    mem0 = { allocated = m.allocated, peak = m.peak, dit_there = cfg.dit:device() == "cuda",
+             workspace = tonumber(C.sao_cuda_gemm_workspace_bytes(tonumber(device:match("%d+")))) }
+    cfg.dit:to(device)
+  end
   self.tr = sao.dit_train.new(cfg.dit, { batch = cfg.batch, frames = cfg.frames, context = cfg.context or 0,
     recompute = cfg.recompute })
   if cfg.lora then
@@ -90,18 +125,23 @@ function M.new(cfg)
     if lora.rank(cfg.dit) == 0 then lora.add(cfg.dit, cfg.lora) end
     self.params, self.grads = lora.params(cfg.dit), lora.grads(cfg.dit)
   else
-    self.params = trainable(cfg.dit)
+    self.params = host_params
+    if device then
+      self.params = {}
+      for k in pairs(host_params) do self.params[k] = cfg.dit:device_tensor(k) end
+    end
     local all = self.tr:grads()
     self.grads = {}
     for k in pairs(self.params) do self.grads[k] = all[k] end
   end
   oc.schedule = cfg.schedule
-  self.opt = optim.adamw(self.params, self.grads, oc)
-  self.ema = cfg.ema ~= false and optim.ema(self.params, cfg.ema or {}) or nil
+  self.opt = optim.adamw(self.params, self.grads, oc, device)
+  self.ema = cfg.ema ~= false and optim.ema(self.params, cfg.ema or {}, device) or nil
   self.step_n = 0
   self.last_schedule = cfg.schedule
   self.nparams = cfg.dit:parameter_count()
   self.plan = self:memory_plan()
+  if device then self.plan.device = self:device_plan(mem0) end
   if not cfg.quiet then io.stderr:write(self:plan_text()) end
   if cfg.run_dir then
     mkdir_p(cfg.run_dir)
@@ -129,16 +169,55 @@ function Trainer:memory_plan()
   return plan
 end
 
+--- The device memory a GPU run holds, block by block as the caching allocator rounds them
+--- (sao_cuda_size_class): the weight block (when dit:to moved it here), the trainer's gradient
+--- and activation arenas, AdamW's m and v and the EMA copy per tensor, and the GEMM workspace.
+--- The predicted peak adds them to what was allocated before; the first step measures it.
+function Trainer:device_plan(mem0)
+  local function class(bytes) return tonumber(C.sao_cuda_size_class(bytes)) end
+  local per_tensor = 0
+  for _, t in pairs(self.params) do per_tensor = per_tensor + class(t:numel() * 4) end
+  local align = 64 * 4
+  local weights = 0
+  if not mem0.dit_there then
+    local p = self.cfg.dit:params()
+    for i = 0, C.sao_params_count(p) - 1 do
+      local nd, shp = C.sao_params_ndim(p, i), C.sao_params_shape(p, i)
+      local n = 1
+      for k = 0, nd - 1 do n = n * tonumber(shp[k]) end
+      if not ffi.string(C.sao_params_name(p, i)):match("%.beta$") then
+        weights = weights + math.ceil(n * 4 / align) * align
+      end
+    end
+    weights = class(weights)
+  end
+  local arenas = tonumber(C.sao_dit_train_device_bytes(self.tr.h))
+  local d = {
+    weights = weights, arenas = arenas, adamw_moments = 2 * per_tensor,
+    ema = self.ema and per_tensor or 0,
+    gemm_workspace = mem0.workspace > 0 and 0 or class(32 * 2 ^ 20),   -- made by the first GEMM, kept
+    before = mem0.allocated, peak_before = mem0.peak,
+  }
+  d.predicted_peak = math.max(mem0.peak, d.before + d.weights + d.arenas + d.adamw_moments + d.ema +
+    d.gemm_workspace)
+  return d
+end
+
 function Trainer:plan_text()
   local p, cfg = self.plan, self.cfg
   local function mb(b) return string.format("%9.1f MB", b / 2 ^ 20) end
-  return string.format(
+  local text = string.format(
     "[train] memory plan (batch %d x %d frames, context %d, recompute %s%s):\n" ..
     "  parameters      %s\n  trainable       %s\n  grads + activ.  %s\n  AdamW m, v      %s\n  EMA             %s\n" ..
     "  total           %s\n",
     cfg.batch, cfg.frames, cfg.context or 0, tostring(cfg.recompute and true or false),
     cfg.lora and (", LoRA rank " .. tostring(cfg.lora.rank)) or "",
     mb(p.parameters), mb(p.trainable), mb(p.gradients_and_activations), mb(p.adamw_moments), mb(p.ema), mb(p.total))
+  local d = p.device
+  if not d then return text end
+  return text .. string.format("  on %s, as device blocks: weights %s, grads + activ. %s, AdamW %s, EMA %s,\n" ..
+    "  GEMM workspace %s, held before %s; predicted device peak %s\n", self.device, mb(d.weights), mb(d.arenas),
+    mb(d.adamw_moments), mb(d.ema), mb(d.gemm_workspace), mb(d.before), mb(d.predicted_peak))
 end
 
 function Trainer:log(rec)
@@ -231,6 +310,18 @@ function Trainer:step()
       io.stderr:write(string.format("step %6d | loss %.6f | |g| %.3e | lr %.3e | %7.1f ms | %.2f samples/s%s\n",
         rec.step, rec.loss, rec.grad_norm, rec.lr, rec.ms, rec.samples_per_s,
         rec.mfu and string.format(" | MFU %.1f%%", rec.mfu * 100) or ""))
+    end
+  end
+  local d = self.plan.device
+  if d and not d.measured_peak then
+    -- the first step has allocated everything the run holds: the plan against the allocator
+    d.measured_peak = sao.cuda.memory().peak
+    local off = (d.measured_peak - d.predicted_peak) / d.predicted_peak
+    self:log { step = self.step_n, event = "device memory", predicted_peak = d.predicted_peak,
+      measured_peak = d.measured_peak }
+    if not cfg.quiet then
+      io.stderr:write(string.format("[train] device memory after the first step: predicted peak %.1f MB, measured %.1f MB (%+.1f %%)\n",
+        d.predicted_peak / 2 ^ 20, d.measured_peak / 2 ^ 20, off * 100))
     end
   end
   if cfg.checkpoint_every and cfg.run_dir and self.step_n % cfg.checkpoint_every == 0 then self:save() end

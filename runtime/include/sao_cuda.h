@@ -63,6 +63,9 @@ int sao_cuda_linear_forward_bf16(sao_ctx *ctx, const uint16_t *x, const uint16_t
  * its heuristic has no algorithm), 0 always plain cuBLAS (cublasSgemm / cublasGemmEx) — so specs
  * can cover both. -1 only asks. Returns the setting before the call. */
 int sao_cuda_gemm_use_lt(int on);
+/* Device memory the GEMM workspace of `device` holds (from the caching allocator): 0 until the
+ * first GEMM there, then 32 MiB for the rest of the process. The training memory plan counts it. */
+int64_t sao_cuda_gemm_workspace_bytes(int device);
 
 #ifdef __cplusplus
 }

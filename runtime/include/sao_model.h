@@ -66,8 +66,19 @@ int sao_dit_token(sao_ctx *ctx, sao_dit *m, const float *t, const float *global,
  * model with LoRA adapters; training (sao_dit_train_*) and LoRA refuse a device model.
  * Without the CUDA backend: an error saying why ("built without CUDA", runtime/cuda_load.c). */
 int sao_dit_to_device(sao_ctx *ctx, sao_dit *m, int device);
-/* Back to the CPU kernels and host weights; the device blocks go back to the cache. 0 on a host model. */
+/* Back to the CPU kernels and host weights; the device blocks go back to the cache. 0 on a host model.
+ * Device weights handed out by sao_dit_device_tensor (trained on the GPU) are copied back into the
+ * host tensors first. */
 int sao_dit_to_host(sao_ctx *ctx, sao_dit *m);
+/* The device copy of parameter `name` of a device model, as an f32 device tensor (a view into the
+ * weight block: valid while the model stays on that device; free it as usual). Writing through it
+ * changes what the forward uses: the optimiser of a GPU training run updates these. Marks the
+ * model's device weights as newer than its host tensors (see sao_dit_sync_host). */
+sao_tensor *sao_dit_device_tensor(sao_ctx *ctx, sao_dit *m, const char *name);
+/* Copies the device weights back into the host tensors (those still uploaded; a parameter bound
+ * anew since keeps its host tensor). 0 and nothing done on a host model. Before saving a model
+ * trained on the GPU through its host tensors. */
+int sao_dit_sync_host(sao_ctx *ctx, sao_dit *m);
 /* The CUDA device holding the weights, or -1 (host). */
 int sao_dit_device(const sao_dit *m);
 
@@ -177,6 +188,9 @@ typedef struct sao_dit_train sao_dit_train;
 sao_dit_train *sao_dit_train_new(sao_ctx *ctx, sao_dit *m, int64_t B, int64_t T, int64_t L, int recompute);
 void sao_dit_train_free(sao_dit_train *tr);
 int64_t sao_dit_train_bytes(const sao_dit_train *tr);          /* activations + gradients */
+/* The same two arenas as the memory holds them: on a device, each rounded to the caching
+ * allocator's size class (sao_cuda_size_class); on the host, sao_dit_train_bytes. */
+int64_t sao_dit_train_device_bytes(const sao_dit_train *tr);
 sao_params *sao_dit_train_grads(sao_dit_train *tr);            /* gradient tensors by parameter name */
 int sao_dit_train_zero_grad(sao_ctx *ctx, sao_dit_train *tr);
 /* As sao_dit_forward with cfg_scale 1 (the caller zeroes dropped context rows); keeps the inputs'

@@ -38,7 +38,8 @@ M.shell_quote, M.exists, M.read, M.write_atomic, M.mkdir_p, M.ls = fs.quote, fs.
 --- Returns the model and its cache identity (sao.latents.model_id).
 function M.load_model(opts)
   local seed = M.num(opts.model_seed, 0)
-  local model = sao.load_model(opts.model, { seed = seed, quiet = M.flag(opts.quiet) })
+  local device = opts.device ~= true and opts.device or nil   -- --device cuda: the models run on that GPU
+  local model = sao.load_model(opts.model, { seed = seed, quiet = M.flag(opts.quiet), device = device })
   return model, require("sao.latents").model_id(model, { seed = seed })
 end
 

@@ -11,6 +11,7 @@
 --
 --   sao recipes/instrumental.lua --stages train [--run main] [--steps N] [--batch B] [--lr X]
 --       [--frames F] [--lora-rank R] [--checkpoint-every N] [--config my_train.lua] [--model tiny]
+--       [--device cuda]   (the DiT trains on that GPU: sao.train's device runs)
 --
 -- Defaults are the seed's (SAO_SPEC §7: batch 16, AdamW lr 5e-5 wd 1e-3, InverseLR, EMA,
 -- CFG dropout 0.1) for SAO; for the tiny random model a short run (300 steps, batch 4, 256
@@ -207,10 +208,19 @@ function M.write_export(trainer, model, dir)
   return dir .. "/model.safetensors"
 end
 
--- A second model whose DiT reads the trainer's EMA tensors (bound as views: always current).
+-- A second model whose DiT reads the trainer's EMA tensors (bound as views: always current; a GPU
+-- run's are device tensors, so the demo binds host copies, taken anew before each demo).
+local function demo_weights(trainer)
+  local src = trainer.ema and trainer.ema.shadow or trainer.params
+  if not trainer.device then return src end
+  local host = {}
+  for k, t in pairs(src) do host[k] = t:to("cpu") end
+  return host
+end
+
 local function demo_model(opts, trainer)
   local m = common.load_model(opts)
-  local src = trainer.ema and trainer.ema.shadow or trainer.params
+  local src = demo_weights(trainer)
   if trainer.cfg.lora then
     local lora = require "sao.lora"
     lora.add(m.dit, trainer.cfg.lora)
@@ -298,6 +308,7 @@ function M.run(opts)
     end
     if cfg.demo.every and cfg.demo.every > 0 and n % cfg.demo.every == 0 then
       local sample = require "sao.pipeline.sample"
+      if demo and trainer.device then demo.dit:load(demo_weights(trainer), "") end
       demo = demo or demo_model(opts, trainer)
       local d = cfg.demo
       local items = sample.prompts({ out = out, prompts = d.prompts }, d.num or 4)
