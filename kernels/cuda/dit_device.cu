@@ -55,7 +55,7 @@ static int download(sao_ctx *ctx, const char *op, sao_dit *m, int i) {
 
 extern "C" int sao_dit_sync_host(sao_ctx *ctx, sao_dit *m) {
     const char *op = "dit_sync_host";
-    if (m->device < 0) return 0;
+    if (m->device < 0 || !m->dirty) return 0;   // never handed out for writing: the host tensors are current
     CUDA_TRY(ctx, op, cudaSetDevice(m->device));
     for (int i = 0; i < m->nslots; i++) {
         if (m->doff[i] < 0 || !sao_params_tensor(m->params, i)) continue;
@@ -102,7 +102,7 @@ static void release_blocks(sao_dit *m) {
 
 extern "C" int sao_dit_to_host(sao_ctx *ctx, sao_dit *m) {
     if (m->device < 0) return 0;
-    if (m->dirty && sao_dit_sync_host(ctx, m)) return -1;   // trained on the device: keep what it learnt
+    if (sao_dit_sync_host(ctx, m)) return -1;   // trained on the device: keep what it learnt
     m->dirty = 0;
     for (int i = 0; i < m->nslots; i++) {
         if (!m->slots[i]) continue;
@@ -127,7 +127,7 @@ extern "C" int sao_dit_to_device(sao_ctx *ctx, sao_dit *m, int device) {
     if (!m->t_w1) return sao_err(ctx, op, "the model has no weights bound (load a checkpoint first)");
     if (sao_params_check(ctx, m->params)) return -1;
     if (m->device == device) {   // again: every weight anew, so in-place edits of the host tensors arrive
-        if (m->dirty && sao_dit_sync_host(ctx, m)) return -1;   // unless the device copy is the newer one
+        if (sao_dit_sync_host(ctx, m)) return -1;   // unless the device copy is the newer one
         for (int i = 0; i < m->nslots; i++) {
             if (m->doff[i] < 0 || !sao_params_tensor(m->params, i)) continue;
             if (upload(ctx, op, m, i, m->dparams)) return -1;

@@ -109,6 +109,7 @@ function M.new(cfg)
   cfg.schedule = schedules.resolve(cfg.schedule)
   -- private host copies of the weights first; on a GPU they are uploaded by dit:to, and the
   -- optimiser updates the device copies
+  cfg.dit:sync_host()   -- a DiT trained on a GPU before: its host tensors catch up first
   local host_params = not cfg.lora and trainable(cfg.dit) or nil
   local mem0
   if device then

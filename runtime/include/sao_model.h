@@ -76,8 +76,9 @@ int sao_dit_to_host(sao_ctx *ctx, sao_dit *m);
  * model's device weights as newer than its host tensors (see sao_dit_sync_host). */
 sao_tensor *sao_dit_device_tensor(sao_ctx *ctx, sao_dit *m, const char *name);
 /* Copies the device weights back into the host tensors (those still uploaded; a parameter bound
- * anew since keeps its host tensor). 0 and nothing done on a host model. Before saving a model
- * trained on the GPU through its host tensors. */
+ * anew since keeps its host tensor) when they were handed out by sao_dit_device_tensor; 0 and
+ * nothing done otherwise (a host model, or one only used for inference). Before reading the host
+ * tensors of a model trained on the GPU. */
 int sao_dit_sync_host(sao_ctx *ctx, sao_dit *m);
 /* The CUDA device holding the weights, or -1 (host). */
 int sao_dit_device(const sao_dit *m);
