@@ -70,6 +70,22 @@ end)
 
 -- ---- the caching allocator (kernels/cuda/alloc.cu) ---------------------------------------------
 describe("CUDA caching allocator #gpu", function()
+  gpu_it("garbage device tensors are collected before they pile up (the GC is told about device bytes)", function()
+    local tensor = require "sao.tensor"
+    local old = tensor.device_gc_bytes
+    tensor.device_gc_bytes = 64 * 2 ^ 20
+    collectgarbage("collect")
+    local base = sao.cuda.memory().allocated
+    local host = sao.zeros(2 * 2 ^ 20)            -- 8 MB
+    local most = 0
+    for _ = 1, 100 do                              -- 800 MB of device copies, none kept
+      local _ = host:to("cuda")
+      most = math.max(most, sao.cuda.memory().allocated - base)
+    end
+    tensor.device_gc_bytes = old
+    assert.is_true(most <= 80 * 2 ^ 20, string.format("%.0f MB held at most", most / 2 ^ 20))
+  end)
+
   local function alloc(bytes)
     local p = ffi.new("void*[1]")
     sao.check(C.sao_cuda_malloc(sao.ctx, bytes, p))

@@ -350,6 +350,31 @@ function Tensor:fill_(v)
 end
 function Tensor:zero_() return self:fill_(0) end
 
+-- Device memory and the Lua GC: a device tensor is a small cdata to the collector, however much
+-- GPU memory it holds, so garbage device tensors could pile up until the device is full. Every
+-- device copy made here counts its bytes; past M.device_gc_bytes (1 GiB by default) since the
+-- last collection, a full collection runs first (frees the unreachable ones: their blocks go back
+-- to the caching allocator). A copy that fails for lack of device memory collects and tries once
+-- more.
+M.device_gc_bytes = 2 ^ 30
+local device_bytes_since_gc = 0
+
+local function to_device(self, dev)
+  local bytes = self:numel() * tonumber(C.sao_dtype_size(ptr(self).dtype))
+  device_bytes_since_gc = device_bytes_since_gc + bytes
+  if device_bytes_since_gc > M.device_gc_bytes then
+    device_bytes_since_gc = 0
+    collectgarbage("collect")
+  end
+  local p = C.sao_tensor_to_cuda(ctx, ptr(self), dev)
+  if p == nil and ffi.string(C.sao_ctx_error(ctx)):lower():match("out of memory") then
+    device_bytes_since_gc = 0
+    collectgarbage("collect")
+    p = C.sao_tensor_to_cuda(ctx, ptr(self), dev)
+  end
+  return wrap(p)
+end
+
 --- t:to("f64") converts dtype; t:to("cuda") / t:to("cuda:1") copies to a device (an error naming
 --- the cause in a CPU-only build or without a GPU); t:to("cpu") copies back (a view when on the CPU).
 function Tensor:to(what)
@@ -358,7 +383,7 @@ function Tensor:to(what)
     return wrap(C.sao_tensor_to_cpu(ctx, self.p))
   end
   local dev = type(what) == "string" and what:match("^cuda:?(%d*)$")
-  if dev then return wrap(C.sao_tensor_to_cuda(ctx, ptr(self), tonumber(dev) or 0)) end
+  if dev then return to_device(self, tonumber(dev) or 0) end
   return wrap(C.sao_tensor_to_dtype(ctx, ptr(self), dtype_of(what)))
 end
 function Tensor:float() return self:to("f32") end

@@ -1,0 +1,95 @@
+-- bench/gpu_train.lua — one full fine-tuning step of the DiT on a GPU at SAO 1.0's shape (embed
+-- 1536, depth 24, 24 heads, 1024 latent frames = 47 s, 130 context tokens, batch 16 or
+-- $SAO_BENCH_BATCH; random weights): forward, backward, clipping, AdamW and EMA through sao.train
+-- with device = "cuda" (fp32). Reports ms/step, the achieved TFLOP/s (3x the forward's matmul and
+-- attention FLOPs), MFU against the GPU's dense bf16 peak (the issue's measure; goal 0.45 on an
+-- H100) and against cuBLASLt's fp32 GEMM rate measured in the same run (the comparator), and the
+-- memory plan's predicted device peak next to the measured one. JSON lines.
+-- Without a usable GPU it prints one "skipped" line and exits 0 (it runs inside `make bench`).
+-- SAO_BENCH_SMALL=1: a small config (embed 256, depth 2, 256 frames, batch 2) to check the script.
+local ffi = require "ffi"
+local sao = require "sao"
+local cjson = require "cjson"
+local now = require("sao.progress").now
+local C = sao.C
+
+local function emit(t)
+  t.bench = "gpu_train"
+  print(cjson.encode(t))
+  io.stdout:flush()
+end
+
+if not sao.cuda.available() then
+  emit { skipped = sao.cuda.unavailable() or "no CUDA device is visible" }
+  return
+end
+local gpu_name = sao.cuda.devices()[1].name
+
+local small = os.getenv("SAO_BENCH_SMALL") == "1"
+local cfg = small and { io_channels = 64, embed_dim = 256, depth = 2, num_heads = 4, cond_token_dim = 128,
+  global_cond_dim = 256 } or sao.dit.SAO_1_0
+local B = tonumber(os.getenv("SAO_BENCH_BATCH")) or (small and 2 or 16)
+local T, L = small and 256 or 1024, 130
+
+-- Device-side timing: a blocking read of one value waits for everything queued before it.
+local sync_out = ffi.new("double[1]")
+local function sync(ptr) sao.check(C.sao_cuda_sumsq(sao.ctx, ptr, 1, sync_out)) end
+
+-- The comparator: cuBLASLt's fp32 GEMM rate on an 8192 x 8192 x 8192 product, on this device.
+local function sgemm_tflops()
+  local n = small and 2048 or 8192
+  local a = sao.randn { n, n, seed = 1 }:to("cuda")
+  local w = sao.randn { n, n, seed = 2 }:to("cuda")
+  local y = sao.zeros(n, n):to("cuda")
+  local function run() sao.check(C.sao_cuda_linear_forward(sao.ctx, a:data(), w:data(), nil, n, n, n, 0, y:data())) end
+  run(); sync(y:data())
+  local reps, best = 5, math.huge
+  for _ = 1, 3 do
+    local t0 = now()
+    for _ = 1, reps do run() end
+    sync(y:data())
+    best = math.min(best, (now() - t0) / reps)
+  end
+  return 2 * n ^ 3 / best / 1e12
+end
+
+local dit = sao.dit.new(cfg)
+dit:load(require("sao.model").random_params(dit:params(), 1))
+local items = {}
+for i = 1, 4 do
+  items[i] = { latents = sao.randn { { cfg.io_channels, T }, seed = i },
+    cross = sao.randn { { L, cfg.cond_token_dim }, seed = 10 + i }, global = sao.randn { { cfg.global_cond_dim }, seed = 20 + i } }
+end
+local ok, tr = pcall(sao.train.new, { dit = dit, data = sao.data.memory(items, { batch = B }), batch = B, frames = T,
+  context = L, quiet = true, schedule = "constant", device = "cuda", recompute = os.getenv("SAO_BENCH_RECOMPUTE") == "1" })
+if not ok then
+  emit { error = tostring(tr), gpu = gpu_name, batch = B, hint = "try a smaller SAO_BENCH_BATCH or SAO_BENCH_RECOMPUTE=1" }
+  return
+end
+local first = tr:step()                     -- warm-up: every block allocated, the GEMM heuristics cached
+local best = math.huge
+for _ = 1, 3 do
+  local r = tr:step()
+  best = math.min(best, r.ms / 1000)        -- a step ends with host reads (loss, norms): it is synchronous
+end
+
+local E, N, Dc, F = cfg.embed_dim, T + 1, cfg.cond_token_dim, 4 * cfg.embed_dim
+local per_layer = B * (2 * N * E * 3 * E + 2 * N * E * E + 4 * N * N * E + 2 * N * E * E + 2 * L * Dc * 2 * Dc +
+  4 * N * L * E + 2 * N * E * E + 2 * N * E * 2 * F + 2 * N * F * E)
+local fwd = cfg.depth * per_layer + B * 2 * N * E * cfg.io_channels * 2 + B * 2 * L * Dc * Dc * 2
+local tflops = 3 * fwd / best / 1e12
+local sgemm = sgemm_tflops()
+-- dense bf16 peak by the vendors' datasheets (H100/H200 SXM 989 TFLOP/s, A100 312); override with
+-- SAO_BENCH_PEAK_TFLOPS for another part
+local peak = tonumber(os.getenv("SAO_BENCH_PEAK_TFLOPS")) or
+  ((gpu_name:match("H100") or gpu_name:match("H200")) and 989 or gpu_name:match("A100") and 312 or nil)
+local plan = tr.plan.device
+emit {
+  what = "train_step", gpu = gpu_name, precision = "fp32",
+  config = string.format("E%d depth%d H%d T%d B%d L%d", E, cfg.depth, cfg.num_heads, T, B, L),
+  ms_per_step = best * 1000, first_step_ms = first.ms, tflops = tflops,
+  sgemm_fp32_tflops = sgemm, ratio_to_sgemm = tflops / sgemm,
+  bf16_peak_tflops = peak, mfu = peak and tflops / peak or nil, goal_mfu = 0.45,
+  predicted_peak_mb = plan.predicted_peak / 2 ^ 20, measured_peak_mb = plan.measured_peak / 2 ^ 20,
+  plan_error = (plan.measured_peak - plan.predicted_peak) / plan.predicted_peak,
+}
