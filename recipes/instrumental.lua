@@ -57,6 +57,7 @@ if opts.help then
   print("                   --clip-target 30 --limit N --retry-failed 1 (docs/dataset.md)")
   print("  encode/train/sample/eval (docs/training.md): --model tiny|sao-1.0|DIR --run NAME --reencode")
   print("                   --device cpu|cuda|cuda:N (the models and the training run on that GPU)")
+  print("                   --precision bf16|tf32|fp32 (the GPU's linear layers; default bf16)")
   print("                   --steps N --batch B --lr X --frames F --lora-rank R --checkpoint-every N --config F.lua")
   print("                   --prompts FILE --prompt TEXT --cfg-scales 4,7 --sample-steps N --seconds S --baseline")
   print("                   --samples DIR --reference-clips N")
@@ -71,7 +72,7 @@ local OPTIONS = [[out stages midi help quiet model model_seed run config force s
   reencode holdout encode_seed max_seconds steps batch accum frames lr weight_decay clip cfg_dropout
   checkpoint_every keep log_every demo_every train_seed lora_rank lora_alpha lora_targets prompt prompts
   cfg_scales sample_steps seconds sample_seed sampler frames_sample num_demos baseline weights samples
-  reference_clips tempo_tolerances soundfont device]]
+  reference_clips tempo_tolerances soundfont device precision]]
 local known = {}
 for name in OPTIONS:gmatch("%S+") do known[name] = true end
 for name in pairs(require("sao.pipeline.dataset").defaults) do known[name] = true end

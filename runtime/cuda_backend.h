@@ -50,6 +50,7 @@
         (ctx, x, w, b, n, in, out, accumulate, y))                                                         \
     OWN(sao_cuda_gemm_use_lt)                                                                              \
     OWN(sao_cuda_gemm_workspace_bytes)                                                                     \
+    OWN(sao_cuda_gemm_precision)                                                                           \
     /* sao_cuda_ops.h: norms, pointwise, features, loss, optimiser */                                      \
     ERR(sao_cuda_layernorm_forward, (sao_ctx *ctx, const float *x, const float *gamma, const float *beta,   \
                                      int64_t n, int64_t c, float eps, float *y, float *mean, float *rstd),  \

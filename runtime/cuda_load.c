@@ -108,6 +108,7 @@ void sao_cuda_memory_stats(int64_t *allocated, int64_t *cached, int64_t *peak, i
 }
 
 int sao_cuda_gemm_use_lt(int on) { return sao_cuda_unavailable() ? 0 : tbl.fn_sao_cuda_gemm_use_lt(on); }
+int sao_cuda_gemm_precision(int mode) { return sao_cuda_unavailable() ? 0 : tbl.fn_sao_cuda_gemm_precision(mode); }
 int64_t sao_cuda_gemm_workspace_bytes(int device) { return loaded ? tbl.fn_sao_cuda_gemm_workspace_bytes(device) : 0; }
 
 int sao_cuda_use(sao_ctx *ctx, const char *op, int device, const char *what) {

@@ -207,7 +207,7 @@ describe("DiT on CUDA #gpu", function()
   gpu_it("a tiny model generates with device = 'cuda' as on the CPU", function()
     local opts = { prompt = "a short test", frames = 16, steps = 6, cfg_scale = 7, seed = 3, progress = false }
     local cpu = sao.load_model("tiny", { quiet = true })
-    local gpu = sao.load_model("tiny", { quiet = true, device = "cuda" })
+    local gpu = sao.load_model("tiny", { quiet = true, device = "cuda", precision = "fp32" })
     assert.equal("cuda", gpu.dit:device())
     local a, ia = cpu:generate(opts)
     local b, ib = gpu:generate(opts)

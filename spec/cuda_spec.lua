@@ -290,6 +290,52 @@ describe("CUDA linear vs the CPU kernel #gpu", function()
     end
   end
 
+  -- sao.cuda.precision: the same fp32 entry points with tf32 or bf16 products.
+  for _, mode in ipairs { "bf16", "tf32" } do
+    gpu_it(mode .. " products: forward and backward of the fp32 entry points", function()
+      local x, w = sao.randn { N, IN, seed = 51 }, sao.randn { OUT, IN, seed = 52 }
+      local b, dy = sao.randn { OUT, seed = 53 }, sao.randn { N, OUT, seed = 54 }
+      -- bf16: the device multiplies exactly the bf16-rounded inputs, so the CPU on those is the
+      -- reference and only the accumulation differs (as for the bf16 forward above); tf32 rounds
+      -- inside the tensor cores (10-bit mantissa), so the fp32 CPU result is compared with a
+      -- tolerance of that size (estimate: 65 products of |x w| ~ 1 at 2^-11 relative each).
+      local function r(t) return mode == "bf16" and t:to("bf16"):to("f32") or t end
+      local tol = mode == "bf16" and { abs = 5e-4, rel = 1e-4 } or { abs = 3e-2, rel = 3e-3 }
+      local y = sao.zeros(N, OUT)
+      local dx, dw, db = sao.zeros(N, IN), sao.zeros(OUT, IN), sao.zeros(OUT)
+      sao.check(C.sao_linear_forward(sao.ctx, r(x):data(), r(w):data(), b:data(), N, IN, OUT, 0, y:data()))
+      sao.check(C.sao_linear_backward(sao.ctx, r(dy):data(), r(x):data(), r(w):data(), N, IN, OUT, dx:data(), dw:data(), nil))
+      sao.check(C.sao_linear_backward(sao.ctx, dy:data(), nil, nil, N, IN, OUT, nil, nil, db:data()))
+      local gx, gw, gb, gdy = x:to("cuda"), w:to("cuda"), b:to("cuda"), dy:to("cuda")
+      local gy, gdx, gdw, gdb = sao.zeros(N, OUT):to("cuda"), sao.zeros(N, IN):to("cuda"), sao.zeros(OUT, IN):to("cuda"),
+        sao.zeros(OUT):to("cuda")
+      local was = sao.cuda.precision(mode)
+      local ok, err = pcall(function()
+        sao.check(C.sao_cuda_linear_forward(sao.ctx, fptr(gx), fptr(gw), fptr(gb), N, IN, OUT, 0, fptr(gy)))
+        sao.check(C.sao_cuda_linear_backward(sao.ctx, fptr(gdy), fptr(gx), fptr(gw), N, IN, OUT, fptr(gdx), fptr(gdw),
+          fptr(gdb)))
+      end)
+      sao.cuda.precision(was)
+      if not ok then error(err, 0) end
+      assert.tensor_near(y, gy:to("cpu"), tol)
+      assert.tensor_near(dx, gdx:to("cpu"), tol)
+      assert.tensor_near(dw, gdw:to("cpu"), tol)
+      assert.tensor_near(db, gdb:to("cpu"), { abs = 5e-5, rel = 1e-5 })   -- from fp32 dy in every mode
+    end)
+  end
+
+  it("sao.cuda.precision takes fp32, tf32 or bf16 and refuses anything else", function()
+    assert.error_matches(function() sao.cuda.precision("fp16") end, "expected \"fp32\", \"tf32\" or \"bf16\"")
+    if not sao.has_cuda() then
+      assert.equal("fp32", sao.cuda.precision())        -- nothing to set without a backend
+      return
+    end
+    local was = sao.cuda.precision("bf16")
+    assert.equal("bf16", sao.cuda.precision("tf32"))
+    assert.equal("tf32", sao.cuda.precision(was))
+    assert.equal(was, sao.cuda.precision())
+  end)
+
   gpu_it("db is bit-identical from run to run (deterministic reduction)", function()
     local n = 4099                                  -- many rows per thread, not a multiple of 16
     local dy = sao.randn { n, OUT, seed = 41 }:to("cuda")

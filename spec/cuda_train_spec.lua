@@ -43,7 +43,8 @@ end
 
 local function trainer(extra)
   local c = { dit = new_dit(), data = sao.data.memory(dataset(6), { batch = B, seed = 5 }), batch = B, frames = T,
-    context = L, optimizer = { lr = 1e-3, clip = 1.0 }, schedule = "constant", quiet = true, seed = 7 }
+    context = L, optimizer = { lr = 1e-3, clip = 1.0 }, schedule = "constant", quiet = true, seed = 7,
+    precision = "fp32" }   -- CPU parity; the bf16 test below asks for bf16
   for k, v in pairs(extra or {}) do c[k] = v end
   return sao.train.new(c)
 end
@@ -124,6 +125,21 @@ describe("training on CUDA #gpu", function()
     for k, e in pairs(a.ema.shadow) do assert.tensor_near(e, b.ema.shadow[k]:to("cpu"), { abs = 1e-4, rel = 1e-3 }, k) end
   end)
 
+  gpu_it("bf16 products (the GPU default) train like fp32: same loss curve within bf16 rounding", function()
+    local a, b = trainer(), trainer { device = "cuda", precision = "bf16" }
+    assert.equal("bf16", sao.cuda.precision())
+    local first, last
+    for i = 1, 20 do
+      local ra, rb = a:step(), b:step()
+      -- estimate: bf16 inputs carry 8 bits of mantissa, ~0.4 % per product; the loss averages them
+      assert.near(ra.loss, rb.loss, 3e-2 * math.abs(ra.loss), "step " .. i)
+      first = first or rb.loss
+      last = rb.loss
+    end
+    sao.cuda.precision("fp32")
+    assert.is_true(last < first, string.format("loss %g -> %g", first, last))
+  end)
+
   gpu_it("resumes bit-exactly on the GPU", function()
     local dir = tmpdir()
     local a = trainer { device = "cuda", run_dir = dir }
@@ -174,7 +190,7 @@ describe("training on CUDA #gpu", function()
         global = sao.randn { { 256 }, seed = 20 + i } }
     end
     local tr = sao.train.new { dit = d, data = sao.data.memory(items, { batch = 4 }), batch = 4, frames = 256,
-      context = 32, quiet = true, device = "cuda" }
+      context = 32, quiet = true, device = "cuda", precision = "bf16" }   -- the plan counts the bf16 scratch
     tr:step()
     local p = tr.plan.device
     assert.is_number(p.measured_peak)

@@ -184,7 +184,7 @@ describe("Oobleck VAE on CUDA #gpu", function()
   end)
 
   gpu_it("load_model with device = 'cuda' moves the VAE too", function()
-    local m = sao.load_model("tiny", { device = "cuda", quiet = true })
+    local m = sao.load_model("tiny", { device = "cuda", quiet = true, precision = "fp32" })
     assert.equal("cuda", m.dit:device())
     assert.equal("cuda", m.vae:device())
     local c = sao.load_model("tiny", { quiet = true })

@@ -11,7 +11,11 @@
 // (X' = the column-major view of row-major X.)
 //
 // GEMMs go through cuBLASLt with fp32 compute (CUBLAS_COMPUTE_32F: no TF32, so results stay
-// within fp32 rounding of the CPU's) and a 32 MiB workspace; the handle and workspace are made
+// within fp32 rounding of the CPU's) and a 32 MiB workspace, unless sao_cuda_gemm_precision asks
+// for TF32 (fp32 data, TF32 tensor-core products) or bf16: then the fp32 entry points round their
+// inputs (x, W, dy) to bf16 into a per-device scratch buffer and multiply those on the tensor
+// cores, accumulating and writing fp32 (autocast style: weights, activations, gradients and their
+// accumulation stay fp32, only the products' inputs are rounded). The handle and workspace are made
 // once per device on first use, and the algorithm cuBLASLt's heuristic picks is remembered per
 // (shape, types, pointer alignments). Where cuBLASLt has no algorithm for a problem (or
 // sao_cuda_gemm_use_lt(0) asks), plain cuBLAS (cublasSgemm / cublasGemmEx) runs it instead, with
@@ -19,10 +23,12 @@
 #include "cuda_internal.h"
 extern "C" {
 #include "sao_cuda.h"
+#include "cuda_glue.h"
 #include "../cpu/kcheck.h"
 }
 #include <cublasLt.h>
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <array>
@@ -49,12 +55,15 @@ struct GemmState {
     cublasLtHandle_t lt;
     cublasHandle_t blas;   // the fallback; made the first time it is needed
     void *workspace;       // WORKSPACE_BYTES from the caching allocator
+    float *scratch;        // bf16 mode: the rounded inputs (grown as needed; one stream, so reusable)
+    size_t scratch_n;      // in floats
 };
 GemmState states[MAX_DEVICES];
 bool use_lt = true;   // sao_cuda_gemm_use_lt
+int precision = SAO_GEMM_FP32;   // sao_cuda_gemm_precision
 
 // The heuristic's answer per problem: an algorithm, or none (then plain cuBLAS runs it).
-typedef std::array<int64_t, 15> Problem;
+typedef std::array<int64_t, 16> Problem;
 struct Choice {
     bool found;
     cublasLtMatmulAlgo_t algo;
@@ -163,13 +172,18 @@ int gemm(sao_ctx *ctx, const char *op, bool ta, bool tb, int m, int n, int k,
     cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
 
     bool lt_on;
+    int prec;
     {
         Locked guard;
         lt_on = use_lt;
+        prec = precision;
     }
+    // fp32 inputs multiply in TF32 only when asked; bf16 inputs always accumulate in fp32
+    cublasComputeType_t compute = ab == CUDA_R_32F && prec == SAO_GEMM_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                                                           : CUBLAS_COMPUTE_32F;
     if (lt_on) {
         LtDescs d;
-        CUBLAS_TRY(ctx, op, cublasLtMatmulDescCreate(&d.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+        CUBLAS_TRY(ctx, op, cublasLtMatmulDescCreate(&d.op, compute, CUDA_R_32F));
         CUBLAS_TRY(ctx, op, cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
         CUBLAS_TRY(ctx, op, cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
         if (bias) {
@@ -186,7 +200,7 @@ int gemm(sao_ctx *ctx, const char *op, bool ta, bool tb, int m, int n, int k,
 
         uint32_t al_a = alignment_of(A), al_b = alignment_of(B), al_c = alignment_of(Cm);
         Problem key = {dev, ta, tb, m, n, k, lda, ldb, ldc, (int64_t)ab, bias != NULL,
-                       al_a, al_b, al_c, bias ? (int64_t)alignment_of(bias) : 0};
+                       al_a, al_b, al_c, bias ? (int64_t)alignment_of(bias) : 0, (int64_t)compute};
         Choice choice;
         bool known = false;
         {
@@ -237,12 +251,57 @@ int gemm(sao_ctx *ctx, const char *op, bool ta, bool tb, int m, int n, int k,
             CUBLAS_TRY(ctx, op, cublasSetStream(g->blas, stream));
         }
     }
-    if (ab == CUDA_R_32F)
+    if (ab == CUDA_R_32F && compute == CUBLAS_COMPUTE_32F)
         CUBLAS_TRY(ctx, op, cublasSgemm(g->blas, opa, opb, m, n, k, &one, (const float *)A, lda,
                                         (const float *)B, ldb, &beta, Cm, ldc));
     else
         CUBLAS_TRY(ctx, op, cublasGemmEx(g->blas, opa, opb, m, n, k, &one, A, ab, lda, B, ab, ldb, &beta,
-                                         Cm, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                                         Cm, CUDA_R_32F, ldc, compute, CUBLAS_GEMM_DEFAULT));
+    return 0;
+}
+
+// ---- bf16 mode: the inputs rounded into the device's scratch ----------------------------------
+__global__ void round_bf16(const float *x, long long n, __nv_bfloat16 *y) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+        y[i] = __float2bfloat16_rn(x[i]);
+}
+
+int current_precision() {
+    Locked guard;
+    return precision;
+}
+
+// Rounds up to 128 elements (256 bytes), cuBLASLt's preferred alignment for each part.
+int64_t padded(int64_t n) { return (n + 127) / 128 * 128; }
+
+// bf16 copies of up to three fp32 arrays (NULL: skipped) in the current device's scratch; out[i]
+// is the copy of src[i] (NULL for a NULL source).
+int to_bf16(sao_ctx *ctx, const char *op, const float *const src[3], const int64_t n[3], const __nv_bfloat16 *out[3]) {
+    int dev = 0;
+    GemmState *g = NULL;
+    if (gemm_state(ctx, op, &dev, &g)) return -1;
+    int64_t total = 0;
+    for (int i = 0; i < 3; i++) total += src[i] ? padded(n[i]) : 0;
+    // bf16 elements in floats (two per float); the lock covers the grow, the launches are queued
+    float *base;
+    {
+        Locked guard;
+        base = sao_cuda_grow(ctx, &g->scratch, &g->scratch_n, (size_t)(total + 1) / 2);
+    }
+    if (!base) return -1;
+    __nv_bfloat16 *at = (__nv_bfloat16 *)base;
+    for (int i = 0; i < 3; i++) {
+        out[i] = NULL;
+        if (!src[i]) continue;
+        if (n[i] > 0) {
+            unsigned blocks = sao_cuda_blocks(n[i], 256);
+            if (blocks > (1u << 20)) blocks = 1u << 20;
+            round_bf16<<<blocks, 256, 0, sao_cuda_stream()>>>(src[i], (long long)n[i], at);
+            CUDA_LAUNCHED(ctx, op);
+        }
+        out[i] = at;
+        at += padded(n[i]);
+    }
     return 0;
 }
 
@@ -266,7 +325,15 @@ int forward(sao_ctx *ctx, const char *op, const void *x, const void *w, cudaData
 
 extern "C" int sao_cuda_linear_forward(sao_ctx *ctx, const float *x, const float *w, const float *b,
                                        int64_t n, int64_t in, int64_t out, int accumulate, float *y) {
-    return forward(ctx, "cuda_linear_forward", x, w, CUDA_R_32F, b, n, in, out, accumulate, y);
+    const char *op = "cuda_linear_forward";
+    if (current_precision() != SAO_GEMM_BF16) return forward(ctx, op, x, w, CUDA_R_32F, b, n, in, out, accumulate, y);
+    SAO_CHECK(sao_linear_forward_check(ctx, op, SAO_KCHECK_CUDA, x, w, n, in, out, y));
+    if (sao_cuda_check_ptr(ctx, op, "x", x) || sao_cuda_check_ptr(ctx, op, "w", w)) return -1;
+    const float *src[3] = {x, w, NULL};
+    const int64_t cnt[3] = {n * in, out * in, 0};
+    const __nv_bfloat16 *h[3];
+    if (to_bf16(ctx, op, src, cnt, h)) return -1;
+    return forward(ctx, op, h[0], h[1], CUDA_R_16BF, b, n, in, out, accumulate, y);
 }
 
 extern "C" int sao_cuda_linear_forward_bf16(sao_ctx *ctx, const uint16_t *x, const uint16_t *w, const float *b,
@@ -282,12 +349,23 @@ extern "C" int sao_cuda_linear_backward(sao_ctx *ctx, const float *dy, const flo
         sao_cuda_check_ptr(ctx, op, "w", dx ? w : NULL) || sao_cuda_check_ptr(ctx, op, "dx", dx) ||
         sao_cuda_check_ptr(ctx, op, "dw", dw) || sao_cuda_check_ptr(ctx, op, "db", db))
         return -1;
+    // bf16 mode: the products' inputs rounded (dy once for both), the bias gradient from fp32 dy
+    const void *dy_m = dy, *x_m = x, *w_m = w;
+    cudaDataType_t ab = CUDA_R_32F;
+    if ((dx || dw) && current_precision() == SAO_GEMM_BF16) {
+        const float *src[3] = {dy, dw ? x : NULL, dx ? w : NULL};
+        const int64_t cnt[3] = {n * out, n * in, out * in};
+        const __nv_bfloat16 *h[3];
+        if (to_bf16(ctx, op, src, cnt, h)) return -1;
+        dy_m = h[0]; x_m = h[1]; w_m = h[2];
+        ab = CUDA_R_16BF;
+    }
     // dx^T [in, N] += (w as [in, out]) (dy as [out, N])
-    if (dx && gemm(ctx, op, false, false, (int)in, (int)n, (int)out, w, (int)in, dy, (int)out, CUDA_R_32F,
+    if (dx && gemm(ctx, op, false, false, (int)in, (int)n, (int)out, w_m, (int)in, dy_m, (int)out, ab,
                    1.0f, dx, (int)in, NULL))
         return -1;
     // dW^T [in, out] += (x as [in, N]) (dy as [out, N])^T
-    if (dw && gemm(ctx, op, false, true, (int)in, (int)out, (int)n, x, (int)in, dy, (int)out, CUDA_R_32F,
+    if (dw && gemm(ctx, op, false, true, (int)in, (int)out, (int)n, x_m, (int)in, dy_m, (int)out, ab,
                    1.0f, dw, (int)in, NULL))
         return -1;
     if (db) {
@@ -309,4 +387,11 @@ extern "C" int64_t sao_cuda_gemm_workspace_bytes(int device) {
     if (device < 0 || device >= MAX_DEVICES) return 0;
     Locked guard;
     return states[device].ready ? (int64_t)sao_cuda_size_class(WORKSPACE_BYTES) : 0;
+}
+
+extern "C" int sao_cuda_gemm_precision(int mode) {
+    Locked guard;
+    int was = precision;
+    if (mode == SAO_GEMM_FP32 || mode == SAO_GEMM_TF32 || mode == SAO_GEMM_BF16) precision = mode;
+    return was;
 }

@@ -7,6 +7,9 @@
 --                             index is the CUDA device number, as in t:to("cuda:1")
 --   sao.cuda.memory()      -> { allocated=, cached=, peak=, cudamalloc_calls= } (bytes; counts since start)
 --   sao.cuda.empty_cache() -> bytes handed back to the driver (cached blocks only; live tensors stay)
+--   sao.cuda.precision([mode]) -> how the GPU's linear layers multiply, process-wide: "fp32" (the
+--                             default: CPU parity), "tf32" or "bf16" (inputs rounded to bf16, fp32
+--                             accumulation; weights and gradients stay fp32); returns the mode before
 --
 -- The backend is loaded on the first of these calls (or the first tensor or model moved to a GPU),
 -- never at start-up. In a CPU-only build, or with no GPU, every call still works: available() is false, devices()
@@ -54,5 +57,17 @@ function M.memory()
 end
 
 function M.empty_cache() return tonumber(C.sao_cuda_empty_cache()) end
+
+local MODES = { fp32 = 0, tf32 = 1, bf16 = 2 }
+local NAMES = { [0] = "fp32", [1] = "tf32", [2] = "bf16" }
+
+function M.precision(mode)
+  local code = -1
+  if mode ~= nil then
+    code = MODES[mode]
+    if not code then error("sao.cuda.precision: '" .. tostring(mode) .. "': expected \"fp32\", \"tf32\" or \"bf16\"", 2) end
+  end
+  return NAMES[tonumber(C.sao_cuda_gemm_precision(code))]
+end
 
 return M

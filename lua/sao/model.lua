@@ -142,7 +142,9 @@ end
 --- config table, "sao-1.0" (found under $SAO_CHECKPOINTS or checkpoints/stable-audio-open-1.0) or
 --- "tiny". With nothing given: SAO 1.0 when its files are present, else the tiny random model.
 --- opts: seed (random weights), t5 (T5 directory), quiet, device ("cpu", the default, or "cuda" /
---- "cuda:N": the DiT, the VAE and T5 run on that GPU; the tokenizer and sampler stay on the host).
+--- "cuda:N": the DiT, the VAE and T5 run on that GPU; the tokenizer and sampler stay on the host),
+--- precision (on a GPU: "bf16", the default, "tf32" or "fp32": how the linear layers multiply,
+--- process-wide, see sao.cuda.precision).
 function M.load(what, opts)
   opts = opts or {}
   local function notice(msg) if not opts.quiet then io.stderr:write("sao: " .. msg .. "\n") end end
@@ -159,6 +161,7 @@ function M.load(what, opts)
       why = "no CUDA device is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES), or load with device = \"cpu\""
     end
     if why then error("load_model: device '" .. tostring(device) .. "': " .. why, 2) end
+    sao.cuda.precision(opts.precision or "bf16")
   end
   local function placed(m)
     m.device = device or "cpu"
@@ -166,7 +169,7 @@ function M.load(what, opts)
       m.dit:to(device)
       m.vae:to(device)
       m.t5:to(device)
-      notice("the DiT, the VAE and T5 run on " .. device)
+      notice("the DiT, the VAE and T5 run on " .. device .. " (" .. sao.cuda.precision() .. " products)")
     end
     return m
   end

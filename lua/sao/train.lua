@@ -12,6 +12,7 @@
 --     demo = {every = 500, fn = function(trainer, step) ... end},   -- demo generations
 --     lora = nil,                         -- or {rank = 16, alpha = 16, targets = "..."}: train adapters only
 --     device = nil,                       -- "cuda" / "cuda:N": train on that GPU (default: where the DiT is)
+--     precision = "bf16",                 -- on a GPU: "bf16" / "tf32" / "fp32" products (sao.cuda.precision)
 --   }
 --   for i = 1, 100 do trainer:step() end
 --   trainer:save()                       -- runs/x/checkpoints/step-N/
@@ -23,7 +24,8 @@
 -- REPL, say) or editing the schedule file swaps the schedule at the next step, and is logged.
 --
 -- On a GPU (cfg.device, or a DiT already moved there) the forward, backward, AdamW, clipping and
--- EMA all run on the device, in fp32: the parameters are the DiT's device weights
+-- EMA all run on the device, with fp32 weights, gradients and optimiser state and the linear
+-- layers' products in cfg.precision (bf16 by default): the parameters are the DiT's device weights
 -- (dit:device_tensor), the gradients, moments and EMA copy are device tensors, and only the batch,
 -- the model output and its gradient cross to the host each micro-batch. Checkpoints are written
 -- from host copies; dit:to("cpu") brings the trained weights back. LoRA trains on the CPU only.
@@ -113,6 +115,7 @@ function M.new(cfg)
   local host_params = not cfg.lora and trainable(cfg.dit) or nil
   local mem0
   if device then
+    sao.cuda.precision(cfg.precision or "bf16")
     local m = sao.cuda.memory()
     mem0 = { allocated = m.allocated, peak = m.peak, dit_there = cfg.dit:device() == "cuda",
              workspace = tonumber(C.sao_cuda_gemm_workspace_bytes(tonumber(device:match("%d+")))) }
@@ -193,14 +196,27 @@ function Trainer:device_plan(mem0)
     weights = class(weights)
   end
   local arenas = tonumber(C.sao_dit_train_device_bytes(self.tr.h))
+  -- bf16 products: the largest linear's rounded inputs (dy, x and W of a backward) in the scratch
+  local scratch = 0
+  if sao.cuda.precision() == "bf16" then
+    local c, cfg = self.cfg.dit.config, self.cfg
+    local E, Dc = c.embed_dim, c.cond_token_dim
+    local F = (c.ff_mult or 4) * E
+    local n, nl = cfg.batch * (cfg.frames + 1), cfg.batch * math.max(cfg.context or 0, 1)
+    local function pad(k) return math.ceil(k / 128) * 128 end
+    for _, s in ipairs { { n, E, 3 * E }, { n, E, 2 * F }, { n, F, E }, { nl, Dc, 2 * Dc } } do
+      scratch = math.max(scratch, pad(s[1] * s[2]) + pad(s[2] * s[3]) + pad(s[1] * s[3]))
+    end
+    scratch = class(math.ceil(scratch / 2) * 4)
+  end
   local d = {
     weights = weights, arenas = arenas, adamw_moments = 2 * per_tensor,
-    ema = self.ema and per_tensor or 0,
+    ema = self.ema and per_tensor or 0, bf16_scratch = scratch,
     gemm_workspace = mem0.workspace > 0 and 0 or class(32 * 2 ^ 20),   -- made by the first GEMM, kept
     before = mem0.allocated, peak_before = mem0.peak,
   }
   d.predicted_peak = math.max(mem0.peak, d.before + d.weights + d.arenas + d.adamw_moments + d.ema +
-    d.gemm_workspace)
+    d.gemm_workspace + d.bf16_scratch)
   return d
 end
 
@@ -216,9 +232,10 @@ function Trainer:plan_text()
     mb(p.parameters), mb(p.trainable), mb(p.gradients_and_activations), mb(p.adamw_moments), mb(p.ema), mb(p.total))
   local d = p.device
   if not d then return text end
-  return text .. string.format("  on %s, as device blocks: weights %s, grads + activ. %s, AdamW %s, EMA %s,\n" ..
-    "  GEMM workspace %s, held before %s; predicted device peak %s\n", self.device, mb(d.weights), mb(d.arenas),
-    mb(d.adamw_moments), mb(d.ema), mb(d.gemm_workspace), mb(d.before), mb(d.predicted_peak))
+  return text .. string.format("  on %s (%s products), as device blocks: weights %s, grads + activ. %s, AdamW %s,\n" ..
+    "  EMA %s, GEMM workspace %s, bf16 scratch %s, held before %s; predicted device peak %s\n", self.device,
+    sao.cuda.precision(), mb(d.weights), mb(d.arenas), mb(d.adamw_moments), mb(d.ema), mb(d.gemm_workspace),
+    mb(d.bf16_scratch), mb(d.before), mb(d.predicted_peak))
 end
 
 function Trainer:log(rec)

@@ -66,6 +66,14 @@ int sao_cuda_gemm_use_lt(int on);
 /* Device memory the GEMM workspace of `device` holds (from the caching allocator): 0 until the
  * first GEMM there, then 32 MiB for the rest of the process. The training memory plan counts it. */
 int64_t sao_cuda_gemm_workspace_bytes(int device);
+/* How the fp32 GEMMs (sao_cuda_linear_forward / _backward, so every model's linear layers on a
+ * GPU) multiply, process-wide: SAO_GEMM_FP32 (0, the default: within fp32 rounding of the CPU
+ * twins), SAO_GEMM_TF32 (1: TF32 tensor-core products of the fp32 data), SAO_GEMM_BF16 (2: the
+ * inputs rounded to bf16 into a scratch buffer, bf16 tensor-core products, fp32 accumulation and
+ * output; weights, activations and gradients stay fp32). Another value only asks. Returns the
+ * setting before the call (0 without a CUDA backend). */
+enum { SAO_GEMM_FP32 = 0, SAO_GEMM_TF32 = 1, SAO_GEMM_BF16 = 2 };
+int sao_cuda_gemm_precision(int mode);
 
 #ifdef __cplusplus
 }

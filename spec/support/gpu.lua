@@ -6,6 +6,8 @@ local sao = require "sao"
 local M = {}
 
 M.has_gpu = sao.C.sao_cuda_device_count() > 0
+-- the parity specs compare fp32 products with the CPU's; a test wanting another mode sets it and restores it
+if M.has_gpu then sao.cuda.precision("fp32") end
 
 --- A test function that is busted's `it` with a device, and `pending` (skipped, visibly) without
 --- one. busted's it/pending live in the spec file's environment, so the spec passes them in:

@@ -39,7 +39,9 @@ M.shell_quote, M.exists, M.read, M.write_atomic, M.mkdir_p, M.ls = fs.quote, fs.
 function M.load_model(opts)
   local seed = M.num(opts.model_seed, 0)
   local device = opts.device ~= true and opts.device or nil   -- --device cuda: the models run on that GPU
-  local model = sao.load_model(opts.model, { seed = seed, quiet = M.flag(opts.quiet), device = device })
+  local precision = opts.precision ~= true and opts.precision or nil
+  local model = sao.load_model(opts.model, { seed = seed, quiet = M.flag(opts.quiet), device = device,
+    precision = precision })
   return model, require("sao.latents").model_id(model, { seed = seed })
 end
 

@@ -262,7 +262,7 @@ function M.run(opts)
   local tcfg = { dit = model.dit, data = loader, batch = cfg.batch, frames = cfg.frames,
     context = model.t5.max_length + 2, optimizer = optimizer_copy(), schedule_file = sched, ema = cfg.ema,
     cfg_dropout = cfg.cfg_dropout, seed = cfg.seed, accum = cfg.accum, run_dir = run_dir, quiet = true,
-    keep_checkpoints = cfg.keep,
+    keep_checkpoints = cfg.keep, precision = opts.precision ~= true and opts.precision or nil,
     log_every = cfg.log_every, lora = cfg.lora and { rank = cfg.lora.rank, alpha = cfg.lora.alpha, targets = cfg.lora.targets } }
   local ck = common.latest_checkpoint(run_dir)
   local trainer
