@@ -1,7 +1,8 @@
 -- bench/gpu_train.lua — one full fine-tuning step of the DiT on a GPU at SAO 1.0's shape (embed
 -- 1536, depth 24, 24 heads, 1024 latent frames = 47 s, 130 context tokens, batch 16 or
 -- $SAO_BENCH_BATCH; random weights): forward, backward, clipping, AdamW and EMA through sao.train
--- with device = "cuda" (fp32). Reports ms/step, the achieved TFLOP/s (3x the forward's matmul and
+-- with device = "cuda" (fp32 weights and state; the linear layers' products in $SAO_BENCH_PRECISION,
+-- bf16 by default: sao.cuda.precision). Reports ms/step, the achieved TFLOP/s (3x the forward's matmul and
 -- attention FLOPs), MFU against the GPU's dense bf16 peak (the issue's measure; goal 0.45 on an
 -- H100) and against cuBLASLt's fp32 GEMM rate measured in the same run (the comparator), and the
 -- memory plan's predicted device peak next to the measured one. JSON lines.
@@ -61,7 +62,8 @@ for i = 1, 4 do
     cross = sao.randn { { L, cfg.cond_token_dim }, seed = 10 + i }, global = sao.randn { { cfg.global_cond_dim }, seed = 20 + i } }
 end
 local ok, tr = pcall(sao.train.new, { dit = dit, data = sao.data.memory(items, { batch = B }), batch = B, frames = T,
-  context = L, quiet = true, schedule = "constant", device = "cuda", recompute = os.getenv("SAO_BENCH_RECOMPUTE") == "1" })
+  context = L, quiet = true, schedule = "constant", device = "cuda", recompute = os.getenv("SAO_BENCH_RECOMPUTE") == "1",
+  precision = os.getenv("SAO_BENCH_PRECISION") or "bf16" })
 if not ok then
   emit { error = tostring(tr), gpu = gpu_name, batch = B, hint = "try a smaller SAO_BENCH_BATCH or SAO_BENCH_RECOMPUTE=1" }
   return
@@ -78,6 +80,7 @@ local per_layer = B * (2 * N * E * 3 * E + 2 * N * E * E + 4 * N * N * E + 2 * N
   4 * N * L * E + 2 * N * E * E + 2 * N * E * 2 * F + 2 * N * F * E)
 local fwd = cfg.depth * per_layer + B * 2 * N * E * cfg.io_channels * 2 + B * 2 * L * Dc * Dc * 2
 local tflops = 3 * fwd / best / 1e12
+local precision = sao.cuda.precision("fp32")   -- the comparator is the fp32 GEMM
 local sgemm = sgemm_tflops()
 -- dense bf16 peak by the vendors' datasheets (H100/H200 SXM 989 TFLOP/s, A100 312); override with
 -- SAO_BENCH_PEAK_TFLOPS for another part
@@ -85,7 +88,7 @@ local peak = tonumber(os.getenv("SAO_BENCH_PEAK_TFLOPS")) or
   ((gpu_name:match("H100") or gpu_name:match("H200")) and 989 or gpu_name:match("A100") and 312 or nil)
 local plan = tr.plan.device
 emit {
-  what = "train_step", gpu = gpu_name, precision = "fp32",
+  what = "train_step", gpu = gpu_name, precision = precision,
   config = string.format("E%d depth%d H%d T%d B%d L%d", E, cfg.depth, cfg.num_heads, T, B, L),
   ms_per_step = best * 1000, first_step_ms = first.ms, tflops = tflops,
   sgemm_fp32_tflops = sgemm, ratio_to_sgemm = tflops / sgemm,
