@@ -29,6 +29,8 @@
     ERR(sao_cuda_device_props, (sao_ctx *ctx, int dev, char *name, int name_len, int64_t *total_bytes,      \
                                 int *major, int *minor), (ctx, dev, name, name_len, total_bytes, major, minor)) \
     PTR(sao_tensor *, sao_tensor_to_cuda, (sao_ctx *ctx, const sao_tensor *t, int dev), (ctx, t, dev))     \
+    ERR(sao_cuda_mem_info, (sao_ctx *ctx, int dev, int64_t *free_bytes, int64_t *total_bytes),               \
+        (ctx, dev, free_bytes, total_bytes))                                                               \
     OWN(sao_tensor_to_cpu)                                                                                 \
     ERR(sao_cuda_rand_fill, (sao_ctx *ctx, sao_tensor *t, uint64_t seed, uint64_t offset, int normal),       \
         (ctx, t, seed, offset, normal))                                                                    \

@@ -22,6 +22,13 @@ describe("CUDA #gpu", function()
     end
   end)
 
+  gpu_it("mem_info: free and total as the driver reports them; usable adds sao's cached blocks", function()
+    local m = sao.cuda.mem_info(0)
+    assert.is_true(m.total > 0 and m.free > 0 and m.free <= m.total)
+    assert.is_true(m.usable >= m.free)
+    assert.equal(sao.cuda.devices()[1].memory_bytes, m.total)
+  end)
+
   gpu_it("device properties", function()
     local ffi = require "ffi"
     local name, mem = ffi.new("char[256]"), ffi.new("int64_t[1]")

@@ -292,6 +292,20 @@ describe("vae", function()
       assert.is_true(vae:workspace_bytes("encode", 2 ^ 21, 128) < 400 * MiB)
     end)
 
+    it("decode_chunk: one pass when the budget allows, else the largest chunk that fits (SAO shape)", function()
+      local vae = sao.vae.new(sao.vae.SAO)
+      local L = 2048
+      local whole = vae:workspace_bytes("decode", L)
+      assert.is_nil(vae:decode_chunk(L, whole))
+      local w1024, w512 = vae:workspace_bytes("decode", L, 1024), vae:workspace_bytes("decode", L, 512)
+      assert.is_true(w512 < w1024 and w1024 < whole)
+      assert.equal(1024, vae:decode_chunk(L, whole - 1))
+      assert.equal(512, vae:decode_chunk(L, w1024 - 1))
+      assert.equal(256, vae:decode_chunk(L, w512 - 1))
+      assert.equal(128, vae:decode_chunk(L, 0))            -- nothing fits: the smallest, and the error if any comes from the device
+      assert.is_nil(vae:decode_chunk(1013, vae:workspace_bytes("decode", 1013)))   -- 47 s in one pass
+    end)
+
     it("chunked encode matches the whole encode away from the receptive field", function()
       local vae = sao.vae.new(small):init_random { seed = 6 }
       local audio = sao.randn { { 1, 2, 2048 * 40 }, seed = 7 } * 0.3

@@ -31,6 +31,20 @@ extern "C" int sao_cuda_device_props(sao_ctx *ctx, int dev, char *name, int name
     return 0;
 }
 
+extern "C" int sao_cuda_mem_info(sao_ctx *ctx, int dev, int64_t *free_bytes, int64_t *total_bytes) {
+    const char *op = "cuda_mem_info";
+    int cur = 0;
+    CUDA_TRY(ctx, op, cudaGetDevice(&cur));
+    CUDA_TRY(ctx, op, cudaSetDevice(dev));
+    size_t f = 0, t = 0;
+    cudaError_t e = cudaMemGetInfo(&f, &t);
+    cudaSetDevice(cur);
+    if (e != cudaSuccess) return sao_err(ctx, op, "device %d: cudaMemGetInfo: %s", dev, cudaGetErrorString(e));
+    if (free_bytes) *free_bytes = (int64_t)f;
+    if (total_bytes) *total_bytes = (int64_t)t;
+    return 0;
+}
+
 // Device storage comes from the caching allocator (alloc.cu); the last view's release hands the
 // block back to its bin, where the next tensor of that size class finds it.
 static void cuda_release(sao_storage *s) { sao_cuda_free(s->data); }

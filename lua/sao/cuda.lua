@@ -7,6 +7,8 @@
 --                             index is the CUDA device number, as in t:to("cuda:1")
 --   sao.cuda.memory()      -> { allocated=, cached=, peak=, cudamalloc_calls= } (bytes; counts since start)
 --   sao.cuda.empty_cache() -> bytes handed back to the driver (cached blocks only; live tensors stay)
+--   sao.cuda.mem_info([n]) -> { free=, total= } bytes of device n (0) as the driver reports them;
+--                             `usable` adds the blocks sao's cache holds (free for sao's next calls)
 --   sao.cuda.precision([mode]) -> how the GPU's linear layers multiply, process-wide: "fp32" (the
 --                             default: CPU parity), "tf32" or "bf16" (inputs rounded to bf16, fp32
 --                             accumulation; weights and gradients stay fp32); returns the mode before
@@ -57,6 +59,13 @@ function M.memory()
 end
 
 function M.empty_cache() return tonumber(C.sao_cuda_empty_cache()) end
+
+function M.mem_info(dev)
+  local f, t = ffi.new("int64_t[1]"), ffi.new("int64_t[1]")
+  core.check(C.sao_cuda_mem_info(core.ctx, dev or 0, f, t), 2)
+  local free = tonumber(f[0])
+  return { free = free, total = tonumber(t[0]), usable = free + M.memory().cached }
+end
 
 local MODES = { fp32 = 0, tf32 = 1, bf16 = 2 }
 local NAMES = { [0] = "fp32", [1] = "tf32", [2] = "bf16" }

@@ -277,9 +277,18 @@ function Model:generate(opts)
   }
   -- chunked decode (upstream's scheme, equal to the whole decode within float rounding for SAO's
   -- receptive field) bounds memory for long windows; opts.chunked_decode = false forces one pass
-  local chunked = opts.chunked_decode
-  if chunked == nil then chunked = frames > 256 end
-  local audio = self.vae:decode(latents, { chunked = chunked })
+  -- on a GPU the decode is sized to the memory there (one pass when it fits: 80 % of what is free)
+  local chunked, chunk = opts.chunked_decode, nil
+  if chunked == nil then
+    local kind, dev = self.vae:device()
+    if kind == "cuda" then
+      chunk = self.vae:decode_chunk(frames, 0.8 * sao.cuda.mem_info(dev).usable)
+      chunked = chunk ~= nil
+    else
+      chunked = frames > 256
+    end
+  end
+  local audio = self.vae:decode(latents, { chunked = chunked, chunk = chunk })
   if opts.trim ~= false then
     local keep = math.min(audio:size(3), math.floor(seconds * sr + 0.5))
     audio = audio:narrow(3, 1, keep):contiguous()

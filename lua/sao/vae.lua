@@ -321,6 +321,17 @@ function VAE:decode(latents, opts)
   return y
 end
 
+--- The decode of L frames that fits in `budget` bytes of workspace: nil for one pass (the fastest),
+--- else the largest chunk (latent frames: 1024, 512, 256, then M.CHUNK as the last resort) whose
+--- workspace fits. A GPU generation sizes its decode to the device's free memory with this.
+function VAE:decode_chunk(L, budget)
+  if self:workspace_bytes("decode", L) <= budget then return nil end
+  for _, c in ipairs { 1024, 512, 256 } do
+    if c < L and c > M.CHUNK and self:workspace_bytes("decode", L, c) <= budget then return c end
+  end
+  return M.CHUNK
+end
+
 --- Bytes of activation workspace for a decode of L frames (chunk = nil: unchunked) or an
 --- encode of S samples: vae:workspace_bytes("decode", L, chunk).
 function VAE:workspace_bytes(what, length, chunk)

@@ -16,6 +16,8 @@ int sao_cuda_device_count(void);
 /* Name, memory and compute capability of device `dev`. */
 int sao_cuda_device_props(sao_ctx *ctx, int dev, char *name /* out */, int name_len,
                           int64_t *total_bytes /* out */, int *major /* out */, int *minor /* out */);
+/* Free and total memory of device `dev` as the driver reports them (sao's cached blocks count as used). */
+int sao_cuda_mem_info(sao_ctx *ctx, int dev, int64_t *free_bytes /* out */, int64_t *total_bytes /* out */);
 /* A contiguous copy of t in device memory (storage device SAO_CUDA, allocator "cuda"). */
 sao_tensor *sao_tensor_to_cuda(sao_ctx *ctx, const sao_tensor *t, int dev);
 /* A contiguous host copy of a device (or host) tensor. */
