@@ -57,6 +57,10 @@ int64_t sao_dit_train_device_bytes(const sao_dit_train *tr) {
                      sao_cuda_size_class((size_t)tr->gnumel * sizeof(float)));
 }
 
+int sao_dit_train_grad_sumsq(sao_ctx *ctx, sao_dit_train *tr, double *out) {
+    return tr->ops->sumsq(ctx, tr->garena, tr->gnumel, out);
+}
+
 void sao_dit_train_free(sao_dit_train *tr) {
     if (!tr) return;
     sao_dit_free(tr->g);

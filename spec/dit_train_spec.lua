@@ -52,6 +52,12 @@ for _, recompute in ipairs { false, true } do
       assert.tensor_near(fx["grads/x"], dx, { abs = tol["grads/*"].max_abs })
     end)
 
+    it("grad_norm (one pass over the arena) is the per-tensor global norm", function()
+      local want = require("sao.optim").grad_norm(tr:grads())
+      assert.is_true(want > 0)
+      assert.near(want, tr:grad_norm(), 1e-9 * want)
+    end)
+
     it("accumulates across backward calls and zeroes on request", function()
       local g = tr:grads()["transformer.project_out.weight"]
       local once = g:clone()

@@ -38,6 +38,13 @@ end
 
 function Train:zero_grad() sao.check(C.sao_dit_train_zero_grad(sao.ctx, self.h)) end
 
+--- Global L2 norm of every gradient of the arena, in one pass on the trainer's device.
+function Train:grad_norm()
+  local out = ffi.new("double[1]")
+  sao.check(C.sao_dit_train_grad_sumsq(sao.ctx, self.h, out))
+  return math.sqrt(out[0])
+end
+
 --- Recorded forward: x [B, io, T], t [B], cross [B, L, Dc] or nil, global [B, Dg] -> out.
 function Train:forward(x, t, cross, global)
   x, t, global = models.f32(x), models.f32(t), models.f32(global)

@@ -66,9 +66,11 @@ end
 
 --- One step. Returns an info table {lr, grad_norm, skipped, clipped}. A non-finite gradient norm
 --- skips the step entirely (parameters, moments and the step count stay as they were).
+--- self.norm_fn, when set, gives the global gradient norm instead of the per-tensor sum (a GPU
+--- trainer's one pass over its gradient arena).
 function AdamW:step()
   local cfg = self.cfg
-  local norm = M.grad_norm(self.grads)
+  local norm = self.norm_fn and self.norm_fn() or M.grad_norm(self.grads)
   local info = { grad_norm = norm, lr = self:lr() }
   if norm ~= norm or norm == math.huge then
     info.skipped = true

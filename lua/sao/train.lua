@@ -140,6 +140,12 @@ function M.new(cfg)
   end
   oc.schedule = cfg.schedule
   self.opt = optim.adamw(self.params, self.grads, oc, device)
+  if device and not cfg.lora then
+    -- every trained gradient lives in the trainer's arena (the rest there stays zero): one pass,
+    -- one read back per step instead of one per tensor
+    local tr = self.tr
+    self.opt.norm_fn = function() return tr:grad_norm() end
+  end
   self.ema = cfg.ema ~= false and optim.ema(self.params, cfg.ema or {}, device) or nil
   self.step_n = 0
   self.last_schedule = cfg.schedule

@@ -192,6 +192,10 @@ int64_t sao_dit_train_bytes(const sao_dit_train *tr);          /* activations + 
 /* The same two arenas as the memory holds them: on a device, each rounded to the caching
  * allocator's size class (sao_cuda_size_class); on the host, sao_dit_train_bytes. */
 int64_t sao_dit_train_device_bytes(const sao_dit_train *tr);
+/* Sum of squares of every gradient in the arena (one pass on the trainer's device; the
+ * gradients of the LayerNorm betas, never written, are zero): the squared global norm a GPU run
+ * clips with, read back once per step. */
+int sao_dit_train_grad_sumsq(sao_ctx *ctx, sao_dit_train *tr, double *out /* out */);
 sao_params *sao_dit_train_grads(sao_dit_train *tr);            /* gradient tensors by parameter name */
 int sao_dit_train_zero_grad(sao_ctx *ctx, sao_dit_train *tr);
 /* As sao_dit_forward with cfg_scale 1 (the caller zeroes dropped context rows); keeps the inputs'
