@@ -2,12 +2,12 @@
 # bench/gpu_check.sh — run THERE, on a lent GPU machine, from the repository root, as the device
 # tool's command, with .gpu/ (made here by bench/gpu_kit.sh) carried:
 #
-#   command "sh bench/gpu_check.sh", carry [".gpu"], timeout_s 540
+#   command "sh bench/gpu_check.sh", carry [".gpu"], timeout_s 570
 #
 # It unpacks the kit into .gpu/root, prints nvidia-smi and ldd of the libraries (so a missing one is
 # visible), probes sao's CUDA backend, runs the GPU specs (sh spec/run.sh --tags=gpu), then every
-# bench/gpu_*.lua, each step under its own timeout, within GPU_CHECK_BUDGET seconds in all (450:
-# 7.5 minutes; each benchmark gets at most GPU_CHECK_BENCH_S and no more than its share of the time
+# bench/gpu_*.lua, each step under its own timeout, within GPU_CHECK_BUDGET seconds in all (520:
+# 8.7 minutes; each benchmark gets at most GPU_CHECK_BENCH_S and no more than its share of the time
 # left). A failing step is reported and the next one still runs. It writes, under $OUT
 # (./out/gpu-check when OUT is unset):
 #   gpu-check.log     everything this script printed (device, environment, ldd, probe, summary)
@@ -17,8 +17,8 @@
 #   gpu-bench.log     the benchmarks' whole output (stdout and stderr)
 #   kit-info.txt      how the kit was made (commit, flags, Debian packages)
 #
-# Environment: OUT; GPU_CHECK_BUDGET (s, default 450), GPU_CHECK_TEST_S (cap for the spec run,
-# default 270), GPU_CHECK_BENCH_S (cap per benchmark, default 150), GPU_CHECK_KEEP_ROOT=1 keeps
+# Environment: OUT; GPU_CHECK_BUDGET (s, default 520), GPU_CHECK_TEST_S (cap for the spec run,
+# default 200), GPU_CHECK_BENCH_S (cap per benchmark, default 260), GPU_CHECK_KEEP_ROOT=1 keeps
 # .gpu/root afterwards (it is removed by default: unpacked, .gpu/ would be too big to carry).
 # Nothing is installed outside the repository: the kit's libraries are found through their
 # RUNPATHs, so no LD_LIBRARY_PATH is set for them (one is set only for CUDA libraries that
@@ -32,9 +32,9 @@ KIT=$ROOT/.gpu
 R=$KIT/root
 MA=x86_64-linux-gnu
 OUT=${OUT:-$ROOT/out/gpu-check}
-BUDGET=${GPU_CHECK_BUDGET:-450}
-TEST_S=${GPU_CHECK_TEST_S:-270}
-BENCH_S=${GPU_CHECK_BENCH_S:-150}
+BUDGET=${GPU_CHECK_BUDGET:-520}
+TEST_S=${GPU_CHECK_TEST_S:-200}
+BENCH_S=${GPU_CHECK_BENCH_S:-260}
 START=$(date +%s)
 mkdir -p "$OUT" || exit 1
 

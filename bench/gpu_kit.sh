@@ -272,7 +272,7 @@ cat <<EOF
 Kit ready in $ROOT/$KIT. The device tool call (the script ends within 8 minutes):
   command:   sh bench/gpu_check.sh
   carry:     [".gpu"]
-  timeout_s: 540
+  timeout_s: 570
 Results: under the call's files_at: gpu-check.log, gpu-tests.txt, gpu-bench.jsonl, gpu-bench.log,
 kit-info.txt.
 EOF

@@ -1,0 +1,390 @@
+-- bench/gpu_sample.lua — Stable Audio Open 1.0 generation on the GPU at its real shapes, random
+-- weights: (a) one DiT forward with CFG (batch 1 doubled to 2; 1024 latent frames = 47.55 s of
+-- audio; 130 context tokens = 128 T5 + seconds_start + seconds_total), (b) the 100-step
+-- dpmpp-3m-sde sampling loop with CFG 7 through sao.sampler, (c) the VAE decode of the window
+-- (sized to the device's memory as Model:generate does: one pass when it fits), and (b) + (c)
+-- against the goal (<= 1.5 s on an H100; what = "generate_47s"). One JSON line per measurement,
+-- with the device name and the peak of sao's device memory. sao's linear layers multiply in
+-- $SAO_BENCH_PRECISION (bf16, load_model's GPU default; or tf32, fp32). When python3 has torch
+-- (with CUDA), bench/torch_dit.py runs the same shapes in fp32 and bf16 and the forward and
+-- sampling lines get torch_seconds (the dtype matching sao's products: bf16 for bf16, else fp32)
+-- and ratio = torch / sao (> 1: sao is faster), plus the other dtype's time;
+-- a small-config forward on the SAME weights checks that both compute the same function
+-- (what = "parity_torch"). Without torch the lines say "torch": "unavailable (...)".
+--
+--   ./sao bench/gpu_sample.lua                      needs a GPU; otherwise one "skipped" line, exit 0
+--   SAO_BENCH_SMALL=1 ./sao bench/gpu_sample.lua    the same code, small config (tiny.json, 256 frames), CPU
+--   SAO_BENCH_TORCH=0                               no PyTorch comparison
+--   SAO_BENCH_TORCH_BF16=0|1                        also time torch in bf16 (default: on for the GPU run)
+--   SAO_BENCH_TORCH_TIMEOUT=S                       limit of the torch_dit.py run (default 300 s)
+--   SAO_BENCH_STEPS=N                               sampling steps (default 100)
+--   SAO_BENCH_REPEAT=N                              timed DiT forwards after the warm-up (default 3)
+--   SAO_BENCH_DEVICE=cpu                            SAO 1.0's shapes on the CPU (slow: minutes per forward)
+--
+-- sao.cuda.memory() has no reset: peak_mb is the high-water mark since the process started, and
+-- new_peak says whether this measurement raised it. That is why the VAE is measured first (its peak
+-- then shows), and the DiT after its workspace is released. Order: setup, VAE, forward, sampling,
+-- generate (printed at once), then the torch run (so sao's figures come first; the forward and
+-- sampling lines, which carry torch's times, are printed after it), then the parity check.
+-- A full run on one GPU: about 1-3 minutes plus sao's own sampling time (estimate).
+local ffi = require "ffi"
+local sao = require "sao"
+local cjson = require "cjson"
+local now = require("sao.progress").now
+
+local SMALL = os.getenv("SAO_BENCH_SMALL") == "1"
+local PRECISION = os.getenv("SAO_BENCH_PRECISION") or "bf16"
+local STEPS = tonumber(os.getenv("SAO_BENCH_STEPS") or "100")
+local REPEAT = tonumber(os.getenv("SAO_BENCH_REPEAT") or "3")
+local CFG_SCALE = 7
+local GOAL_S = 1.5      -- 100-step CFG sampling at 47 s + VAE decode, on an H100
+local SUFFIX = SMALL and "small" or "47s"
+
+-- one JSON line: bench and what first, then the other fields by name
+local function emit(t)
+  local keys = {}
+  for k in pairs(t) do if k ~= "bench" and k ~= "what" then keys[#keys + 1] = k end end
+  table.sort(keys)
+  if t.what then table.insert(keys, 1, "what") end
+  local parts = { '"bench":"gpu_sample"' }
+  for _, k in ipairs(keys) do parts[#parts + 1] = cjson.encode(k) .. ":" .. cjson.encode(t[k]) end
+  print("{" .. table.concat(parts, ",") .. "}")
+  io.stdout:flush()
+end
+
+-- ---- where it runs ----------------------------------------------------------------------------
+local device, gpu
+if SMALL or os.getenv("SAO_BENCH_DEVICE") == "cpu" then
+  device, gpu = "cpu", "cpu"
+else
+  local why = sao.cuda.unavailable()
+  if why or not sao.cuda.available() then
+    emit { skipped = why or "no CUDA device" }
+    return
+  end
+  device = "cuda"
+  gpu = sao.cuda.devices()[1].name
+end
+
+ffi.cdef [[
+struct sao_gpu_bench_rusage { long utime[2]; long stime[2]; long maxrss; long rest[14]; };
+int getrusage(int who, struct sao_gpu_bench_rusage *u);
+]]
+local function peak_rss_mb()
+  local u = ffi.new("struct sao_gpu_bench_rusage")
+  ffi.C.getrusage(0, u)
+  return tonumber(u.maxrss) / 1024
+end
+
+-- Device memory (sao's caching allocator) on the GPU, the process's peak RSS on the CPU. mark()
+-- at the start of a measurement; when it raises the high-water mark, above_start_mb is exactly
+-- how far its own peak rose above what was allocated when it started.
+local last_peak, start_alloc = 0, 0
+local function mark()
+  if device ~= "cpu" then start_alloc = sao.cuda.memory().allocated end
+end
+local function memory(line)
+  if device == "cpu" then
+    line.peak_rss_mb = peak_rss_mb()
+    return line
+  end
+  local m = sao.cuda.memory()
+  line.peak_mb = m.peak / 2 ^ 20
+  line.allocated_mb = m.allocated / 2 ^ 20
+  line.new_peak = m.peak > last_peak
+  if line.new_peak then line.above_start_mb = (m.peak - start_alloc) / 2 ^ 20 end
+  last_peak = m.peak
+  return line
+end
+
+-- ---- the model: SAO 1.0's config (or tiny.json's, at 256 frames), random weights -------------
+local function read_json(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("*a")
+  f:close()
+  return cjson.decode(s)
+end
+
+local config = read_json(sao.root .. (SMALL and "/checkpoints/tiny.json" or "/checkpoints/sao-1.0.json"))
+if SMALL then config.sample_size = 256 * config.model.pretransform.config.downsampling_ratio end
+local dcfg = config.model.diffusion.config
+
+local t0 = now()
+local m = sao.load_model(config, { device = device ~= "cpu" and device or nil, quiet = true, seed = 1,
+  precision = PRECISION })
+if device == "cpu" then PRECISION = "fp32" end
+local setup_s = now() - t0
+local frames = m:window_frames()
+local SR = m:sample_rate()
+local audio_s = frames * m.c.ratio / SR
+local seconds_total = math.floor(audio_s)               -- 47 for SAO 1.0
+local label = string.format("E%d depth%d H%d io%d Dc%d T%d L130", dcfg.embed_dim, dcfg.depth, dcfg.num_heads,
+  dcfg.io_channels, dcfg.cond_token_dim, frames)
+local common = { gpu = gpu, device = device, precision = PRECISION, config = label, frames = frames, audio_seconds = audio_s,
+  threads = sao.threads(), small = SMALL or nil }
+local function line(t)
+  for k, v in pairs(common) do if t[k] == nil then t[k] = v end end
+  return memory(t)
+end
+
+-- FLOPs of one DiT forward at batch B (2 per multiply-add; matmuls and attention only)
+local function dit_flops(B, T, L)
+  local E, Dc, io, Fi = dcfg.embed_dim, dcfg.cond_token_dim, dcfg.io_channels, 4 * dcfg.embed_dim
+  local N = T + 1
+  local block = 2 * N * E * 3 * E + 4 * N * N * E + 2 * N * E * E
+    + 2 * N * E * E + 2 * L * Dc * 2 * Dc + 4 * N * L * E + 2 * N * E * E
+    + 2 * N * E * 2 * Fi + 2 * N * Fi * E
+  return B * (dcfg.depth * block + 2 * T * io * E * 2 + 2 * T * io * io * 2 + 2 * L * Dc * Dc * 2)
+end
+
+-- analytic conv FLOPs of decoding `frames` latent frames (as bench/vae.lua)
+local function decode_flops(c, n_frames)
+  local w = { c.channels }
+  for i, mult in ipairs(c.c_mults) do w[i + 1] = c.channels * mult end
+  local n, t = #c.strides, n_frames
+  local f = 2 * c.latent_dim * w[n + 1] * 7 * t
+  for j = n, 1, -1 do
+    local s = c.strides[j]
+    f = f + 2 * w[j + 1] * w[j] * 2 * s * t
+    t = t * s
+    f = f + 3 * 2 * w[j] * w[j] * (7 + 1) * t
+  end
+  return f + 2 * w[1] * c.out_channels * 7 * t
+end
+
+-- frames the chunked decode actually runs (the overlaps are decoded twice)
+local function decoded_frames(L, chunk)
+  local overlap = sao.vae.OVERLAP
+  if not chunk or L <= chunk then return L end
+  local hop, n, s = chunk - overlap, 0, 0
+  while s + chunk <= L do n = n + 1; s = s + hop end
+  if (s - hop) + chunk ~= L then n = n + 1 end
+  return n * chunk
+end
+
+-- ---- PyTorch (bench/torch_dit.py) --------------------------------------------------------------
+local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
+local TORCH_PY = here .. "torch_dit.py"
+
+-- runs a shell command; returns its output (stdout and stderr), whether it exited 0, its exit code
+local function sh(cmd)
+  local p = io.popen("( " .. cmd .. " ) 2>&1; echo \"__rc=$?\"")
+  local out = p:read("*a")
+  p:close()
+  local rc = tonumber(out:match("__rc=(%d+)%s*$"))
+  return out:gsub("__rc=%d+%s*$", ""), rc == 0, rc
+end
+
+local function torch_status()
+  if os.getenv("SAO_BENCH_TORCH") == "0" then return "disabled (SAO_BENCH_TORCH=0)" end
+  local out = sh([[python3 -c 'import torch; print("cuda=" + str(torch.cuda.is_available()))' 2>/dev/null]])
+  if not out:match("cuda=") then return "unavailable (python3 cannot import torch)" end
+  if device == "cuda" and not out:match("cuda=True") then return "unavailable (torch sees no CUDA device)" end
+  return nil
+end
+
+-- the torch_dit.py command line for a DiT config (sao's field names) and more arguments
+local function torch_cmd(c, extra)
+  local a = { "python3", TORCH_PY, "--device", device, "--io", c.io_channels, "--embed-dim", c.embed_dim,
+    "--depth", c.depth, "--heads", c.num_heads, "--cond-dim", c.cond_token_dim,
+    "--global-dim", c.global_cond_dim, "--cfg-scale", CFG_SCALE }
+  if device == "cpu" then a[#a + 1] = "--threads"; a[#a + 1] = sao.threads() end
+  for _, v in ipairs(extra) do a[#a + 1] = v end
+  for i, v in ipairs(a) do a[i] = "'" .. tostring(v) .. "'" end
+  return table.concat(a, " ")
+end
+
+-- runs torch_dit.py at SAO's shapes (under `timeout`); returns its JSON lines (nil and why when
+-- none came), and what went wrong (nil when it exited 0)
+local TORCH_TIMEOUT = tonumber(os.getenv("SAO_BENCH_TORCH_TIMEOUT") or "300")
+local function run_torch(extra)
+  local out, ok, rc = sh("timeout -k 5 " .. TORCH_TIMEOUT .. " " .. torch_cmd(dcfg, extra))
+  local res = {}
+  for l in out:gmatch("[^\n]+") do
+    if l:sub(1, 1) == "{" then
+      local okj, v = pcall(cjson.decode, l)
+      if okj and v.bench == "torch_dit" then res[#res + 1] = v end
+    end
+  end
+  local err
+  if rc == 124 or rc == 137 then
+    err = "timed out after " .. TORCH_TIMEOUT .. " s (SAO_BENCH_TORCH_TIMEOUT)"
+  elseif not ok then
+    err = "failed (exit " .. tostring(rc) .. "): " .. out:sub(-400):gsub("%s+", " ")
+  end
+  if #res == 0 then return nil, err or "printed no result" end
+  return res, err
+end
+
+-- PyTorch at the same shapes, fp32 (and bf16 on the GPU) in one process: mode -> dtype -> its line.
+-- torch_why: why there is no comparison at all; torch_err: how a run that reported something ended
+local torch_why = torch_status()
+local torch_res, torch_err
+local function run_torch_all()
+  if torch_why then return end
+  local bf = os.getenv("SAO_BENCH_TORCH_BF16")
+  local dtypes = (bf == "1" or (bf == nil and device == "cuda")) and "fp32,bf16" or "fp32"
+  local lines
+  lines, torch_err = run_torch { "--mode", "forward,sample", "--dtype", dtypes, "--frames", frames, "--ctx", 130,
+    "--steps", STEPS, "--batch", 1, "--repeat", REPEAT, "--warmup", 1 }
+  torch_res = {}
+  for _, v in ipairs(lines or {}) do
+    torch_res[v.mode] = torch_res[v.mode] or {}
+    torch_res[v.mode][v.dtype] = v
+  end
+end
+
+-- adds torch_seconds and ratio (torch / sao in the dtype matching sao's products: > 1 means sao is
+-- faster) and the other dtype's time, or why there are none
+local function with_torch(t, mode)
+  local r = torch_res and torch_res[mode] or {}
+  local want = (PRECISION == "bf16" and r.bf16) and "bf16" or "fp32"
+  if r[want] then
+    t.torch_seconds, t.torch_dtype, t.ratio = r[want].seconds, want, r[want].seconds / t.seconds
+    if r.bf16 and want ~= "bf16" then t.torch_bf16_seconds = r.bf16.seconds end
+    if r.fp32 and want ~= "fp32" then t.torch_fp32_seconds = r.fp32.seconds end
+    t.torch_error = torch_err
+  else
+    t.torch = torch_why or torch_err or "unavailable"
+  end
+  return t
+end
+
+-- a measurement whose line waits for the torch comparison is written to stderr at once too, so a
+-- run cut short (a timeout) still leaves sao's figures in the log
+local function provisional(t)
+  io.stderr:write("gpu_sample: measured (its JSON line follows the torch comparison): ",
+    string.format("%s %.4f s\n", t.what, t.seconds))
+  io.stderr:flush()
+  return t
+end
+
+-- ---- setup ----------------------------------------------------------------------------------
+emit(line { what = "setup", seconds = setup_s, dit_numel = m.dit:parameter_count(),   -- parameters + buffers
+  note = "sao.load_model with random weights; DiT, VAE and T5 on " .. device })
+
+-- ---- (c) the VAE decode of the window, first (its device peak shows before the DiT's) -----------
+-- the decode Model:generate runs: on a GPU sized to its memory, on the CPU chunked above 256 frames
+local chunk
+if device == "cuda" then
+  chunk = m.vae:decode_chunk(frames, 0.8 * sao.cuda.mem_info(0).usable)
+elseif frames > 256 then
+  chunk = sao.vae.CHUNK
+end
+local chunked = chunk ~= nil
+local vcfg = sao.vae.config(m.c.pretransform)
+local decode_s
+do
+  local z = sao.randn { { 1, m.c.latent_dim, frames }, seed = 2 }
+  mark()
+  local t1 = now()
+  local y = m.vae:decode(z, { chunked = chunked, chunk = chunk })
+  local first = now() - t1
+  y:free()
+  t1 = now()
+  y = m.vae:decode(z, { chunked = chunked, chunk = chunk })
+  decode_s = now() - t1
+  y:free()
+  emit(line { what = "vae_decode_" .. SUFFIX, seconds = decode_s, ms = decode_s * 1000, first_call_seconds = first,
+    chunked = chunked, chunk = chunk, overlap = chunked and sao.vae.OVERLAP or nil,
+    tflops = decode_flops(vcfg, decoded_frames(frames, chunk)) / decode_s / 1e12,
+    realtime_factor = audio_s / decode_s })
+  m.vae:release_workspace()
+end
+
+-- ---- conditioning (T5 + seconds), as generation does it; the second call is timed ---------------
+local PROMPT = "lofi hip hop beat with mellow keys, 80 BPM"
+m:condition({ PROMPT }, 0, seconds_total)
+local t1 = now()
+local cross, global = m:condition({ PROMPT }, 0, seconds_total)
+local cond_s = now() - t1
+local L = cross:size(2)
+assert(L == 130, "expected 130 context tokens, got " .. L)
+
+-- ---- (a) one DiT forward with CFG ----------------------------------------------------------------
+local dit = m.dit
+local x = sao.randn { { 1, dcfg.io_channels, frames }, seed = 3 }
+local tt = sao.full({ 1 }, 0.5)
+local function forward()
+  local v = dit:forward(x, tt, cross, global, { cfg_scale = CFG_SCALE, scale_phi = 0 })
+  v:free()
+end
+mark()
+t1 = now()
+forward()                                                   -- warm-up: the device workspace is made here
+local first = now() - t1
+local best = math.huge
+for _ = 1, REPEAT do
+  t1 = now()
+  forward()
+  best = math.min(best, now() - t1)
+end
+local fwd_line = provisional(line { what = "dit_forward_cfg_" .. SUFFIX, seconds = best, ms = best * 1000,
+  first_call_seconds = first, cfg_batch = 2, context = L, tflops = dit_flops(2, frames, L) / best / 1e12 })
+
+-- ---- (b) the sampling loop: 100 steps of dpmpp-3m-sde, CFG 7, through sao.sampler ----------------
+local noise = sao.randn { { 1, dcfg.io_channels, frames }, seed = 4 }
+mark()
+t1 = now()
+local latents = sao.sampler.sample {
+  model = function(xin, t)
+    return dit:forward(xin, sao.full({ 1 }, t), cross, global, { cfg_scale = CFG_SCALE, scale_phi = 0 })
+  end,
+  noise = noise, steps = STEPS, sigma_min = 0.3, sigma_max = 500, rho = 1, sampler = "dpmpp-3m-sde", seed = 4,
+  progress = false,
+}
+local sample_s = now() - t1
+local lmax = latents:abs():max()
+local sample_line = provisional(line { what = "sample_" .. STEPS .. "_cfg_" .. SUFFIX, seconds = sample_s,
+  ms = sample_s * 1000, steps = STEPS, sampler = "dpmpp-3m-sde", cfg_scale = CFG_SCALE,
+  ms_per_step = sample_s / STEPS * 1000, tflops = STEPS * dit_flops(2, frames, L) / sample_s / 1e12,
+  latents_abs_max = lmax, finite = lmax == lmax and lmax < math.huge })
+
+-- ---- the generation: sampling + one VAE decode of the window (the goal's scope; the decode time is
+-- (c)'s, the same work on other latents); with the conditioning in with_condition_seconds ----------
+local total = sample_s + decode_s
+emit(line { what = "generate_" .. SUFFIX, seconds = total, sample_seconds = sample_s, decode_seconds = decode_s,
+  condition_seconds = cond_s, with_condition_seconds = total + cond_s, steps = STEPS, goal_seconds = GOAL_S,
+  goal_gpu = "H100", meets_goal = (not SMALL and STEPS == 100) and total <= GOAL_S or nil })
+
+-- ---- PyTorch at the same shapes, then (a) and (b) with its times --------------------------------------
+local t_torch = now()
+run_torch_all()
+t_torch = now() - t_torch
+fwd_line.torch_run_seconds = t_torch      -- the whole torch_dit.py run (start-up, model build, both dtypes)
+emit(with_torch(fwd_line, "forward"))
+emit(with_torch(sample_line, "sample"))
+
+-- ---- parity: the same random weights in sao and in torch_dit.py, small config --------------------
+local function parity()
+  if torch_why then return { torch = torch_why } end
+  -- 4 heads over 2 cross-attention K/V heads: the grouped mapping is exercised
+  local pc = { io_channels = 16, embed_dim = 256, depth = 2, num_heads = 4, cond_token_dim = 128,
+    global_cond_dim = 256 }
+  local T, PL = 64, 130
+  mark()
+  local small = sao.dit.new(pc)
+  small:load(require("sao.model").random_params(small:params(), 7))
+  if device ~= "cpu" then small:to(device) end
+  local was = sao.cuda.precision("fp32")     -- the same function to fp32 rounding: fp32 products here
+  local inp = { x = sao.randn { { 1, pc.io_channels, T }, seed = 11 }, t = sao.full({ 1 }, 0.37),
+    cross = sao.randn { { 1, PL, pc.cond_token_dim }, seed = 12 },
+    global = sao.randn { { 1, pc.global_cond_dim }, seed = 13 }, cfg_scale = sao.full({ 1 }, CFG_SCALE) }
+  inp.out = small:forward(inp.x, inp.t, inp.cross, inp.global, { cfg_scale = CFG_SCALE, scale_phi = 0 })
+  sao.cuda.precision(was)
+  local base = os.tmpname()
+  local wpath, ipath = base .. ".weights.safetensors", base .. ".inputs.safetensors"
+  sao.save_safetensors(wpath, require("sao.models").tensors(small:params(), "model.model."))
+  sao.save_safetensors(ipath, inp)
+  local out, ok = sh(torch_cmd(pc, { "--mode", "check", "--weights", wpath, "--inputs", ipath, "--dtype", "fp32" }))
+  os.remove(wpath); os.remove(ipath); os.remove(base)
+  local okj, v = pcall(cjson.decode, out:match("(%b{})%s*$") or "")
+  if not ok or not okj or v.mode ~= "check" then return { torch = "failed: " .. out:sub(-400):gsub("%s+", " ") } end
+  return { max_abs_diff = v.max_abs_diff, mean_abs_diff = v.mean_abs_diff, max_abs_ref = v.max_abs_ref, rel = v.rel,
+    same_function = v.rel < 1e-4, torch_device = v.device }
+end
+local pr = parity()
+pr.what = "parity_torch"
+pr.config = "E256 depth2 H4 io16 Dc128 T64 L130 (random weights, exported from sao)"
+pr.cfg_scale, pr.gpu, pr.device = CFG_SCALE, gpu, device
+emit(memory(pr))
