@@ -5,7 +5,10 @@
 -- bf16 by default: sao.cuda.precision). Reports ms/step, the achieved TFLOP/s (3x the forward's matmul and
 -- attention FLOPs), MFU against the GPU's dense bf16 peak (the issue's measure; goal 0.45 on an
 -- H100) and against cuBLASLt's fp32 GEMM rate measured in the same run (the comparator), and the
--- memory plan's predicted device peak next to the measured one. JSON lines.
+-- memory plan's predicted device peak next to the measured one. When python3 has PyTorch with
+-- CUDA, bench/torch_dit.py times the same step (same shapes, AdamW, bf16 autocast for bf16
+-- products, else fp32) in the same run: torch_ms_per_step and ratio (torch / sao: above 1, sao is
+-- faster). JSON lines.
 -- Without a usable GPU it prints one "skipped" line and exits 0 (it runs inside `make bench`).
 -- SAO_BENCH_SMALL=1: a small config (embed 256, depth 2, 256 frames, batch 2) to check the script.
 local ffi = require "ffi"
@@ -87,6 +90,34 @@ local sgemm = sgemm_tflops()
 local peak = tonumber(os.getenv("SAO_BENCH_PEAK_TFLOPS")) or
   ((gpu_name:match("H100") or gpu_name:match("H200")) and 989 or gpu_name:match("A100") and 312 or nil)
 local plan = tr.plan.device
+
+-- PyTorch on the same GPU, the same step (SAO_BENCH_TORCH=0: skip)
+local torch = { why = "disabled (SAO_BENCH_TORCH=0)" }
+if os.getenv("SAO_BENCH_TORCH") ~= "0" then
+  local py = io.popen("python3 -c 'import torch; print(torch.cuda.is_available())' 2>/dev/null")
+  local has = py and py:read("*a") or ""
+  if py then py:close() end
+  if not has:match("True") then
+    torch.why = "unavailable (python3 with CUDA torch not found)"
+  else
+    tr = nil
+    collectgarbage("collect")            -- the trainer's device memory back before torch needs its own
+    sao.cuda.empty_cache()
+    local here = (arg and arg[0] or "bench/gpu_train.lua"):match("^(.*)/[^/]*$") or "bench"
+    local cmd = string.format("timeout %d python3 %s/torch_dit.py --mode train --device cuda --batch %d --frames %d " ..
+      "--ctx %d --dtype %s --embed-dim %d --depth %d --heads %d --io %d --cond-dim %d --global-dim %d --repeat 3 " ..
+      "--warmup 1 2>&1", tonumber(os.getenv("SAO_BENCH_TORCH_TIMEOUT") or "200"), here, B, T, L,
+      precision == "bf16" and "bf16" or "fp32", cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.io_channels,
+      cfg.cond_token_dim, cfg.global_cond_dim)
+    local p = io.popen(cmd)
+    local out = p:read("*a")
+    p:close()
+    local okj, v = pcall(cjson.decode, out:match("(%b{})%s*$") or "")
+    if okj and v.mode == "train" then torch.ms, torch.dtype = v.ms_per_step, v.dtype
+    else torch.why = "failed: " .. out:sub(-300):gsub("%s+", " ") end
+  end
+end
+
 emit {
   what = "train_step", gpu = gpu_name, precision = precision,
   config = string.format("E%d depth%d H%d T%d B%d L%d", E, cfg.depth, cfg.num_heads, T, B, L),
@@ -94,5 +125,7 @@ emit {
   sgemm_fp32_tflops = sgemm, ratio_to_sgemm = tflops / sgemm,
   bf16_peak_tflops = peak, mfu = peak and tflops / peak or nil, goal_mfu = 0.45,
   predicted_peak_mb = plan.predicted_peak / 2 ^ 20, measured_peak_mb = plan.measured_peak / 2 ^ 20,
+  torch_ms_per_step = torch.ms, torch_dtype = torch.dtype, ratio = torch.ms and torch.ms / (best * 1000) or nil,
+  torch = torch.why,
   plan_error = (plan.measured_peak - plan.predicted_peak) / plan.predicted_peak,
 }
