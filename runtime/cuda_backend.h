@@ -156,6 +156,7 @@
     ERR(sao_cuda_zero, (sao_ctx *ctx, float *dst, int64_t n), (ctx, dst, n))                               \
     ERR(sao_cuda_add, (sao_ctx *ctx, float *y, const float *x, int64_t n), (ctx, y, x, n))                 \
     ERR(sao_cuda_tanh, (sao_ctx *ctx, float *x, int64_t n), (ctx, x, n))                                   \
+    ERR(sao_cuda_scale, (sao_ctx *ctx, float *x, int64_t n, float s), (ctx, x, n, s))                      \
     ERR(sao_cuda_put, (sao_ctx *ctx, float *dst, const float *host_src, int64_t n), (ctx, dst, host_src, n)) \
     ERR(sao_cuda_get, (sao_ctx *ctx, float *host_dst, const float *src, int64_t n), (ctx, host_dst, src, n)) \
     PTR(float *, sao_cuda_grow, (sao_ctx *ctx, float **buf, size_t *have, size_t need),                    \

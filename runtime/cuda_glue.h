@@ -19,6 +19,7 @@ int sao_cuda_copy_rows(sao_ctx *ctx, float *dst, int64_t dst_pitch, const float 
 int sao_cuda_zero(sao_ctx *ctx, float *dst, int64_t n);
 int sao_cuda_add(sao_ctx *ctx, float *y, const float *x, int64_t n);   /* y += x */
 int sao_cuda_tanh(sao_ctx *ctx, float *x, int64_t n);                  /* in place */
+int sao_cuda_scale(sao_ctx *ctx, float *x, int64_t n, float s);        /* x *= s, in place */
 int sao_cuda_put(sao_ctx *ctx, float *dst, const float *host_src, int64_t n);
 int sao_cuda_get(sao_ctx *ctx, float *host_dst, const float *src, int64_t n);
 /* A device buffer of at least `need` floats: *buf (holding *have floats) when it is large enough,

@@ -190,6 +190,12 @@ static int cpu_add(sao_ctx *ctx, float *y, const float *x, int64_t n) {
     return 0;
 }
 
+static int cpu_scale(sao_ctx *ctx, float *x, int64_t n, float s) {
+    SAO_UNUSED(ctx);
+    for (int64_t i = 0; i < n; i++) x[i] *= s;
+    return 0;
+}
+
 static int cpu_memcpy(sao_ctx *ctx, float *dst, const float *src, int64_t n) {
     SAO_UNUSED(ctx);
     if (n > 0) memcpy(dst, src, (size_t)n * sizeof(float));
@@ -240,6 +246,7 @@ const dit_ops dit_ops_cpu = {
     .copy = cpu_copy,
     .zero = cpu_zero,
     .add = cpu_add,
+    .scale = cpu_scale,
     .cfg = cpu_cfg,
     .put = cpu_memcpy,
     .get = cpu_memcpy,
@@ -348,6 +355,7 @@ static float *ws_get(sao_ctx *ctx, sao_dit *m, size_t need) {
 /* Before a call: weights bound; on a device model, its device current and its weights up to date. */
 int dit_begin(sao_ctx *ctx, sao_dit *m, const char *op) {
     if (!m->t_w1) return sao_err(ctx, op, "the model has no weights bound (load a checkpoint first)");
+    if (m->lora && sao_dit_lora_place(ctx, m)) return -1;
     return m->device >= 0 ? dit_device_begin(ctx, m) : 0;
 }
 

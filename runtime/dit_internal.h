@@ -32,6 +32,7 @@ typedef struct dit_ops {
                 int64_t cols);
     int (*zero)(sao_ctx *ctx, float *dst, int64_t n);
     int (*add)(sao_ctx *ctx, float *y, const float *x, int64_t n);   /* y += x */
+    int (*scale)(sao_ctx *ctx, float *x, int64_t n, float s);         /* x *= s (in place) */
     /* g = unc + scale (cond - unc) over rows x io (token layout); phi != 0 then rescales each row by
      * std(cond)/std(g) (unbiased, over io, double sums): g = phi g ratio + (1 - phi) g (SAO_SPEC 5.5) */
     int (*cfg)(sao_ctx *ctx, const float *cond, const float *unc, int64_t rows, int64_t io, double scale,

@@ -1,10 +1,12 @@
 /* dit_lora.c — LoRA adapters on the DiT's block linears: forward, backward and merge. See
  * sao_lora.h. The block code calls dit_lin_forward / dit_lin_backward for every adaptable linear;
- * without adapters they are the plain kernels (of the model's table, m->ops). Adapters run on the
- * CPU only: adding or merging them on a model whose weights are on a GPU is refused, and
- * sao_dit_to_device refuses a model with adapters. */
+ * without adapters they are the plain kernels (of the model's table, m->ops). With adapters every
+ * kernel and memory operation also goes through m->ops, and the adapter tensors, their gradients
+ * and the [n, r] scratch live in the model's memory: sao_dit_lora_place moves what is elsewhere
+ * (after sao_dit_to_device / _to_host, and tensors bound from a file). Merging runs on the CPU. */
 #include "dit_internal.h"
 #include "sao_lora.h"
+#include "sao_cuda.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,8 +21,9 @@ struct dit_lora {
     int on[DIT_LORA_SLOTS];
     sao_params *params, *grads;
     float **A, **B, **gA, **gB;      /* [depth * SLOTS] */
-    float *u, *du;                   /* scratch [n, r] */
+    float *u, *du;                   /* scratch [n, r], from sops (the table of the model when made) */
     size_t scratch_n;
+    const dit_ops *sops;
 };
 
 static void slot_dims(const sao_dit *m, int slot, int64_t *in, int64_t *out) {
@@ -40,7 +43,7 @@ void sao_dit_lora_remove(sao_dit *m) {
     sao_params_free(l->params);
     sao_params_free(l->grads);
     free(l->A); free(l->B); free(l->gA); free(l->gB);
-    free(l->u); free(l->du);
+    if (l->sops) { l->sops->release(l->u); l->sops->release(l->du); }
     free(l);
     m->lora = NULL;
 }
@@ -60,12 +63,40 @@ static int bind_zero(sao_ctx *ctx, sao_params *p) {
     return 0;
 }
 
+/* t in the model's memory: on its device, or on the host. */
+static int placed(const sao_dit *m, const sao_tensor *t) {
+    return m->device >= 0 ? t->storage->device == SAO_CUDA : t->storage->device == SAO_CPU;
+}
+
+static int place_registry(sao_ctx *ctx, sao_dit *m, sao_params *p) {
+    for (int i = 0; i < sao_params_count(p); i++) {
+        const sao_tensor *t = sao_params_tensor(p, i);
+        if (!t || placed(m, t)) continue;
+        sao_tensor *moved = m->device >= 0 ? sao_tensor_to_cuda(ctx, t, m->device) : sao_tensor_to_cpu(ctx, t);
+        if (!moved) return -1;
+        int rc = sao_params_bind(ctx, p, sao_params_name(p, i), moved);
+        sao_tensor_free(moved);
+        if (rc) return -1;
+    }
+    return 0;
+}
+
+int sao_dit_lora_place(sao_ctx *ctx, sao_dit *m) {
+    dit_lora *l = m->lora;
+    if (!l) return 0;
+    if (l->sops && l->sops != m->ops) {   /* the scratch belongs to the old device: made anew on use */
+        l->sops->release(l->u);
+        l->sops->release(l->du);
+        l->u = l->du = NULL;
+        l->scratch_n = 0;
+        l->sops = NULL;
+    }
+    return place_registry(ctx, m, l->params) || place_registry(ctx, m, l->grads) ? -1 : 0;
+}
+
 int sao_dit_lora_add(sao_ctx *ctx, sao_dit *m, int rank, double alpha, const char *targets) {
     const char *op = "lora_add";
     if (rank < 1) return sao_err(ctx, op, "rank %d: must be at least 1", rank);
-    if (m->device >= 0)
-        return sao_err(ctx, op, "the model's weights are on CUDA device %d: LoRA runs on the CPU only for now "
-                       "(dit:to(\"cpu\") first)", m->device);
     if (m->lora) return sao_err(ctx, op, "the model already has adapters (merge or remove them first)");
     dit_lora *l = calloc(1, sizeof *l);
     if (!l) return sao_err(ctx, op, "out of memory");
@@ -121,7 +152,10 @@ int sao_dit_lora_add(sao_ctx *ctx, sao_dit *m, int rank, double alpha, const cha
                 sao_params_add(l->grads, &l->gB[k], 2, sb, fmtB, i, slot_names[s])) goto oom;
         }
     }
-    if (bind_zero(ctx, l->params) || bind_zero(ctx, l->grads)) { sao_dit_lora_remove(m); return -1; }
+    if (bind_zero(ctx, l->params) || bind_zero(ctx, l->grads) || sao_dit_lora_place(ctx, m)) {
+        sao_dit_lora_remove(m);
+        return -1;
+    }
     return 0;
 oom:
     sao_dit_lora_remove(m);
@@ -135,23 +169,28 @@ int sao_dit_lora_set_strength(sao_ctx *ctx, sao_dit *m, double strength) {
 }
 
 int sao_dit_lora_zero_grad(sao_ctx *ctx, sao_dit *m) {
-    SAO_UNUSED(ctx);
     dit_lora *l = m->lora;
     if (!l) return 0;
+    if (sao_dit_lora_place(ctx, m)) return -1;
     for (int i = 0; i < sao_params_count(l->grads); i++) {
         sao_tensor *t = sao_params_tensor(l->grads, i);
-        memset(sao_tensor_data(t), 0, (size_t)sao_tensor_numel(t) * sizeof(float));
+        if (m->ops->zero(ctx, sao_tensor_data(t), sao_tensor_numel(t))) return -1;
     }
     return 0;
 }
 
-static int scratch(sao_ctx *ctx, dit_lora *l, int64_t n) {
+/* The [n, r] scratch u and du in the model's memory (the old contents are not kept). */
+static int scratch(sao_ctx *ctx, const sao_dit *m, dit_lora *l, int64_t n) {
     size_t need = (size_t)n * (size_t)l->rank;
-    if (need <= l->scratch_n) return 0;
-    float *u = realloc(l->u, need * sizeof(float)), *du = u ? realloc(l->du, need * sizeof(float)) : NULL;
-    if (u) l->u = u;
-    if (du) l->du = du;
-    if (!u || !du) return sao_err(ctx, "lora", "out of memory for a [%lld, %d] scratch", (long long)n, l->rank);
+    if (need <= l->scratch_n && l->sops == m->ops) return 0;
+    if (l->sops) { l->sops->release(l->u); l->sops->release(l->du); }
+    l->u = l->du = NULL;
+    l->scratch_n = 0;
+    l->sops = m->ops;
+    l->u = m->ops->alloc(ctx, need);
+    l->du = l->u ? m->ops->alloc(ctx, need) : NULL;
+    if (!l->u || !l->du) return sao_err(ctx, "lora", "out of memory for a [%lld, %d] scratch (%s)", (long long)n, l->rank,
+                                        sao_ctx_error(ctx));
     l->scratch_n = need;
     return 0;
 }
@@ -159,11 +198,9 @@ static int scratch(sao_ctx *ctx, dit_lora *l, int64_t n) {
 static double lora_scale(const dit_lora *l) { return l->strength * l->alpha / l->rank; }
 
 /* u = scale * x A^T  [n, r] */
-static int lora_u(sao_ctx *ctx, dit_lora *l, size_t k, const float *x, int64_t n, int64_t in) {
-    if (scratch(ctx, l, n) || sao_linear_forward(ctx, x, l->A[k], NULL, n, in, l->rank, 0, l->u)) return -1;
-    float s = (float)lora_scale(l);
-    for (int64_t i = 0; i < n * l->rank; i++) l->u[i] *= s;
-    return 0;
+static int lora_u(sao_ctx *ctx, const sao_dit *m, dit_lora *l, size_t k, const float *x, int64_t n, int64_t in) {
+    if (scratch(ctx, m, l, n) || m->ops->linear(ctx, x, l->A[k], NULL, n, in, l->rank, 0, l->u)) return -1;
+    return m->ops->scale(ctx, l->u, n * l->rank, (float)lora_scale(l));
 }
 
 int dit_lin_forward(sao_ctx *ctx, const sao_dit *m, int layer, int slot, const float *x, int64_t n, int64_t in,
@@ -172,8 +209,8 @@ int dit_lin_forward(sao_ctx *ctx, const sao_dit *m, int layer, int slot, const f
     dit_lora *l = m->lora;
     if (!l || !l->on[slot] || l->strength == 0.0) return 0;
     size_t k = (size_t)layer * DIT_LORA_SLOTS + (size_t)slot;
-    if (lora_u(ctx, l, k, x, n, in)) return -1;
-    return m->ops->linear(ctx, l->u, l->B[k], NULL, n, l->rank, out, 1, y);   /* a host model's (see top) */
+    if (lora_u(ctx, m, l, k, x, n, in)) return -1;
+    return m->ops->linear(ctx, l->u, l->B[k], NULL, n, l->rank, out, 1, y);
 }
 
 int dit_lin_backward(sao_ctx *ctx, const sao_dit *m, int layer, int slot, const float *dy, const float *x,
@@ -184,13 +221,13 @@ int dit_lin_backward(sao_ctx *ctx, const sao_dit *m, int layer, int slot, const 
     if (m->ops->linear_bwd(ctx, dy, x, w, n, in, out, dx, adapted ? NULL : dw, adapted ? NULL : db)) return -1;
     if (!adapted) return 0;
     size_t k = (size_t)layer * DIT_LORA_SLOTS + (size_t)slot;
-    if (lora_u(ctx, l, k, x, n, in)) return -1;
+    if (lora_u(ctx, m, l, k, x, n, in)) return -1;
     /* y += u B^T: dB += dy^T u; du = dy B, then d(x A^T) = scale du: dA += (scale du)^T x, dx += (scale du) A */
-    memset(l->du, 0, (size_t)(n * l->rank) * sizeof(float));
-    if (sao_linear_backward(ctx, dy, l->u, l->B[k], n, l->rank, out, l->du, l->gB[k], NULL)) return -1;
-    float s = (float)lora_scale(l);
-    for (int64_t i = 0; i < n * l->rank; i++) l->du[i] *= s;
-    return sao_linear_backward(ctx, l->du, x, l->A[k], n, in, l->rank, dx, l->gA[k], NULL);
+    const dit_ops *ops = m->ops;
+    if (ops->zero(ctx, l->du, n * l->rank)) return -1;
+    if (ops->linear_bwd(ctx, dy, l->u, l->B[k], n, l->rank, out, l->du, l->gB[k], NULL)) return -1;
+    if (ops->scale(ctx, l->du, n * l->rank, (float)lora_scale(l))) return -1;
+    return ops->linear_bwd(ctx, l->du, x, l->A[k], n, in, l->rank, dx, l->gA[k], NULL);
 }
 
 int sao_dit_lora_merge(sao_ctx *ctx, sao_dit *m) {

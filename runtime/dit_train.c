@@ -94,10 +94,6 @@ sao_dit_train *sao_dit_train_new(sao_ctx *ctx, sao_dit *m, int64_t B, int64_t T,
     tr->ops = m->ops;
     tr->device = m->device;
     tr->recompute = recompute ? 1 : 0;
-    if (m->device >= 0 && m->lora) {
-        free(tr);
-        return sao_err_null(ctx, op, "LoRA adapters train on the CPU only for now (dit:to(\"cpu\") first)");
-    }
     dit_dims_init(m, B, T, L, &tr->d);
     const dit_dims *d = &tr->d;
     int depth = m->cfg.depth;

@@ -194,14 +194,27 @@ describe("DiT on CUDA #gpu", function()
     assert.tensor_near(want, e:forward(x, t, cross, global, { cfg_scale = 7 }), { abs = 5e-5 })
   end)
 
-  gpu_it("LoRA refuses a device model; a model with adapters stays on the CPU", function()
-    local d = new_dit():to("cuda")
-    assert.error_matches(function() sao.lora.add(d, { rank = 2 }) end,
-      "lora_add: the model's weights are on CUDA device 0: LoRA runs on the CPU only")
-    local e = new_dit()
-    sao.lora.add(e, { rank = 2 })
-    assert.error_matches(function() e:to("cuda") end, "dit_to_device: the model has LoRA adapters")
-    assert.equal("cpu", e:device())
+  gpu_it("LoRA adapters follow the model to the GPU and back, and adapt the device forward as on the CPU", function()
+    -- adapters with a non-zero B (so they change the output), on a host model
+    local function adapted()
+      local d = new_dit()
+      sao.lora.add(d, { rank = 2, alpha = 4, seed = 3 })
+      for name, p in pairs(sao.lora.params(d)) do
+        if name:match("lora_B") then p:copy_(sao.randn { p:shape(), seed = #name } * 0.05) end
+      end
+      return d
+    end
+    local want = adapted():forward(x, t, cross, global, { cfg_scale = 7 })
+    local e = adapted():to("cuda")                      -- added on the host, moved with the model
+    for _, p in pairs(sao.lora.params(e)) do assert.equal("cuda", p:device()) end
+    assert.tensor_near(want, e:forward(x, t, cross, global, { cfg_scale = 7 }), { abs = 5e-5 })
+    e:to("cpu")
+    for _, p in pairs(sao.lora.params(e)) do assert.equal("cpu", p:device()) end
+    assert.tensor_near(want, e:forward(x, t, cross, global, { cfg_scale = 7 }), { abs = 0 })
+    local d = new_dit():to("cuda")                      -- added on a device model: made there
+    sao.lora.add(d, { rank = 2 })
+    for _, g in pairs(sao.lora.grads(d)) do assert.equal("cuda", g:device()) end
+    assert.error_matches(function() sao.lora.merge(d) end, "lora_merge: the model's weights are on CUDA device 0")
   end)
 
   gpu_it("a tiny model generates with device = 'cuda' as on the CPU", function()

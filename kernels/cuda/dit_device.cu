@@ -14,6 +14,7 @@ extern "C" {
 #include "cuda_glue.h"
 #include "dit_internal.h"
 #include "sao_cuda.h"
+#include "sao_lora.h"
 }
 #include <stdlib.h>
 #include <string.h>
@@ -113,15 +114,12 @@ extern "C" int sao_dit_to_host(sao_ctx *ctx, sao_dit *m) {
     release_blocks(m);
     m->ops = &dit_ops_cpu;
     m->device = -1;
-    return 0;
+    return sao_dit_lora_place(ctx, m);   // adapters come back too
 }
 
 extern "C" int sao_dit_to_device(sao_ctx *ctx, sao_dit *m, int device) {
     const char *op = "dit_to_device";
     if (sao_cuda_use(ctx, op, device, "model")) return -1;
-    if (m->lora)
-        return sao_err(ctx, op, "the model has LoRA adapters, which run on the CPU only for now: merge them "
-                       "(sao.lora.merge) or keep the model on the CPU");
     if (m->nslots != sao_params_count(m->params))
         return sao_err(ctx, op, "internal: %d slots for %d parameters", m->nslots, sao_params_count(m->params));
     if (!m->t_w1) return sao_err(ctx, op, "the model has no weights bound (load a checkpoint first)");
@@ -133,7 +131,7 @@ extern "C" int sao_dit_to_device(sao_ctx *ctx, sao_dit *m, int device) {
             if (upload(ctx, op, m, i, m->dparams)) return -1;
             *m->slots[i] = m->dparams + m->doff[i];
         }
-        return 0;
+        return sao_dit_lora_place(ctx, m);
     }
     if (m->device >= 0 && sao_dit_to_host(ctx, m)) return -1;    // another device: move
 
@@ -165,7 +163,7 @@ extern "C" int sao_dit_to_device(sao_ctx *ctx, sao_dit *m, int device) {
     free(m->ws);
     m->ws = NULL;
     m->ws_size = 0;
-    return 0;
+    return sao_dit_lora_place(ctx, m);   // adapters follow the weights
 }
 
 extern "C" int dit_device_begin(sao_ctx *ctx, sao_dit *m) {

@@ -77,6 +77,7 @@ static dit_ops cuda_ops(void) {
     o.copy = sao_cuda_copy_rows;
     o.zero = sao_cuda_zero;
     o.add = sao_cuda_add;
+    o.scale = sao_cuda_scale;
     o.cfg = cuda_cfg;
     o.put = sao_cuda_put;
     o.get = sao_cuda_get;

@@ -61,6 +61,17 @@ extern "C" int sao_cuda_tanh(sao_ctx *ctx, float *x, int64_t n) {
     return 0;
 }
 
+__global__ static void scale_kernel(float *x, long long n, float s) {
+    SAO_GRID_STRIDE(i, n) x[i] = __fmul_rn(x[i], s);   // one rounding, as the CPU loop (no fusion to undo)
+}
+
+extern "C" int sao_cuda_scale(sao_ctx *ctx, float *x, int64_t n, float s) {
+    if (n <= 0) return 0;
+    scale_kernel<<<sao_cuda_stride_blocks(n), SAO_CUDA_THREADS, 0, sao_cuda_stream()>>>(x, (long long)n, s);
+    CUDA_LAUNCHED(ctx, "cuda_scale");
+    return 0;
+}
+
 extern "C" float *sao_cuda_grow(sao_ctx *ctx, float **buf, size_t *have, size_t need) {
     if (need <= *have) return *buf;
     sao_cuda_free(*buf);   // stream-ordered: safe while queued kernels still use it

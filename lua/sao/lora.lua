@@ -22,8 +22,15 @@ local function registry_tensors(p)
 end
 
 function M.rank(dit) return C.sao_dit_lora_rank(dit.h) end
-function M.params(dit) return registry_tensors(C.sao_dit_lora_params(dit.h)) end
-function M.grads(dit) return registry_tensors(C.sao_dit_lora_grads(dit.h)) end
+-- The views follow the adapters to the model's device first (tensors bound from a file included).
+function M.params(dit)
+  sao.check(C.sao_dit_lora_place(sao.ctx, dit.h), 2)
+  return registry_tensors(C.sao_dit_lora_params(dit.h))
+end
+function M.grads(dit)
+  sao.check(C.sao_dit_lora_place(sao.ctx, dit.h), 2)
+  return registry_tensors(C.sao_dit_lora_grads(dit.h))
+end
 
 --- Adds adapters: A ~ U(-1/sqrt(in), 1/sqrt(in)) from Philox(seed), B = 0 (the model's output is
 --- unchanged until training moves B).

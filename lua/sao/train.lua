@@ -26,9 +26,10 @@
 -- On a GPU (cfg.device, or a DiT already moved there) the forward, backward, AdamW, clipping and
 -- EMA all run on the device, with fp32 weights, gradients and optimiser state and the linear
 -- layers' products in cfg.precision (bf16 by default): the parameters are the DiT's device weights
--- (dit:device_tensor), the gradients, moments and EMA copy are device tensors, and only the batch,
--- the model output and its gradient cross to the host each micro-batch. Checkpoints are written
--- from host copies; dit:to("cpu") brings the trained weights back. LoRA trains on the CPU only.
+-- (dit:device_tensor) or the LoRA adapters (device tensors too), the gradients, moments and EMA
+-- copy are device tensors, and only the batch, the model output and its gradient cross to the host
+-- each micro-batch. Checkpoints are written from host copies; dit:to("cpu") brings the trained
+-- weights (or adapters) back.
 local ffi = require "ffi"
 local cjson = require "cjson"
 local sao = require "sao"
@@ -91,9 +92,6 @@ function M.new(cfg)
   local self = setmetatable({ cfg = cfg }, Trainer)
   local device = train_device(cfg)
   self.device = device
-  if device and cfg.lora then
-    error("train: LoRA adapters train on the CPU only for now (device = \"cpu\", or dit:to(\"cpu\"))", 2)
-  end
   cfg.optimizer = cfg.optimizer or {}
   local oc = cfg.optimizer
   oc.lr = oc.lr or 5e-5
@@ -215,14 +213,20 @@ function Trainer:device_plan(mem0)
     end
     scratch = class(math.ceil(scratch / 2) * 4)
   end
+  -- LoRA: the adapters and their gradients, and the [rows, rank] scratch u and du
+  local adapters = 0
+  if self.cfg.lora then
+    local rows = self.cfg.batch * (self.cfg.frames + 1)
+    adapters = 2 * per_tensor + 2 * class(rows * self.cfg.dit.lora.rank * 4)
+  end
   local d = {
-    weights = weights, arenas = arenas, adamw_moments = 2 * per_tensor,
+    weights = weights, arenas = arenas, adamw_moments = 2 * per_tensor, lora = adapters,
     ema = self.ema and per_tensor or 0, bf16_scratch = scratch,
     gemm_workspace = mem0.workspace > 0 and 0 or class(32 * 2 ^ 20),   -- made by the first GEMM, kept
     before = mem0.allocated, peak_before = mem0.peak,
   }
   d.predicted_peak = math.max(mem0.peak, d.before + d.weights + d.arenas + d.adamw_moments + d.ema +
-    d.gemm_workspace + d.bf16_scratch)
+    d.gemm_workspace + d.bf16_scratch + d.lora)
   return d
 end
 
@@ -239,9 +243,9 @@ function Trainer:plan_text()
   local d = p.device
   if not d then return text end
   return text .. string.format("  on %s (%s products), as device blocks: weights %s, grads + activ. %s, AdamW %s,\n" ..
-    "  EMA %s, GEMM workspace %s, bf16 scratch %s, held before %s; predicted device peak %s\n", self.device,
-    sao.cuda.precision(), mb(d.weights), mb(d.arenas), mb(d.adamw_moments), mb(d.ema), mb(d.gemm_workspace),
-    mb(d.bf16_scratch), mb(d.before), mb(d.predicted_peak))
+    "  EMA %s, LoRA %s, GEMM workspace %s, bf16 scratch %s, held before %s; predicted device peak %s\n",
+    self.device, sao.cuda.precision(), mb(d.weights), mb(d.arenas), mb(d.adamw_moments), mb(d.ema), mb(d.lora),
+    mb(d.gemm_workspace), mb(d.bf16_scratch), mb(d.before), mb(d.predicted_peak))
 end
 
 function Trainer:log(rec)

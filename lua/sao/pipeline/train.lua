@@ -218,16 +218,20 @@ local function demo_weights(trainer)
   return host
 end
 
-local function demo_model(opts, trainer)
-  local m = common.load_model(opts)
+-- Binds the trainer's current weights (or adapters) into the demo model's DiT.
+local function bind_demo(m, trainer)
   local src = demo_weights(trainer)
   if trainer.cfg.lora then
-    local lora = require "sao.lora"
-    lora.add(m.dit, trainer.cfg.lora)
     require("sao.models").bind(sao.C.sao_dit_lora_params(m.dit.h), src, "")
   else
     m.dit:load(src, "")
   end
+end
+
+local function demo_model(opts, trainer)
+  local m = common.load_model(opts)
+  if trainer.cfg.lora then require("sao.lora").add(m.dit, trainer.cfg.lora) end
+  bind_demo(m, trainer)
   return m
 end
 
@@ -308,7 +312,7 @@ function M.run(opts)
     end
     if cfg.demo.every and cfg.demo.every > 0 and n % cfg.demo.every == 0 then
       local sample = require "sao.pipeline.sample"
-      if demo and trainer.device then demo.dit:load(demo_weights(trainer), "") end
+      if demo and trainer.device then bind_demo(demo, trainer) end
       demo = demo or demo_model(opts, trainer)
       local d = cfg.demo
       local items = sample.prompts({ out = out, prompts = d.prompts }, d.num or 4)
