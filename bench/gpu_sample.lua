@@ -27,7 +27,6 @@
 -- generate (printed at once), then the torch run (so sao's figures come first; the forward and
 -- sampling lines, which carry torch's times, are printed after it), then the parity check.
 -- A full run on one GPU: about 1-3 minutes plus sao's own sampling time (estimate).
-local ffi = require "ffi"
 local sao = require "sao"
 local cjson = require "cjson"
 local now = require("sao.progress").now
@@ -66,15 +65,7 @@ else
   gpu = sao.cuda.devices()[1].name
 end
 
-ffi.cdef [[
-struct sao_gpu_bench_rusage { long utime[2]; long stime[2]; long maxrss; long rest[14]; };
-int getrusage(int who, struct sao_gpu_bench_rusage *u);
-]]
-local function peak_rss_mb()
-  local u = ffi.new("struct sao_gpu_bench_rusage")
-  ffi.C.getrusage(0, u)
-  return tonumber(u.maxrss) / 1024
-end
+local function peak_rss_mb() return require("sao.progress").peak_rss() / 2 ^ 20 end
 
 -- Device memory (sao's caching allocator) on the GPU, the process's peak RSS on the CPU. mark()
 -- at the start of a measurement; when it raises the high-water mark, above_start_mb is exactly
@@ -98,12 +89,7 @@ local function memory(line)
 end
 
 -- ---- the model: SAO 1.0's config (or tiny.json's, at 256 frames), random weights -------------
-local function read_json(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return cjson.decode(s)
-end
+local function read_json(path) return cjson.decode(assert(require("sao.fs").read(path))) end
 
 local config = read_json(sao.root .. (SMALL and "/checkpoints/tiny.json" or "/checkpoints/sao-1.0.json"))
 if SMALL then config.sample_size = 256 * config.model.pretransform.config.downsampling_ratio end
@@ -137,20 +123,7 @@ local function dit_flops(B, T, L)
   return B * (dcfg.depth * block + 2 * T * io * E * 2 + 2 * T * io * io * 2 + 2 * L * Dc * Dc * 2)
 end
 
--- analytic conv FLOPs of decoding `frames` latent frames (as bench/vae.lua)
-local function decode_flops(c, n_frames)
-  local w = { c.channels }
-  for i, mult in ipairs(c.c_mults) do w[i + 1] = c.channels * mult end
-  local n, t = #c.strides, n_frames
-  local f = 2 * c.latent_dim * w[n + 1] * 7 * t
-  for j = n, 1, -1 do
-    local s = c.strides[j]
-    f = f + 2 * w[j + 1] * w[j] * 2 * s * t
-    t = t * s
-    f = f + 3 * 2 * w[j] * w[j] * (7 + 1) * t
-  end
-  return f + 2 * w[1] * c.out_channels * 7 * t
-end
+local decode_flops = sao.vae.decode_flops
 
 -- frames the chunked decode actually runs (the overlaps are decoded twice)
 local function decoded_frames(L, chunk)

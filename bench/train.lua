@@ -2,20 +2,11 @@
 -- (embed 512, depth 8, 8 heads, 256 latent frames, batch 2, 130 context tokens of 256) on the CPU:
 -- ms/step, achieved GFLOP/s (3x the forward's matmul and attention FLOPs) and its fraction of this
 -- machine's sgemm GFLOP/s measured in the same run; the trainer's memory plan vs the peak RSS.
-local ffi = require "ffi"
 local sao = require "sao"
 local cjson = require "cjson"
 local now = require("sao.progress").now
 
-ffi.cdef [[
-struct sao_bench_rusage2 { long utime[2]; long stime[2]; long maxrss; long rest[14]; };
-int getrusage(int who, struct sao_bench_rusage2 *u);
-]]
-local function peak_rss()
-  local u = ffi.new("struct sao_bench_rusage2")
-  ffi.C.getrusage(0, u)
-  return tonumber(u.maxrss) * 1024
-end
+local peak_rss = require("sao.progress").peak_rss
 
 local cfg = { io_channels = 64, embed_dim = 512, depth = 8, num_heads = 8, cond_token_dim = 256, global_cond_dim = 512 }
 local B, T, L = 2, 256, 130

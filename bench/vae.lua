@@ -11,8 +11,6 @@ local cjson = require "cjson"
 
 ffi.cdef [[
 int clock_gettime(int clk, void *ts);
-struct sao_bench_rusage { long utime[2]; long stime[2]; long maxrss; long rest[14]; };
-int getrusage(int who, struct sao_bench_rusage *u);
 ]]
 
 local function now()
@@ -21,11 +19,7 @@ local function now()
   return tonumber(t[0]) + tonumber(t[1]) * 1e-9
 end
 
-local function peak_rss_mb()
-  local u = ffi.new("struct sao_bench_rusage")
-  ffi.C.getrusage(0, u)
-  return tonumber(u.maxrss) / 1024
-end
+local function peak_rss_mb() return require("sao.progress").peak_rss() / 2 ^ 20 end
 
 local SR = 44100
 local seconds = tonumber(os.getenv("SAO_BENCH_VAE_SECONDS") or "10")
@@ -36,20 +30,7 @@ local vae = sao.vae.new(cfg):init_random { seed = 1 }
 local L = math.ceil(seconds * SR / vae.ratio)
 local audio_s = L * vae.ratio / SR
 
--- analytic conv FLOPs of one decode of L frames (2 per multiply-add)
-local function decode_flops(c, frames)
-  local w = { c.channels }
-  for i, m in ipairs(c.c_mults) do w[i + 1] = c.channels * m end
-  local n, t = #c.strides, frames
-  local f = 2 * c.latent_dim * w[n + 1] * 7 * t
-  for j = n, 1, -1 do
-    local s = c.strides[j]
-    f = f + 2 * w[j + 1] * w[j] * 2 * s * t               -- transposed conv (dense over the input)
-    t = t * s
-    f = f + 3 * 2 * w[j] * w[j] * (7 + 1) * t             -- three residual units
-  end
-  return f + 2 * w[1] * c.out_channels * 7 * t
-end
+local decode_flops = sao.vae.decode_flops
 
 local z = sao.randn { { 1, cfg.latent_dim, L }, seed = 2 }
 local runs = { { chunked = true, chunk = sao.vae.CHUNK, overlap = sao.vae.OVERLAP } }

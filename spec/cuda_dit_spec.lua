@@ -31,8 +31,7 @@ local x, t = fx["inputs/x"], fx["inputs/t"]
 local cross, global = fx["inputs/cross_attn_cond"], fx["inputs/global_cond"]
 
 local function new_dit(p)
-  local d = sao.dit.new { io_channels = cfg.io_channels, embed_dim = cfg.embed_dim, depth = cfg.depth,
-    num_heads = cfg.num_heads, cond_token_dim = cfg.cond_token_dim, global_cond_dim = cfg.global_cond_dim }
+  local d = require("sao.fixtures").new_dit(cfg)
   d:load(p or params)
   return d
 end

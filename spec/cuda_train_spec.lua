@@ -22,8 +22,7 @@ local cfg = man.config
 local params = require("sao.fixtures").params(fx)
 
 local function new_dit()
-  local d = sao.dit.new { io_channels = cfg.io_channels, embed_dim = cfg.embed_dim, depth = cfg.depth,
-    num_heads = cfg.num_heads, cond_token_dim = cfg.cond_token_dim, global_cond_dim = cfg.global_cond_dim }
+  local d = require("sao.fixtures").new_dit(cfg)
   d:load(params)
   return d
 end
@@ -49,12 +48,7 @@ local function trainer(extra)
   return sao.train.new(c)
 end
 
-local function tmpdir()
-  local d = os.tmpname()
-  os.remove(d)
-  os.execute("mkdir -p " .. d)
-  return d
-end
+local tmpdir = require("support.shell").tmpdir
 
 -- The training pass of `d` on one fixed batch: output, input gradients and every weight gradient.
 local function pass(d, recompute)

@@ -10,11 +10,10 @@ local fx = sao.load_safetensors("spec/fixtures/train_step_vobjective.safetensors
 local params = sao.load_safetensors("spec/fixtures/dit_tiny.safetensors")
 local cfg = man.config
 
+local fixtures = require "sao.fixtures"
 local function new_dit()
-  local dit = sao.dit.new { io_channels = cfg.io_channels, embed_dim = cfg.embed_dim, depth = cfg.depth,
-    num_heads = cfg.num_heads, cond_token_dim = cfg.cond_token_dim, global_cond_dim = cfg.global_cond_dim }
-  local p = require("sao.fixtures").params(params)
-  dit:load(p)
+  local dit = fixtures.new_dit(cfg)
+  dit:load(fixtures.params(params))
   return dit
 end
 

@@ -4,12 +4,7 @@
 local sao = require "sao"
 require "spec.support.near"
 
-local function tmpdir()
-  local d = os.tmpname()
-  os.remove(d)
-  os.execute("mkdir -p " .. d)
-  return d
-end
+local tmpdir = require("support.shell").tmpdir
 
 describe("load_model and generate (tiny)", function()
   local m = sao.load_model("tiny", { quiet = true })

@@ -26,12 +26,7 @@ local function dataset(n)
   return items
 end
 
-local function tmpdir()
-  local d = os.tmpname()
-  os.remove(d)
-  os.execute("mkdir -p " .. d)
-  return d
-end
+local tmpdir = require("support.shell").tmpdir
 
 local function trainer(run_dir, extra)
   local c = { dit = new_dit(), data = sao.data.memory(dataset(6), { batch = 2, seed = 5 }), batch = 2, frames = 12,

@@ -27,10 +27,12 @@ local function sibling(path, manifest)
   return sao.load_safetensors(dir .. "/" .. from)
 end
 
+--- A DiT of a fixture manifest's config (no weights yet).
 local function new_dit(cfg)
   return sao.dit.new { io_channels = cfg.io_channels, embed_dim = cfg.embed_dim, depth = cfg.depth,
     num_heads = cfg.num_heads, cond_token_dim = cfg.cond_token_dim, global_cond_dim = cfg.global_cond_dim }
 end
+M.new_dit = new_dit
 
 local runners = {}
 

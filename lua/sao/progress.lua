@@ -40,6 +40,16 @@ function M.now()
   return os.time()
 end
 
+pcall(ffi.cdef, [[struct sao_progress_rusage { long utime[2]; long stime[2]; long maxrss; long rest[14]; };
+int getrusage(int who, struct sao_progress_rusage *u);]])
+
+--- The process's peak resident memory so far, in bytes (getrusage; 0 if libc is out of reach).
+function M.peak_rss()
+  local u = ffi.new("struct sao_progress_rusage")
+  if not pcall(function() return ffi.C.getrusage(0, u) end) then return 0 end
+  return tonumber(u.maxrss) * 1024
+end
+
 local isatty_ok = pcall(ffi.cdef, "int isatty(int fd);")
 local function stderr_is_tty()
   if not isatty_ok then return false end

@@ -27,6 +27,22 @@ M.SAO = {
 --- chunked-decode defaults (upstream decode_audio; SAO_SPEC 3.5)
 M.CHUNK, M.OVERLAP = 128, 32
 
+--- Analytic FLOPs (2 per multiply-add) of the convolutions of one decode of `frames` latent
+--- frames for a sao.vae.config table: the benchmarks' work count.
+function M.decode_flops(c, frames)
+  local w = { c.channels }
+  for i, m in ipairs(c.c_mults) do w[i + 1] = c.channels * m end
+  local n, t = #c.strides, frames
+  local f = 2 * c.latent_dim * w[n + 1] * 7 * t
+  for j = n, 1, -1 do
+    local s = c.strides[j]
+    f = f + 2 * w[j + 1] * w[j] * 2 * s * t               -- transposed conv (dense over the input)
+    t = t * s
+    f = f + 3 * 2 * w[j] * w[j] * (7 + 1) * t             -- three residual units
+  end
+  return f + 2 * w[1] * c.out_channels * 7 * t
+end
+
 local PARTS = { both = 3, encoder = 1, decoder = 2 }
 
 local function same_list(a, b)

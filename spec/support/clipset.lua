@@ -9,12 +9,7 @@ local cjson = require "cjson"
 
 local M = {}
 
-function M.tmpdir()
-  local d = os.tmpname()
-  os.remove(d)
-  os.execute("mkdir -p '" .. d .. "'")
-  return d
-end
+M.tmpdir = require("support.shell").tmpdir
 
 --- A stereo test signal: a tone at `hz` plus a click every beat at `bpm` (f32 [2, S]).
 function M.signal(seconds, o)

@@ -102,12 +102,7 @@ function M.dead_port()
 end
 
 --- A fresh empty folder (removed by rm_rf).
-function M.tmpdir()
-  local d = os.tmpname()
-  os.remove(d)
-  assert(os.execute("mkdir -p '" .. d .. "'"))
-  return d
-end
+M.tmpdir = require("support.shell").tmpdir
 
 function M.rm_rf(d) if d and d:match("^/tmp/") then os.execute("rm -rf '" .. d .. "'") end end
 

@@ -16,6 +16,14 @@ M.SAO = M.ROOT .. "/sao"
 --- s quoted for /bin/sh.
 function M.q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
+--- A new empty directory under the system's temporary folder.
+function M.tmpdir()
+  local d = os.tmpname()
+  os.remove(d)
+  assert(os.execute("mkdir -p " .. M.q(d)))
+  return d
+end
+
 --- A file's bytes ("" when it does not exist).
 function M.slurp(path)
   local f = io.open(path, "rb")

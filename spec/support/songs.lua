@@ -85,11 +85,6 @@ function M.read_bytes(path)
 end
 
 --- A fresh temporary folder.
-function M.tmpdir()
-  local d = os.tmpname()
-  os.remove(d)
-  os.execute("mkdir -p '" .. d .. "'")
-  return d
-end
+M.tmpdir = require("support.shell").tmpdir
 
 return M
