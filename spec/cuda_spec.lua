@@ -29,6 +29,27 @@ describe("CUDA #gpu", function()
     assert.equal(sao.cuda.devices()[1].memory_bytes, m.total)
   end)
 
+  gpu_it("copy_ between host and device tensors (any direction), refusing what it cannot copy whole", function()
+    local a = sao.randn { 5, 7, seed = 61 }
+    local d = sao.zeros(5, 7):to("cuda")
+    d:copy_(a)                                     -- host -> device
+    assert.equal(0, a:maxdiff(d:to("cpu")))
+    local e = sao.zeros(5, 7):to("cuda")
+    e:copy_(d)                                     -- device -> device
+    local h = sao.zeros(5, 7)
+    h:copy_(e)                                     -- device -> host
+    assert.equal(0, a:maxdiff(h))
+    assert.error_matches(function() d:copy_(sao.randn { 7, 5, seed = 62 }:transpose(1, 2)) end,
+      "copy_: with a device tensor, both must be contiguous")
+    assert.error_matches(function() d:copy_(sao.zeros(5, 7, "f64")) end, "same dtype")
+    -- save_safetensors writes a device tensor through a host copy
+    local path = os.tmpname()
+    sao.save_safetensors(path, { w = d })
+    local back = sao.load_safetensors(path)
+    os.remove(path)
+    assert.equal(0, a:maxdiff(back.w))
+  end)
+
   gpu_it("device properties", function()
     local ffi = require "ffi"
     local name, mem = ffi.new("char[256]"), ffi.new("int64_t[1]")
