@@ -32,4 +32,12 @@ float sao_f16_to_f32(uint16_t h);
 uint16_t sao_f32_to_f16(float f);
 
 #define SAO_UNUSED(x) ((void)(x))
+
+/* The tensor functions that read or write elements on the host refuse a device tensor with what
+ * to do, instead of dereferencing device memory. */
+#define SAO_ON_DEVICE_HINT "the tensor is on the GPU: copy it to the host first (t:to(\"cpu\"))"
+#define SAO_HOST_ONLY(ctx, op, t) \
+    do { if ((t)->storage->device != SAO_CPU) return sao_err(ctx, op, SAO_ON_DEVICE_HINT); } while (0)
+#define SAO_HOST_ONLY_NULL(ctx, op, t) \
+    do { if ((t)->storage->device != SAO_CPU) return sao_err_null(ctx, op, SAO_ON_DEVICE_HINT); } while (0)
 #endif

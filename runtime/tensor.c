@@ -328,6 +328,7 @@ sao_tensor *sao_tensor_clone(sao_ctx *ctx, const sao_tensor *t) {
 }
 
 sao_tensor *sao_tensor_to_dtype(sao_ctx *ctx, const sao_tensor *t, int dtype) {
+    SAO_HOST_ONLY_NULL(ctx, "to_dtype", t);
     sao_tensor *r = sao_tensor_empty(ctx, dtype, t->ndim, t->shape);
     if (!r) return NULL;
     if (sao_tensor_copy_(ctx, r, t)) { sao_tensor_free(r); return NULL; }
@@ -335,7 +336,7 @@ sao_tensor *sao_tensor_to_dtype(sao_ctx *ctx, const sao_tensor *t, int dtype) {
 }
 
 int sao_tensor_fill_(sao_ctx *ctx, sao_tensor *t, double value) {
-    SAO_UNUSED(ctx);
+    SAO_HOST_ONLY(ctx, "fill_", t);
     if (sao_tensor_numel(t) == 0) return 0;
     unsigned char one[8];
     size_t es = sao_dtype_size(t->dtype);
@@ -353,7 +354,7 @@ int sao_tensor_fill_(sao_ctx *ctx, sao_tensor *t, double value) {
 }
 
 int sao_tensor_to_doubles(sao_ctx *ctx, const sao_tensor *t, double *out) {
-    SAO_UNUSED(ctx);
+    SAO_HOST_ONLY(ctx, "to_doubles", t);
     if (sao_tensor_numel(t) == 0) return 0;
     sao_iter it;
     const int64_t *strides[1] = {t->stride};
@@ -370,7 +371,7 @@ int sao_tensor_to_doubles(sao_ctx *ctx, const sao_tensor *t, double *out) {
 }
 
 int sao_tensor_summary(sao_ctx *ctx, const sao_tensor *t, double *out4) {
-    SAO_UNUSED(ctx);
+    SAO_HOST_ONLY(ctx, "summary", t);
     double mn = 0, mx = 0, sum = 0, nans = 0;
     int64_t n = sao_tensor_numel(t), cnt = 0;
     if (n > 0) {

@@ -81,6 +81,8 @@ static const char *binop_name(int op) {
 
 sao_tensor *sao_binary(sao_ctx *ctx, int op, const sao_tensor *a, const sao_tensor *b) {
     if (op < 0 || op > SAO_OP_GE) return sao_err_null(ctx, "binary", "unknown op %d", op);
+    SAO_HOST_ONLY_NULL(ctx, "binary", a);
+    SAO_HOST_ONLY_NULL(ctx, "binary", b);
     int ndim = 0;
     int64_t shape[8];
     if (broadcast_shape(ctx, binop_name(op), a, b, &ndim, shape)) return NULL;
@@ -122,6 +124,7 @@ sao_tensor *sao_binary(sao_ctx *ctx, int op, const sao_tensor *a, const sao_tens
 }
 
 sao_tensor *sao_binary_scalar(sao_ctx *ctx, int op, const sao_tensor *a, double b, int scalar_left) {
+    SAO_HOST_ONLY_NULL(ctx, "binary", a);
     /* A 0-d tensor of the scalar keeps the general broadcasting path; the scalar adopts the
      * tensor's dtype class (a float scalar with an int tensor promotes to f32). */
     int sd = a->dtype;
@@ -158,6 +161,7 @@ static double apply_un(int op, double x) {
 
 sao_tensor *sao_unary(sao_ctx *ctx, int op, const sao_tensor *a) {
     if (op < 0 || op > SAO_OP_RSQRT) return sao_err_null(ctx, "unary", "unknown op %d", op);
+    SAO_HOST_ONLY_NULL(ctx, "unary", a);
     int rd = a->dtype;
     if (op != SAO_OP_NEG && op != SAO_OP_ABS && op != SAO_OP_RELU && op != SAO_OP_SQUARE) {
         if (!is_float(rd) || rd == SAO_BF16 || rd == SAO_F16) rd = SAO_F32;
@@ -193,6 +197,7 @@ sao_tensor *sao_unary(sao_ctx *ctx, int op, const sao_tensor *a) {
 sao_tensor *sao_reduce(sao_ctx *ctx, int op, const sao_tensor *a, int dim, int keepdim) {
     static const char *names[] = {"sum", "mean", "max", "min", "argmax", "argmin"};
     if (op < 0 || op > SAO_RED_ARGMIN) return sao_err_null(ctx, "reduce", "unknown op %d", op);
+    SAO_HOST_ONLY_NULL(ctx, "reduce", a);
     const char *nm = names[op];
     int64_t n_all = sao_tensor_numel(a);
     if (dim >= a->ndim) return sao_err_null(ctx, nm, "dim %d out of range for a %d-d tensor", dim, a->ndim);
@@ -263,6 +268,8 @@ sao_tensor *sao_reduce(sao_ctx *ctx, int op, const sao_tensor *a, int dim, int k
 /* ---- matmul ----------------------------------------------------------------------------- */
 sao_tensor *sao_matmul(sao_ctx *ctx, const sao_tensor *a, const sao_tensor *b) {
     if (a->ndim < 1 || b->ndim < 1) return sao_err_null(ctx, "matmul", "operands must have at least 1 dimension");
+    SAO_HOST_ONLY_NULL(ctx, "matmul", a);
+    SAO_HOST_ONLY_NULL(ctx, "matmul", b);
     /* vectors: [K] is [1,K] on the left and [K,1] on the right; the added dim is dropped after */
     int64_t ash[8], bsh[8];
     int and_ = a->ndim, bnd = b->ndim;
@@ -341,6 +348,7 @@ fail:
 
 sao_tensor *sao_cat(sao_ctx *ctx, sao_tensor *const *ts, int n, int dim) {
     if (n < 1) return sao_err_null(ctx, "cat", "needs at least one tensor");
+    for (int k = 0; k < n; k++) SAO_HOST_ONLY_NULL(ctx, "cat", ts[k]);
     const sao_tensor *t0 = ts[0];
     if (dim < 0 || dim >= t0->ndim) return sao_err_null(ctx, "cat", "dim %d out of range for a %d-d tensor", dim, t0->ndim);
     int64_t shape[8];

@@ -335,3 +335,37 @@ describe("printing", function()
     assert.matches("%[%[1, 2%]", tostring(sao.tensor { { 1, 2 }, { 3, 4 } }))
   end)
 end)
+
+describe("device tensors on the host", function()
+  -- A host tensor marked as a device one: if a guard were missing the read would still be safe
+  -- here (the data is host memory), so the missing error is what fails the test.
+  local function pretend(t, f)
+    t:raw().storage.device = 1
+    local ok, err = pcall(f, t)
+    t:raw().storage.device = 0
+    if not ok then error(err, 0) end
+  end
+
+  it("refuse every read of their values with what to do; metadata and views still work", function()
+    pretend(sao.randn { 3, 4, seed = 1 }, function(t)
+      assert.equal("cuda", t:device())
+      assert.same({ 3, 4 }, t:shape())
+      assert.equal(12, t:numel())
+      assert.same({ 4, 3 }, t:transpose(1, 2):shape())
+      assert.same({ 12 }, t:view(12):shape())
+      assert.matches("sao.Tensor f32 %[3,4%] cuda %(t:to%(\"cpu\"%) to see the values%)", tostring(t))
+      local hint = "the tensor is on the GPU: copy it to the host first"
+      assert.error_matches(function() return t:sum() end, "tensor:sum: " .. hint)
+      assert.error_matches(function() return t:totable() end, "tensor:totable: " .. hint)
+      assert.error_matches(function() return t:clone() end, "tensor:clone: " .. hint)
+      assert.error_matches(function() return t + 1 end, "tensor arithmetic: a tensor is on the GPU")
+      assert.error_matches(function() return 2 * t end, "tensor arithmetic: a tensor is on the GPU")
+      assert.error_matches(function() return -t end, "tensor:neg: " .. hint)
+      assert.error_matches(function() return t[{ 1, 2 }] end, "tensor:get: " .. hint)
+      -- the module-level functions are refused in C
+      assert.error_matches(function() return sao.matmul(t, sao.randn { 4, 2, seed = 2 }) end, "matmul: " .. hint)
+      assert.error_matches(function() return sao.cat({ t, t }, 1) end, "cat: " .. hint)
+      assert.error_matches(function() sao.check(sao.C.sao_tensor_fill_(sao.ctx, t:raw(), 1)) end, "fill_: " .. hint)
+    end)
+  end)
+end)

@@ -400,6 +400,11 @@ end
 local BIN = { add = 0, sub = 1, mul = 2, div = 3, pow = 4, maximum = 5, minimum = 6,
               eq = 7, lt = 8, le = 9, gt = 10, ge = 11 }
 local function binary(op, a, b)
+  for _, t in ipairs { a, b } do
+    if is_tensor(t) and ptr(t).storage.device ~= 0 then
+      error("tensor arithmetic: a tensor is on the GPU: copy it to the host first (t:to(\"cpu\"))", 3)
+    end
+  end
   if is_tensor(a) and is_tensor(b) then return wrap(C.sao_binary(ctx, op, ptr(a), ptr(b))) end
   if is_tensor(a) and type(b) == "number" then return wrap(C.sao_binary_scalar(ctx, op, ptr(a), b, 0)) end
   if type(a) == "number" and is_tensor(b) then return wrap(C.sao_binary_scalar(ctx, op, ptr(b), a, 1)) end
@@ -523,10 +528,26 @@ local function small_tostring(self)
   return render(tbl, 0)
 end
 
+-- A device tensor's data cannot be read on the host: every method that would (arithmetic,
+-- reductions, printing the values, get/set, host copies) answers with an error saying what to do
+-- instead of crashing. These work on a device tensor: metadata, views, the transfers and copy_.
+local ON_DEVICE = {}
+for k in ("dim shape strides size dtype device numel is_contiguous data raw to free copy_ view select permute " ..
+          "transpose narrow expand expand_as unsqueeze squeeze"):gmatch("%S+") do ON_DEVICE[k] = true end
+local function on_device(k)
+  return function()
+    error("tensor:" .. k .. ": the tensor is on the GPU: copy it to the host first (t:to(\"cpu\"))", 2)
+  end
+end
+
 local mt = {
   __index = function(self, k)
     local m = Tensor[k]
-    if m then return m end
+    if m then
+      local p = self.p
+      if p ~= nil and p.storage.device ~= 0 and not ON_DEVICE[k] then return on_device(k) end
+      return m
+    end
     if type(k) == "number" then
       if self.p.ndim == 1 then return self:get({ k }) end
       return self:select(1, k)
@@ -547,6 +568,10 @@ local mt = {
   end,
   __tostring = function(self)
     if self.p == nil then return "sao.Tensor (freed)" end
+    if self.p.storage.device ~= 0 then
+      return string.format("sao.Tensor %s [%s] cuda (t:to(\"cpu\") to see the values)", self:dtype(),
+        table.concat(self:shape(), ","))
+    end
     if self:numel() <= 64 then
       local s = self:shape()
       return string.format("sao.Tensor %s [%s]\n%s", self:dtype(), table.concat(s, ","), small_tostring(self))
@@ -559,7 +584,7 @@ local mt = {
   __mul = function(a, b) return binary(2, a, b) end,
   __div = function(a, b) return binary(3, a, b) end,
   __pow = function(a, b) return binary(4, a, b) end,
-  __unm = function(a) return wrap(C.sao_unary(ctx, 0, ptr(a))) end,
+  __unm = function(a) return a:neg() end,
   __gc = function(self)
     if self.p ~= nil then C.sao_tensor_free(self.p) end
   end,
