@@ -210,6 +210,24 @@ describe("CUDA attention #gpu", function()
     end)
   end
 
+  -- The tensor-core forward (tf32/bf16 modes, no bias/mask/grouping): S and O by cuBLAS in TF32,
+  -- then the flash backward from its lse. Estimates: TF32 keeps 10 bits of mantissa, ~5e-4
+  -- relative per product, so logits of |s| ~ 3 move by ~1e-3 and P by as much; the cases with
+  -- bias, a mask or grouped heads still take the fp32 kernel in these modes.
+  for _, mode in ipairs { "tf32", "bf16" } do
+    for _, s in ipairs { cases[6], cases[7],
+                         { name = "DiT self-attention shape (T=M=257, 8 heads, D=64)", B = 2, H = 8, Hkv = 8,
+                           T = 257, M = 257, D = 64, layout = "fused", seed = 80 },
+                         cases[1] } do
+      gpu_it(mode .. " mode: " .. s.name .. (s.Hkv == s.H and " (tensor cores)" or " (grouped: the fp32 kernel)"), function()
+        local was = sao.cuda.precision(mode)
+        local ok, err = pcall(attn_compare, s, { out = 5e-3, lse = 2e-3, grad = 1e-2 })
+        sao.cuda.precision(was)
+        if not ok then error(err, 0) end
+      end)
+    end
+  end
+
   gpu_it("NULL d-buffers are skipped and the rest still match (dq only; dk+dv only; dbias only)", function()
     local s = { name = "partial", B = 2, H = 4, Hkv = 2, T = 37, M = 53, D = 64, bias = true, seed = 80 }
     local x = attn_inputs(s)

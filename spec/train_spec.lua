@@ -187,3 +187,36 @@ describe("LoRA", function()
       "unknown target module 'self_attn.nope'")
   end)
 end)
+
+-- The GPU run's device plan is computed on the host from sizes alone: checked here (every part,
+-- their sum, and the printed text), so the device specs only compare it with a measured peak.
+describe("device memory plan (arithmetic)", function()
+  local function plan_of(tr, precision)
+    local was = sao.cuda.precision()
+    if precision and sao.has_cuda() then sao.cuda.precision(precision) end
+    local ok, d = pcall(tr.device_plan, tr, { allocated = 1000, peak = 500, dit_there = false, workspace = 0 })
+    if sao.has_cuda() then sao.cuda.precision(was) end
+    if not ok then error(d, 0) end
+    return d
+  end
+  local function class(b) return tonumber(sao.C.sao_cuda_size_class(b)) end
+
+  for _, lora in ipairs { false, true } do
+    it("adds up its parts" .. (lora and " (LoRA)" or ""), function()
+      local tr = trainer(nil, { lora = lora and { rank = 2 } or nil })
+      local d = plan_of(tr, "bf16")
+      local parts = d.before + d.weights + d.arenas + d.adamw_moments + d.ema + d.gemm_workspace + d.bf16_scratch +
+        d.attention_scratch + d.lora
+      assert.equal(parts, d.predicted_peak)
+      assert.is_true(d.weights > 4 * tr.nparams)                 -- every parameter, size-classed
+      assert.equal(class(32 * 2 ^ 20), d.gemm_workspace)
+      assert.equal(lora, d.lora > 0)
+      if sao.has_cuda() then                                     -- the scratch exists in the bf16 mode
+        assert.is_true(d.bf16_scratch > 0 and d.attention_scratch > 0)
+        assert.equal(0, plan_of(tr, "fp32").attention_scratch)
+      end
+      tr.plan.device, tr.device = d, "cuda:0"
+      assert.matches("predicted device peak", tr:plan_text())
+    end)
+  end
+end)

@@ -27,12 +27,20 @@
 // query heads is the dK/dV loop over hh; dbias's sum over b is the dQ block's loop over b); warp
 // sums are fixed butterflies. No atomics: results are bit-reproducible run to run.
 // rowsum(dO * O) is recomputed where needed by one helper (same bits in both backward kernels).
-// Performance: correct and tiled, not tuned (no tensor cores); cuDNN is the intended fast path.
+// Performance: correct and tiled, not tuned (no tensor cores). In the tf32 and bf16 GEMM precision
+// modes (sao.cuda.precision) the forward of an attention without bias, key mask or grouped heads
+// (the DiT's self-attention) takes a tensor-core path instead: S = scale Q K^T by one strided
+// batched cuBLAS GEMM per batch item (TF32) into a scratch [B, H, T, M], a row softmax that also
+// writes lse, and O = P V by a second GEMM; the backward (below) recomputes P from that lse as
+// usual. cuDNN's fused SDPA remains the intended fast path.
 extern "C" {
 #include "sao_cuda_attn.h"
+#include "sao_cuda.h"
+#include "cuda_glue.h"
 #include "../cpu/kcheck.h"
 }
 #include <math.h>
+#include <pthread.h>
 
 #define FULL_MASK 0xffffffffu
 #define KT 32           // keys per tile: one per lane
@@ -455,6 +463,68 @@ static int launch_dkdv(sao_ctx *ctx, const char *op, const sao_attn_geo *g, cons
     return 0;
 }
 
+// ---- the tensor-core path (tf32/bf16 modes) ------------------------------------------------------
+// One warp per row of S [rows, M]: P = softmax(row) in place, lse = max + log(sum exp).
+__global__ static void softmax_rows(float *s, long long rows, long long M, float *lse) {
+    long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x & 31;
+    if (row >= rows) return;   // the whole warp: one row per warp
+    float *r = s + row * M;
+    float mx = -INFINITY;
+    for (long long j = lane; j < M; j += 32) mx = fmaxf(mx, r[j]);
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, o));
+    float sum = 0.0f;
+    for (long long j = lane; j < M; j += 32) {
+        float e = expf(r[j] - mx);
+        r[j] = e;
+        sum += e;
+    }
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(FULL_MASK, sum, o);
+    float inv = 1.0f / sum;
+    for (long long j = lane; j < M; j += 32) r[j] *= inv;
+    if (lse && lane == 0) lse[row] = mx + logf(sum);
+}
+
+static const long long TC_SCRATCH_MAX = 2LL << 30;   // bytes of S beyond which the flash kernel runs
+static pthread_mutex_t tc_lock = PTHREAD_MUTEX_INITIALIZER;
+static float *tc_scratch[64];
+static size_t tc_scratch_n[64];
+
+static bool tensor_core_path(const sao_attn_geo *g, const float *bias, const uint8_t *key_mask) {
+    return sao_cuda_gemm_precision(-1) != SAO_GEMM_FP32 && g->G == 1 && !bias && !key_mask &&
+           g->B * g->H * g->T * g->M * (long long)sizeof(float) <= TC_SCRATCH_MAX;
+}
+
+static int tc_forward(sao_ctx *ctx, const char *op, const sao_attn_geo *g, const float *q, const float *k,
+                      const float *v, float *out, float *lse) {
+    int dev = 0;
+    CUDA_TRY(ctx, op, cudaGetDevice(&dev));
+    if (dev < 0 || dev >= 64) return sao_err(ctx, op, "device %d: the attention scratch covers devices 0..63", dev);
+    long long per = g->H * g->T * g->M;   // S of one batch item
+    pthread_mutex_lock(&tc_lock);
+    float *S = sao_cuda_grow(ctx, &tc_scratch[dev], &tc_scratch_n[dev], (size_t)(g->B * per));
+    pthread_mutex_unlock(&tc_lock);
+    if (!S) return -1;
+    for (long long b = 0; b < g->B; b++) {
+        // S_bh^T [M, T] (column-major, = S_bh row-major [T, M]) = scale K_bh Q_bh^T
+        if (sao_cuda_gemm_batched(ctx, op, true, false, (int)g->M, (int)g->T, (int)g->D, g->scale,
+                                  k + b * g->sk[0], (int)g->sk[2], g->sk[1], q + b * g->sq[0], (int)g->sq[2], g->sq[1],
+                                  0.0f, S + b * per, (int)g->M, g->T * g->M, (int)g->H))
+            return -1;
+    }
+    long long rows = g->B * g->H * g->T;
+    softmax_rows<<<sao_cuda_blocks(rows, 8), 256, 0, sao_cuda_stream()>>>(S, rows, g->M, lse);
+    CUDA_LAUNCHED(ctx, op);
+    for (long long b = 0; b < g->B; b++) {
+        // O_bh^T [D, T] = V_bh^T [D, M] P_bh^T [M, T]
+        if (sao_cuda_gemm_batched(ctx, op, false, false, (int)g->D, (int)g->T, (int)g->M, 1.0f,
+                                  v + b * g->sv[0], (int)g->sv[2], g->sv[1], S + b * per, (int)g->M, g->T * g->M,
+                                  0.0f, out + b * g->so[0], (int)g->so[2], g->so[1], (int)g->H))
+            return -1;
+    }
+    return 0;
+}
+
 extern "C" int sao_cuda_attention_forward(sao_ctx *ctx, const struct sao_attn_desc *a, const float *q,
                                           const float *k, const float *v, const float *bias,
                                           const uint8_t *key_mask, float *out, float *lse) {
@@ -474,6 +544,7 @@ extern "C" int sao_cuda_attention_forward(sao_ctx *ctx, const struct sao_attn_de
         sao_cuda_check_ptr(ctx, op, "key_mask", key_mask) || sao_cuda_check_ptr(ctx, op, "out", out) ||
         sao_cuda_check_ptr(ctx, op, "lse", lse))
         return -1;
+    if (tensor_core_path(&g, bias, key_mask)) return tc_forward(ctx, op, &g, q, k, v, out, lse);
     switch (nv_of(g.D)) {
     case 1: return launch_fwd<1>(ctx, op, &g, q, k, v, bias, key_mask, out, lse);
     case 2: return launch_fwd<2>(ctx, op, &g, q, k, v, bias, key_mask, out, lse);

@@ -24,6 +24,12 @@ static inline unsigned sao_cuda_blocks(long long n, int threads) {
     return (unsigned)((n + threads - 1) / threads);
 }
 
+// linear.cu: strided batched fp32 GEMM on cuBLAS (column-major; TF32 tensor cores unless the GEMM
+// precision is fp32), for attention.cu's tensor-core path.
+int sao_cuda_gemm_batched(sao_ctx *ctx, const char *op, bool ta, bool tb, int m, int n, int k, float alpha,
+                          const float *A, int lda, long long sA, const float *B, int ldb, long long sB, float beta,
+                          float *C, int ldc, long long sC, int batch);
+
 // The stream sao's kernels are launched on: the legacy default stream, so every launch and copy
 // is ordered, and the caching allocator (alloc.cu) may hand a freed block to the next caller at
 // once. A per-context stream will need the allocator to record an event per freed block.

@@ -395,3 +395,28 @@ extern "C" int sao_cuda_gemm_precision(int mode) {
     if (mode == SAO_GEMM_FP32 || mode == SAO_GEMM_TF32 || mode == SAO_GEMM_BF16) precision = mode;
     return was;
 }
+
+// Strided batched fp32 GEMM through plain cuBLAS (column-major): C_i = alpha op(A_i) op(B_i) +
+// beta C_i for i < batch, the i-th matrices at A + i sA, B + i sB, C + i sC. In the tf32 and bf16
+// modes the products run on TF32 tensor cores (fp32 data), else in fp32. attention.cu's
+// tensor-core path.
+int sao_cuda_gemm_batched(sao_ctx *ctx, const char *op, bool ta, bool tb, int m, int n, int k, float alpha,
+                          const float *A, int lda, long long sA, const float *B, int ldb, long long sB, float beta,
+                          float *C, int ldc, long long sC, int batch) {
+    int dev = 0;
+    GemmState *g = NULL;
+    if (gemm_state(ctx, op, &dev, &g)) return -1;
+    cublasComputeType_t compute = current_precision() == SAO_GEMM_FP32 ? CUBLAS_COMPUTE_32F
+                                                                       : CUBLAS_COMPUTE_32F_FAST_TF32;
+    {
+        Locked guard;
+        if (!g->blas) {
+            CUBLAS_TRY(ctx, op, cublasCreate(&g->blas));
+            CUBLAS_TRY(ctx, op, cublasSetStream(g->blas, sao_cuda_stream()));
+        }
+    }
+    CUBLAS_TRY(ctx, op, cublasGemmStridedBatchedEx(g->blas, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                                   m, n, k, &alpha, A, CUDA_R_32F, lda, sA, B, CUDA_R_32F, ldb, sB,
+                                                   &beta, C, CUDA_R_32F, ldc, sC, batch, compute, CUBLAS_GEMM_DEFAULT));
+    return 0;
+}

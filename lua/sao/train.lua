@@ -213,6 +213,17 @@ function Trainer:device_plan(mem0)
     end
     scratch = class(math.ceil(scratch / 2) * 4)
   end
+  -- tf32/bf16: the tensor-core attention's S [B, H, N, M] (kernels/cuda/attention.cu: attentions
+  -- without grouped heads, up to 2 GiB; the largest one is kept)
+  local attn = 0
+  if sao.cuda.precision() ~= "fp32" then
+    local c, cfg = self.cfg.dit.config, self.cfg
+    local H, N, L = c.num_heads, cfg.frames + 1, cfg.context or 0
+    local function s_bytes(M) local b = cfg.batch * H * N * M * 4 return b <= 2 ^ 31 and b or 0 end
+    attn = s_bytes(N)
+    if L > 0 and c.cond_token_dim / (c.embed_dim / H) == H then attn = math.max(attn, s_bytes(L)) end
+    if attn > 0 then attn = class(attn) end
+  end
   -- LoRA: the adapters and their gradients, and the [rows, rank] scratch u and du
   local adapters = 0
   if self.cfg.lora then
@@ -221,12 +232,12 @@ function Trainer:device_plan(mem0)
   end
   local d = {
     weights = weights, arenas = arenas, adamw_moments = 2 * per_tensor, lora = adapters,
-    ema = self.ema and per_tensor or 0, bf16_scratch = scratch,
+    ema = self.ema and per_tensor or 0, bf16_scratch = scratch, attention_scratch = attn,
     gemm_workspace = mem0.workspace > 0 and 0 or class(32 * 2 ^ 20),   -- made by the first GEMM, kept
     before = mem0.allocated, peak_before = mem0.peak,
   }
   d.predicted_peak = math.max(mem0.peak, d.before + d.weights + d.arenas + d.adamw_moments + d.ema +
-    d.gemm_workspace + d.bf16_scratch + d.lora)
+    d.gemm_workspace + d.bf16_scratch + d.attention_scratch + d.lora)
   return d
 end
 
@@ -243,9 +254,10 @@ function Trainer:plan_text()
   local d = p.device
   if not d then return text end
   return text .. string.format("  on %s (%s products), as device blocks: weights %s, grads + activ. %s, AdamW %s,\n" ..
-    "  EMA %s, LoRA %s, GEMM workspace %s, bf16 scratch %s, held before %s; predicted device peak %s\n",
+    "  EMA %s, LoRA %s, GEMM workspace %s, bf16 scratch %s, attention scratch %s, held before %s;\n" ..
+    "  predicted device peak %s\n",
     self.device, sao.cuda.precision(), mb(d.weights), mb(d.arenas), mb(d.adamw_moments), mb(d.ema), mb(d.lora),
-    mb(d.gemm_workspace), mb(d.bf16_scratch), mb(d.before), mb(d.predicted_peak))
+    mb(d.gemm_workspace), mb(d.bf16_scratch), mb(d.attention_scratch), mb(d.before), mb(d.predicted_peak))
 end
 
 function Trainer:log(rec)
