@@ -210,8 +210,8 @@ describe("CUDA attention #gpu", function()
     end)
   end
 
-  -- The tensor-core forward (tf32/bf16 modes, no bias/mask/grouping): S and O by cuBLAS in TF32,
-  -- then the flash backward from its lse. Estimates: TF32 keeps 10 bits of mantissa, ~5e-4
+  -- The tensor-core path (tf32/bf16 modes, no bias/mask/grouping): S, O, dP and the gradients by
+  -- cuBLAS in TF32, softmax and dS by row kernels. Estimates: TF32 keeps 10 bits of mantissa, ~5e-4
   -- relative per product, so logits of |s| ~ 3 move by ~1e-3 and P by as much; the cases with
   -- bias, a mask or grouped heads still take the fp32 kernel in these modes.
   for _, mode in ipairs { "tf32", "bf16" } do

@@ -31,8 +31,9 @@
 // modes (sao.cuda.precision) the forward of an attention without bias, key mask or grouped heads
 // (the DiT's self-attention) takes a tensor-core path instead: S = scale Q K^T by one strided
 // batched cuBLAS GEMM per batch item (TF32) into a scratch [B, H, T, M], a row softmax that also
-// writes lse, and O = P V by a second GEMM; the backward (below) recomputes P from that lse as
-// usual. cuDNN's fused SDPA remains the intended fast path.
+// writes lse, and O = P V by a second GEMM; the backward takes the same path (P recomputed from
+// lse, dP and the three gradients by GEMMs, two small row kernels between). cuDNN's fused SDPA
+// remains the intended fast path.
 extern "C" {
 #include "sao_cuda_attn.h"
 #include "sao_cuda.h"
@@ -485,33 +486,71 @@ __global__ static void softmax_rows(float *s, long long rows, long long M, float
     if (lse && lane == 0) lse[row] = mx + logf(sum);
 }
 
+// P = exp(S - lse) in place (the backward's recomputed probabilities), one warp per row.
+__global__ static void exp_rows(float *s, const float *lse, long long rows, long long M) {
+    long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    float *r = s + row * M, l = lse[row];
+    for (long long j = lane; j < M; j += 32) r[j] = expf(r[j] - l);
+}
+
+// dS = P (dP - rowsum(dO * O)) in place in dp, one warp per row (b, h, t); the row sum over the
+// head's D output values read through the out strides.
+__global__ static void ds_rows(const float *p, float *dp, const float *out, const float *dout, sao_attn_geo g) {
+    long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x & 31;
+    if (row >= g.B * g.H * g.T) return;
+    long long t = row % g.T, h = (row / g.T) % g.H, b = row / (g.T * g.H);
+    const float *o = out + b * g.so[0] + h * g.so[1] + t * g.so[2];
+    const float *d = dout + b * g.so[0] + h * g.so[1] + t * g.so[2];
+    float acc = 0.0f;
+    for (long long j = lane; j < g.D; j += 32) acc += o[j] * d[j];
+    for (int s = 16; s > 0; s >>= 1) acc += __shfl_xor_sync(FULL_MASK, acc, s);
+    const float *pr = p + row * g.M;
+    float *r = dp + row * g.M;
+    for (long long j = lane; j < g.M; j += 32) r[j] = pr[j] * (r[j] - acc);
+}
+
 static const long long TC_SCRATCH_MAX = 2LL << 30;   // bytes of S beyond which the flash kernel runs
 static pthread_mutex_t tc_lock = PTHREAD_MUTEX_INITIALIZER;
-static float *tc_scratch[64];
-static size_t tc_scratch_n[64];
+static float *tc_scratch[2][64];   // S (then P), and the backward's dP (then dS)
+static size_t tc_scratch_n[2][64];
 
 static bool tensor_core_path(const sao_attn_geo *g, const float *bias, const uint8_t *key_mask) {
     return sao_cuda_gemm_precision(-1) != SAO_GEMM_FP32 && g->G == 1 && !bias && !key_mask &&
            g->B * g->H * g->T * g->M * (long long)sizeof(float) <= TC_SCRATCH_MAX;
 }
 
-static int tc_forward(sao_ctx *ctx, const char *op, const sao_attn_geo *g, const float *q, const float *k,
-                      const float *v, float *out, float *lse) {
+// Scratch `which` of the current device, at least `floats` long.
+static float *tc_buffer(sao_ctx *ctx, const char *op, int which, size_t floats) {
     int dev = 0;
-    CUDA_TRY(ctx, op, cudaGetDevice(&dev));
-    if (dev < 0 || dev >= 64) return sao_err(ctx, op, "device %d: the attention scratch covers devices 0..63", dev);
-    long long per = g->H * g->T * g->M;   // S of one batch item
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e != cudaSuccess) return (float *)sao_err_null(ctx, op, "cudaGetDevice: %s", cudaGetErrorString(e));
+    if (dev < 0 || dev >= 64) return (float *)sao_err_null(ctx, op, "device %d: the attention scratch covers devices 0..63", dev);
     pthread_mutex_lock(&tc_lock);
-    float *S = sao_cuda_grow(ctx, &tc_scratch[dev], &tc_scratch_n[dev], (size_t)(g->B * per));
+    float *s = sao_cuda_grow(ctx, &tc_scratch[which][dev], &tc_scratch_n[which][dev], floats);
     pthread_mutex_unlock(&tc_lock);
-    if (!S) return -1;
-    for (long long b = 0; b < g->B; b++) {
-        // S_bh^T [M, T] (column-major, = S_bh row-major [T, M]) = scale K_bh Q_bh^T
+    return s;
+}
+
+// S_b^T [M, T] per head (column-major, = S_bh row-major [T, M]) = scale K_bh Q_bh^T, every b.
+static int tc_logits(sao_ctx *ctx, const char *op, const sao_attn_geo *g, const float *q, const float *k, float *S) {
+    long long per = g->H * g->T * g->M;
+    for (long long b = 0; b < g->B; b++)
         if (sao_cuda_gemm_batched(ctx, op, true, false, (int)g->M, (int)g->T, (int)g->D, g->scale,
                                   k + b * g->sk[0], (int)g->sk[2], g->sk[1], q + b * g->sq[0], (int)g->sq[2], g->sq[1],
                                   0.0f, S + b * per, (int)g->M, g->T * g->M, (int)g->H))
             return -1;
-    }
+    return 0;
+}
+
+static int tc_forward(sao_ctx *ctx, const char *op, const sao_attn_geo *g, const float *q, const float *k,
+                      const float *v, float *out, float *lse) {
+    long long per = g->H * g->T * g->M;   // S of one batch item
+    float *S = tc_buffer(ctx, op, 0, (size_t)(g->B * per));
+    if (!S) return -1;
+    if (tc_logits(ctx, op, g, q, k, S)) return -1;
     long long rows = g->B * g->H * g->T;
     softmax_rows<<<sao_cuda_blocks(rows, 8), 256, 0, sao_cuda_stream()>>>(S, rows, g->M, lse);
     CUDA_LAUNCHED(ctx, op);
@@ -520,6 +559,48 @@ static int tc_forward(sao_ctx *ctx, const char *op, const sao_attn_geo *g, const
         if (sao_cuda_gemm_batched(ctx, op, false, false, (int)g->D, (int)g->T, (int)g->M, 1.0f,
                                   v + b * g->sv[0], (int)g->sv[2], g->sv[1], S + b * per, (int)g->M, g->T * g->M,
                                   0.0f, out + b * g->so[0], (int)g->so[2], g->so[1], (int)g->H))
+            return -1;
+    }
+    return 0;
+}
+
+// The backward on the same path, from the forward's lse: P = exp(scale Q K^T - lse), dP = dO V^T,
+// dS = P (dP - rowsum(dO O)), then dV += P^T dO, dQ += scale dS K, dK += scale dS^T Q, each
+// gradient accumulated (beta 1) like the flash kernels'.
+static int tc_backward(sao_ctx *ctx, const char *op, const sao_attn_geo *g, const float *q, const float *k,
+                       const float *v, const float *out, const float *lse, const float *dout, float *dq, float *dk,
+                       float *dv) {
+    long long per = g->H * g->T * g->M, rows = g->B * g->H * g->T;
+    float *P = tc_buffer(ctx, op, 0, (size_t)(g->B * per));
+    float *dS = P ? tc_buffer(ctx, op, 1, (size_t)(g->B * per)) : NULL;
+    if (!dS) return -1;
+    if (tc_logits(ctx, op, g, q, k, P)) return -1;
+    unsigned blocks = sao_cuda_blocks(rows, 8);
+    exp_rows<<<blocks, 256, 0, sao_cuda_stream()>>>(P, lse, rows, g->M);
+    CUDA_LAUNCHED(ctx, op);
+    for (long long b = 0; b < g->B; b++)   // dP_bh^T [M, T] = V_bh [M, D] dO_bh^T [D, T]
+        if (sao_cuda_gemm_batched(ctx, op, true, false, (int)g->M, (int)g->T, (int)g->D, 1.0f,
+                                  v + b * g->sv[0], (int)g->sv[2], g->sv[1], dout + b * g->so[0], (int)g->so[2],
+                                  g->so[1], 0.0f, dS + b * per, (int)g->M, g->T * g->M, (int)g->H))
+            return -1;
+    ds_rows<<<blocks, 256, 0, sao_cuda_stream()>>>(P, dS, out, dout, *g);
+    CUDA_LAUNCHED(ctx, op);
+    for (long long b = 0; b < g->B; b++) {
+        const float *Pb = P + b * per, *dSb = dS + b * per;
+        // dV_bh^T [D, M] += dO_bh^T [D, T] P_bh [T, M]
+        if (dv && sao_cuda_gemm_batched(ctx, op, false, true, (int)g->D, (int)g->M, (int)g->T, 1.0f,
+                                        dout + b * g->so[0], (int)g->so[2], g->so[1], Pb, (int)g->M, g->T * g->M,
+                                        1.0f, dv + b * g->sv[0], (int)g->sv[2], g->sv[1], (int)g->H))
+            return -1;
+        // dQ_bh^T [D, T] += scale K_bh^T [D, M] dS_bh^T [M, T]
+        if (dq && sao_cuda_gemm_batched(ctx, op, false, false, (int)g->D, (int)g->T, (int)g->M, g->scale,
+                                        k + b * g->sk[0], (int)g->sk[2], g->sk[1], dSb, (int)g->M, g->T * g->M,
+                                        1.0f, dq + b * g->sq[0], (int)g->sq[2], g->sq[1], (int)g->H))
+            return -1;
+        // dK_bh^T [D, M] += scale Q_bh^T [D, T] dS_bh [T, M]
+        if (dk && sao_cuda_gemm_batched(ctx, op, false, true, (int)g->D, (int)g->M, (int)g->T, g->scale,
+                                        q + b * g->sq[0], (int)g->sq[2], g->sq[1], dSb, (int)g->M, g->T * g->M,
+                                        1.0f, dk + b * g->sk[0], (int)g->sk[2], g->sk[1], (int)g->H))
             return -1;
     }
     return 0;
@@ -570,6 +651,8 @@ extern "C" int sao_cuda_attention_backward(sao_ctx *ctx, const struct sao_attn_d
         sao_cuda_check_ptr(ctx, op, "dq", dq) || sao_cuda_check_ptr(ctx, op, "dk", dk) ||
         sao_cuda_check_ptr(ctx, op, "dv", dv) || sao_cuda_check_ptr(ctx, op, "dbias", dbias))
         return -1;
+    if (!dbias && tensor_core_path(&g, bias, key_mask))
+        return tc_backward(ctx, op, &g, q, k, v, out, lse, dout, dq, dk, dv);
     if (dk || dv) {
         int rc = g.D <= 128 ? launch_dkdv<16>(ctx, op, &g, q, k, v, bias, key_mask, out, lse, dout, dk, dv)
                             : launch_dkdv<8>(ctx, op, &g, q, k, v, bias, key_mask, out, lse, dout, dk, dv);
