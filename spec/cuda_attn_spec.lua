@@ -212,14 +212,15 @@ describe("CUDA attention #gpu", function()
 
   -- The tensor-core path (tf32/bf16 modes, no bias/mask/grouping): S, O, dP and the gradients by
   -- cuBLAS in TF32, softmax and dS by row kernels. Estimates: TF32 keeps 10 bits of mantissa, ~5e-4
-  -- relative per product, so logits of |s| ~ 3 move by ~1e-3 and P by as much; the cases with
-  -- bias, a mask or grouped heads still take the fp32 kernel in these modes.
+  -- relative per product, so logits of |s| ~ 3 move by ~1e-3 and P by as much; grouped heads go
+  -- through per-query-head copies of K/V (and their gradients summed back); the cases with bias or
+  -- a mask still take the fp32 kernel in these modes.
   for _, mode in ipairs { "tf32", "bf16" } do
     for _, s in ipairs { cases[6], cases[7],
                          { name = "DiT self-attention shape (T=M=257, 8 heads, D=64)", B = 2, H = 8, Hkv = 8,
                            T = 257, M = 257, D = 64, layout = "fused", seed = 80 },
                          cases[1] } do
-      gpu_it(mode .. " mode: " .. s.name .. (s.Hkv == s.H and " (tensor cores)" or " (grouped: the fp32 kernel)"), function()
+      gpu_it(mode .. " mode: " .. s.name .. (s.Hkv == s.H and " (tensor cores)" or " (tensor cores, K/V copied per query head)"), function()
         local was = sao.cuda.precision(mode)
         local ok, err = pcall(attn_compare, s, { out = 5e-3, lse = 2e-3, grad = 1e-2 })
         sao.cuda.precision(was)

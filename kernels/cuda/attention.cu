@@ -28,8 +28,8 @@
 // sums are fixed butterflies. No atomics: results are bit-reproducible run to run.
 // rowsum(dO * O) is recomputed where needed by one helper (same bits in both backward kernels).
 // Performance: correct and tiled, not tuned (no tensor cores). In the tf32 and bf16 GEMM precision
-// modes (sao.cuda.precision) the forward of an attention without bias, key mask or grouped heads
-// (the DiT's self-attention) takes a tensor-core path instead: S = scale Q K^T by one strided
+// modes (sao.cuda.precision) an attention without bias or key mask (the DiT's self- and
+// cross-attention; grouped K/V heads through per-query-head copies) takes a tensor-core path: S = scale Q K^T by one strided
 // batched cuBLAS GEMM per batch item (TF32) into a scratch [B, H, T, M], a row softmax that also
 // writes lse, and O = P V by a second GEMM; the backward takes the same path (P recomputed from
 // lse, dP and the three gradients by GEMMs, two small row kernels between). cuDNN's fused SDPA
@@ -514,12 +514,14 @@ __global__ static void ds_rows(const float *p, float *dp, const float *out, cons
 
 static const long long TC_SCRATCH_MAX = 2LL << 30;   // bytes of S beyond which the flash kernel runs
 static pthread_mutex_t tc_lock = PTHREAD_MUTEX_INITIALIZER;
-static float *tc_scratch[2][64];   // S (then P), and the backward's dP (then dS)
-static size_t tc_scratch_n[2][64];
+// S (then P); the backward's dP (then dS); grouped heads: K and V, then dK and dV, per query head
+static float *tc_scratch[6][64];
+static size_t tc_scratch_n[6][64];
 
 static bool tensor_core_path(const sao_attn_geo *g, const float *bias, const uint8_t *key_mask) {
-    return sao_cuda_gemm_precision(-1) != SAO_GEMM_FP32 && g->G == 1 && !bias && !key_mask &&
-           g->B * g->H * g->T * g->M * (long long)sizeof(float) <= TC_SCRATCH_MAX;
+    return sao_cuda_gemm_precision(-1) != SAO_GEMM_FP32 && !bias && !key_mask &&
+           g->B * g->H * g->T * g->M * (long long)sizeof(float) <= TC_SCRATCH_MAX &&
+           g->B * g->H * g->M * g->D * (long long)sizeof(float) <= TC_SCRATCH_MAX;
 }
 
 // Scratch `which` of the current device, at least `floats` long.
@@ -561,6 +563,58 @@ static int tc_forward(sao_ctx *ctx, const char *op, const sao_attn_geo *g, const
                                   0.0f, out + b * g->so[0], (int)g->so[2], g->so[1], (int)g->H))
             return -1;
     }
+    return 0;
+}
+
+// ---- grouped K/V heads on the tensor-core path: each K/V head copied once per query head of its
+// group into [B, H, M, D], and the gradients of those copies summed back per group (in order, so
+// the result does not depend on the launch). `v` picks the v strides of g instead of the k ones.
+__global__ static void expand_heads(const float *x, sao_attn_geo g, int v, float *y) {
+    const int64_t *sx = v ? g.sv : g.sk;
+    long long n = g.B * g.H * g.M * g.D;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        long long d = i % g.D, m = (i / g.D) % g.M, h = (i / (g.D * g.M)) % g.H, b = i / (g.D * g.M * g.H);
+        y[i] = x[b * sx[0] + (h / g.G) * sx[1] + m * sx[2] + d];
+    }
+}
+
+__global__ static void reduce_heads(const float *y, sao_attn_geo g, int v, float *x) {
+    const int64_t *sx = v ? g.sv : g.sk;
+    long long n = g.B * g.Hkv * g.M * g.D;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        long long d = i % g.D, m = (i / g.D) % g.M, hk = (i / (g.D * g.M)) % g.Hkv, b = i / (g.D * g.M * g.Hkv);
+        float acc = 0.0f;
+        for (long long j = 0; j < g.G; j++) acc += y[((b * g.H + hk * g.G + j) * g.M + m) * g.D + d];
+        x[b * sx[0] + hk * sx[1] + m * sx[2] + d] += acc;
+    }
+}
+
+static unsigned grid_for(long long n) {
+    unsigned blocks = sao_cuda_blocks(n, 256);
+    return blocks > (1u << 20) ? 1u << 20 : blocks;
+}
+
+// The geometry of the expanded copies: one K/V head per query head, [B, H, M, D] contiguous.
+static sao_attn_geo expanded(const sao_attn_geo *g) {
+    sao_attn_geo e = *g;
+    e.Hkv = g->H;
+    e.G = 1;
+    long long st[3] = {g->H * g->M * g->D, g->M * g->D, g->D};
+    for (int i = 0; i < 3; i++) e.sk[i] = e.sv[i] = st[i];
+    return e;
+}
+
+// k and v copied per query head into scratches 2 and 3.
+static int expand_kv(sao_ctx *ctx, const char *op, const sao_attn_geo *g, const float *k, const float *v,
+                     float **kx, float **vx) {
+    long long n = g->B * g->H * g->M * g->D;
+    *kx = tc_buffer(ctx, op, 2, (size_t)n);
+    *vx = *kx ? tc_buffer(ctx, op, 3, (size_t)n) : NULL;
+    if (!*vx) return -1;
+    expand_heads<<<grid_for(n), 256, 0, sao_cuda_stream()>>>(k, *g, 0, *kx);
+    CUDA_LAUNCHED(ctx, op);
+    expand_heads<<<grid_for(n), 256, 0, sao_cuda_stream()>>>(v, *g, 1, *vx);
+    CUDA_LAUNCHED(ctx, op);
     return 0;
 }
 
@@ -625,7 +679,13 @@ extern "C" int sao_cuda_attention_forward(sao_ctx *ctx, const struct sao_attn_de
         sao_cuda_check_ptr(ctx, op, "key_mask", key_mask) || sao_cuda_check_ptr(ctx, op, "out", out) ||
         sao_cuda_check_ptr(ctx, op, "lse", lse))
         return -1;
-    if (tensor_core_path(&g, bias, key_mask)) return tc_forward(ctx, op, &g, q, k, v, out, lse);
+    if (tensor_core_path(&g, bias, key_mask)) {
+        if (g.G == 1) return tc_forward(ctx, op, &g, q, k, v, out, lse);
+        float *kx, *vx;   // grouped heads: through copies with one K/V head per query head
+        if (expand_kv(ctx, op, &g, k, v, &kx, &vx)) return -1;
+        sao_attn_geo e = expanded(&g);
+        return tc_forward(ctx, op, &e, q, kx, vx, out, lse);
+    }
     switch (nv_of(g.D)) {
     case 1: return launch_fwd<1>(ctx, op, &g, q, k, v, bias, key_mask, out, lse);
     case 2: return launch_fwd<2>(ctx, op, &g, q, k, v, bias, key_mask, out, lse);
@@ -651,8 +711,25 @@ extern "C" int sao_cuda_attention_backward(sao_ctx *ctx, const struct sao_attn_d
         sao_cuda_check_ptr(ctx, op, "dq", dq) || sao_cuda_check_ptr(ctx, op, "dk", dk) ||
         sao_cuda_check_ptr(ctx, op, "dv", dv) || sao_cuda_check_ptr(ctx, op, "dbias", dbias))
         return -1;
-    if (!dbias && tensor_core_path(&g, bias, key_mask))
-        return tc_backward(ctx, op, &g, q, k, v, out, lse, dout, dq, dk, dv);
+    if (!dbias && tensor_core_path(&g, bias, key_mask)) {
+        if (g.G == 1) return tc_backward(ctx, op, &g, q, k, v, out, lse, dout, dq, dk, dv);
+        // grouped heads: the copies' gradients (zeroed, accumulated), then summed back per group
+        float *kx, *vx;
+        if (expand_kv(ctx, op, &g, k, v, &kx, &vx)) return -1;
+        long long n = g.B * g.H * g.M * g.D;
+        float *dkx = dk ? tc_buffer(ctx, op, 4, (size_t)n) : NULL;
+        float *dvx = dv ? tc_buffer(ctx, op, 5, (size_t)n) : NULL;
+        if ((dk && !dkx) || (dv && !dvx)) return -1;
+        if (dkx) CUDA_TRY(ctx, op, cudaMemsetAsync(dkx, 0, (size_t)n * sizeof(float), sao_cuda_stream()));
+        if (dvx) CUDA_TRY(ctx, op, cudaMemsetAsync(dvx, 0, (size_t)n * sizeof(float), sao_cuda_stream()));
+        sao_attn_geo e = expanded(&g);
+        if (tc_backward(ctx, op, &e, q, kx, vx, out, lse, dout, dq, dkx, dvx)) return -1;
+        long long nk = g.B * g.Hkv * g.M * g.D;
+        if (dk) reduce_heads<<<grid_for(nk), 256, 0, sao_cuda_stream()>>>(dkx, g, 0, dk);
+        if (dv) reduce_heads<<<grid_for(nk), 256, 0, sao_cuda_stream()>>>(dvx, g, 1, dv);
+        CUDA_LAUNCHED(ctx, op);
+        return 0;
+    }
     if (dk || dv) {
         int rc = g.D <= 128 ? launch_dkdv<16>(ctx, op, &g, q, k, v, bias, key_mask, out, lse, dout, dk, dv)
                             : launch_dkdv<8>(ctx, op, &g, q, k, v, bias, key_mask, out, lse, dout, dk, dv);

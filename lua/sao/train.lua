@@ -214,15 +214,18 @@ function Trainer:device_plan(mem0)
     scratch = class(math.ceil(scratch / 2) * 4)
   end
   -- tf32/bf16: the tensor-core attention's two scratches [B, H, N, M] (kernels/cuda/attention.cu:
-  -- attentions without grouped heads, up to 2 GiB each; the largest ones are kept)
+  -- attentions without bias or mask, up to 2 GiB each; the largest ones are kept)
   local attn = 0
   if sao.cuda.precision() ~= "fp32" then
     local c, cfg = self.cfg.dit.config, self.cfg
     local H, N, L = c.num_heads, cfg.frames + 1, cfg.context or 0
     local function s_bytes(M) local b = cfg.batch * H * N * M * 4 return b <= 2 ^ 31 and b or 0 end
     attn = s_bytes(N)
-    if L > 0 and c.cond_token_dim / (c.embed_dim / H) == H then attn = math.max(attn, s_bytes(L)) end
+    if L > 0 then attn = math.max(attn, s_bytes(L)) end
     if attn > 0 then attn = 2 * class(attn) end
+    -- grouped cross-attention heads: K, V and their gradients copied per query head
+    local D = c.embed_dim / H
+    if L > 0 and c.cond_token_dim / D ~= H then attn = attn + 4 * class(cfg.batch * H * L * D * 4) end
   end
   -- LoRA: the adapters and their gradients, and the [rows, rank] scratch u and du
   local adapters = 0
