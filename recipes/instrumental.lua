@@ -103,7 +103,15 @@ for _, s in ipairs(STAGES) do
     local path = package.searchpath(s.module, package.path)
     if path then
       print(string.format("[%s] running", s.name))
-      require(s.module).run(opts)
+      -- a failing stage says why in one line (SAO_TRACEBACK=1 adds the Lua traceback) and exits 1
+      local ok, err = xpcall(function() require(s.module).run(opts) end, function(e)
+        return os.getenv("SAO_TRACEBACK") and debug.traceback(tostring(e), 2) or tostring(e)
+      end)
+      if not ok then
+        io.stdout:flush()
+        io.stderr:write(string.format("instrumental: stage %s failed: %s\n", s.name, err))
+        os.exit(1)
+      end
     else
       missing = missing + 1
       print(string.format("[%s] not implemented yet (%s)", s.name, s.what))

@@ -1,5 +1,6 @@
 -- recipes/instrumental.lua's command line: --help, and typos (an unknown option or stage) refused
--- with exit status 2 before any work starts. The stages themselves: dataset_spec, pipeline_spec.
+-- with exit status 2 before any work starts, a failing stage in one line with status 1. The stages
+-- themselves: dataset_spec, pipeline_spec.
 local fs = require "sao.fs"
 
 local function run(args)
@@ -32,5 +33,15 @@ describe("recipes/instrumental.lua", function()
     assert.equal(2, code)
     assert.matches("unknown stage 'trian' %(stages: dataset, metadata, prompts, encode, train, sample, eval%)", err)
     assert.is_false(fs.exists(dir))
+  end)
+
+  it("a failing stage says why in one line and exits 1 (no Lua traceback)", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    local code, _, err = run("--out " .. dir .. " --stages sample --device gpu0")
+    assert.equal(1, code)
+    assert.matches("instrumental: stage sample failed: .*load_model: device 'gpu0': expected \"cpu\", \"cuda\" or \"cuda:N\"", err)
+    assert.falsy(err:find("stack traceback", 1, true))
+    os.execute("rm -rf '" .. dir .. "'")
   end)
 end)
