@@ -519,7 +519,7 @@ static float *tc_scratch[6][64];
 static size_t tc_scratch_n[6][64];
 
 static bool tensor_core_path(const sao_attn_geo *g, const float *bias, const uint8_t *key_mask) {
-    return sao_cuda_gemm_precision(-1) != SAO_GEMM_FP32 && !bias && !key_mask &&
+    return sao_cuda_gemm_precision(-1) != SAO_GEMM_FP32 && !bias && !key_mask && g->B > 0 && g->T > 0 &&
            g->B * g->H * g->T * g->M * (long long)sizeof(float) <= TC_SCRATCH_MAX &&
            g->B * g->H * g->M * g->D * (long long)sizeof(float) <= TC_SCRATCH_MAX;
 }
