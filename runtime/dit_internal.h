@@ -92,6 +92,9 @@ struct sao_dit {
     float *dparams;     /* device model: one block holding every parameter of a slot */
     int64_t *doff;      /* [nslots]: offset of parameter i in dparams (floats; -1: no slot) */
     float *dws;         /* device model: the inference workspace (caching allocator) */
+    int64_t dparams_n;  /* floats in dparams */
+    int mirrored;       /* a bf16 copy of dparams is registered (kernels/cuda/linear.cu): the bf16
+                           mode's GEMMs read it instead of rounding the weights at every call */
     int dirty;          /* device weights handed out for writing (sao_dit_device_tensor: training):
                            they may be newer than the host tensors, so leaving the device, or
                            uploading again, first copies them back (sao_dit_sync_host) */

@@ -216,6 +216,25 @@ describe("DiT on CUDA #gpu", function()
     assert.error_matches(function() sao.lora.merge(d) end, "lora_merge: the model's weights are on CUDA device 0")
   end)
 
+  gpu_it("bf16 mode: the weight block's bf16 mirror gives the same bits as rounding at every call", function()
+    local was = sao.cuda.precision("bf16")
+    local ok, err = pcall(function()
+      local d = new_dit():to("cuda")
+      local mirrored = d:forward(x, t, cross, global, { cfg_scale = 7 })     -- makes the mirror
+      local before = sao.cuda.memory().allocated
+      local _ = d:device_tensor("transformer.project_out.weight")   -- handed out for writing: mirror dropped
+      local freed = before - sao.cuda.memory().allocated
+      assert.is_true(freed >= 1.8 * d:parameter_count(), "the mirror held 2 bytes per weight: " .. freed)
+      local rounded = d:forward(x, t, cross, global, { cfg_scale = 7 })
+      assert.equal(0, mirrored:maxdiff(rounded))
+      -- and bf16 stays close to the fp32 CPU forward (estimate: bf16 inputs, ~1e-2 of the scale)
+      local want = new_dit():forward(x, t, cross, global, { cfg_scale = 7 })
+      assert.tensor_near(want, rounded, { abs = 2e-2 * want:abs():max(), rel = 2e-2 })
+    end)
+    sao.cuda.precision(was)
+    if not ok then error(err, 0) end
+  end)
+
   gpu_it("a tiny model generates with device = 'cuda' as on the CPU", function()
     local opts = { prompt = "a short test", frames = 16, steps = 6, cfg_scale = 7, seed = 3, progress = false }
     local cpu = sao.load_model("tiny", { quiet = true })

@@ -30,6 +30,10 @@ int sao_cuda_gemm_batched(sao_ctx *ctx, const char *op, bool ta, bool tb, int m,
                           const float *A, int lda, long long sA, const float *B, int ldb, long long sB, float beta,
                           float *C, int ldc, long long sC, int batch);
 
+// linear.cu: a bf16 copy of the read-only fp32 range [base, base + n) that the bf16-mode linear
+// forward uses instead of rounding those weights at every call (on: make or refresh it; 0: drop).
+int sao_cuda_bf16_mirror(sao_ctx *ctx, const float *base, int64_t n, int on);
+
 // The stream sao's kernels are launched on: the legacy default stream, so every launch and copy
 // is ordered, and the caching allocator (alloc.cu) may hand a freed block to the next caller at
 // once. A per-context stream will need the allocator to record an event per freed block.

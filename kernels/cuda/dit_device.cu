@@ -28,6 +28,25 @@ static int64_t param_numel(const sao_params *p, int i) {
     return n;
 }
 
+// The bf16 mirror of the weight block: wanted in the bf16 mode on a model whose device weights
+// nobody writes (training hands them out: dirty); dropped otherwise, and after any upload.
+static void drop_mirror(sao_dit *m) {
+    if (m->mirrored) sao_cuda_bf16_mirror(NULL, m->dparams, 0, 0);
+    m->mirrored = 0;
+}
+
+static int keep_mirror(sao_ctx *ctx, sao_dit *m) {
+    int want = sao_cuda_gemm_precision(-1) == SAO_GEMM_BF16 && !m->dirty;
+    if (!want) {
+        drop_mirror(m);
+        return 0;
+    }
+    if (m->mirrored) return 0;
+    if (sao_cuda_bf16_mirror(ctx, m->dparams, m->dparams_n, 1)) return -1;
+    m->mirrored = 1;
+    return 0;
+}
+
 // Copies bound parameter i from its host tensor into its place in the block.
 static int upload(sao_ctx *ctx, const char *op, sao_dit *m, int i, float *blk) {
     const sao_tensor *t = sao_params_tensor(m->params, i);
@@ -88,12 +107,14 @@ extern "C" sao_tensor *sao_dit_device_tensor(sao_ctx *ctx, sao_dit *m, const cha
         if (!t) return NULL;
         t->storage->device = SAO_CUDA;
         m->dirty = 1;
+        drop_mirror(m);   // these weights will change: the bf16 GEMMs round them as they go
         return t;
     }
     return (sao_tensor *)sao_err_null(ctx, op, "no parameter named '%s'", name);
 }
 
 static void release_blocks(sao_dit *m) {
+    drop_mirror(m);
     sao_cuda_free(m->dparams);
     sao_cuda_free(m->dws);
     m->dparams = NULL;
@@ -126,6 +147,7 @@ extern "C" int sao_dit_to_device(sao_ctx *ctx, sao_dit *m, int device) {
     if (sao_params_check(ctx, m->params)) return -1;
     if (m->device == device) {   // again: every weight anew, so in-place edits of the host tensors arrive
         if (sao_dit_sync_host(ctx, m)) return -1;   // unless the device copy is the newer one
+        drop_mirror(m);
         for (int i = 0; i < m->nslots; i++) {
             if (m->doff[i] < 0 || !sao_params_tensor(m->params, i)) continue;
             if (upload(ctx, op, m, i, m->dparams)) return -1;
@@ -159,6 +181,7 @@ extern "C" int sao_dit_to_device(sao_ctx *ctx, sao_dit *m, int device) {
     for (int i = 0; i < m->nslots; i++)
         if (m->doff[i] >= 0) *m->slots[i] = sao_params_tensor(m->params, i) ? blk + m->doff[i] : NULL;
     m->dparams = blk;
+    m->dparams_n = total;
     m->ops = &dit_ops_cuda;
     free(m->ws);
     m->ws = NULL;
@@ -174,10 +197,11 @@ extern "C" int dit_device_begin(sao_ctx *ctx, sao_dit *m) {
         float *want = m->dparams + m->doff[i], *now = *m->slots[i];
         if (now == want || now == NULL) continue;   // uploaded, or an optional buffer never bound
         // bound anew since the upload: its host tensor replaces the device copy
+        drop_mirror(m);   // stale now: rounded again below
         if (upload(ctx, op, m, i, m->dparams)) return -1;
         *m->slots[i] = want;
     }
-    return 0;
+    return keep_mirror(ctx, m);
 }
 
 extern "C" float *dit_device_ws(sao_ctx *ctx, sao_dit *m, size_t floats) {

@@ -321,7 +321,67 @@ int forward(sao_ctx *ctx, const char *op, const void *x, const void *w, cudaData
                 accumulate ? 1.0f : 0.0f, y, (int)out, b);
 }
 
+// ---- bf16 mirrors: read-only fp32 weight blocks kept rounded, so the bf16 mode does not round
+// the same weights again at every GEMM (a model used only for inference registers its block) ----
+struct Mirror {
+    const float *base;    // the fp32 range [base, base + n)
+    int64_t n;
+    __nv_bfloat16 *bf;    // its bf16 copy (caching allocator)
+};
+const int MAX_MIRRORS = 32;
+Mirror mirrors[MAX_MIRRORS];   // guarded by gemm_lock
+
+// The bf16 copy of w[0 .. count) when a mirror holds the whole range, else NULL.
+const __nv_bfloat16 *mirror_of(const float *w, int64_t count) {
+    Locked guard;
+    for (int i = 0; i < MAX_MIRRORS; i++) {
+        const Mirror &m = mirrors[i];
+        if (m.base && w >= m.base && w + count <= m.base + m.n) return m.bf + (w - m.base);
+    }
+    return NULL;
+}
+
 }  // namespace
+
+int sao_cuda_bf16_mirror(sao_ctx *ctx, const float *base, int64_t n, int on) {
+    const char *op = "cuda_bf16_mirror";
+    __nv_bfloat16 *bf = NULL;
+    {
+        Locked guard;
+        for (int i = 0; i < MAX_MIRRORS; i++)
+            if (mirrors[i].base == base) {
+                bf = mirrors[i].bf;
+                if (!on || mirrors[i].n != n) {   // dropped, or a new size: made anew below
+                    sao_cuda_free(bf);
+                    bf = NULL;
+                    mirrors[i].base = NULL;
+                }
+                break;
+            }
+    }
+    if (!on || n <= 0) return 0;
+    if (!bf) {
+        void *p = NULL;
+        if (sao_cuda_malloc(ctx, (size_t)n * sizeof(__nv_bfloat16), &p)) return -1;
+        bf = (__nv_bfloat16 *)p;
+        Locked guard;
+        int slot = -1;
+        for (int i = 0; i < MAX_MIRRORS && slot < 0; i++) if (!mirrors[i].base) slot = i;
+        if (slot < 0) {
+            sao_cuda_free(p);
+            return sao_err(ctx, op, "more than %d bf16 weight mirrors (one per model on a device)", MAX_MIRRORS);
+        }
+        mirrors[slot].base = base;
+        mirrors[slot].n = n;
+        mirrors[slot].bf = bf;
+    }
+    // (re)round the whole range: the weights may have been uploaded anew
+    unsigned blocks = sao_cuda_blocks(n, 256);
+    if (blocks > (1u << 20)) blocks = 1u << 20;
+    round_bf16<<<blocks, 256, 0, sao_cuda_stream()>>>(base, (long long)n, bf);
+    CUDA_LAUNCHED(ctx, op);
+    return 0;
+}
 
 extern "C" int sao_cuda_linear_forward(sao_ctx *ctx, const float *x, const float *w, const float *b,
                                        int64_t n, int64_t in, int64_t out, int accumulate, float *y) {
@@ -329,11 +389,12 @@ extern "C" int sao_cuda_linear_forward(sao_ctx *ctx, const float *x, const float
     if (current_precision() != SAO_GEMM_BF16) return forward(ctx, op, x, w, CUDA_R_32F, b, n, in, out, accumulate, y);
     SAO_CHECK(sao_linear_forward_check(ctx, op, SAO_KCHECK_CUDA, x, w, n, in, out, y));
     if (sao_cuda_check_ptr(ctx, op, "x", x) || sao_cuda_check_ptr(ctx, op, "w", w)) return -1;
-    const float *src[3] = {x, w, NULL};
+    const __nv_bfloat16 *wm = mirror_of(w, out * in);   // a mirrored weight is rounded already
+    const float *src[3] = {x, wm ? NULL : w, NULL};
     const int64_t cnt[3] = {n * in, out * in, 0};
     const __nv_bfloat16 *h[3];
     if (to_bf16(ctx, op, src, cnt, h)) return -1;
-    return forward(ctx, op, h[0], h[1], CUDA_R_16BF, b, n, in, out, accumulate, y);
+    return forward(ctx, op, h[0], wm ? wm : h[1], CUDA_R_16BF, b, n, in, out, accumulate, y);
 }
 
 extern "C" int sao_cuda_linear_forward_bf16(sao_ctx *ctx, const uint16_t *x, const uint16_t *w, const float *b,
