@@ -216,7 +216,7 @@ describe("DiT on CUDA #gpu", function()
     assert.error_matches(function() sao.lora.merge(d) end, "lora_merge: the model's weights are on CUDA device 0")
   end)
 
-  gpu_it("bf16 mode: the weight block's bf16 mirror gives the same bits as rounding at every call", function()
+  gpu_it("bf16 mode: the weight block's bf16 mirror gives what rounding at every call gives", function()
     local was = sao.cuda.precision("bf16")
     local ok, err = pcall(function()
       local d = new_dit():to("cuda")
@@ -226,7 +226,9 @@ describe("DiT on CUDA #gpu", function()
       local freed = before - sao.cuda.memory().allocated
       assert.is_true(freed >= 1.8 * d:parameter_count(), "the mirror held 2 bytes per weight: " .. freed)
       local rounded = d:forward(x, t, cross, global, { cfg_scale = 7 })
-      assert.equal(0, mirrored:maxdiff(rounded))
+      -- the same rounded inputs; cuBLASLt may pick another algorithm for the mirror's pointer
+      -- alignment (128 B vs the scratch's 256 B), so the sums may differ in order: fp32 rounding only
+      assert.tensor_near(rounded, mirrored, { abs = 1e-5 * rounded:abs():max(), rel = 1e-5 })
       -- and bf16 stays close to the fp32 CPU forward (estimate: bf16 inputs, ~1e-2 of the scale)
       local want = new_dit():forward(x, t, cross, global, { cfg_scale = 7 })
       assert.tensor_near(want, rounded, { abs = 2e-2 * want:abs():max(), rel = 2e-2 })
