@@ -18,9 +18,11 @@ function M.it(it_, pending_)
   end
 end
 
---- The message a machine without a usable GPU gives, by build.
+--- The message (a Lua pattern) a machine without a usable GPU gives: by build, or a CUDA build
+--- whose backend does not load (SAO_CUDA_LIB elsewhere, CUDA libraries missing).
 function M.no_cuda_reason()
-  if not sao.has_cuda() then return "built without CUDA" end
+  local why = sao.cuda.unavailable()
+  if why then return why:match("built without CUDA") or "the CUDA backend could not be loaded" end
   return "no CUDA device is visible"
 end
 
