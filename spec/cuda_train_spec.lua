@@ -208,8 +208,11 @@ describe("training on CUDA #gpu", function()
     tr:step()
     local p = tr.plan.device
     assert.is_number(p.measured_peak)
-    local off = math.abs(p.measured_peak - p.predicted_peak) / p.predicted_peak
-    assert.is_true(off <= 0.10, string.format("predicted %.1f MB, measured %.1f MB",
-      p.predicted_peak / 2 ^ 20, p.measured_peak / 2 ^ 20))
+    -- the peak is process-wide: the run must have raised it, and what it added is compared with
+    -- what the plan says it adds (the memory held before the run left out of both)
+    assert.is_true(p.measured_peak > p.peak_before, "the run did not raise the process's device peak")
+    local want, got = p.predicted_peak - p.before, p.measured_peak - p.before
+    assert.is_true(math.abs(got - want) <= 0.10 * want, string.format("the run added %.1f MB, the plan says %.1f MB",
+      got / 2 ^ 20, want / 2 ^ 20))
   end)
 end)
