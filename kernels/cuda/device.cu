@@ -4,6 +4,7 @@
 // Lua-visible messages naming the CUDA call, its error string and a hint; nothing aborts.
 #include "cuda_internal.h"
 extern "C" {
+#include "cuda_glue.h"
 #include "sao_cuda.h"
 #include "sao_kernels.h"
 }
@@ -67,12 +68,11 @@ extern "C" sao_tensor *sao_tensor_to_cuda(sao_ctx *ctx, const sao_tensor *t, int
         sao_tensor_free(c);
         return NULL;
     }
-    e = cudaMemcpy(d, sao_tensor_data(c), bytes, cudaMemcpyHostToDevice);
+    int rc = sao_cuda_put_bytes(ctx, d, sao_tensor_data(c), bytes);   // large copies: pinned staging (glue.cu)
     sao_tensor_free(c);
-    if (e != cudaSuccess) {
+    if (rc) {   // the message names the copy
         sao_cuda_free(d);
-        return (sao_tensor *)sao_err_null(ctx, op, "%s:%d: cudaMemcpy of %zu bytes to device %d: %s",
-                                          __FILE__, __LINE__, bytes, dev, cudaGetErrorString(e));
+        return NULL;
     }
     sao_tensor *r = sao_tensor_wrap(ctx, d, bytes, t->dtype, t->ndim, t->shape, &cuda_allocator, NULL);
     if (!r) { sao_cuda_free(d); return NULL; }
@@ -86,10 +86,9 @@ extern "C" sao_tensor *sao_tensor_to_cpu(sao_ctx *ctx, const sao_tensor *t) {
     sao_tensor *r = sao_tensor_empty(ctx, t->dtype, t->ndim, t->shape);
     if (!r) return NULL;
     size_t bytes = (size_t)sao_tensor_numel(t) * sao_dtype_size(t->dtype);
-    cudaError_t e = cudaMemcpy(sao_tensor_data(r), sao_tensor_data(t), bytes, cudaMemcpyDeviceToHost);
-    if (e != cudaSuccess) {
+    if (sao_cuda_get_bytes(ctx, sao_tensor_data(r), sao_tensor_data(t), bytes)) {
         sao_tensor_free(r);
-        return (sao_tensor *)sao_err_null(ctx, "to_cpu", "cudaMemcpy to host: %s", cudaGetErrorString(e));
+        return NULL;
     }
     return r;
 }

@@ -16,6 +16,7 @@ extern "C" {
 #include "sao_cuda.h"
 #include "sao_lora.h"
 }
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -47,31 +48,23 @@ static int keep_mirror(sao_ctx *ctx, sao_dit *m) {
     return 0;
 }
 
-// Copies bound parameter i from its host tensor into its place in the block.
-static int upload(sao_ctx *ctx, const char *op, sao_dit *m, int i, float *blk) {
+// A copy of parameter i between its host tensor and its place in the block (put: to the device),
+// through the pinned staging of glue.cu; the error names the parameter.
+static int param_copy(sao_ctx *ctx, const char *op, sao_dit *m, int i, float *blk, int put) {
     const sao_tensor *t = sao_params_tensor(m->params, i);
     size_t bytes = (size_t)param_numel(m->params, i) * sizeof(float);
-    cudaError_t e = cudaMemcpy(blk + m->doff[i], sao_tensor_data(t), bytes, cudaMemcpyHostToDevice);
-    if (e != cudaSuccess) {
-        cudaGetLastError();
-        return sao_err(ctx, op, "%s:%d: copying '%s' (%zu bytes) to device %d: %s", __FILE__, __LINE__,
-                       sao_params_name(m->params, i), bytes, m->device >= 0 ? m->device : -1, cudaGetErrorString(e));
+    float *d = blk + m->doff[i];
+    if (put ? sao_cuda_put_bytes(ctx, d, sao_tensor_data(t), bytes) : sao_cuda_get_bytes(ctx, sao_tensor_data(t), d, bytes)) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", sao_ctx_error(ctx));
+        return sao_err(ctx, op, "copying '%s' (%zu bytes) %s device %d: %s", sao_params_name(m->params, i), bytes,
+                       put ? "to" : "back from", m->device, why);
     }
     return 0;
 }
 
-// Copies parameter i's device copy back into its host tensor.
-static int download(sao_ctx *ctx, const char *op, sao_dit *m, int i) {
-    const sao_tensor *t = sao_params_tensor(m->params, i);
-    size_t bytes = (size_t)param_numel(m->params, i) * sizeof(float);
-    cudaError_t e = cudaMemcpy(sao_tensor_data(t), m->dparams + m->doff[i], bytes, cudaMemcpyDeviceToHost);
-    if (e != cudaSuccess) {
-        cudaGetLastError();
-        return sao_err(ctx, op, "%s:%d: copying '%s' (%zu bytes) back from device %d: %s", __FILE__, __LINE__,
-                       sao_params_name(m->params, i), bytes, m->device, cudaGetErrorString(e));
-    }
-    return 0;
-}
+static int upload(sao_ctx *ctx, const char *op, sao_dit *m, int i, float *blk) { return param_copy(ctx, op, m, i, blk, 1); }
+static int download(sao_ctx *ctx, const char *op, sao_dit *m, int i) { return param_copy(ctx, op, m, i, m->dparams, 0); }
 
 extern "C" int sao_dit_sync_host(sao_ctx *ctx, sao_dit *m) {
     const char *op = "dit_sync_host";
