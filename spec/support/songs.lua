@@ -9,6 +9,7 @@
 -- hats), "lead" (a scale run in eighths). Every part plays in every bar of the sections that list
 -- it, so instrumentation changes exactly at section starts.
 local sao = require "sao"
+local shell = require "support.shell"
 
 local M = {}
 
@@ -69,12 +70,8 @@ end
 --- Writes raw bytes under dir/rel; returns the path.
 function M.write_bytes(dir, rel, bytes)
   local path = dir .. "/" .. rel
-  local folder = path:match("^(.*)/[^/]+$")
-  os.execute("mkdir -p '" .. folder:gsub("'", "'\\''") .. "'")
-  local f = assert(io.open(path, "wb"))
-  f:write(bytes)
-  f:close()
-  return path
+  assert(os.execute("mkdir -p " .. shell.q(path:match("^(.*)/[^/]+$"))))
+  return shell.write(path, bytes)
 end
 
 function M.read_bytes(path)
@@ -85,6 +82,6 @@ function M.read_bytes(path)
 end
 
 --- A fresh temporary folder.
-M.tmpdir = require("support.shell").tmpdir
+M.tmpdir = shell.tmpdir
 
 return M
