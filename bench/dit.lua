@@ -43,3 +43,19 @@ print(cjson.encode {
   bench = "dit_forward", config = "E512 depth8 H8 T256 B2 L130", threads = sao.threads(), ms = t_dit * 1000,
   gflops = gflops, sgemm_gflops = sgemm, ratio_to_sgemm = gflops / sgemm, goal_ratio = 0.6,
 })
+
+-- CFG forward (batch doubled): the all-zero unconditional half skips its cross-attention
+-- (SAO_SPEC 5.5); the comparator is the same call with that zero context given explicitly, which
+-- runs it. Expected saving here: the cross-attention's share of the doubled batch's FLOPs.
+local zero = sao.zeros(cross:shape())
+local t_skip = best_of(3, function() local o = dit:forward(x, t, cross, global, { cfg_scale = 7 }); o:free() end)
+local t_full = best_of(3, function()
+  local o = dit:forward(x, t, cross, global, { cfg_scale = 7, uncond = zero }); o:free()
+end)
+local cross_flops = cfg.depth * B * (2 * N * E * E + 2 * L * Dc * 2 * Dc + 4 * N * L * E + 2 * N * E * E)
+  + B * 2 * L * Dc * Dc * 2
+print(cjson.encode {
+  bench = "dit_cfg_forward", config = "E512 depth8 H8 T256 B2(x2) L130", threads = sao.threads(),
+  ms = t_skip * 1000, ms_zero_context_run = t_full * 1000, speedup = t_full / t_skip,
+  flops_saved_fraction = cross_flops / (2 * flops),
+})

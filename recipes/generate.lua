@@ -1,7 +1,8 @@
 -- recipes/generate.lua — text to audio with Stable Audio Open (or the tiny model when no weights).
 --
 --   sao recipes/generate.lua --prompt "lofi hip hop beat, 80 BPM" --seconds 30 --steps 100 --cfg 7 \
---       --seed 1 --out out.wav [--sampler dpmpp-3m-sde] [--model DIR|sao-1.0|tiny] [--batch 2]
+--       --seed 1 --out out.wav [--negative "vocals, distortion"] [--sampler dpmpp-3m-sde]
+--       [--model DIR|sao-1.0|tiny] [--batch 2]
 --       [--seconds-start 0] [--init in.wav --init-noise 80] [--sigma-min 0.3 --sigma-max 500]
 -- A batch writes out-1.wav, out-2.wav, ... Output is 32-bit float WAV at the model's rate, peak
 -- normalised only when --normalize is given; a JSON sidecar records prompt, seed and settings.
@@ -10,8 +11,8 @@ local cjson = require "cjson"
 
 local function usage(code)
   io.stderr:write([[
-usage: sao recipes/generate.lua --prompt TEXT [--seconds S] [--steps N] [--cfg SCALE] [--seed N]
-       [--out FILE.wav] [--sampler dpmpp-3m-sde|dpmpp-2m-sde|euler|v-ddim] [--model DIR|sao-1.0|tiny]
+usage: sao recipes/generate.lua --prompt TEXT [--negative TEXT] [--seconds S] [--steps N] [--cfg SCALE]
+       [--seed N] [--out FILE.wav] [--sampler dpmpp-3m-sde|dpmpp-2m-sde|euler|v-ddim] [--model DIR|sao-1.0|tiny]
        [--batch B] [--seconds-start S] [--init FILE --init-noise SIGMA] [--sigma-min X] [--sigma-max X]
        [--normalize] [--quiet]
 ]])
@@ -20,7 +21,7 @@ end
 
 local o = { out = "out.wav", steps = 100, cfg = 7, sampler = "dpmpp-3m-sde", batch = 1 }
 local flags = { normalize = true, quiet = true, help = true }
-local valued = { prompt = true, seconds = true, steps = true, cfg = true, seed = true, out = true, sampler = true,
+local valued = { prompt = true, negative = true, seconds = true, steps = true, cfg = true, seed = true, out = true, sampler = true,
                  model = true, batch = true, seconds_start = true, init = true, init_noise = true,
                  sigma_min = true, sigma_max = true }
 local i = 1
@@ -56,7 +57,7 @@ if o.init then
   init = a
 end
 local audio, info = model:generate {
-  prompt = o.prompt, seconds = num(o.seconds, "seconds"), seconds_start = num(o.seconds_start, "seconds-start"),
+  prompt = o.prompt, negative_prompt = o.negative, seconds = num(o.seconds, "seconds"), seconds_start = num(o.seconds_start, "seconds-start"),
   steps = num(o.steps, "steps"), cfg_scale = num(o.cfg, "cfg"), seed = num(o.seed, "seed"), sampler = o.sampler,
   batch = num(o.batch, "batch"), sigma_min = num(o.sigma_min, "sigma-min"), sigma_max = num(o.sigma_max, "sigma-max"),
   init_audio = init, init_noise_level = num(o.init_noise, "init-noise"), progress = not o.quiet,
@@ -71,7 +72,7 @@ for b = 1, B do
     if peak > 0 then a = a / peak end
   end
   sao.audio.save(path, a, model:sample_rate())
-  local meta = { prompt = o.prompt, seed = info.seed, seconds = info.seconds, steps = info.steps, cfg_scale = num(o.cfg, "cfg"),
+  local meta = { prompt = o.prompt, negative_prompt = o.negative, seed = info.seed, seconds = info.seconds, steps = info.steps, cfg_scale = num(o.cfg, "cfg"),
     sampler = o.sampler, model = info.model, random_weights = info.random_weights, batch_index = b }
   local f = assert(io.open(path:gsub("%.wav$", "") .. ".json.tmp", "w"))
   f:write(cjson.encode(meta), "\n")

@@ -114,6 +114,8 @@ void dit_device_release(sao_dit *m);
 /* Sizes derived from the config and a (batch, frames, context) shape. */
 typedef struct {
     int64_t B, T, L, N;          /* batch, latent frames, context tokens, tokens = 1 + T */
+    int64_t Bx;                  /* the first Bx items attend to the context (B but for the CFG
+                                  * forward's skipped all-zero half, SAO_SPEC 5.5) */
     int64_t io, E, H, D, Dc, Dg, Hkv, F, TF, rot;
 } dit_dims;
 void dit_dims_init(const sao_dit *m, int64_t B, int64_t T, int64_t L, dit_dims *d);

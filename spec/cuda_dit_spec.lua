@@ -126,6 +126,18 @@ describe("DiT on CUDA #gpu", function()
     assert.is_true(plain_g:maxdiff(got) > 1e-3)            -- the rescale did act on the device
   end)
 
+  gpu_it("a negative context for the CFG half, and the skipped zero half, match the CPU", function()
+    local cpu, gpu = new_dit(), new_dit():to("cuda")
+    local neg = sao.randn { cross:shape(), seed = 5 }
+    -- estimates as for the CFG 7 path above (abs 3e-4)
+    assert.tensor_near(cpu:forward(x, t, cross, global, { cfg_scale = 4, uncond = neg }),
+      gpu:forward(x, t, cross, global, { cfg_scale = 4, uncond = neg }), { abs = 3e-4 })
+    local skipped = gpu:forward(x, t, cross, global, { cfg_scale = 7 })
+    local full = gpu:forward(x, t, cross, global, { cfg_scale = 7, uncond = sao.zeros(cross:shape()) })
+    -- the explicit zero half adds exact zeros; the conditional half's kernels see half the rows
+    assert.tensor_near(full, skipped, { abs = 1e-5 })
+  end)
+
   gpu_it("with CFG, hidden holds the conditional half's states (device)", function()
     check_cfg_hidden(new_dit():to("cuda"))
   end)

@@ -31,6 +31,22 @@ describe("load_model and generate (tiny)", function()
     assert.is_true(a:maxdiff(b) > 1e-5)
   end)
 
+  it("a negative prompt conditions the CFG's other half", function()
+    local g = { prompt = "drums", seconds = 1, steps = 2, seed = 1, progress = false, cfg_scale = 7, frames = 256 }
+    local plain, info0 = m:generate(g)
+    g.negative_prompt = "vocals"
+    local a, info = m:generate(g)
+    local b = m:generate(g)
+    assert.equal(0, a:maxdiff(b))
+    assert.is_true(a:maxdiff(plain) > 1e-5)
+    assert.equal("vocals", info.negative_prompt)
+    assert.is_nil(info0.negative_prompt)
+    g.negative_prompt = ""                              -- empty: none
+    assert.equal(0, plain:maxdiff(m:generate(g)))
+    g.prompt, g.negative_prompt = { "a", "b" }, { "c" }
+    assert.error_matches(function() m:generate(g) end, "1 negative prompts for 2 prompts")
+  end)
+
   it("batches, samplers and errors", function()
     local a = m:generate { prompt = { "a", "b" }, seconds = 0.5, steps = 2, seed = 1, progress = false, sampler = "euler", frames = 128 }
     assert.same({ 2, 2, 22050 }, a:shape())
@@ -96,14 +112,15 @@ end)
 describe("recipes/generate.lua", function()
   it("writes a WAV and a JSON sidecar, and refuses bad arguments", function()
     local dir = tmpdir()
-    local ok = os.execute("./sao recipes/generate.lua --prompt 'soft rain' --seconds 0.5 --steps 3 --seed 2 --quiet --out "
-      .. dir .. "/x.wav > /dev/null 2>&1")
+    local ok = os.execute("./sao recipes/generate.lua --prompt 'soft rain' --negative 'thunder' --seconds 0.5 --steps 3"
+      .. " --seed 2 --quiet --out " .. dir .. "/x.wav > /dev/null 2>&1")
     assert.is_true(ok == 0 or ok == true)
     local a, sr = sao.audio.load(dir .. "/x.wav")
     assert.equal(44100, sr)
     assert.same({ 2, 22050 }, a:shape())
     local meta = require("cjson").decode(io.open(dir .. "/x.json"):read("*a"))
     assert.equal(2, meta.seed)
+    assert.equal("thunder", meta.negative_prompt)
     assert.is_true(meta.random_weights)
     local rc = os.execute("./sao recipes/generate.lua --seconds 1 > /dev/null 2>&1")
     assert.is_false(rc == 0 or rc == true)

@@ -80,26 +80,37 @@ function Dit:sync_host()
 end
 
 --- x [B, io, T], t [B] (or a number), cross [B, L, Dc] or nil, global [B, Dg].
---- opts: cfg_scale (1), scale_phi (0), hidden (true: also return [depth, B, 1+T, E]).
---- Host tensors in and out, wherever the weights are.
+--- opts: cfg_scale (1), scale_phi (0), hidden (true: also return [depth, B, 1+T, E]),
+--- uncond ([B, L, Dc]: the CFG half's context, e.g. a negative prompt's; default none, all zero,
+--- which skips that half's cross-attention). Host tensors in and out, wherever the weights are.
 function Dit:forward(x, t, cross, global, opts)
   opts = opts or {}
   local xs = x:shape()
   local B, T = xs[1], xs[3]
   if type(t) == "number" then t = sao.full({ B }, t) end
   x, t, global = models.f32(x), models.f32(t), models.f32(global)
-  local L, cp = 0, nil
+  local L, cp, uncond, up = 0, nil, nil, nil
   if cross then
     cross = models.f32(cross)
     L = cross:size(2)
     cp = cross:data()
+  end
+  if opts.uncond then
+    if not cross then error("dit:forward: uncond given without a cross context", 2) end
+    local us, cs = opts.uncond:shape(), cross:shape()
+    if #us ~= 3 or us[1] ~= cs[1] or us[2] ~= cs[2] or us[3] ~= cs[3] then
+      error(string.format("dit:forward: uncond is [%s], the cross context [%s]", table.concat(us, ", "),
+        table.concat(cs, ", ")), 2)
+    end
+    uncond = models.f32(opts.uncond)   -- a local keeps a converted copy alive through the call
+    up = uncond:data()
   end
   local out = sao.empty(xs)
   local hidden
   if opts.hidden then
     hidden = sao.empty(self.config.depth, B, T + 1, self.config.embed_dim)
   end
-  sao.check(C.sao_dit_forward(sao.ctx, self.h, x:data(), t:data(), cp, global:data(), B, T, L,
+  sao.check(C.sao_dit_forward(sao.ctx, self.h, x:data(), t:data(), cp, up, global:data(), B, T, L,
     opts.cfg_scale or 1, opts.scale_phi or 0, out:data(), hidden and hidden:data() or nil), 2)
   return out, hidden
 end

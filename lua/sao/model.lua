@@ -226,7 +226,9 @@ function Model:condition(prompts, seconds_start, seconds_total)
 end
 
 --- Text to audio. opts: prompt (string or list), seconds (seconds_total; default the window),
---- seconds_start (0), steps (100), cfg_scale (7), sampler ("dpmpp-3m-sde"), sigma_min (0.3),
+--- seconds_start (0), steps (100), cfg_scale (7), negative_prompt (string or one per prompt: the
+--- CFG's unconditional half is conditioned on it, with the same seconds, instead of on nothing),
+--- sampler ("dpmpp-3m-sde"), sigma_min (0.3),
 --- sigma_max (500), rho (1), seed, batch (1), scale_phi (0), init_audio ([C,S] or [B,C,S]) with
 --- init_noise_level (sigma_max for audio-to-audio), chunked_decode (default: when frames > 256),
 --- trim (true), progress (true),
@@ -251,6 +253,19 @@ function Model:generate(opts)
   end
   local seed = opts.seed or math.random(0, 2 ^ 31 - 1)
   local cross, global = self:condition(prompts, opts.seconds_start or 0, seconds)
+  local uncond
+  if opts.negative_prompt and opts.negative_prompt ~= "" then
+    local neg = opts.negative_prompt
+    if type(neg) == "string" then
+      neg = {}
+      for i = 1, B do neg[i] = opts.negative_prompt end
+    elseif #neg ~= B then
+      error(string.format("generate: %d negative prompts for %d prompts", #neg, B), 2)
+    end
+    -- upstream keeps the positive seconds in the global token and uses the negative conditioning's
+    -- context (padding rows already zero), seconds tokens included
+    uncond = self:condition(neg, opts.seconds_start or 0, seconds)
+  end
   local noise = sao.randn { { B, self.c.latent_dim, frames }, seed = seed }
   local init, sigma_max = nil, opts.sigma_max or 500
   if opts.init_audio then
@@ -269,7 +284,7 @@ function Model:generate(opts)
   local t0 = now()
   local latents = sao.sampler.sample {
     model = function(x, t)
-      return dit:forward(x, sao.full({ B }, t), cross, global, { cfg_scale = cfg_scale, scale_phi = phi })
+      return dit:forward(x, sao.full({ B }, t), cross, global, { cfg_scale = cfg_scale, scale_phi = phi, uncond = uncond })
     end,
     noise = noise, init = init, steps = opts.steps or 100, sigma_min = opts.sigma_min or 0.3, sigma_max = sigma_max,
     rho = opts.rho or 1, sampler = opts.sampler or "dpmpp-3m-sde", seed = seed, progress = opts.progress ~= false,
@@ -294,6 +309,7 @@ function Model:generate(opts)
     audio = audio:narrow(3, 1, keep):contiguous()
   end
   return audio, { seed = seed, seconds = seconds, steps = opts.steps or 100, model = self.name,
+    negative_prompt = uncond and opts.negative_prompt or nil,
     random_weights = self.random, sampling_s = now() - t0, latents = latents, device = self.device or "cpu" }
 end
 

@@ -45,12 +45,15 @@ void sao_dit_free(sao_dit *m);
 sao_params *sao_dit_params(sao_dit *m);
 const sao_dit_config *sao_dit_get_config(const sao_dit *m);
 /* x [B, io, T] (c_in-scaled), t [B], cross [B, L, Dc] (L = 0: no cross-attention), global [B, Dg]
- * -> out [B, io, T] (v prediction). cfg_scale != 1 runs the doubled CFG batch (zero context for
- * the unconditional half); scale_phi is the CFG rescale amount (0 = off). hidden, when not NULL,
- * receives the conditional half's hidden state after every block: [depth, B, 1+T, E]. */
+ * -> out [B, io, T] (v prediction). cfg_scale != 1 runs the doubled CFG batch: the unconditional
+ * half's context is uncond [B, L, Dc] (a negative prompt's conditioning, padding rows zero) or,
+ * when uncond is NULL, all zero, which skips that half's cross-attention (exact: it adds 0).
+ * uncond is not read when cfg_scale is 1. scale_phi is the CFG rescale amount (0 = off). hidden,
+ * when not NULL, receives the conditional half's hidden state after every block: [depth, B, 1+T, E]. */
 int sao_dit_forward(sao_ctx *ctx, sao_dit *m, const float *x, const float *t, const float *cross,
-                    const float *global, int64_t B, int64_t T, int64_t L, double cfg_scale,
-                    double scale_phi, float *out /* out */, float *hidden /* out, may be NULL */);
+                    const float *uncond /* may be NULL */, const float *global, int64_t B, int64_t T,
+                    int64_t L, double cfg_scale, double scale_phi, float *out /* out */,
+                    float *hidden /* out, may be NULL */);
 /* The prepended token's parts: timestep embedding temb [B, E] of t [B] and global embedding gemb
  * [B, E] of global [B, Dg] (the token is their sum). */
 int sao_dit_token(sao_ctx *ctx, sao_dit *m, const float *t, const float *global, int64_t B,
@@ -62,8 +65,8 @@ int sao_dit_token(sao_ctx *ctx, sao_dit *m, const float *t, const float *global,
  * come back. The host copies stay (sao_dit_params, state dicts); a parameter rebound after the
  * upload (a new checkpoint loaded) is uploaded again by the next call, but an in-place edit of a
  * host tensor is not seen until sao_dit_to_device runs again: on the model's own device it uploads
- * every parameter anew (on another device it moves the weights there). Refused for a
- * model with LoRA adapters; training (sao_dit_train_*) and LoRA refuse a device model.
+ * every parameter anew (on another device it moves the weights there). LoRA adapters follow the
+ * model (sao_dit_lora_place) and training (sao_dit_train_*) runs on the model's device.
  * Without the CUDA backend: an error saying why ("built without CUDA", runtime/cuda_load.c). */
 int sao_dit_to_device(sao_ctx *ctx, sao_dit *m, int device);
 /* Back to the CPU kernels and host weights; the device blocks go back to the cache. 0 on a host model.
