@@ -298,29 +298,60 @@ local fwd_line = provisional(line { what = "dit_forward_cfg_" .. SUFFIX, seconds
   -- all-zero half's cross-attention (SAO_SPEC 5.5), so this is the rate of equivalent work
   flops_basis = "upstream CFG batch (zero-context cross-attention counted, sao skips it)" })
 
--- ---- (b) the sampling loop: 100 steps of dpmpp-3m-sde, CFG 7, through sao.sampler ----------------
+-- ---- (a') the same forward replayed as a CUDA graph (dit:graphs): comparator, (a) in this run -----
+local eager_out = dit:forward(x, tt, cross, global, { cfg_scale = CFG_SCALE, scale_phi = 0 })
+dit:graphs(true)
+forward()                                                   -- eager: the key recorded
+forward()                                                   -- captured
+local best_g = math.huge
+for _ = 1, REPEAT do
+  t1 = now()
+  forward()
+  best_g = math.min(best_g, now() - t1)
+end
+local graph_out = dit:forward(x, tt, cross, global, { cfg_scale = CFG_SCALE, scale_phi = 0 })
+local gst = dit:graph_stats()
+dit:graphs(false)
+emit(line { what = "dit_forward_cfg_graph_" .. SUFFIX, seconds = best_g, ms = best_g * 1000,
+  eager_ms = best * 1000, speedup = best / best_g, captures = gst.captures, replays = gst.replays,
+  why_not = gst.why, max_diff_to_eager = graph_out:maxdiff(eager_out) })
+
+-- ---- (b) the sampling loop: 100 steps of dpmpp-3m-sde, CFG 7, through sao.sampler, eager and as
+-- CUDA graphs (the same kernels: the latents must agree bit for bit) ---------------------------------
 local noise = sao.randn { { 1, dcfg.io_channels, frames }, seed = 4 }
+local function sample_loop(graphs)
+  dit:graphs(graphs)
+  local t0 = now()
+  local lat = sao.sampler.sample {
+    model = function(xin, t)
+      return dit:forward(xin, sao.full({ 1 }, t), cross, global, { cfg_scale = CFG_SCALE, scale_phi = 0 })
+    end,
+    noise = noise, steps = STEPS, sigma_min = 0.3, sigma_max = 500, rho = 1, sampler = "dpmpp-3m-sde", seed = 4,
+    progress = false,
+  }
+  local secs = now() - t0
+  local st = dit:graph_stats()
+  dit:graphs(false)
+  return lat, secs, st
+end
 mark()
-t1 = now()
-local latents = sao.sampler.sample {
-  model = function(xin, t)
-    return dit:forward(xin, sao.full({ 1 }, t), cross, global, { cfg_scale = CFG_SCALE, scale_phi = 0 })
-  end,
-  noise = noise, steps = STEPS, sigma_min = 0.3, sigma_max = 500, rho = 1, sampler = "dpmpp-3m-sde", seed = 4,
-  progress = false,
-}
-local sample_s = now() - t1
+local latents, sample_s = sample_loop(false)
 local lmax = latents:abs():max()
 local sample_line = provisional(line { what = "sample_" .. STEPS .. "_cfg_" .. SUFFIX, seconds = sample_s,
   ms = sample_s * 1000, steps = STEPS, sampler = "dpmpp-3m-sde", cfg_scale = CFG_SCALE,
   ms_per_step = sample_s / STEPS * 1000, tflops = STEPS * dit_flops(2, frames, L) / sample_s / 1e12,
   latents_abs_max = lmax, finite = lmax == lmax and lmax < math.huge })
+local glat, gsample_s, gst2 = sample_loop(true)
+emit(line { what = "sample_" .. STEPS .. "_cfg_graph_" .. SUFFIX, seconds = gsample_s, ms = gsample_s * 1000,
+  eager_seconds = sample_s, speedup = sample_s / gsample_s, ms_per_step = gsample_s / STEPS * 1000,
+  captures = gst2.captures, replays = gst2.replays, why_not = gst2.why, max_diff_to_eager = glat:maxdiff(latents) })
 
 -- ---- the generation: sampling + one VAE decode of the window (the goal's scope; the decode time is
 -- (c)'s, the same work on other latents); with the conditioning in with_condition_seconds ----------
 local total = sample_s + decode_s
 emit(line { what = "generate_" .. SUFFIX, seconds = total, sample_seconds = sample_s, decode_seconds = decode_s,
   condition_seconds = cond_s, with_condition_seconds = total + cond_s, steps = STEPS, goal_seconds = GOAL_S,
+  with_graphs_seconds = math.min(sample_s, gsample_s) + decode_s,
   goal_gpu = "H100", meets_goal = (not SMALL and STEPS == 100) and total <= GOAL_S or nil })
 
 -- ---- PyTorch at the same shapes, then (a) and (b) with its times --------------------------------------

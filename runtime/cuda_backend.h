@@ -179,7 +179,9 @@
     PTR(sao_tensor *, sao_dit_device_tensor, (sao_ctx *ctx, sao_dit *m, const char *name), (ctx, m, name))  \
     ERR(dit_device_begin, (sao_ctx *ctx, sao_dit *m), (ctx, m))                                            \
     PTR(float *, dit_device_ws, (sao_ctx *ctx, sao_dit *m, size_t floats), (ctx, m, floats))               \
-    OWN(dit_device_release)
+    OWN(dit_device_release)                                                                                \
+    ERR(dit_graph_begin, (sao_ctx *ctx, sao_dit *m, const dit_graph_key *key), (ctx, m, key))             \
+    ERR(dit_graph_end, (sao_ctx *ctx, sao_dit *m, int mode, int rc), (ctx, m, mode, rc))
 
 /* The table libsao_cuda.so fills: one pointer per entry point, typed from its declaration. */
 #define SAO_CUDA_FIELD_ERR(name, params, args) __typeof__(&name) fn_##name;

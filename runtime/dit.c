@@ -381,6 +381,53 @@ int sao_dit_token(sao_ctx *ctx, sao_dit *m, const float *t, const float *global,
     return ops->get(ctx, temb, te, B * d.E) || ops->get(ctx, gemb, ge, B * d.E) ? -1 : 0;
 }
 
+/* The forward's buffers in the workspace (host or device). */
+typedef struct {
+    float *xi, *ti, *ci, *gi, *sbuf, *abuf, *h, *o, *ot, *y;
+} dit_fwd_bufs;
+
+/* The device-side work of a forward: inputs in the workspace -> o [B, io, T] (the CFG-combined v
+ * when cfg_on). hidden (host, may be NULL) gets the first B items' state after every block. */
+static int forward_work(sao_ctx *ctx, const sao_dit *m, const dit_dims *d, const dit_fwd_bufs *b, int64_t B,
+                        int cfg_on, double cfg_scale, double scale_phi, float *hidden) {
+    const dit_ops *ops = m->ops;
+    int64_t T = d->T, io = d->io, N = d->N, E = d->E;
+    dit_stem s;
+    dit_acts a;
+    dit_stem_layout(d, b->sbuf, &s);
+    dit_acts_layout(d, b->abuf, &a);
+    if (dit_stem_forward(ctx, m, d, b->xi, b->ti, d->L > 0 ? b->ci : NULL, b->gi, &s, b->h)) return -1;
+    for (int i = 0; i < m->cfg.depth; i++) {
+        if (dit_block_forward(ctx, m, i, d, s.cc, b->h, &a)) return -1;
+        if (hidden && ops->get(ctx, hidden + (size_t)i * B * N * E, b->h, B * N * E)) return -1;
+        if (sao_interrupt_pending()) return sao_err(ctx, "dit_forward", "interrupted");
+    }
+    if (dit_head_forward(ctx, m, d, b->h, b->o, b->ot, b->y)) return -1;
+    /* y is [BB, T, io]: combine the CFG halves in token layout (into ot), then transpose into o
+     * (free after the head) */
+    const float *res = b->y;
+    if (cfg_on) {
+        if (ops->cfg(ctx, b->y, b->y + B * T * io, B * T, io, cfg_scale, scale_phi, b->ot)) return -1;
+        res = b->ot;
+    }
+    return ops->transpose(ctx, res, B, T, io, 0, b->o);
+}
+
+int sao_dit_graphs(sao_dit *m, int on) {
+    int was = m->graphs;
+    if (on >= 0) {
+        m->graphs = on != 0;
+        if (on) m->graph_why[0] = 0;   /* asked again: try capturing again */
+    }
+    return was;
+}
+
+void sao_dit_graph_stats(const sao_dit *m, int64_t *captures, int64_t *replays, const char **why) {
+    if (captures) *captures = m->graph_captures;
+    if (replays) *replays = m->graph_replays;
+    if (why) *why = m->graph_why;
+}
+
 int sao_dit_forward(sao_ctx *ctx, sao_dit *m, const float *x, const float *t, const float *cross,
                     const float *uncond, const float *global, int64_t B, int64_t T, int64_t L,
                     double cfg_scale, double scale_phi, float *out, float *hidden) {
@@ -399,34 +446,34 @@ int sao_dit_forward(sao_ctx *ctx, sao_dit *m, const float *x, const float *t, co
     size_t total = n_in + dit_stem_size(&d) + dit_acts_size(&d) + n_h + n_o + 2 * n_y;
     float *w = ws_get(ctx, m, total);
     if (!w) return -1;
-    float *xi = w, *ti = xi + BB * io * T, *ci = ti + BB, *gi = ci + BB * (L > 0 ? L : 1) * Dc;
-    float *sbuf = gi + BB * Dg, *abuf = sbuf + dit_stem_size(&d), *h = abuf + dit_acts_size(&d);
-    float *o = h + n_h, *ot = o + n_o, *y = ot + n_y;
+    dit_fwd_bufs b;
+    b.xi = w; b.ti = b.xi + BB * io * T; b.ci = b.ti + BB; b.gi = b.ci + BB * (L > 0 ? L : 1) * Dc;
+    b.sbuf = b.gi + BB * Dg; b.abuf = b.sbuf + dit_stem_size(&d); b.h = b.abuf + dit_acts_size(&d);
+    b.o = b.h + n_h; b.ot = b.o + n_o; b.y = b.ot + n_y;
     /* inputs of the doubled batch: [x; x], [t; t], [cross; uncond], [global; global]; without
      * uncond the second half's context is zero and only the first B items attend to it */
-    if (ops->put(ctx, xi, x, B * io * T) || ops->put(ctx, ti, t, B) || ops->put(ctx, gi, global, B * Dg)) return -1;
-    if (L > 0 && ops->put(ctx, ci, cross, B * L * Dc)) return -1;
-    if (cfg_on && (dit_copy(ctx, ops, xi + B * io * T, xi, B * io * T) || dit_copy(ctx, ops, ti + B, ti, B) ||
-                   dit_copy(ctx, ops, gi + B * Dg, gi, B * Dg))) return -1;
-    if (cfg_on && uncond && ops->put(ctx, ci + B * L * Dc, uncond, B * L * Dc)) return -1;
-    dit_stem s;
-    dit_acts a;
-    dit_stem_layout(&d, sbuf, &s);
-    dit_acts_layout(&d, abuf, &a);
-    if (dit_stem_forward(ctx, m, &d, xi, ti, L > 0 ? ci : NULL, gi, &s, h)) return -1;
-    for (int i = 0; i < m->cfg.depth; i++) {
-        if (dit_block_forward(ctx, m, i, &d, s.cc, h, &a)) return -1;
-        if (hidden && ops->get(ctx, hidden + (size_t)i * B * N * E, h, B * N * E)) return -1;
-        if (sao_interrupt_pending()) return sao_err(ctx, op, "interrupted");
+    if (ops->put(ctx, b.xi, x, B * io * T) || ops->put(ctx, b.ti, t, B) || ops->put(ctx, b.gi, global, B * Dg)) return -1;
+    if (L > 0 && ops->put(ctx, b.ci, cross, B * L * Dc)) return -1;
+    if (cfg_on && (dit_copy(ctx, ops, b.xi + B * io * T, b.xi, B * io * T) || dit_copy(ctx, ops, b.ti + B, b.ti, B) ||
+                   dit_copy(ctx, ops, b.gi + B * Dg, b.gi, B * Dg))) return -1;
+    if (cfg_on && uncond && ops->put(ctx, b.ci + B * L * Dc, uncond, B * L * Dc)) return -1;
+    /* the work itself, on a device model possibly as a CUDA graph (kernels/cuda/dit_graph.cu):
+     * not with hidden (fetched between blocks) nor with adapters (their state is not in the key) */
+    int graph = m->device >= 0 && m->graphs && !hidden && !m->lora;
+    int mode = DIT_GRAPH_EAGER;
+    if (graph) {
+        dit_graph_key k = {.B = BB, .T = T, .L = L, .Bx = d.Bx, .scale = cfg_on ? cfg_scale : 1.0,
+                           .phi = cfg_on ? scale_phi : 0.0, .ws = w, .weights = m->dparams};
+        if ((mode = dit_graph_begin(ctx, m, &k)) < 0) return -1;
     }
-    if (dit_head_forward(ctx, m, &d, h, o, ot, y)) return -1;
-    /* y is [BB, T, io]: combine the CFG halves in token layout (into ot), then transpose into o
-     * (free after the head) and fetch it as out [B, io, T] */
-    const float *res = y;
-    if (cfg_on) {
-        if (ops->cfg(ctx, y, y + B * T * io, B * T, io, cfg_scale, scale_phi, ot)) return -1;
-        res = ot;
+    if (mode != DIT_GRAPH_REPLAYED) {
+        int rc = forward_work(ctx, m, &d, &b, B, cfg_on, cfg_scale, scale_phi, hidden);
+        if (graph) {
+            int e = dit_graph_end(ctx, m, mode, rc);
+            if (e < 0) return -1;
+            if (e == 1) rc = forward_work(ctx, m, &d, &b, B, cfg_on, cfg_scale, scale_phi, hidden);
+        }
+        if (rc) return -1;
     }
-    if (ops->transpose(ctx, res, B, T, io, 0, o)) return -1;
-    return ops->get(ctx, out, o, B * io * T);
+    return ops->get(ctx, out, b.o, B * io * T);
 }

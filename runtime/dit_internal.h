@@ -99,6 +99,11 @@ struct sao_dit {
                            they may be newer than the host tensors, so leaving the device, or
                            uploading again, first copies them back (sao_dit_sync_host) */
     size_t dws_size;    /* in floats */
+    /* CUDA graphs of the device forward (sao_dit_graphs; kernels/cuda/dit_graph.cu) */
+    int graphs;                  /* asked for */
+    struct dit_graph *graph;     /* the capture state, NULL until first used */
+    int64_t graph_captures, graph_replays;
+    char graph_why[256];         /* why capture was given up on this model ("" while it was not) */
 };
 
 /* Device glue (kernels/cuda/dit_device.cu, reached through runtime/cuda_load.c).
@@ -110,6 +115,23 @@ int dit_device_begin(sao_ctx *ctx, sao_dit *m);
 int dit_begin(sao_ctx *ctx, sao_dit *m, const char *op);
 float *dit_device_ws(sao_ctx *ctx, sao_dit *m, size_t floats);
 void dit_device_release(sao_dit *m);
+
+/* The device forward as a CUDA graph (kernels/cuda/dit_graph.cu). dit.c asks begin how to run the
+ * device part of a forward: EAGER (run the kernels), CAPTURING (run them: they are recorded, not
+ * executed) or REPLAYED (already launched: only fetch the output); then, for EAGER or CAPTURING,
+ * tells end how the run went (rc). end returns 0, 1 when the capture failed and the work must be
+ * run eagerly, or -1. dit_graph_release drops the state (dit_device_release calls it). The key's
+ * precision and lt fields are filled in by begin. */
+enum { DIT_GRAPH_EAGER = 0, DIT_GRAPH_CAPTURING = 1, DIT_GRAPH_REPLAYED = 2 };
+typedef struct {
+    int64_t B, T, L, Bx;
+    double scale, phi;
+    const float *ws, *weights;
+    int precision, lt;
+} dit_graph_key;
+int dit_graph_begin(sao_ctx *ctx, sao_dit *m, const dit_graph_key *key);
+int dit_graph_end(sao_ctx *ctx, sao_dit *m, int mode, int rc);
+void dit_graph_release(sao_dit *m);
 
 /* Sizes derived from the config and a (batch, frames, context) shape. */
 typedef struct {

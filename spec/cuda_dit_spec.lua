@@ -85,6 +85,17 @@ describe("DiT on CUDA #gpu", function()
 
   it("with CFG, hidden holds the conditional half's states", function() check_cfg_hidden(new_dit()) end)
 
+  it("dit:graphs on a host model is remembered and changes nothing (no captures)", function()
+    local d = new_dit()
+    assert.is_false(d:graphs())
+    local want = d:forward(x, t, cross, global, { cfg_scale = 7 })
+    assert.is_false(d:graphs(true))
+    assert.is_true(d:graphs())
+    for _ = 1, 3 do assert.equal(0, want:maxdiff(d:forward(x, t, cross, global, { cfg_scale = 7 }))) end
+    assert.same({ captures = 0, replays = 0 }, d:graph_stats())
+    assert.is_true(d:graphs(false))
+  end)
+
   it("load_model checks the device before reading any weights", function()
     assert.error_matches(function() sao.load_model("tiny", { device = "tpu", quiet = true }) end,
       "load_model: device 'tpu': expected \"cpu\", \"cuda\" or \"cuda:N\"")
@@ -246,6 +257,58 @@ describe("DiT on CUDA #gpu", function()
       assert.tensor_near(want, rounded, { abs = 2e-2 * want:abs():max(), rel = 2e-2 })
     end)
     sao.cuda.precision(was)
+    if not ok then error(err, 0) end
+  end)
+
+  gpu_it("CUDA graphs: captured on the second call, replayed bit for bit after; a free re-captures", function()
+    local cpu = new_dit()
+    local d = new_dit():to("cuda")
+    local eager = d:forward(x, t, cross, global, { cfg_scale = 7 })
+    local x2 = x * 0.5
+    local want2 = cpu:forward(x2, t, cross, global, { cfg_scale = 7 })
+    -- the counts below assume no device block is freed except where the test frees one: no GC of
+    -- earlier tests' device tensors in between
+    collectgarbage()
+    collectgarbage()
+    collectgarbage("stop")
+    local ok, err = pcall(function()
+      d:graphs(true)
+      local outs = {}
+      for i = 1, 4 do outs[i] = d:forward(x, t, cross, global, { cfg_scale = 7 }) end
+      local st = d:graph_stats()
+      assert.is_nil(st.why)
+      -- call 1 eager (warm: the key and the allocator's free count recorded), 2 captured, 3-4 replayed
+      assert.same({ captures = 1, replays = 2 }, st)
+      for i = 1, 4 do assert.equal(0, eager:maxdiff(outs[i])) end   -- the same kernels in the same order
+      -- new inputs go into the same buffers: the replay reads them (CFG 7 estimate as above)
+      assert.tensor_near(want2, d:forward(x2, t, cross, global, { cfg_scale = 7 }), { abs = 3e-4 })
+      assert.same({ captures = 1, replays = 3 }, d:graph_stats())
+      -- another CFG scale is another key: eager, then captured
+      local a = d:forward(x, t, cross, global, { cfg_scale = 3 })
+      assert.equal(0, a:maxdiff(d:forward(x, t, cross, global, { cfg_scale = 3 })))
+      assert.same({ captures = 2, replays = 3 }, d:graph_stats())
+      -- anything freed on the device: the next call runs eagerly, the one after captures anew
+      sao.randn { { 1024 }, seed = 1 }:to("cuda"):free()
+      assert.equal(0, a:maxdiff(d:forward(x, t, cross, global, { cfg_scale = 3 })))
+      assert.same({ captures = 2, replays = 3 }, d:graph_stats())
+      assert.equal(0, a:maxdiff(d:forward(x, t, cross, global, { cfg_scale = 3 })))
+      assert.same({ captures = 3, replays = 3 }, d:graph_stats())
+      -- hidden states are fetched between blocks: eager, the counts stay
+      d:forward(x, t, cross, global, { cfg_scale = 3, hidden = true })
+      assert.same({ captures = 3, replays = 3 }, d:graph_stats())
+      -- weights written in place (as an optimiser step does) are what the replay reads
+      assert.equal(0, a:maxdiff(d:forward(x, t, cross, global, { cfg_scale = 3 })))
+      local st0 = d:graph_stats()
+      local w = d:device_tensor("transformer.project_out.weight")
+      w:copy_(w:to("cpu") * 0.5)
+      local after = d:forward(x, t, cross, global, { cfg_scale = 3 })
+      assert.is_true(d:graph_stats().replays > st0.replays or d:graph_stats().captures > st0.captures)
+      assert.is_true(after:maxdiff(a) > 1e-3)
+      -- the graph goes with the blocks; the CPU forward of the edited weights agrees
+      d:to("cpu")
+      assert.tensor_near(after, d:forward(x, t, cross, global, { cfg_scale = 3 }), { abs = 3e-4 })
+    end)
+    collectgarbage("restart")
     if not ok then error(err, 0) end
   end)
 

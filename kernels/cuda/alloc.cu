@@ -42,6 +42,7 @@ struct Cache {
     int64_t cached = 0;         // bytes of free blocks held in the bins
     int64_t peak = 0;           // max of `allocated` since the process started
     int64_t n_cudamalloc = 0;   // driver allocations made
+    int64_t n_freed = 0;        // blocks handed back or released (sao_cuda_free_count)
 };
 
 pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -70,6 +71,7 @@ int64_t release_cached(int device) {
         for (void *p : it->second) {
             cudaFree(p);
             freed += (int64_t)it->first.second;
+            cache->n_freed++;
         }
         it = cache->bins.erase(it);
     }
@@ -146,6 +148,7 @@ extern "C" int sao_cuda_free(void *ptr) {
     if (it == cache->live.end()) return -1;   // not ours (or freed twice): leave it alone
     Block b = it->second;
     cache->live.erase(it);
+    cache->n_freed++;
     try {
         cache->bins[{b.device, b.size}].push_back(ptr);
         cache->cached += (int64_t)b.size;
@@ -155,6 +158,11 @@ extern "C" int sao_cuda_free(void *ptr) {
     }
     cache->allocated -= (int64_t)b.size;
     return 0;
+}
+
+int64_t sao_cuda_free_count(void) {
+    Locked guard;
+    return cache ? cache->n_freed : 0;
 }
 
 extern "C" int64_t sao_cuda_empty_cache(void) {

@@ -37,13 +37,24 @@ int sao_cuda_bf16_mirror(sao_ctx *ctx, const float *base, int64_t n, int on);
 // The stream sao's kernels are launched on: the legacy default stream, so every launch and copy
 // is ordered, and the caching allocator (alloc.cu) may hand a freed block to the next caller at
 // once. A per-context stream will need the allocator to record an event per freed block.
-static inline cudaStream_t sao_cuda_stream(void) { return 0; }
+// The one exception is a CUDA graph capture (dit_graph.cu): while this thread captures, launches
+// go to the capture stream (a blocking stream, so its replays are ordered with the legacy stream's
+// work on both sides) and the pointer checks below are skipped (the same call, with the same
+// pointers, ran checked just before). Both variables are defined in device.cu.
+extern thread_local cudaStream_t sao_cuda_cur_stream;
+extern thread_local bool sao_cuda_capturing;
+static inline cudaStream_t sao_cuda_stream(void) { return sao_cuda_cur_stream; }
+
+// alloc.cu: how many blocks have been handed back (sao_cuda_free) or released to the driver since
+// the process started. A captured graph bakes in addresses: it may replay only while this count
+// is the one it was captured under (nothing it uses can have gone to another owner).
+int64_t sao_cuda_free_count(void);
 
 // 0 when p is NULL or device (or managed) memory of the current device; otherwise a sao error
 // naming the argument. A host pointer handed to a kernel would fault the whole CUDA context
 // (every later call fails), so entry points check their pointers first (about a microsecond each).
 static inline int sao_cuda_check_ptr(sao_ctx *ctx, const char *op, const char *what, const void *p) {
-    if (!p) return 0;
+    if (!p || sao_cuda_capturing) return 0;
     cudaPointerAttributes a;
     cudaError_t e = cudaPointerGetAttributes(&a, p);
     if (e != cudaSuccess) {

@@ -12,6 +12,9 @@ extern "C" {
 #include <stdio.h>
 #include <stdlib.h>
 
+thread_local cudaStream_t sao_cuda_cur_stream = 0;   // cuda_internal.h
+thread_local bool sao_cuda_capturing = false;
+
 extern "C" int sao_cuda_device_count(void) {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) {
@@ -132,7 +135,7 @@ extern "C" int sao_cuda_rand_fill(sao_ctx *ctx, sao_tensor *t, uint64_t seed, ui
         return sao_err(ctx, op, "needs a contiguous f32 device tensor");
     long long n = (long long)sao_tensor_numel(t);
     if (n == 0) return 0;
-    rand_kernel<<<(unsigned)((n + 255) / 256), 256>>>((float *)sao_tensor_data(t), n, seed, offset, normal);
+    rand_kernel<<<(unsigned)((n + 255) / 256), 256, 0, sao_cuda_stream()>>>((float *)sao_tensor_data(t), n, seed, offset, normal);
     CUDA_TRY(ctx, op, cudaGetLastError());
     CUDA_TRY(ctx, op, cudaDeviceSynchronize());
     return 0;
@@ -154,14 +157,14 @@ __global__ static void silu_bwd(const float *dy, const float *x, long long n, fl
 
 extern "C" int sao_cuda_silu_forward(sao_ctx *ctx, const float *x, int64_t n, float *y) {
     if (n <= 0) return 0;
-    silu_fwd<<<(unsigned)((n + 255) / 256), 256>>>(x, (long long)n, y);
+    silu_fwd<<<(unsigned)((n + 255) / 256), 256, 0, sao_cuda_stream()>>>(x, (long long)n, y);
     CUDA_TRY(ctx, "cuda_silu_forward", cudaGetLastError());
     return 0;
 }
 
 extern "C" int sao_cuda_silu_backward(sao_ctx *ctx, const float *dy, const float *x, int64_t n, float *dx) {
     if (n <= 0) return 0;
-    silu_bwd<<<(unsigned)((n + 255) / 256), 256>>>(dy, x, (long long)n, dx);
+    silu_bwd<<<(unsigned)((n + 255) / 256), 256, 0, sao_cuda_stream()>>>(dy, x, (long long)n, dx);
     CUDA_TRY(ctx, "cuda_silu_backward", cudaGetLastError());
     return 0;
 }

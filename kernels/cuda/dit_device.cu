@@ -107,6 +107,7 @@ extern "C" sao_tensor *sao_dit_device_tensor(sao_ctx *ctx, sao_dit *m, const cha
 }
 
 static void release_blocks(sao_dit *m) {
+    dit_graph_release(m);   // it bakes in the blocks' addresses
     drop_mirror(m);
     sao_cuda_free(m->dparams);
     sao_cuda_free(m->dws);

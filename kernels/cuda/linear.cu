@@ -97,6 +97,19 @@ int gemm_state(sao_ctx *ctx, const char *op, int *dev_out, GemmState **out) {
     return 0;
 }
 
+// The plain cuBLAS handle of g (made on first use, with the GEMM workspace as its workspace so it
+// never allocates one itself, e.g. inside a graph capture), bound to the current sao stream.
+int blas_handle(sao_ctx *ctx, const char *op, GemmState *g, cublasHandle_t *out) {
+    Locked guard;
+    if (!g->blas) {
+        CUBLAS_TRY(ctx, op, cublasCreate(&g->blas));
+        CUBLAS_TRY(ctx, op, cublasSetWorkspace(g->blas, g->workspace, WORKSPACE_BYTES));
+    }
+    CUBLAS_TRY(ctx, op, cublasSetStream(g->blas, sao_cuda_stream()));
+    *out = g->blas;
+    return 0;
+}
+
 // The largest power of two (at most 256) that divides the address: what cuBLASLt needs to know
 // to rule out algorithms that assume more alignment than a view into a buffer has.
 uint32_t alignment_of(const void *p) {
@@ -244,18 +257,13 @@ int gemm(sao_ctx *ctx, const char *op, bool ta, bool tb, int m, int n, int k,
         if (launch_bias_rows(ctx, op, Cm, bias, n, m, beta == 0.0f)) return -1;
         beta = 1.0f;
     }
-    {
-        Locked guard;
-        if (!g->blas) {
-            CUBLAS_TRY(ctx, op, cublasCreate(&g->blas));
-            CUBLAS_TRY(ctx, op, cublasSetStream(g->blas, stream));
-        }
-    }
+    cublasHandle_t blas;
+    if (blas_handle(ctx, op, g, &blas)) return -1;
     if (ab == CUDA_R_32F && compute == CUBLAS_COMPUTE_32F)
-        CUBLAS_TRY(ctx, op, cublasSgemm(g->blas, opa, opb, m, n, k, &one, (const float *)A, lda,
+        CUBLAS_TRY(ctx, op, cublasSgemm(blas, opa, opb, m, n, k, &one, (const float *)A, lda,
                                         (const float *)B, ldb, &beta, Cm, ldc));
     else
-        CUBLAS_TRY(ctx, op, cublasGemmEx(g->blas, opa, opb, m, n, k, &one, A, ab, lda, B, ab, ldb, &beta,
+        CUBLAS_TRY(ctx, op, cublasGemmEx(blas, opa, opb, m, n, k, &one, A, ab, lda, B, ab, ldb, &beta,
                                          Cm, CUDA_R_32F, ldc, compute, CUBLAS_GEMM_DEFAULT));
     return 0;
 }
@@ -469,14 +477,9 @@ int sao_cuda_gemm_batched(sao_ctx *ctx, const char *op, bool ta, bool tb, int m,
     if (gemm_state(ctx, op, &dev, &g)) return -1;
     cublasComputeType_t compute = current_precision() == SAO_GEMM_FP32 ? CUBLAS_COMPUTE_32F
                                                                        : CUBLAS_COMPUTE_32F_FAST_TF32;
-    {
-        Locked guard;
-        if (!g->blas) {
-            CUBLAS_TRY(ctx, op, cublasCreate(&g->blas));
-            CUBLAS_TRY(ctx, op, cublasSetStream(g->blas, sao_cuda_stream()));
-        }
-    }
-    CUBLAS_TRY(ctx, op, cublasGemmStridedBatchedEx(g->blas, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
+    cublasHandle_t blas;
+    if (blas_handle(ctx, op, g, &blas)) return -1;
+    CUBLAS_TRY(ctx, op, cublasGemmStridedBatchedEx(blas, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
                                                    m, n, k, &alpha, A, CUDA_R_32F, lda, sA, B, CUDA_R_32F, ldb, sB,
                                                    &beta, C, CUDA_R_32F, ldc, sC, batch, compute, CUBLAS_GEMM_DEFAULT));
     return 0;

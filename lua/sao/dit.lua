@@ -7,9 +7,10 @@
 --   dit:to("cuda")                              -- weights on the GPU: forward runs the CUDA kernels
 --   local v = dit:forward(x, t, cross, global)  -- inputs and outputs are host tensors on either device
 --   dit:to("cpu")
--- On a GPU the forward and the training pass run there (dit:load uploads the new weights); LoRA
--- needs the model on the CPU (docs/gpu.md). dit:device_tensor(name) is a parameter's device copy
--- (what a GPU optimiser updates); dit:sync_host() copies the device weights back to the host tensors.
+-- On a GPU the forward and the training pass run there (dit:load uploads the new weights; LoRA
+-- adapters follow the model). dit:device_tensor(name) is a parameter's device copy (what a GPU
+-- optimiser updates); dit:sync_host() copies the device weights back to the host tensors.
+-- dit:graphs(true) replays a device model's repeated forwards as one CUDA graph (docs/gpu.md).
 local ffi = require "ffi"
 local sao = require "sao"
 local models = require "sao.models"
@@ -71,6 +72,25 @@ end
 --- uses; dit:to("cpu") (and dit:sync_host()) copy such weights back into the host tensors.
 function Dit:device_tensor(name)
   return sao.tensor_from_ptr(sao.checkp(C.sao_dit_device_tensor(sao.ctx, self.h, name), 2))
+end
+
+--- CUDA graphs for a device model's forward: on, the second forward with the same shapes and
+--- settings is captured and later ones replay it as one launch (until anything is freed on the
+--- device; then it is captured anew). Not with hidden states or LoRA, and nothing on the CPU. Off
+--- by default. dit:graphs() only asks. Returns the previous setting.
+function Dit:graphs(on)
+  local was = C.sao_dit_graphs(self.h, on == nil and -1 or (on and 1 or 0))
+  return was ~= 0
+end
+
+--- {captures = n, replays = n, why = "..." or nil}: why is the reason capture was given up on
+--- this model (then its forwards stay eager until dit:graphs(true) is asked again).
+function Dit:graph_stats()
+  local c, r = ffi.new("int64_t[1]"), ffi.new("int64_t[1]")
+  local why = ffi.new("const char *[1]")
+  C.sao_dit_graph_stats(self.h, c, r, why)
+  local w = ffi.string(why[0])
+  return { captures = tonumber(c[0]), replays = tonumber(r[0]), why = w ~= "" and w or nil }
 end
 
 --- Copies the device weights back into the host tensors (nothing on a host model).

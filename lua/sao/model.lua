@@ -144,7 +144,8 @@ end
 --- opts: seed (random weights), t5 (T5 directory), quiet, device ("cpu", the default, or "cuda" /
 --- "cuda:N": the DiT, the VAE and T5 run on that GPU; the tokenizer and sampler stay on the host),
 --- precision (on a GPU: "bf16", the default, "tf32" or "fp32": how the linear layers multiply,
---- process-wide, see sao.cuda.precision).
+--- process-wide, see sao.cuda.precision), graphs (on a GPU: replay the sampler's DiT calls as
+--- one CUDA graph each, dit:graphs; off by default).
 function M.load(what, opts)
   opts = opts or {}
   local function notice(msg) if not opts.quiet then io.stderr:write("sao: " .. msg .. "\n") end end
@@ -167,6 +168,7 @@ function M.load(what, opts)
     m.device = device or "cpu"
     if device then
       m.dit:to(device)
+      if opts.graphs then m.dit:graphs(true) end
       m.vae:to(device)
       m.t5:to(device)
       notice("the DiT, the VAE and T5 run on " .. device .. " (" .. sao.cuda.precision() .. " products)")

@@ -54,6 +54,15 @@ int sao_dit_forward(sao_ctx *ctx, sao_dit *m, const float *x, const float *t, co
                     const float *uncond /* may be NULL */, const float *global, int64_t B, int64_t T,
                     int64_t L, double cfg_scale, double scale_phi, float *out /* out */,
                     float *hidden /* out, may be NULL */);
+/* CUDA graphs for a device model's forward (kernels/cuda/dit_graph.cu): on (1) the device work of
+ * a forward is captured on the second call with the same shapes and settings and replayed as one
+ * launch after that, until anything is freed on the device (then it is captured anew). Not used
+ * with hidden states or LoRA adapters, nor on the CPU. Off by default. on < 0 only asks; returns
+ * the previous setting. Turning it on again retries a model whose capture failed. */
+int sao_dit_graphs(sao_dit *m, int on);
+/* Captures made, replays run, and why capture was given up ("" when it was not). */
+void sao_dit_graph_stats(const sao_dit *m, int64_t *captures /* out */, int64_t *replays /* out */,
+                         const char **why /* out */);
 /* The prepended token's parts: timestep embedding temb [B, E] of t [B] and global embedding gemb
  * [B, E] of global [B, Dg] (the token is their sum). */
 int sao_dit_token(sao_ctx *ctx, sao_dit *m, const float *t, const float *global, int64_t B,
