@@ -8,70 +8,71 @@
 // As on the CPU, one relation underlies everything: a conv from X [B, Cx, Tx] to Y [B, Cy, Ty]
 // with weight W [Cy, Cx/groups, K],
 //   Y[b, co, t] = sum_{ci in co's group, k} W[co, ci, k] * X[b, ci, t*stride + k*dilation - padding]
-// and three direct kernels evaluate it:
-//   rel_forward        one thread per Y element (Y from X)
-//   rel_backward_data  one thread per X element (dX from dY, the transposed relation: the (co, k)
-//                      with t = (u + padding - k*dilation) / stride an integer in [0, Ty))
+// evaluated four ways:
+//   run_forward        Y from X: per batch item and group, im2col of a chunk of output columns
+//                      (col [nc, cxg*K], column-major) and one GEMM Y_chunk += col W_g^T; a 1x1
+//                      conv (stride 1, no padding) multiplies X itself
+//   run_backward_data  X from Y (the transposed relation): per chunk of Y columns one GEMM
+//                      Z = W_g^T Y_chunk ([cxg*K, nt]), then a gather adds into every X element the
+//                      Z entries with u = t*s + k*d - p (one thread per element, k in order)
 //   rel_backward_weight one block per W element, a fixed-order block reduction over (b, t)
-// and bias_grad sums dY per channel (one block per channel, in double as the CPU does).
+//   bias_grad          dY summed per channel (one block per channel, in double as the CPU does)
+// The GEMMs run on cuBLASLt (sao_cuda_gemm_f32): fp32 in the fp32 GEMM precision mode, TF32 tensor
+// cores in the tf32 and bf16 modes, which then carry the Oobleck VAE's 5 TFLOP decode.
 // Conv1d(C_in -> C_out) is the relation with X = x, Y = y. ConvTranspose1d(C_in -> C_out) with
 // weight [C_in, C_out/g, K] is its adjoint with X = y (Cx = C_out), Y = x (Cy = C_in): its forward
-// is rel_backward_data, its dx is rel_forward of dy, its dw is rel_backward_weight with dy as X.
+// is run_backward_data, its dx is run_forward of dy, its dw is rel_backward_weight with dy as X.
 //
-// Determinism: each output element is produced by one thread or one block in a fixed order, with
-// no atomics, so results are bit-reproducible run to run.
-// Performance: direct loops, clarity over speed (no shared-memory tiling, no cuDNN yet). The weight
-// gradient reads all of X and dY per weight element: fine for the DiT's 1x1 convs, slow for the
-// Oobleck VAE's (which is frozen in SAO training).
+// Determinism: chunks run in order on one stream, each output element is written by one thread or
+// one GEMM per chunk, no atomics: results are bit-reproducible run to run.
+// The weight gradient reads all of X and dY per weight element: fine for the DiT's 1x1 convs, slow
+// for the Oobleck VAE's (which is frozen in SAO training).
 extern "C" {
+#include "cuda_glue.h"
 #include "sao_cuda_attn.h"
 #include "../cpu/kcheck.h"
 }
+
+#include <pthread.h>
 
 #define THREADS 256
 
 // ---- kernels ----------------------------------------------------------------------------------------
 
-// Y[b, co, t] = (accumulate ? Y : 0) + bias[co] + sum_{ci, k} W[co, ci, k] X[b, g*cxg + ci, t*s + k*d - p]
-__global__ static void rel_forward(sao_conv_geo c, const float *x, const float *w, const float *bias,
-                                   int accumulate, float *y) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= c.B * c.cy * c.ty) return;
-    long long t = i % c.ty, co = (i / c.ty) % c.cy, b = i / (c.ty * c.cy);
-    const float *xg = x + (b * c.cx + (co / c.cyg) * c.cxg) * c.tx;   // co's input group
-    const float *wr = w + co * c.cxg * c.K;
-    float acc = 0.0f;
-    for (long long ci = 0; ci < c.cxg; ci++)
-        for (long long k = 0; k < c.K; k++) {
-            long long src = t * c.s + k * c.d - c.p;
-            if (src >= 0 && src < c.tx) acc = fmaf(wr[ci * c.K + k], xg[ci * c.tx + src], acc);
-        }
-    if (bias) acc += bias[co];
-    y[i] = accumulate ? y[i] + acc : acc;
+// v[b, ch, t] = (accumulate ? v : 0) + (bias ? bias[ch] : 0) over v [B, C, T]: the GEMMs then add.
+__global__ static void prefill(float *v, const float *bias, long long C, long long T, long long n, int accumulate) {
+    SAO_GRID_STRIDE(i, n) {
+        float b = bias ? bias[(i / T) % C] : 0.0f;
+        v[i] = accumulate ? v[i] + b : b;
+    }
 }
 
-// dX[b, ci, u] = (accumulate ? dX : 0) + bias[ci] + sum over co in ci's group and the k with
-// u = t*s + k*d - p for an integer t in [0, ty): W[co, ci % cxg, k] dY[b, co, t]
-__global__ static void rel_backward_data(sao_conv_geo c, const float *dy, const float *w,
-                                         const float *bias, int accumulate, float *dx) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= c.B * c.cx * c.tx) return;
-    long long u = i % c.tx, ci = (i / c.tx) % c.cx, b = i / (c.tx * c.cx);
-    long long gi = ci / c.cxg, cil = ci % c.cxg;
-    const float *dyg = dy + (b * c.cy + gi * c.cyg) * c.ty;   // ci's output group
-    const float *wg = w + (gi * c.cyg * c.cxg + cil) * c.K;     // W[gi*cyg + co, cil, 0]
-    float acc = 0.0f;
-    for (long long k = 0; k < c.K; k++) {
-        long long num = u + c.p - k * c.d;
-        if (num < 0) break;   // num falls as k grows
-        if (num % c.s) continue;
-        long long t = num / c.s;
-        if (t >= c.ty) continue;
-        for (long long co = 0; co < c.cyg; co++)
-            acc = fmaf(wg[co * c.cxg * c.K + k], dyg[co * c.ty + t], acc);
+// col [nc, rows] column-major: col[r * nc + j] = X[ci, (t0 + j) s + k d - p] (0 outside), r = ci K + k,
+// for one batch item's group xg [cxg, tx]. Consecutive threads take consecutive j (coalesced).
+__global__ static void im2col(sao_conv_geo c, const float *xg, long long t0, long long nc, float *col) {
+    SAO_GRID_STRIDE(i, nc * c.rows) {
+        long long j = i % nc, r = i / nc, ci = r / c.K, k = r % c.K;
+        long long src = (t0 + j) * c.s + k * c.d - c.p;
+        col[i] = src >= 0 && src < c.tx ? xg[ci * c.tx + src] : 0.0f;
     }
-    if (bias) acc += bias[ci];
-    dx[i] = accumulate ? dx[i] + acc : acc;
+}
+
+// X[ci, u] += sum over k (in order) with u + p - k d = t s, t in [t0, t0 + nt): Z[(ci K + k) nt + t - t0],
+// for u in [u0, u0 + nu), one batch item's group xg [cxg, tx]; Z [nt, rows] column-major.
+__global__ static void col2im(sao_conv_geo c, const float *z, long long t0, long long nt, long long u0,
+                              long long nu, float *xg) {
+    SAO_GRID_STRIDE(i, nu * c.cxg) {
+        long long u = u0 + i % nu, ci = i / nu;
+        float acc = 0.0f;
+        for (long long k = 0; k < c.K; k++) {
+            long long num = u + c.p - k * c.d;
+            if (num < 0) break;   // num falls as k grows
+            if (num % c.s) continue;
+            long long t = num / c.s - t0;
+            if (t >= 0 && t < nt) acc += z[(ci * c.K + k) * nt + t];
+        }
+        xg[ci * c.tx + u] += acc;
+    }
 }
 
 // dW[co, ci, k] += sum_{b, t} dY[b, co, t] X[b, g*cxg + ci, t*s + k*d - p]; one block per weight
@@ -127,24 +128,106 @@ static int grid_ok(sao_ctx *ctx, const char *op, long long blocks) {
     return 0;
 }
 
-static int run_forward(sao_ctx *ctx, const char *op, const sao_conv_geo *c, const float *x,
-                       const float *w, const float *bias, int accumulate, float *y) {
-    long long n = c->B * c->cy * c->ty;
-    if (n == 0) return 0;
-    if (grid_ok(ctx, op, (n + THREADS - 1) / THREADS)) return -1;
-    rel_forward<<<sao_cuda_blocks(n, THREADS), THREADS, 0, sao_cuda_stream()>>>(*c, x, w, bias, accumulate, y);
+// The chunk scratch of the current device (im2col columns / the adjoint's Z), grown as needed.
+static const long long SCRATCH_FLOATS = 32LL << 20;   // 128 MB: chunks of at least one column
+static pthread_mutex_t scratch_lock = PTHREAD_MUTEX_INITIALIZER;
+static float *scratch[64];
+static size_t scratch_n[64];
+
+static float *chunk_buffer(sao_ctx *ctx, const char *op, size_t floats) {
+    int dev = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e != cudaSuccess) return (float *)sao_err_null(ctx, op, "cudaGetDevice: %s", cudaGetErrorString(e));
+    if (dev < 0 || dev >= 64) return (float *)sao_err_null(ctx, op, "device %d: the conv scratch covers devices 0..63", dev);
+    pthread_mutex_lock(&scratch_lock);
+    float *p = sao_cuda_grow(ctx, &scratch[dev], &scratch_n[dev], floats);
+    pthread_mutex_unlock(&scratch_lock);
+    return p;
+}
+
+// Columns per chunk: as many as fit the scratch next to `rows` floats each.
+static long long chunk_cols(long long total, long long rows) {
+    long long nc = SCRATCH_FLOATS / (rows > 0 ? rows : 1);
+    if (nc < 1) nc = 1;
+    return nc < total ? nc : total;
+}
+
+static int launch_prefill(sao_ctx *ctx, const char *op, float *v, const float *bias, long long B, long long C,
+                          long long T, int accumulate) {
+    long long n = B * C * T;
+    if (accumulate && !bias) return 0;
+    prefill<<<sao_cuda_stride_blocks(n), SAO_CUDA_THREADS, 0, sao_cuda_stream()>>>(v, bias, C, T, n, accumulate);
     CUDA_LAUNCHED(ctx, op);
     return 0;
 }
 
+static int too_big(sao_ctx *ctx, const char *op, long long v) {
+    if (v > 2147483647LL) return sao_err(ctx, op, "a GEMM dimension of %lld exceeds cuBLAS's int (split the batch or the signal)", v);
+    return 0;
+}
+
+// Y = (accumulate ? Y : 0) + bias + conv(X)
+static int run_forward(sao_ctx *ctx, const char *op, const sao_conv_geo *c, const float *x,
+                       const float *w, const float *bias, int accumulate, float *y) {
+    if (c->B * c->cy * c->ty == 0) return 0;
+    if (launch_prefill(ctx, op, y, bias, c->B, c->cy, c->ty, accumulate)) return -1;
+    if (too_big(ctx, op, c->ty) || too_big(ctx, op, c->rows) || too_big(ctx, op, c->tx)) return -1;
+    bool plain = c->K == 1 && c->s == 1 && c->p == 0 && c->tx == c->ty;   // X is its own im2col
+    long long nc = plain ? c->ty : chunk_cols(c->ty, c->rows);
+    float *col = plain ? NULL : chunk_buffer(ctx, op, (size_t)(nc * c->rows));
+    if (!plain && !col) return -1;
+    for (long long b = 0; b < c->B; b++)
+        for (long long g = 0; g < c->g; g++) {
+            const float *xg = x + (b * c->cx + g * c->cxg) * c->tx;
+            const float *wg = w + g * c->cyg * c->rows;   // [cyg, rows] row-major = [rows, cyg] column-major
+            float *yg = y + (b * c->cy + g * c->cyg) * c->ty;
+            if (plain) {   // Y^T [ty, cyg] += X^T [tx, cxg] W_g^T
+                if (sao_cuda_gemm_f32(ctx, op, false, false, (int)c->ty, (int)c->cyg, (int)c->rows, xg, (int)c->tx,
+                                      wg, (int)c->rows, 1.0f, yg, (int)c->ty)) return -1;
+                continue;
+            }
+            for (long long t0 = 0; t0 < c->ty; t0 += nc) {
+                long long n = c->ty - t0 < nc ? c->ty - t0 : nc;
+                im2col<<<sao_cuda_stride_blocks(n * c->rows), SAO_CUDA_THREADS, 0, sao_cuda_stream()>>>(*c, xg, t0, n, col);
+                CUDA_LAUNCHED(ctx, op);
+                // Y^T rows t0.. [n, cyg] += col [n, rows] W_g^T
+                if (sao_cuda_gemm_f32(ctx, op, false, false, (int)n, (int)c->cyg, (int)c->rows, col, (int)n, wg,
+                                      (int)c->rows, 1.0f, yg + t0, (int)c->ty)) return -1;
+            }
+        }
+    return 0;
+}
+
+// X = (accumulate ? X : 0) + bias + conv^T(Y)
 static int run_backward_data(sao_ctx *ctx, const char *op, const sao_conv_geo *c, const float *dy,
                              const float *w, const float *bias, int accumulate, float *dx) {
-    long long n = c->B * c->cx * c->tx;
-    if (n == 0) return 0;
-    if (grid_ok(ctx, op, (n + THREADS - 1) / THREADS)) return -1;
-    rel_backward_data<<<sao_cuda_blocks(n, THREADS), THREADS, 0, sao_cuda_stream()>>>(*c, dy, w, bias,
-                                                                                    accumulate, dx);
-    CUDA_LAUNCHED(ctx, op);
+    if (c->B * c->cx * c->tx == 0) return 0;
+    if (launch_prefill(ctx, op, dx, bias, c->B, c->cx, c->tx, accumulate)) return -1;
+    if (c->ty == 0) return 0;
+    if (too_big(ctx, op, c->ty) || too_big(ctx, op, c->rows)) return -1;
+    long long nt = chunk_cols(c->ty, c->rows);
+    float *z = chunk_buffer(ctx, op, (size_t)(nt * c->rows));
+    if (!z) return -1;
+    for (long long b = 0; b < c->B; b++)
+        for (long long g = 0; g < c->g; g++) {
+            const float *dyg = dy + (b * c->cy + g * c->cyg) * c->ty;
+            const float *wg = w + g * c->cyg * c->rows;
+            float *dxg = dx + (b * c->cx + g * c->cxg) * c->tx;
+            for (long long t0 = 0; t0 < c->ty; t0 += nt) {
+                long long n = c->ty - t0 < nt ? c->ty - t0 : nt;
+                // Z [n, rows] (column-major) = Y_chunk^T [n, cyg] W_g [cyg, rows]
+                if (sao_cuda_gemm_f32(ctx, op, false, true, (int)n, (int)c->rows, (int)c->cyg, dyg + t0, (int)c->ty,
+                                      wg, (int)c->rows, 0.0f, z, (int)n)) return -1;
+                // the X columns this chunk reaches: u = t s + k d - p for t in the chunk, any k
+                long long u0 = t0 * c->s - c->p, u1 = (t0 + n - 1) * c->s + (c->K - 1) * c->d - c->p + 1;
+                if (u0 < 0) u0 = 0;
+                if (u1 > c->tx) u1 = c->tx;
+                if (u1 <= u0) continue;
+                col2im<<<sao_cuda_stride_blocks((u1 - u0) * c->cxg), SAO_CUDA_THREADS, 0, sao_cuda_stream()>>>(
+                    *c, z, t0, n, u0, u1 - u0, dxg);
+                CUDA_LAUNCHED(ctx, op);
+            }
+        }
     return 0;
 }
 

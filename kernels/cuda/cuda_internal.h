@@ -30,6 +30,13 @@ int sao_cuda_gemm_batched(sao_ctx *ctx, const char *op, bool ta, bool tb, int m,
                           const float *A, int lda, long long sA, const float *B, int ldb, long long sB, float beta,
                           float *C, int ldc, long long sC, int batch);
 
+// linear.cu: C [m, n] (column-major, ldc) = op(A) op(B) + beta C for fp32 A and B: fp32 products
+// in the fp32 GEMM precision mode, TF32 tensor cores in the tf32 and bf16 modes (bf16 inputs would
+// cost a rounding pass over every im2col chunk and 3 bits of mantissa through the VAE's ~60 convs);
+// the convolutions' im2col GEMMs (conv1d.cu).
+int sao_cuda_gemm_f32(sao_ctx *ctx, const char *op, bool ta, bool tb, int m, int n, int k, const float *A, int lda,
+                      const float *B, int ldb, float beta, float *C, int ldc);
+
 // linear.cu: a bf16 copy of the read-only fp32 range [base, base + n) that the bf16-mode linear
 // forward uses instead of rounding those weights at every call (on: make or refresh it; 0: drop).
 int sao_cuda_bf16_mirror(sao_ctx *ctx, const float *base, int64_t n, int on);

@@ -176,7 +176,7 @@ __global__ void bias_grad(const float *dy, long long n, long long out, float *db
 // given (beta must then be 0). A, B of type ab (CUDA_R_32F or CUDA_R_16BF), C f32; beta 0 or 1.
 int gemm(sao_ctx *ctx, const char *op, bool ta, bool tb, int m, int n, int k,
          const void *A, int lda, const void *B, int ldb, cudaDataType_t ab, float beta,
-         float *Cm, int ldc, const float *bias) {
+         float *Cm, int ldc, const float *bias, bool tf32 = false) {
     int dev = 0;
     GemmState *g = NULL;
     if (gemm_state(ctx, op, &dev, &g)) return -1;
@@ -192,8 +192,8 @@ int gemm(sao_ctx *ctx, const char *op, bool ta, bool tb, int m, int n, int k,
         prec = precision;
     }
     // fp32 inputs multiply in TF32 only when asked; bf16 inputs always accumulate in fp32
-    cublasComputeType_t compute = ab == CUDA_R_32F && prec == SAO_GEMM_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32
-                                                                           : CUBLAS_COMPUTE_32F;
+    cublasComputeType_t compute = ab == CUDA_R_32F && (prec == SAO_GEMM_TF32 || tf32) ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                                                                     : CUBLAS_COMPUTE_32F;
     if (lt_on) {
         LtDescs d;
         CUBLAS_TRY(ctx, op, cublasLtMatmulDescCreate(&d.op, compute, CUDA_R_32F));
@@ -403,6 +403,15 @@ extern "C" int sao_cuda_linear_forward(sao_ctx *ctx, const float *x, const float
     const __nv_bfloat16 *h[3];
     if (to_bf16(ctx, op, src, cnt, h)) return -1;
     return forward(ctx, op, h[0], wm ? wm : h[1], CUDA_R_16BF, b, n, in, out, accumulate, y);
+}
+
+// C [m, n] (column-major, ldc) = op(A) op(B) + beta C for fp32 A, B: fp32 products in the fp32
+// mode, TF32 tensor cores in the tf32 and bf16 modes (cuda_internal.h).
+int sao_cuda_gemm_f32(sao_ctx *ctx, const char *op, bool ta, bool tb, int m, int n, int k, const float *A, int lda,
+                      const float *B, int ldb, float beta, float *C, int ldc) {
+    if (m <= 0 || n <= 0) return 0;
+    return gemm(ctx, op, ta, tb, m, n, k, A, lda, B, ldb, CUDA_R_32F, beta, C, ldc, NULL,
+                current_precision() != SAO_GEMM_FP32);
 }
 
 extern "C" int sao_cuda_linear_forward_bf16(sao_ctx *ctx, const uint16_t *x, const uint16_t *w, const float *b,
