@@ -29,6 +29,22 @@ const sao_dit_config *sao_dit_get_config(const sao_dit *m) { return &m->cfg; }
 
 int sao_dit_device(const sao_dit *m) { return m->device; }
 
+int64_t dit_device_layout(const sao_dit *m, int64_t *doff) {
+    const int64_t align = 64;   /* floats: 256 B, cuBLASLt's preferred alignment */
+    int64_t total = 0;
+    for (int i = 0; i < m->nslots; i++) {
+        if (doff) doff[i] = m->slots[i] ? total : -1;
+        if (!m->slots[i]) continue;
+        int64_t n = 1;
+        const int64_t *shp = sao_params_shape(m->params, i);
+        for (int k = 0; k < sao_params_ndim(m->params, i); k++) n *= shp[k];
+        total += (n + align - 1) / align * align;
+    }
+    return total;
+}
+
+int64_t sao_dit_device_block_bytes(const sao_dit *m) { return dit_device_layout(m, NULL) * (int64_t)sizeof(float); }
+
 void sao_dit_free(sao_dit *m) {
     if (!m) return;
     dit_device_release(m);

@@ -114,6 +114,9 @@ int dit_device_begin(sao_ctx *ctx, sao_dit *m);
 /* Before any call on the model (dit.c): weights bound, and on a device model dit_device_begin. */
 int dit_begin(sao_ctx *ctx, sao_dit *m, const char *op);
 float *dit_device_ws(sao_ctx *ctx, sao_dit *m, size_t floats);
+/* The device weight block's layout (dit.c): parameter i of a slot at doff[i] floats (when doff is
+ * not NULL; -1 for no slot), each at a multiple of 64 floats (256 B); returns the total floats. */
+int64_t dit_device_layout(const sao_dit *m, int64_t *doff);
 void dit_device_release(sao_dit *m);
 
 /* The device forward as a CUDA graph (kernels/cuda/dit_graph.cu). dit.c asks begin how to run the

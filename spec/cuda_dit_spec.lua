@@ -12,6 +12,7 @@
 -- emulated error while a wrong layout, a missed copy or a stale weight gives errors of order 1.
 -- On the first GPU run, note the max error each failure message (or a probe) prints and replace
 -- the estimates with the measured figures plus a margin.
+local ffi = require "ffi"
 local sao = require "sao"
 local cjson = require "cjson"
 local models = require "sao.models"
@@ -84,6 +85,22 @@ describe("DiT on CUDA #gpu", function()
   end
 
   it("with CFG, hidden holds the conditional half's states", function() check_cfg_hidden(new_dit()) end)
+
+  it("the device weight block's size: every parameter but the LayerNorm betas, each 256-byte aligned", function()
+    local d = new_dit()
+    local p = d:params()
+    local floats, n = 0, 0
+    for i = 0, C.sao_params_count(p) - 1 do
+      if not ffi.string(C.sao_params_name(p, i)):match("%.beta$") then
+        local k = 1
+        for j = 0, C.sao_params_ndim(p, i) - 1 do k = k * tonumber(C.sao_params_shape(p, i)[j]) end
+        floats, n = floats + k, n + 1
+      end
+    end
+    local bytes = tonumber(C.sao_dit_device_block_bytes(d.h))
+    assert.equal(0, bytes % 256)
+    assert.is_true(bytes >= 4 * floats and bytes < 4 * floats + 256 * n, bytes .. " for " .. floats .. " floats")
+  end)
 
   it("dit:graphs on a host model is remembered and changes nothing (no captures)", function()
     local d = new_dit()

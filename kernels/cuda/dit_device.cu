@@ -1,7 +1,8 @@
 // dit_device.cu — the DiT's weights on a GPU (sao_model.h: sao_dit_to_device / sao_dit_to_host).
 //
 // Every parameter the forward reads goes into ONE device block from the caching allocator
-// (alloc.cu), each at a multiple of 64 floats (256 B, cuBLASLt's preferred alignment); the model's
+// (alloc.cu), each at a multiple of 64 floats (256 B, cuBLASLt's preferred alignment; the layout
+// is dit.c's dit_device_layout, which sao_dit_device_block_bytes also reports); the model's
 // pointer fields (the registry's slots, recorded per parameter by dit.c) are re-pointed into it and
 // its kernel table becomes the CUDA one (dit_glue.cu). The host tensors stay in the registry, so
 // moving back only re-points the fields. A parameter bound anew after the upload shows up as a slot
@@ -19,8 +20,6 @@ extern "C" {
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static const int64_t ALIGN = 64;   // floats
 
 static int64_t param_numel(const sao_params *p, int i) {
     int64_t n = 1;
@@ -151,14 +150,10 @@ extern "C" int sao_dit_to_device(sao_ctx *ctx, sao_dit *m, int device) {
     }
     if (m->device >= 0 && sao_dit_to_host(ctx, m)) return -1;    // another device: move
 
-    // the plan: every parameter with a slot, bound or not (an optional buffer bound later has its place)
+    // the plan (dit.c): every parameter with a slot, bound or not (an optional buffer bound later has its place)
     if (!m->doff && !(m->doff = (int64_t *)malloc((size_t)m->nslots * sizeof(int64_t))))
         return sao_err(ctx, op, "out of memory");
-    int64_t total = 0;
-    for (int i = 0; i < m->nslots; i++) {
-        m->doff[i] = m->slots[i] ? total : -1;
-        if (m->slots[i]) total += (param_numel(m->params, i) + ALIGN - 1) / ALIGN * ALIGN;
-    }
+    int64_t total = dit_device_layout(m, m->doff);
     void *p = NULL;
     if (sao_cuda_malloc(ctx, (size_t)total * sizeof(float), &p)) return -1;
     float *blk = (float *)p;

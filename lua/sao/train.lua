@@ -185,20 +185,8 @@ function Trainer:device_plan(mem0)
   local function class(bytes) return tonumber(C.sao_cuda_size_class(bytes)) end
   local per_tensor = 0
   for _, t in pairs(self.params) do per_tensor = per_tensor + class(t:numel() * 4) end
-  local align = 64 * 4
   local weights = 0
-  if not mem0.dit_there then
-    local p = self.cfg.dit:params()
-    for i = 0, C.sao_params_count(p) - 1 do
-      local nd, shp = C.sao_params_ndim(p, i), C.sao_params_shape(p, i)
-      local n = 1
-      for k = 0, nd - 1 do n = n * tonumber(shp[k]) end
-      if not ffi.string(C.sao_params_name(p, i)):match("%.beta$") then
-        weights = weights + math.ceil(n * 4 / align) * align
-      end
-    end
-    weights = class(weights)
-  end
+  if not mem0.dit_there then weights = class(tonumber(C.sao_dit_device_block_bytes(self.cfg.dit.h))) end
   local arenas = tonumber(C.sao_dit_train_device_bytes(self.tr.h))
   -- bf16 products: the largest linear's rounded inputs (dy, x and W of a backward) in the scratch
   local scratch = 0

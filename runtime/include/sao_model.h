@@ -78,6 +78,8 @@ int sao_dit_token(sao_ctx *ctx, sao_dit *m, const float *t, const float *global,
  * model (sao_dit_lora_place) and training (sao_dit_train_*) runs on the model's device.
  * Without the CUDA backend: an error saying why ("built without CUDA", runtime/cuda_load.c). */
 int sao_dit_to_device(sao_ctx *ctx, sao_dit *m, int device);
+/* Bytes of the weight block sao_dit_to_device asks the allocator for (before its size class). */
+int64_t sao_dit_device_block_bytes(const sao_dit *m);
 /* Back to the CPU kernels and host weights; the device blocks go back to the cache. 0 on a host model.
  * Device weights handed out by sao_dit_device_tensor (trained on the GPU) are copied back into the
  * host tensors first. */
