@@ -36,9 +36,10 @@ M.new_dit = new_dit
 
 local runners = {}
 
-runners.dit_tiny = function(t, man)
+runners.dit_tiny = function(t, man, _, _, dev)
   local dit = new_dit(man.config)
   dit:load(params_of(t))
+  if dev then dit:to(dev) end
   local x, tt, cross, g = t["inputs/x"], t["inputs/t"], t["inputs/cross_attn_cond"], t["inputs/global_cond"]
   local out, hidden = dit:forward(x, tt, cross, g, { cfg_scale = 1, hidden = true })
   local r = { ["outputs/out_cfg1"] = out }
@@ -53,10 +54,11 @@ runners.dit_tiny = function(t, man)
 end
 
 local function sampler_runner(name)
-  return function(t, man, path)
+  return function(t, man, path, _, dev)
     local cfg = man.config
     local dit = new_dit(cfg.dit_config)
     dit:load(params_of(sibling(path, man)))
+    if dev then dit:to(dev) end
     local cross, g = t["inputs/cross_attn_cond"], t["inputs/global_cond"]
     local r = {}
     r["outputs/final"] = sao.sampler.sample {
@@ -74,10 +76,11 @@ runners.sampler_dpmpp3msde = sampler_runner("dpmpp-3m-sde")
 runners.sampler_dpmpp2msde = sampler_runner("dpmpp-2m-sde")
 runners.sampler_euler = sampler_runner("euler")
 
-runners.train_step_vobjective = function(t, man, path)
+runners.train_step_vobjective = function(t, man, path, _, dev)
   local cfg = man.config
   local dit = new_dit(cfg)
   dit:load(params_of(sibling(path, man)))
+  if dev then dit:to(dev) end   -- the trainer's arenas and gradients then live there too
   local x0 = t["inputs/x0"]
   local cross = t["inputs/cross_attn_cond"]
   local tr = sao.dit_train.new(dit, { batch = x0:size(1), frames = x0:size(3), context = cross:size(2) })
@@ -91,19 +94,20 @@ runners.train_step_vobjective = function(t, man, path)
   return r
 end
 
-runners.train_step_vobjective_update = function(t, man, path, names)
+runners.train_step_vobjective_update = function(t, man, path, names, dev)
+  local function place(x) return dev and x:to(dev) or x end
   local p0 = params_of(sibling(path, man))
   local dir = path:match("^(.*)/[^/]*$") or "."
   local gfx = sao.load_safetensors(dir .. "/train_step_vobjective.safetensors")
   local params, grads = {}, {}
   for _, k in ipairs(names) do
     local name = k:match("^updated/(.*)$")
-    if name then params[name] = p0[name]:clone(); grads[name] = gfx["grads/" .. name] end
+    if name then params[name] = place(p0[name]:clone()); grads[name] = place(gfx["grads/" .. name]) end
   end
   local a = man.adamw
   local before = {}
   for k, v in pairs(params) do before[k] = v:clone() end
-  sao.optim.adamw(params, grads, { lr = a.lr, betas = a.betas, eps = a.eps, weight_decay = a.weight_decay }):step()
+  sao.optim.adamw(params, grads, { lr = a.lr, betas = a.betas, eps = a.eps, weight_decay = a.weight_decay }, dev):step()
   local r = {}
   for k, v in pairs(params) do r["updated/" .. k] = v end
   local decay = t["inputs/ema_decay"]:item()
@@ -111,15 +115,17 @@ runners.train_step_vobjective_update = function(t, man, path, names)
     local name = k:match("^ema/(.*)$")
     if name then
       local e = before[name]:clone()
-      sao.check(sao.C.sao_ema_update(sao.ctx, e:data(), params[name]:data(), e:numel(), decay))
+      local ema = dev and sao.C.sao_cuda_ema_update or sao.C.sao_ema_update
+      sao.check(ema(sao.ctx, e:data(), params[name]:data(), e:numel(), decay))
       r[k] = e
     end
   end
   return r
 end
 
-runners.oobleck_tiny = function(t, man) return sao.vae.fixture_outputs(t, man) end
-runners.t5_encoder_tiny = function(t, man) return sao.t5.fixture_outputs(t, man) end
+runners.oobleck_tiny = function(t, man, _, _, dev) return sao.vae.fixture_outputs(t, man, dev) end
+runners.t5_encoder_tiny = function(t, man, _, _, dev) return sao.t5.fixture_outputs(t, man, dev) end
+-- the number conditioner (two small linears) has no device path: it runs on the host either way
 runners.number_cond = function(t, man) return sao.conditioning.fixture_outputs(t, man) end
 
 --- The tolerance entry for an output: exact name, then a wildcard ("outputs/x_*"), else nil.
@@ -148,7 +154,11 @@ end
 --- Checks one fixture file. Returns a list of {name, max_abs, max_rel, ok, tol_abs, tol_rel} and
 --- whether everything passed. Outputs without a tolerance of their own are checked against the
 --- README's floors (abs 1e-5, rel 1e-4) scaled like their closest named sibling when one exists.
-function M.check(path)
+--- opts.device ("cuda", "cuda:N"): the models (DiT, VAE, T5, the trainer, the optimiser's
+--- tensors) run there, the fixture's inputs and outputs stay host tensors.
+function M.check(path, opts)
+  local dev = opts and opts.device
+  if dev == "cpu" then dev = nil end
   local jpath = path:gsub("%.safetensors$", "") .. ".json"
   local f = io.open(jpath, "rb")
   if not f then error("check_fixture: " .. jpath .. ": manifest not found (it must sit beside the .safetensors)", 2) end
@@ -168,11 +178,12 @@ function M.check(path)
     if k:match("^outputs/") or k:match("^grads/") or k:match("^updated/") or k:match("^ema/") then names[#names + 1] = k end
   end
   table.sort(names)
-  local got = run(inputs, man, path, names)   -- names only: the stored values stay unread
+  local got = run(inputs, man, path, names, dev)   -- names only: the stored values stay unread
   local rows, all_ok = {}, true
   for _, name in ipairs(names) do
     local want, g = t[name], got[name]
-    local row = { name = name }
+    if g and g:device() ~= "cpu" then g = g:to("cpu") end
+    local row = { name = name, device = dev }
     if not g then
       row.ok, row.error = false, "not produced"
     else

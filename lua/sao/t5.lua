@@ -222,9 +222,10 @@ end
 --- For the fixture checker: runs the encoder described by a t5_encoder_tiny-style fixture (its
 --- params and inputs/* only; stored outputs are never read) and returns name -> tensor for every
 --- output it stores: last_hidden_state(_long), sao_cond_tokens(_long), rel_buckets_128.
-function M.fixture_outputs(tensors, manifest)
+function M.fixture_outputs(tensors, manifest, device)
   local enc = M.new(manifest.config)
   enc:load(tensors)
+  if device then enc:to(device) end
   local out = {}
   local function run(sfx)
     local ids, mask = tensors["inputs/input_ids" .. sfx], tensors["inputs/attention_mask" .. sfx]

@@ -391,13 +391,14 @@ end
 
 --- Runs the VAE on an oobleck fixture (tensors + manifest as in ../shared/fixtures) and returns
 --- name -> computed tensor for every output it stores. Reads parameters and inputs/* only.
-function M.fixture_outputs(tensors, manifest)
+function M.fixture_outputs(tensors, manifest, device)
   local vae = M.new(manifest.config)
   local params = {}
   for k, v in pairs(tensors) do
     if k:match("^encoder%.") or k:match("^decoder%.") then params[k] = v end
   end
   vae:load(params)
+  if device then vae:to(device) end
   local audio, eps = tensors["inputs/audio"], tensors["inputs/eps"]
   local z, info = vae:encode(audio, { eps = eps, info = true })
   local det = vae:encode(audio, { sample = false })
