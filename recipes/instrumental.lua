@@ -60,6 +60,7 @@ if opts.help then
   print("                   --precision bf16|tf32|fp32 (the GPU's linear layers; default bf16)")
   print("                   --steps N --batch B --lr X --frames F --lora-rank R --checkpoint-every N --config F.lua")
   print("                   --prompts FILE --prompt TEXT --cfg-scales 4,7 --sample-steps N --seconds S --baseline")
+  print("                   --negative-prompt TEXT (what CFG steers the samples away from)")
   print("                   --samples DIR --reference-clips N")
   for _, s in ipairs(STAGES) do print(string.format("  %-9s %s", s.name, s.what)) end
   os.exit(0)
@@ -72,6 +73,7 @@ local OPTIONS = [[out stages midi help quiet model model_seed run config force s
   reencode holdout encode_seed max_seconds steps batch accum frames lr weight_decay clip cfg_dropout
   checkpoint_every keep log_every demo_every train_seed lora_rank lora_alpha lora_targets prompt prompts
   cfg_scales sample_steps seconds sample_seed sampler frames_sample num_demos baseline weights samples
+  negative_prompt
   reference_clips tempo_tolerances soundfont device precision]]
 local known = {}
 for name in OPTIONS:gmatch("%S+") do known[name] = true end

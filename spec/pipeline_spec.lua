@@ -179,6 +179,21 @@ describe("sample stage", function()
     assert.equal("base", w[2].records[1].weights)
   end)
 
+  it("a negative prompt conditions the CFG's other half and is recorded", function()
+    local w = sample.run { out = out, model = "tiny", quiet = true, run = "neg", cfg_scales = "7", sample_steps = 2,
+                           seconds = 1, prompts = { "Calm piano in the key of D Minor at 96 BPM" },
+                           negative_prompt = "drums" }
+    local plain = sample.run { out = out, model = "tiny", quiet = true, run = "neg2", cfg_scales = "7", sample_steps = 2,
+                               seconds = 1, prompts = { "Calm piano in the key of D Minor at 96 BPM" } }
+    local r, r0 = w[1].records[1], plain[1].records[1]
+    assert.equal("drums", r.negative_prompt)
+    assert.is_nil(r0.negative_prompt)
+    assert.equal("drums", cjson.decode(common.read(w[1].dir .. "/" .. r.file:gsub("%.wav$", ".json"))).negative_prompt)
+    local a = sao.audio.load(w[1].dir .. "/" .. r.file)
+    local b = sao.audio.load(plain[1].dir .. "/" .. r0.file)
+    assert.is_true(a:maxdiff(b) > 1e-6)
+  end)
+
   it("reads the prompt and its BPM, key and mode", function()
     assert.same({ bpm = 120, key = "A#", mode = "Major" }, sample.reference("Rock in the key of A# Major at 120 BPM"))
     assert.same({ bpm = 90.5, key = "Eb", mode = "Minor" }, sample.reference("eb? no: Eb minor groove, 90.5 bpm"))

@@ -113,7 +113,7 @@ function M.load_weights(model, ckdir, which)
 end
 
 --- Generates every (prompt, cfg scale) pair into dir; files already there are kept.
---- o: cfg_scales, steps, seconds, seed, sampler, frames, step, weights, quiet. Returns the list of
+--- o: cfg_scales, steps, seconds, seed, sampler, frames, step, weights, negative_prompt, quiet. Returns the list of
 --- written/kept sample records.
 function M.generate_set(model, items, dir, o)
   common.mkdir_p(dir)
@@ -131,13 +131,14 @@ function M.generate_set(model, items, dir, o)
         file = name .. ".wav", prompt = it.prompt, source = it.source, clip = it.clip, reference = it.reference,
         cfg_scale = cfg, seed = o.seed + i - 1, steps = o.steps, seconds = seconds, frames = frames,
         sampler = o.sampler, step = o.step, weights = o.weights, model = model.name, random_weights = model.random,
+        negative_prompt = o.negative_prompt,
       }
       if common.exists(wav) and common.exists(js) then
         bar:skip(1)
       else
         bar:start(name)
         local audio, info = model:generate { prompt = it.prompt, seconds = seconds, steps = o.steps, cfg_scale = cfg,
-          seed = rec.seed, frames = frames, sampler = o.sampler, progress = false }
+          seed = rec.seed, frames = frames, sampler = o.sampler, negative_prompt = o.negative_prompt, progress = false }
         rec.sampling_s = info.sampling_s
         local a = audio:select(1, 1):contiguous()
         sao.audio.save(wav, a, sr)
@@ -161,6 +162,7 @@ local function settings(opts, model)
     seed = common.num(opts.sample_seed, d.seed), sampler = opts.sampler or d.sampler,
     frames = opts.frames_sample and common.num(opts.frames_sample) or nil, quiet = common.flag(opts.quiet),
     num = common.num(opts.num_demos, d.num),
+    negative_prompt = opts.negative_prompt ~= "" and opts.negative_prompt or nil,
   }
 end
 M.settings = settings
