@@ -487,7 +487,10 @@ int sao_dit_forward(sao_ctx *ctx, sao_dit *m, const float *x, const float *t, co
         if (graph) {
             int e = dit_graph_end(ctx, m, mode, rc);
             if (e < 0) return -1;
-            if (e == 1) rc = forward_work(ctx, m, &d, &b, B, cfg_on, cfg_scale, scale_phi, hidden);
+            if (e == 1) {   /* the capture failed (and gave up, saying why): run the work eagerly */
+                rc = forward_work(ctx, m, &d, &b, B, cfg_on, cfg_scale, scale_phi, hidden);
+                if (rc) m->graph_why[0] = 0;   /* failing eagerly too: the forward's error, not the capture's */
+            }
         }
         if (rc) return -1;
     }
