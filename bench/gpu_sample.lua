@@ -282,16 +282,21 @@ local function forward()
   local v = dit:forward(x, tt, cross, global, { cfg_scale = CFG_SCALE, scale_phi = 0 })
   v:free()
 end
+-- the fastest of REPEAT timed calls of f
+local function best_of(f)
+  local b = math.huge
+  for _ = 1, REPEAT do
+    local t0 = now()
+    f()
+    b = math.min(b, now() - t0)
+  end
+  return b
+end
 mark()
 t1 = now()
 forward()                                                   -- warm-up: the device workspace is made here
 local first = now() - t1
-local best = math.huge
-for _ = 1, REPEAT do
-  t1 = now()
-  forward()
-  best = math.min(best, now() - t1)
-end
+local best = best_of(forward)
 local fwd_line = provisional(line { what = "dit_forward_cfg_" .. SUFFIX, seconds = best, ms = best * 1000,
   first_call_seconds = first, cfg_batch = 2, context = L, tflops = dit_flops(2, frames, L) / best / 1e12,
   -- the doubled batch's FLOPs as upstream (and bench/torch_dit.py) computes them: sao skips the
@@ -303,12 +308,7 @@ local eager_out = dit:forward(x, tt, cross, global, { cfg_scale = CFG_SCALE, sca
 dit:graphs(true)
 forward()                                                   -- eager: the key recorded
 forward()                                                   -- captured
-local best_g = math.huge
-for _ = 1, REPEAT do
-  t1 = now()
-  forward()
-  best_g = math.min(best_g, now() - t1)
-end
+local best_g = best_of(forward)
 local graph_out = dit:forward(x, tt, cross, global, { cfg_scale = CFG_SCALE, scale_phi = 0 })
 local gst = dit:graph_stats()
 dit:graphs(false)

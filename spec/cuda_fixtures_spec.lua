@@ -6,6 +6,7 @@
 local cjson = require "cjson"
 local fixtures = require "sao.fixtures"
 local gpu = require "support.gpu"
+local sh = require("support.shell").sh
 local gpu_it = gpu.it(it, pending)
 
 -- number_cond has no device path (it runs on the host either way), so it is not listed
@@ -15,18 +16,14 @@ local NAMES = { "dit_tiny", "oobleck_tiny", "t5_encoder_tiny", "sampler_dpmpp3ms
 describe("upstream fixtures through CUDA #gpu", function()
   it("--device cuda without a usable GPU fails each fixture with the reason, exit status 1", function()
     if gpu.has_gpu then return end
-    local p = io.popen("./sao recipes/check_fixture.lua --device cuda spec/fixtures/dit_tiny.safetensors 2>&1; echo rc=$?")
-    local out = p:read("*a")
-    p:close()
+    local rc, out = sh("./sao recipes/check_fixture.lua --device cuda spec/fixtures/dit_tiny.safetensors")
     local row = cjson.decode(out:match("(%b{})"))
     assert.is_false(row.ok)
     assert.matches(gpu.no_cuda_reason(), row.error)
-    assert.matches("rc=1", out)
-    local p2 = io.popen("./sao recipes/check_fixture.lua --device 2>&1; echo rc=$?")
-    local out2 = p2:read("*a")
-    p2:close()
-    assert.matches("%-%-device needs a value", out2)
-    assert.matches("rc=2", out2)
+    assert.equal(1, rc)
+    local rc2, _, err = sh("./sao recipes/check_fixture.lua --device")
+    assert.matches("%-%-device needs a value", err)
+    assert.equal(2, rc2)
   end)
 
   for _, name in ipairs(NAMES) do
