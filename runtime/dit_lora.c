@@ -230,30 +230,46 @@ int dit_lin_backward(sao_ctx *ctx, const sao_dit *m, int layer, int slot, const 
     return ops->linear_bwd(ctx, l->du, x, l->A[k], n, in, l->rank, dx, l->gA[k], NULL);
 }
 
+/* W += s B A for every adapted linear, on the model's kernel table (host or device): A^T [in, r] and
+ * s B [out, r] into a scratch, then W [out, in] += (s B) (A^T)^T as one accumulating linear. On a
+ * device the product runs in fp32 whatever the GEMM precision (merged weights are kept), and the
+ * block's weights are marked newer than the host tensors (copied back by dit:to("cpu")). */
 int sao_dit_lora_merge(sao_ctx *ctx, sao_dit *m) {
+    const char *op = "lora_merge";
     dit_lora *l = m->lora;
-    if (!l) return sao_err(ctx, "lora_merge", "the model has no adapters");
-    if (m->device >= 0)
-        return sao_err(ctx, "lora_merge", "the model's weights are on CUDA device %d: merge on the CPU "
-                       "(dit:to(\"cpu\") first)", m->device);
-    double s = lora_scale(l);
-    for (int i = 0; i < m->cfg.depth; i++) {
+    if (!l) return sao_err(ctx, op, "the model has no adapters");
+    if (dit_begin(ctx, m, op)) return -1;   /* device current, weights and adapters in place */
+    const dit_ops *ops = m->ops;
+    int64_t r = l->rank, most = 0;
+    for (int sl = 0; sl < DIT_LORA_SLOTS; sl++) {
+        int64_t in, out;
+        slot_dims(m, sl, &in, &out);
+        if (l->on[sl] && (in + out) * r > most) most = (in + out) * r;
+    }
+    float *scratch = ops->alloc(ctx, (size_t)most);
+    if (!scratch) return -1;
+    int prec = m->device >= 0 ? sao_cuda_gemm_precision(SAO_GEMM_FP32) : 0;
+    float s = (float)lora_scale(l);
+    int rc = 0;
+    for (int i = 0; i < m->cfg.depth && !rc; i++) {
         dit_layer *L = &m->layers[i];
         float *W[DIT_LORA_SLOTS] = {L->qkv, L->attn_out, L->ca_q, L->ca_kv, L->ca_out, L->ff_w1, L->ff_w2};
-        for (int sl = 0; sl < DIT_LORA_SLOTS; sl++) {
+        for (int sl = 0; sl < DIT_LORA_SLOTS && !rc; sl++) {
             if (!l->on[sl]) continue;
             int64_t in, out;
             slot_dims(m, sl, &in, &out);
             size_t k = (size_t)i * DIT_LORA_SLOTS + (size_t)sl;
-            const float *A = l->A[k], *B = l->B[k];
-            for (int64_t o = 0; o < out; o++)
-                for (int64_t c = 0; c < in; c++) {
-                    double acc = 0;
-                    for (int r = 0; r < l->rank; r++) acc += (double)B[o * l->rank + r] * A[(int64_t)r * in + c];
-                    W[sl][o * in + c] += (float)(s * acc);
-                }
+            float *At = scratch, *sB = scratch + in * r;
+            rc = ops->transpose(ctx, l->A[k], 1, r, in, 0, At) || dit_copy(ctx, ops, sB, l->B[k], out * r) ||
+                 ops->scale(ctx, sB, out * r, s) || ops->linear(ctx, sB, At, NULL, out, r, in, 1, W[sl]);
         }
     }
+    if (m->device >= 0) {
+        sao_cuda_gemm_precision(prec);
+        m->dirty = 1;   /* the block holds the merged weights; the host tensors get them on the way back */
+    }
+    ops->release(scratch);
+    if (rc) return -1;
     sao_dit_lora_remove(m);
     return 0;
 }

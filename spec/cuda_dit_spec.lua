@@ -253,7 +253,17 @@ describe("DiT on CUDA #gpu", function()
     local d = new_dit():to("cuda")                      -- added on a device model: made there
     sao.lora.add(d, { rank = 2 })
     for _, g in pairs(sao.lora.grads(d)) do assert.equal("cuda", g:device()) end
-    assert.error_matches(function() sao.lora.merge(d) end, "lora_merge: the model's weights are on CUDA device 0")
+    -- merging on the device gives what merging on the CPU gives (fp32 products either way)
+    local hm = adapted()
+    sao.lora.merge(hm)
+    local want_m = hm:forward(x, t, cross, global, { cfg_scale = 7 })
+    local dm = adapted():to("cuda")
+    sao.lora.merge(dm)
+    assert.equal(0, sao.lora.rank(dm))
+    assert.tensor_near(want_m, dm:forward(x, t, cross, global, { cfg_scale = 7 }), { abs = 5e-5 })
+    assert.tensor_near(want, want_m, { abs = 1e-4 })       -- merged = adapted (CPU: measured in train_spec)
+    dm:to("cpu")                                           -- the merged weights come back to the host
+    assert.tensor_near(want_m, dm:forward(x, t, cross, global, { cfg_scale = 7 }), { abs = 1e-5 })
   end)
 
   gpu_it("bf16 mode: the weight block's bf16 mirror gives what rounding at every call gives", function()

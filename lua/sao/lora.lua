@@ -108,6 +108,7 @@ end
 --- own copies; the tensors it was loaded from are left as they were.
 function M.merge(dit)
   if M.rank(dit) == 0 then error("lora.merge: the model has no adapters", 2) end
+  dit:sync_host()        -- a model trained on a GPU: its host copies first, so the private copies are current
   own_block_weights(dit)
   sao.check(C.sao_dit_lora_merge(sao.ctx, dit.h), 2)
   dit.lora = nil

@@ -31,8 +31,9 @@ int sao_dit_lora_zero_grad(sao_ctx *ctx, sao_dit *m);
 int sao_dit_lora_place(sao_ctx *ctx, sao_dit *m);
 int sao_dit_lora_set_strength(sao_ctx *ctx, sao_dit *m, double strength);
 /* Folds the adapters into the base weights (W += strength * alpha/r * B A) and removes them.
- * The base weights must be writable (own them first: the trainer does). On the CPU only: a device
- * model is refused (dit:to("cpu") first, which brings the adapters back too). */
+ * The base weights must be writable (own them first: the trainer does). Runs where the model is:
+ * on a device the product is fp32 whatever the GEMM precision, and the merged weights reach the
+ * host tensors with dit:to("cpu") / sao_dit_sync_host. */
 int sao_dit_lora_merge(sao_ctx *ctx, sao_dit *m);
 void sao_dit_lora_remove(sao_dit *m);
 
