@@ -12,6 +12,7 @@
 # (./out/gpu-check when OUT is unset):
 #   gpu-check.log     everything this script printed (device, environment, ldd, probe, summary)
 #   gpu-tests.txt     the spec run's output, ending with "N passed, N failed, N skipped"
+#   gpu-tolerances.jsonl  one line per tensor comparison of the specs: where, max abs error, tolerance
 #   gpu-bench.jsonl   the benchmarks' JSON lines, after one "gpu_check" line naming the GPU, and
 #                     one "gpu_check" status line after each benchmark (rc, seconds, lines)
 #   gpu-bench.log     the benchmarks' whole output (stdout and stderr)
@@ -184,7 +185,7 @@ main() {
     record specs "SKIPPED (no time left)"
   else
     t0=$(now)
-    timeout -k 10 "$t" sh spec/run.sh --tags=gpu 2>&1 | tee -a "$OUT/gpu-tests.txt"
+    SAO_TOL_LOG="$OUT/gpu-tolerances.jsonl" timeout -k 10 "$t" sh spec/run.sh --tags=gpu 2>&1 | tee -a "$OUT/gpu-tests.txt"
     rc=${PIPESTATUS[0]}
     summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$' "$OUT/gpu-tests.txt" | tail -1)
     case "$rc" in
@@ -242,6 +243,6 @@ finish() {
   [ "$FAILED" -eq 0 ]
 }
 
-: > "$OUT/gpu-check.log"; : > "$OUT/gpu-bench.jsonl"; : > "$OUT/gpu-bench.log"; rm -f "$OUT/gpu-tests.txt"
+: > "$OUT/gpu-check.log"; : > "$OUT/gpu-bench.jsonl"; : > "$OUT/gpu-bench.log"; rm -f "$OUT/gpu-tests.txt" "$OUT/gpu-tolerances.jsonl"
 main "$@" 2>&1 | tee -a "$OUT/gpu-check.log"
 exit "${PIPESTATUS[0]}"

@@ -273,6 +273,6 @@ Kit ready in $ROOT/$KIT. The device tool call (the script ends within 8 minutes)
   command:   sh bench/gpu_check.sh
   carry:     [".gpu"]
   timeout_s: 570
-Results: under the call's files_at: gpu-check.log, gpu-tests.txt, gpu-bench.jsonl, gpu-bench.log,
+Results: under the call's files_at: gpu-check.log, gpu-tests.txt, gpu-tolerances.jsonl, gpu-bench.jsonl, gpu-bench.log,
 kit-info.txt.
 EOF

@@ -43,9 +43,33 @@ function M.compare(want, got, tol)
   return ok, maxerr, wi, g[wi], w[wi]
 end
 
+-- SAO_TOL_LOG=FILE appends one JSON line per comparison: where (the spec lines on the call stack,
+-- innermost first), the max abs error, the tolerance and the verdict. A GPU run (bench/gpu_check.sh)
+-- sets it, so the estimated tolerances can be replaced by measured errors from one run.
+local tol_log = os.getenv("SAO_TOL_LOG")
+
+local function log_comparison(maxerr, tol, ok, wmax)
+  local where = {}
+  for level = 3, 30 do
+    local info = debug.getinfo(level, "Sl")
+    if not info then break end
+    if info.short_src:match("_spec%.lua$") then where[#where + 1] = info.short_src .. ":" .. info.currentline end
+  end
+  local f = io.open(tol_log, "a")
+  if not f then return end
+  f:write(require("cjson").encode { where = table.concat(where, " < "), max_abs = maxerr, max_want = wmax,
+    tol_abs = (tol or {}).abs or 0, tol_rel = (tol or {}).rel or 0, ok = ok }, "\n")
+  f:close()
+end
+
 local function tensor_near(state, args)
   local want, got, tol = args[1], args[2], args[3]
   local ok, maxerr, i, g, w = M.compare(want, got, tol)
+  if tol_log then
+    local wmax = 0
+    for _, v in ipairs(flat(want)) do if math.abs(v) > wmax and v == v then wmax = math.abs(v) end end
+    log_comparison(maxerr, tol, ok, wmax)
+  end
   state.failure_message = string.format(
     "tensors differ: worst element #%d got %s want %s (max abs err %.3g, tol abs %g rel %g)",
     i, tostring(g), tostring(w), maxerr, (tol or {}).abs or 0, (tol or {}).rel or 0)
