@@ -263,7 +263,8 @@ describe("DiT on CUDA #gpu", function()
     assert.tensor_near(want_m, dm:forward(x, t, cross, global, { cfg_scale = 7 }), { abs = 5e-5 })
     assert.tensor_near(want, want_m, { abs = 1e-4 })       -- merged = adapted (CPU: measured in train_spec)
     dm:to("cpu")                                           -- the merged weights come back to the host
-    assert.tensor_near(want_m, dm:forward(x, t, cross, global, { cfg_scale = 7 }), { abs = 1e-5 })
+    -- the same CPU forward on weights merged by another GEMM (emulated device: 2.3e-5 at CFG 7)
+    assert.tensor_near(want_m, dm:forward(x, t, cross, global, { cfg_scale = 7 }), { abs = 5e-5 })
   end)
 
   gpu_it("bf16 mode: the weight block's bf16 mirror gives what rounding at every call gives", function()

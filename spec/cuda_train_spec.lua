@@ -61,7 +61,9 @@ local function pass(d, recompute)
   local out = tr:forward(x, t, cross, global)
   local dx, dc, dg = tr:backward(sao.randn { out:shape(), seed = 4 }, { dx = true, dcross = true, dglobal = true })
   local grads = {}
-  for k, g in pairs(tr:grads()) do grads[k] = g:to("cpu") end
+  -- copies: the gradients are views of the trainer's arena, freed with `tr` (on the CPU, to("cpu")
+  -- would return the view itself)
+  for k, g in pairs(tr:grads()) do grads[k] = g:device() == "cpu" and g:clone() or g:to("cpu") end
   return { out = out, dx = dx, dc = dc, dg = dg, grads = grads }
 end
 

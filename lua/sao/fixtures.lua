@@ -90,7 +90,8 @@ runners.train_step_vobjective = function(t, man, path, _, dev)
   for i, tv in ipairs(tt:totable()) do a[i] = math.cos(tv * math.pi / 2); s[i] = math.sin(tv * math.pi / 2) end
   local r = { ["outputs/loss"] = sao.tensor { loss }, ["outputs/model_out"] = out, ["outputs/v_target"] = v,
     ["outputs/x_noised"] = xt, ["outputs/alphas"] = sao.tensor(a), ["outputs/sigmas"] = sao.tensor(s), ["grads/x"] = dx }
-  for name, g in pairs(tr:grads()) do r["grads/" .. name] = g end
+  -- copies: the gradients are views of the trainer's arena, freed with it
+  for name, g in pairs(tr:grads()) do r["grads/" .. name] = g:device() == "cpu" and g:clone() or g:to("cpu") end
   return r
 end
 
@@ -105,8 +106,8 @@ runners.train_step_vobjective_update = function(t, man, path, names, dev)
     if name then params[name] = place(p0[name]:clone()); grads[name] = place(gfx["grads/" .. name]) end
   end
   local a = man.adamw
-  local before = {}
-  for k, v in pairs(params) do before[k] = v:clone() end
+  local before = {}   -- the weights before the step, as host tensors
+  for k in pairs(params) do before[k] = p0[k]:clone() end
   sao.optim.adamw(params, grads, { lr = a.lr, betas = a.betas, eps = a.eps, weight_decay = a.weight_decay }, dev):step()
   local r = {}
   for k, v in pairs(params) do r["updated/" .. k] = v end
@@ -114,7 +115,7 @@ runners.train_step_vobjective_update = function(t, man, path, names, dev)
   for _, k in ipairs(names) do
     local name = k:match("^ema/(.*)$")
     if name then
-      local e = before[name]:clone()
+      local e = place(before[name]:clone())
       local ema = dev and sao.C.sao_cuda_ema_update or sao.C.sao_ema_update
       sao.check(ema(sao.ctx, e:data(), params[name]:data(), e:numel(), decay))
       r[k] = e
