@@ -5,6 +5,8 @@
 #   make run       deps + build + the instrumental recipe on its embedded default
 #   make test      deps + build, then every spec (busted on LuaJIT); ends with "N passed, N failed, N skipped"
 #   make test-gpu  the GPU-tagged specs only (skipped, and counted as such, without a GPU)
+#   make test-gpu-emu  the GPU specs on a CPU emulation of the CUDA backend (spec/support/cuda_emu;
+#                  slow: about 25 minutes on 2 cores; no GPU or CUDA toolkit needed)
 #   make bench     benchmarks as JSON lines (bench/*.lua)
 #   make install PREFIX=/usr/local
 #
@@ -69,7 +71,7 @@ $(shell mkdir -p $(BUILD))
 $(file > $(BUILD)/.flags,$(FLAGS_NOW))
 endif
 
-.PHONY: all deps run test test-gpu bench install clean
+.PHONY: all deps run test test-gpu test-gpu-emu bench install clean
 all: sao $(BUILD)/sao_cdef.h $(CUDA_LIB)
 
 $(BUILD)/%.o: %.c $(HEADERS) $(BUILD)/.flags
@@ -121,6 +123,10 @@ test: deps all
 
 test-gpu: deps all
 	@sh spec/run.sh --tags=gpu
+
+test-gpu-emu: deps $(BUILD)/libsao.so sao $(BUILD)/sao_cdef.h
+	@sh spec/support/cuda_emu/build.sh $(BUILD)/emu $(BUILD)
+	@SAO_CUDA_LIB=$(abspath $(BUILD))/emu/libsao_cuda.so sh spec/run.sh --tags=gpu
 
 bench: all
 	@for b in bench/*.lua; do ./sao $$b || exit 1; done

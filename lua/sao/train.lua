@@ -382,6 +382,7 @@ function Trainer:save(dir)
     lora = self.cfg.lora and self.cfg.dit.lora or nil,
     step = self.step_n, optimizer_step = self.opt.state.step, ema_step = self.ema and self.ema.step or 0,
     seed = self.cfg.seed, data = self.cfg.data.state and self.cfg.data:state() or nil,
+    precision = self.device and sao.cuda.precision() or nil,   -- a GPU run's products: resume keeps them
     optimizer = { lr = self.cfg.optimizer.lr, betas = self.cfg.optimizer.betas, eps = self.cfg.optimizer.eps,
       weight_decay = self.cfg.optimizer.weight_decay, clip = self.cfg.optimizer.clip },
   }
@@ -428,7 +429,8 @@ function M.latest_checkpoint(run_dir)
 end
 
 --- Restores a checkpoint into a new trainer: cfg as for new() (dit, data, ...); the saved seed,
---- optimiser settings, counters and data cursor win over cfg's.
+--- optimiser settings, counters and data cursor win over cfg's; a GPU run's precision is kept
+--- unless cfg.precision is given.
 function M.resume(dir, cfg)
   local f = io.open(dir .. "/state.json", "rb")
   if not f then error("train.resume: " .. dir .. "/state.json: not found (is this a checkpoint folder?)", 2) end
@@ -445,6 +447,8 @@ function M.resume(dir, cfg)
     cfg.dit:load(model, "")
   end
   cfg.seed = state.seed
+  -- a GPU run resumes with the products it was trained with unless cfg says otherwise (bit-exact resume)
+  if cfg.precision == nil then cfg.precision = state.precision end
   cfg.optimizer = cfg.optimizer or {}
   for k, v in pairs(state.optimizer) do cfg.optimizer[k] = v end
   if state.data and cfg.data.set_state then cfg.data:set_state(state.data) end
