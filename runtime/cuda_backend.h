@@ -41,6 +41,7 @@
     OWN(sao_cuda_free)                                                                                     \
     OWN(sao_cuda_empty_cache)                                                                              \
     OWN(sao_cuda_memory_stats)                                                                             \
+    OWN(sao_cuda_reset_peak)                                                                               \
     ERR(sao_cuda_linear_forward, (sao_ctx *ctx, const float *x, const float *w, const float *b, int64_t n,  \
                                   int64_t in, int64_t out, int accumulate, float *y),                      \
         (ctx, x, w, b, n, in, out, accumulate, y))                                                         \

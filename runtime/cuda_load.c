@@ -96,6 +96,10 @@ int sao_cuda_free(void *ptr) {
 
 int64_t sao_cuda_empty_cache(void) { return loaded ? tbl.fn_sao_cuda_empty_cache() : 0; }
 
+void sao_cuda_reset_peak(void) {
+    if (loaded) tbl.fn_sao_cuda_reset_peak();
+}
+
 void sao_cuda_memory_stats(int64_t *allocated, int64_t *cached, int64_t *peak, int64_t *n_cudamalloc) {
     if (loaded) {
         tbl.fn_sao_cuda_memory_stats(allocated, cached, peak, n_cudamalloc);

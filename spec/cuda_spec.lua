@@ -123,6 +123,16 @@ describe("CUDA caching allocator #gpu", function()
     assert.is_true(most <= 80 * 2 ^ 20, string.format("%.0f MB held at most", most / 2 ^ 20))
   end)
 
+  gpu_it("reset_peak starts the peak afresh from the bytes live now", function()
+    local big = sao.zeros(4 * 2 ^ 20):to("cuda")   -- 16 MB
+    big:free()
+    local m = sao.cuda.memory()
+    assert.is_true(m.peak >= m.allocated + 16 * 2 ^ 20)
+    sao.cuda.reset_peak()
+    local r = sao.cuda.memory()
+    assert.equal(r.allocated, r.peak)
+  end)
+
   local function alloc(bytes)
     local p = ffi.new("void*[1]")
     sao.check(C.sao_cuda_malloc(sao.ctx, bytes, p))

@@ -170,6 +170,11 @@ extern "C" int64_t sao_cuda_empty_cache(void) {
     return release_cached(-1);
 }
 
+extern "C" void sao_cuda_reset_peak(void) {
+    Locked guard;
+    if (cache) cache->peak = cache->allocated;
+}
+
 extern "C" void sao_cuda_memory_stats(int64_t *allocated, int64_t *cached, int64_t *peak, int64_t *n_cudamalloc) {
     Locked guard;
     if (allocated) *allocated = cache ? cache->allocated : 0;

@@ -60,6 +60,9 @@ end
 
 function M.empty_cache() return tonumber(C.sao_cuda_empty_cache()) end
 
+--- Starts memory().peak afresh from what is allocated now.
+function M.reset_peak() C.sao_cuda_reset_peak() end
+
 function M.mem_info(dev)
   local f, t = ffi.new("int64_t[1]"), ffi.new("int64_t[1]")
   core.check(C.sao_cuda_mem_info(core.ctx, dev or 0, f, t), 2)

@@ -4,6 +4,11 @@
 -- preprocessor lines dropped (the Makefile makes it). The library is build/libsao.so in a source
 -- tree, PREFIX/lib/libsao.so when installed; SAO_LIB and SAO_CDEF override both.
 local ffi = require "ffi"
+-- One library, one set of declarations and one default context per process: a second load (busted
+-- reloads modules for every spec file) returns the first instance, whose context the tensor
+-- metatype (sao.tensor, also process-wide) reads errors from.
+local registry = debug.getregistry()
+if registry["sao.ffi"] then return registry["sao.ffi"] end
 
 local M = {}
 
@@ -74,4 +79,5 @@ function M.checkp(ptr, level)
   return ptr
 end
 
+registry["sao.ffi"] = M
 return M

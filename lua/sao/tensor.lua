@@ -6,6 +6,11 @@
 -- (t[{1,1}] is the first element), dimensions (t:size(1), t:sum(2)), narrow starts, argmax
 -- results. Negative dims count from the end (-1 is the last).
 local ffi = require "ffi"
+-- The tensor metatype is process-wide (a ctype's metatype is set once), so this module is too: a
+-- second load (busted reloads modules for every spec file) returns the instance whose closures the
+-- metatype holds, and settings such as M.device_gc_bytes reach the code that reads them.
+local registry = debug.getregistry()
+if registry["sao.tensor"] then return registry["sao.tensor"] end
 local core = require "sao.ffi"
 local C, ctx, check, checkp = core.C, core.ctx, core.check, core.checkp
 
@@ -592,4 +597,5 @@ local mt = {
 ffi.metatype(Ref, mt)
 M.metatable = mt
 
+registry["sao.tensor"] = M
 return M

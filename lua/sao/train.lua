@@ -114,6 +114,7 @@ function M.new(cfg)
   local mem0
   if device then
     sao.cuda.precision(cfg.precision or "bf16")
+    sao.cuda.reset_peak()   -- the first step's peak is this run's, not an earlier workload's
     local m = sao.cuda.memory()
     mem0 = { allocated = m.allocated, peak = m.peak, dit_there = cfg.dit:device() == "cuda",
              workspace = tonumber(C.sao_cuda_gemm_workspace_bytes(tonumber(device:match("%d+")))) }

@@ -41,10 +41,13 @@ int sao_cuda_malloc(sao_ctx *ctx, size_t bytes, void **out /* out */);
 int sao_cuda_free(void *ptr);
 /* Gives every cached (free) block back to the driver; returns the bytes released. */
 int64_t sao_cuda_empty_cache(void);
-/* Bytes in live blocks, bytes cached in the bins, the peak of the first, and the number of
- * cudaMalloc calls made, all since the process started (sizes are size classes). Any may be NULL. */
+/* Bytes in live blocks, bytes cached in the bins, the peak of the first (since the process started
+ * or the last sao_cuda_reset_peak), and the number of cudaMalloc calls made (sizes are size
+ * classes). Any may be NULL. */
 void sao_cuda_memory_stats(int64_t *allocated /* out */, int64_t *cached /* out */,
                            int64_t *peak /* out */, int64_t *n_cudamalloc /* out */);
+/* Starts the peak afresh from the bytes live now (a training run measures its own peak). */
+void sao_cuda_reset_peak(void);
 /* The size class a request of `bytes` is rounded up to. */
 size_t sao_cuda_size_class(size_t bytes);
 
