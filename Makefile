@@ -6,7 +6,7 @@
 #   make test      deps + build, then every spec (busted on LuaJIT); ends with "N passed, N failed, N skipped"
 #   make test-gpu  the GPU-tagged specs only (skipped, and counted as such, without a GPU)
 #   make test-gpu-emu  the GPU specs on a CPU emulation of the CUDA backend (spec/support/cuda_emu;
-#                  slow: about 25 minutes on 2 cores; no GPU or CUDA toolkit needed)
+#                  slow: about an hour on 2 cores; no GPU or CUDA toolkit needed)
 #   make bench     benchmarks as JSON lines (bench/*.lua)
 #   make install PREFIX=/usr/local
 #
