@@ -60,11 +60,8 @@ local function pass(d, recompute)
   tr:zero_grad()
   local out = tr:forward(x, t, cross, global)
   local dx, dc, dg = tr:backward(sao.randn { out:shape(), seed = 4 }, { dx = true, dcross = true, dglobal = true })
-  local grads = {}
-  -- copies: the gradients are views of the trainer's arena, freed with `tr` (on the CPU, to("cpu")
-  -- would return the view itself)
-  for k, g in pairs(tr:grads()) do grads[k] = g:device() == "cpu" and g:clone() or g:to("cpu") end
-  return { out = out, dx = dx, dc = dc, dg = dg, grads = grads }
+  -- host copies: the views of tr:grads() are freed with `tr`
+  return { out = out, dx = dx, dc = dc, dg = dg, grads = tr:host_grads() }
 end
 
 describe("training on CUDA #gpu", function()

@@ -36,6 +36,13 @@ function Train:grads()
   return out
 end
 
+--- name -> a host copy of every gradient: outlives the trainer (the views of grads() do not).
+function Train:host_grads()
+  local out = {}
+  for name, g in pairs(self:grads()) do out[name] = g:device() == "cpu" and g:clone() or g:to("cpu") end
+  return out
+end
+
 function Train:zero_grad() sao.check(C.sao_dit_train_zero_grad(sao.ctx, self.h)) end
 
 --- Global L2 norm of every gradient of the arena, in one pass on the trainer's device.

@@ -90,8 +90,7 @@ runners.train_step_vobjective = function(t, man, path, _, dev)
   for i, tv in ipairs(tt:totable()) do a[i] = math.cos(tv * math.pi / 2); s[i] = math.sin(tv * math.pi / 2) end
   local r = { ["outputs/loss"] = sao.tensor { loss }, ["outputs/model_out"] = out, ["outputs/v_target"] = v,
     ["outputs/x_noised"] = xt, ["outputs/alphas"] = sao.tensor(a), ["outputs/sigmas"] = sao.tensor(s), ["grads/x"] = dx }
-  -- copies: the gradients are views of the trainer's arena, freed with it
-  for name, g in pairs(tr:grads()) do r["grads/" .. name] = g:device() == "cpu" and g:clone() or g:to("cpu") end
+  for name, g in pairs(tr:host_grads()) do r["grads/" .. name] = g end
   return r
 end
 
@@ -116,8 +115,7 @@ runners.train_step_vobjective_update = function(t, man, path, names, dev)
     local name = k:match("^ema/(.*)$")
     if name then
       local e = place(before[name]:clone())
-      local ema = dev and sao.C.sao_cuda_ema_update or sao.C.sao_ema_update
-      sao.check(ema(sao.ctx, e:data(), params[name]:data(), e:numel(), decay))
+      sao.check(sao.optim.kernel(e, "ema_update")(sao.ctx, e:data(), params[name]:data(), e:numel(), decay))
       r[k] = e
     end
   end

@@ -18,6 +18,7 @@ local M = {}
 local function kernel(t, name)
   return t:device() == "cpu" and C["sao_" .. name] or C["sao_cuda_" .. name]
 end
+M.kernel = kernel
 
 -- Zeros shaped like p, where p lives (`device` names the GPU: "cuda" or "cuda:N").
 local function zeros_like(p, device)
