@@ -41,7 +41,6 @@ extern "C" {
 #include "../cpu/kcheck.h"
 }
 #include <math.h>
-#include <pthread.h>
 
 #define FULL_MASK 0xffffffffu
 #define KT 32           // keys per tile: one per lane
@@ -513,10 +512,9 @@ __global__ static void ds_rows(const float *p, float *dp, const float *out, cons
 }
 
 static const long long TC_SCRATCH_MAX = 2LL << 30;   // bytes of S beyond which the flash kernel runs
-static pthread_mutex_t tc_lock = PTHREAD_MUTEX_INITIALIZER;
 // S (then P); the backward's dP (then dS); grouped heads: K and V, then dK and dV, per query head
-static float *tc_scratch[6][64];
-static size_t tc_scratch_n[6][64];
+static float *tc_scratch[6][SAO_CUDA_SCRATCH_DEVICES];
+static size_t tc_scratch_n[6][SAO_CUDA_SCRATCH_DEVICES];
 
 static bool tensor_core_path(const sao_attn_geo *g, const float *bias, const uint8_t *key_mask) {
     return sao_cuda_gemm_precision(-1) != SAO_GEMM_FP32 && !bias && !key_mask && g->B > 0 && g->T > 0 &&
@@ -526,14 +524,7 @@ static bool tensor_core_path(const sao_attn_geo *g, const float *bias, const uin
 
 // Scratch `which` of the current device, at least `floats` long.
 static float *tc_buffer(sao_ctx *ctx, const char *op, int which, size_t floats) {
-    int dev = 0;
-    cudaError_t e = cudaGetDevice(&dev);
-    if (e != cudaSuccess) return (float *)sao_err_null(ctx, op, "cudaGetDevice: %s", cudaGetErrorString(e));
-    if (dev < 0 || dev >= 64) return (float *)sao_err_null(ctx, op, "device %d: the attention scratch covers devices 0..63", dev);
-    pthread_mutex_lock(&tc_lock);
-    float *s = sao_cuda_grow(ctx, &tc_scratch[which][dev], &tc_scratch_n[which][dev], floats);
-    pthread_mutex_unlock(&tc_lock);
-    return s;
+    return sao_cuda_device_scratch(ctx, op, "attention scratch", tc_scratch[which], tc_scratch_n[which], floats);
 }
 
 // S_b^T [M, T] per head (column-major, = S_bh row-major [T, M]) = scale K_bh Q_bh^T, every b.

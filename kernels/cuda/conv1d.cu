@@ -33,7 +33,6 @@ extern "C" {
 #include "../cpu/kcheck.h"
 }
 
-#include <pthread.h>
 
 #define THREADS 256
 
@@ -130,19 +129,11 @@ static int grid_ok(sao_ctx *ctx, const char *op, long long blocks) {
 
 // The chunk scratch of the current device (im2col columns / the adjoint's Z), grown as needed.
 static const long long SCRATCH_FLOATS = 32LL << 20;   // 128 MB: chunks of at least one column
-static pthread_mutex_t scratch_lock = PTHREAD_MUTEX_INITIALIZER;
-static float *scratch[64];
-static size_t scratch_n[64];
+static float *scratch[SAO_CUDA_SCRATCH_DEVICES];
+static size_t scratch_n[SAO_CUDA_SCRATCH_DEVICES];
 
 static float *chunk_buffer(sao_ctx *ctx, const char *op, size_t floats) {
-    int dev = 0;
-    cudaError_t e = cudaGetDevice(&dev);
-    if (e != cudaSuccess) return (float *)sao_err_null(ctx, op, "cudaGetDevice: %s", cudaGetErrorString(e));
-    if (dev < 0 || dev >= 64) return (float *)sao_err_null(ctx, op, "device %d: the conv scratch covers devices 0..63", dev);
-    pthread_mutex_lock(&scratch_lock);
-    float *p = sao_cuda_grow(ctx, &scratch[dev], &scratch_n[dev], floats);
-    pthread_mutex_unlock(&scratch_lock);
-    return p;
+    return sao_cuda_device_scratch(ctx, op, "conv scratch", scratch, scratch_n, floats);
 }
 
 // Columns per chunk: as many as fit the scratch next to `rows` floats each.

@@ -52,6 +52,12 @@ extern thread_local cudaStream_t sao_cuda_cur_stream;
 extern thread_local bool sao_cuda_capturing;
 static inline cudaStream_t sao_cuda_stream(void) { return sao_cuda_cur_stream; }
 
+// glue.cu: a scratch kept per device: bufs[dev] grown (sao_cuda_grow) to at least `floats` for the
+// current device dev < SAO_CUDA_SCRATCH_DEVICES, under one lock; `what` names it in errors.
+#define SAO_CUDA_SCRATCH_DEVICES 64
+float *sao_cuda_device_scratch(sao_ctx *ctx, const char *op, const char *what, float **bufs, size_t *sizes,
+                               size_t floats);
+
 // alloc.cu: how many blocks have been handed back (sao_cuda_free) or released to the driver since
 // the process started. A captured graph bakes in addresses: it may replay only while this count
 // is the one it was captured under (nothing it uses can have gone to another owner).

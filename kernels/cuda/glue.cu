@@ -80,6 +80,22 @@ extern "C" int sao_cuda_scale(sao_ctx *ctx, float *x, int64_t n, float s) {
     return 0;
 }
 
+static pthread_mutex_t scratch_lock = PTHREAD_MUTEX_INITIALIZER;
+
+float *sao_cuda_device_scratch(sao_ctx *ctx, const char *op, const char *what, float **bufs, size_t *sizes,
+                               size_t floats) {
+    int dev = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e != cudaSuccess) return (float *)sao_err_null(ctx, op, "cudaGetDevice: %s", cudaGetErrorString(e));
+    if (dev < 0 || dev >= SAO_CUDA_SCRATCH_DEVICES)
+        return (float *)sao_err_null(ctx, op, "device %d: the %s covers devices 0..%d", dev, what,
+                                     SAO_CUDA_SCRATCH_DEVICES - 1);
+    pthread_mutex_lock(&scratch_lock);
+    float *p = sao_cuda_grow(ctx, &bufs[dev], &sizes[dev], floats);
+    pthread_mutex_unlock(&scratch_lock);
+    return p;
+}
+
 extern "C" float *sao_cuda_grow(sao_ctx *ctx, float **buf, size_t *have, size_t need) {
     if (need <= *have) return *buf;
     sao_cuda_free(*buf);   // stream-ordered: safe while queued kernels still use it
