@@ -182,3 +182,31 @@ do
   ew("layernorm_forward", 2 * math.floor(n / 1536) * 1536 * 4, function() check(C.sao_layernorm_forward(ctx, x, gam, nil, math.floor(n / 1536), 1536, 1e-5, y, nil, nil)) end)
   ew("swiglu_forward", 1.5 * n * 4, function() check(C.sao_swiglu_forward(ctx, x, n / 2048, 1024, y)) end)
 end
+
+-- the optimiser: one fused call (AdamW + EMA over every tensor, sao_adamw_multi) against the
+-- per-tensor kernels (an AdamW and an EMA call per tensor), on 300 tensors of mixed sizes
+do
+  local total = quick and 2 ^ 20 or 2 ^ 23
+  local sizes, sum = {}, 0
+  for i = 1, 300 do sizes[i] = (i % 3 == 0) and math.floor(total / 150) or 64 + i; sum = sum + sizes[i] end
+  local list = ffi.new("sao_optim_tensor[300]")
+  local keep = {}
+  for i, n in ipairs(sizes) do
+    local e, b = list[i - 1], { buf(n, 0.1), buf(n, 0.01), buf(n, 0.001), buf(n, 0), buf(n, 0.1) }
+    keep[i] = b                           -- the arrays stay alive; the list holds raw pointers
+    e.param, e.grad, e.m, e.v, e.ema, e.n = b[1], b[2], b[3], b[4], b[5], n
+  end
+  local h = ffi.new("sao_optim_hyper")
+  h.lr, h.beta1, h.beta2, h.eps, h.weight_decay, h.step, h.grad_scale, h.ema_decay = 1e-5, 0.9, 0.999, 1e-8, 1e-3, 10, 1, 0.999
+  local tf = timeit(function() check(C.sao_adamw_multi(ctx, list, 300, h)) end)
+  local tp = timeit(function()
+    for i = 0, 299 do
+      local e = list[i]
+      check(C.sao_adamw_step(ctx, e.param, e.grad, e.m, e.v, e.n, 1e-5, 0.9, 0.999, 1e-8, 1e-3, 10, 1))
+      check(C.sao_ema_update(ctx, e.ema, e.param, e.n, 0.999))
+    end
+  end)
+  emit { bench = "kernels", op = "adamw_ema_fused", shape = string.format("300 tensors, %d weights", sum),
+         threads = threads, ms = tf * 1e3, gbps = sum * 36 / tf / 1e9, vs = "per-tensor adamw + ema",
+         vs_value = tp * 1e3, ratio = tp / tf }
+end

@@ -117,6 +117,8 @@
         (ctx, param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, step, grad_scale))                \
     ERR(sao_cuda_ema_update, (sao_ctx *ctx, float *ema, const float *param, int64_t n, double decay),      \
         (ctx, ema, param, n, decay))                                                                       \
+    ERR(sao_cuda_adamw_multi, (sao_ctx *ctx, const struct sao_optim_tensor *t, int count,                 \
+                               const struct sao_optim_hyper *h), (ctx, t, count, h))                       \
     ERR(sao_cuda_sumsq, (sao_ctx *ctx, const float *x, int64_t n, double *out), (ctx, x, n, out))          \
     /* sao_cuda_attn.h: attention and 1-D convolutions */                                                  \
     ERR(sao_cuda_attention_forward, (sao_ctx *ctx, const struct sao_attn_desc *a, const float *q,           \
@@ -178,6 +180,7 @@
     OWN(sao_dit_to_host)                                                                                   \
     OWN(sao_dit_sync_host)                                                                                 \
     PTR(sao_tensor *, sao_dit_device_tensor, (sao_ctx *ctx, sao_dit *m, const char *name), (ctx, m, name))  \
+    ERR(sao_dit_keep_bf16, (sao_ctx *ctx, sao_dit *m, int on), (ctx, m, on))                                \
     ERR(dit_device_begin, (sao_ctx *ctx, sao_dit *m), (ctx, m))                                            \
     PTR(float *, dit_device_ws, (sao_ctx *ctx, sao_dit *m, size_t floats), (ctx, m, floats))               \
     OWN(dit_device_release)                                                                                \

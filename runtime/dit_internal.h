@@ -98,6 +98,10 @@ struct sao_dit {
     int dirty;          /* device weights handed out for writing (sao_dit_device_tensor: training):
                            they may be newer than the host tensors, so leaving the device, or
                            uploading again, first copies them back (sao_dit_sync_host) */
+    int keep_bf16;      /* sao_dit_keep_bf16: the bf16 mirror stays while the weights are written,
+                           its writer (the optimiser, sao_cuda_adamw_multi) keeping it current */
+    int bf16_stale;     /* weights written by anything else (a device LoRA merge): re-round the
+                           mirror before the next forward */
     size_t dws_size;    /* in floats */
     /* CUDA graphs of the device forward (sao_dit_graphs; kernels/cuda/dit_graph.cu) */
     int graphs;                  /* asked for */

@@ -267,6 +267,7 @@ int sao_dit_lora_merge(sao_ctx *ctx, sao_dit *m) {
     if (m->device >= 0) {
         sao_cuda_gemm_precision(prec);
         m->dirty = 1;   /* the block holds the merged weights; the host tensors get them on the way back */
+        m->bf16_stale = 1;   /* and a bf16 mirror of them is out of date */
     }
     ops->release(scratch);
     if (rc) return -1;

@@ -540,6 +540,67 @@ describe("CUDA ops #gpu", function()
     assert.tensor_near(v, back(gv, n), { abs = 0, rel = 2.5e-7 })
   end)
 
+  gpu_it("fused AdamW + EMA + bf16 copies: 50 tensors (two launches), chunk edges, both roundings", function()
+    -- sizes around the 4096-element chunks, 50 tensors > 48 per launch
+    local sizes = {}
+    for i = 1, 50 do sizes[i] = ({ 1, 4095, 4096, 4097, 8193 })[i % 5 + 1] + 7 * i end
+    local function setup(seed)
+      local hs, ds = {}, {}
+      local list_h, list_d = ffi.new("sao_optim_tensor[50]"), ffi.new("sao_optim_tensor[50]")
+      local off = 0
+      for i, n in ipairs(sizes) do
+        local h = { p = normal(n, seed + i), m = normal(n, seed + 100 + i, 0.01), v = uniform(n, seed + 200 + i, 0, 1e-4),
+          e = normal(n, seed + 300 + i), g = normal(n, seed + 400 + i, 0.1), bf = sao.full({ math.ceil(n / 2) }, 0) }
+        local d = {}
+        for _, f in ipairs { "p", "m", "v", "e", "g", "bf" } do d[f], d["p" .. f] = G(h[f]) end
+        hs[i], ds[i] = h, d
+        local eh, ed = list_h[i - 1], list_d[i - 1]
+        eh.param, eh.grad, eh.m, eh.v, eh.ema = h.p:data(), h.g:data(), h.m:data(), h.v:data(), h.e:data()
+        eh.param_bf16, eh.n, eh.sr_offset = ffi.cast("uint16_t *", h.bf:data()), n, off
+        ed.param, ed.grad, ed.m, ed.v, ed.ema = d.pp, d.pg, d.pm, d.pv, d.pe
+        ed.param_bf16, ed.n, ed.sr_offset = ffi.cast("uint16_t *", d.pbf), n, off
+        off = off + n
+      end
+      return hs, ds, list_h, list_d
+    end
+    local hs, ds, lh, ld = setup(170)
+    local h = ffi.new("sao_optim_hyper")
+    h.lr, h.beta1, h.beta2, h.eps, h.weight_decay, h.grad_scale, h.sr_seed = 1e-3, 0.9, 0.999, 1e-8, 0.01, 0.5, 11
+    for step, mode in ipairs { { 0, 0 }, { 0.5, 1 }, { 0.9, 0 }, { 0.99, 1 } } do
+      h.step, h.ema_decay, h.stochastic = step, mode[1], mode[2]
+      sao.check(C.sao_adamw_multi(ctx, lh, 50, h))
+      sao.check(C.sao_cuda_adamw_multi(ctx, ld, 50, h))
+      for i, n in ipairs(sizes) do
+        local x, d = hs[i], ds[i]
+        local gp = back(d.p, n)
+        -- AdamW and EMA: as the per-tensor kernels (2 ulp: FMA contraction, see adamw above)
+        local what = ("tensor %d, step %d"):format(i, step)
+        assert.tensor_near(x.p, gp, { abs = 0, rel = 2.5e-7 }, "param, " .. what)
+        assert.tensor_near(x.m, back(d.m, n), { abs = 0, rel = 2.5e-7 }, "m, " .. what)
+        assert.tensor_near(x.v, back(d.v, n), { abs = 0, rel = 2.5e-7 }, "v, " .. what)
+        assert.tensor_near(x.e, back(d.e, n), { abs = 0, rel = 2.5e-7 }, "ema, " .. what)
+        -- the bf16 copy (nearest, then stochastic): the CPU's bits wherever the fp32 weights agree
+        local gb = ffi.cast("uint16_t *", back(d.bf, math.ceil(n / 2)):data())
+        local hb, hp, dp = ffi.cast("uint16_t *", x.bf:data()), x.p:data(), gp:data()
+        local same, diff = 0, 0
+        for j = 0, n - 1 do
+          if hp[j] == dp[j] then
+            same = same + 1
+            if hb[j] ~= gb[j] then diff = diff + 1 end
+          end
+        end
+        assert.equal(0, diff, "bf16 copy, " .. what)
+        assert.is_true(same >= n - 2, what)
+        -- the next step starts from the CPU's state, so rounding differences do not compound
+        for _, f in ipairs { "p", "m", "v", "e" } do
+          local hg = sao.full({ n + 2 * GUARD }, SENTINEL)
+          ffi.copy(hg:data() + GUARD, x[f]:data(), 4 * n)
+          d[f]:copy_(hg)
+        end
+      end
+    end
+  end)
+
   gpu_it("ema update (n=4133, decay 0.999 and 0)", function()
     local n = 4133
     local e, p = normal(n, 141), normal(n, 142)

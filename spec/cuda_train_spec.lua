@@ -131,6 +131,32 @@ describe("training on CUDA #gpu", function()
     assert.is_true(last < first, string.format("loss %g -> %g", first, last))
   end)
 
+  gpu_it("bf16: the weights' bf16 copy kept by the fused AdamW gives the bits of rounding them at every GEMM", function()
+    -- a bf16 run keeps the copy (dit:keep_bf16, set by sao.train); the other run drops it, so its
+    -- GEMMs round the current weights each call: nearest rounding of the same fp32 weights
+    local a, b = trainer { device = "cuda", precision = "bf16" }, trainer { device = "cuda", precision = "bf16" }
+    assert.is_true(a.cfg.dit:keep_bf16())
+    b.cfg.dit:keep_bf16(false)
+    for i = 1, 6 do
+      local ra, rb = a:step(), b:step()
+      assert.equal(rb.loss, ra.loss, "step " .. i)
+      assert.equal(rb.grad_norm, ra.grad_norm, "step " .. i)
+    end
+    for k, p in pairs(a.params) do assert.equal(0, p:to("cpu"):maxdiff(b.params[k]:to("cpu")), k) end
+    -- stochastic rounding of the copy: other bf16 weights (other losses), the same training within bf16 noise
+    local c = trainer { device = "cuda", precision = "bf16", optimizer = { lr = 1e-3, clip = 1.0, stochastic_rounding = true } }
+    local a2 = trainer { device = "cuda", precision = "bf16" }
+    local differ = 0
+    for i = 1, 6 do
+      local ra, rc = a2:step(), c:step()
+      if ra.loss ~= rc.loss then differ = differ + 1 end
+      -- estimate: as the bf16 test above
+      assert.near(ra.loss, rc.loss, 3e-2 * math.abs(ra.loss), "step " .. i)
+    end
+    assert.is_true(differ > 0, "stochastic rounding changed nothing")
+    sao.cuda.precision("fp32")
+  end)
+
   gpu_it("LoRA on the GPU: the adapters live there, train like the CPU's, and come back with dit:to('cpu')", function()
     local lora = { rank = 4, alpha = 8 }
     local a, b = trainer { lora = lora }, trainer { device = "cuda", lora = { rank = 4, alpha = 8 } }

@@ -205,15 +205,18 @@ describe("device memory plan (arithmetic)", function()
     it("adds up its parts" .. (lora and " (LoRA)" or ""), function()
       local tr = trainer(nil, { lora = lora and { rank = 2 } or nil })
       local d = plan_of(tr, "bf16")
-      local parts = d.before + d.weights + d.arenas + d.adamw_moments + d.ema + d.gemm_workspace + d.bf16_scratch +
-        d.attention_scratch + d.lora
+      local parts = d.before + d.weights + d.arenas + d.adamw_moments + d.ema + d.gemm_workspace + d.bf16_weights +
+        d.bf16_scratch + d.attention_scratch + d.lora
       assert.equal(parts, d.predicted_peak)
       assert.is_true(d.weights > 4 * tr.nparams)                 -- every parameter, size-classed
       assert.equal(class(32 * 2 ^ 20), d.gemm_workspace)
       assert.equal(lora, d.lora > 0)
-      if sao.has_cuda() then                                     -- the scratch exists in the bf16 mode
+      if sao.has_cuda() then                                     -- the scratch and the weights' copy exist in the bf16 mode
         assert.is_true(d.bf16_scratch > 0 and d.attention_scratch > 0)
-        assert.equal(0, plan_of(tr, "fp32").attention_scratch)
+        assert.equal(class(tonumber(sao.C.sao_dit_device_block_bytes(tr.cfg.dit.h)) / 2), d.bf16_weights)
+        local f = plan_of(tr, "fp32")
+        assert.equal(0, f.attention_scratch)
+        assert.equal(0, f.bf16_weights)
       end
       tr.plan.device, tr.device = d, "cuda:0"
       assert.matches("predicted device peak", tr:plan_text())

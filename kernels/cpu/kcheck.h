@@ -72,6 +72,10 @@ int sao_adamw_check(sao_ctx *ctx, const char *op, const float *param, const floa
                     int64_t step);
 int sao_ema_check(sao_ctx *ctx, const char *op, const float *ema, const float *param, int64_t n,
                   double decay);
+struct sao_optim_tensor;
+struct sao_optim_hyper;
+int sao_adamw_multi_check(sao_ctx *ctx, const char *op, const struct sao_optim_tensor *t, int count,
+                          const struct sao_optim_hyper *h);
 
 /* ---- layernorm.c (the forward check serves RMSNorm's forward too), rmsnorm.c -------------------- */
 int sao_norm_forward_check(sao_ctx *ctx, const char *op, const float *x, const float *gamma,

@@ -40,6 +40,9 @@ int sao_cuda_gemm_f32(sao_ctx *ctx, const char *op, bool ta, bool tb, int m, int
 // linear.cu: a bf16 copy of the read-only fp32 range [base, base + n) that the bf16-mode linear
 // forward uses instead of rounding those weights at every call (on: make or refresh it; 0: drop).
 int sao_cuda_bf16_mirror(sao_ctx *ctx, const float *base, int64_t n, int on);
+// linear.cu: the bf16 copy (raw bits) of w[0 .. n) when a mirror holds that whole range, else NULL:
+// whoever updates registered weights in place (the optimiser) writes their copies too.
+uint16_t *sao_cuda_bf16_mirror_find(const float *w, int64_t n);
 
 // The stream sao's kernels are launched on: the legacy default stream, so every launch and copy
 // is ordered, and the caching allocator (alloc.cu) may hand a freed block to the next caller at
@@ -105,6 +108,21 @@ static inline int sao_cuda_check_ptr(sao_ctx *ctx, const char *op, const char *w
 static inline unsigned sao_cuda_stride_blocks(long long n) {
     long long b = (n + SAO_CUDA_THREADS - 1) / SAO_CUDA_THREADS;
     return (unsigned)(b < SAO_CUDA_MAX_BLOCKS ? b : SAO_CUDA_MAX_BLOCKS);
+}
+
+// Philox4x32-10, the twin of runtime/rng.c's sao_philox4x32 (the same four words for a counter
+// and key): the random fills (device.cu) and the stochastic rounding of the optimiser (optim.cu).
+__device__ static inline void sao_philox(unsigned long long counter, unsigned long long key, unsigned int *o) {
+    unsigned int c0 = (unsigned int)counter, c1 = (unsigned int)(counter >> 32), c2 = 0, c3 = 0;
+    unsigned int k0 = (unsigned int)key, k1 = (unsigned int)(key >> 32);
+    for (int r = 0; r < 10; r++) {
+        unsigned int hi0 = __umulhi(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
+        unsigned int hi1 = __umulhi(0xCD9E8D57u, c2), lo1 = 0xCD9E8D57u * c2;
+        unsigned int n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
+        c0 = n0; c1 = lo1; c2 = n2; c3 = lo0;
+        k0 += 0x9E3779B9u; k1 += 0xBB67AE85u;
+    }
+    o[0] = c0; o[1] = c1; o[2] = c2; o[3] = c3;
 }
 
 // Sum of v over the block (blockDim.x a multiple of 32): a fixed shuffle tree per warp, then one

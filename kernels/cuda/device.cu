@@ -96,25 +96,11 @@ extern "C" sao_tensor *sao_tensor_to_cpu(sao_ctx *ctx, const sao_tensor *t) {
     return r;
 }
 
-// ---- Philox4x32-10, the twin of runtime/rng.c ------------------------------------------------
-__device__ static void philox(unsigned long long counter, unsigned long long key, unsigned int *o) {
-    unsigned int c0 = (unsigned int)counter, c1 = (unsigned int)(counter >> 32), c2 = 0, c3 = 0;
-    unsigned int k0 = (unsigned int)key, k1 = (unsigned int)(key >> 32);
-    for (int r = 0; r < 10; r++) {
-        unsigned int hi0 = __umulhi(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
-        unsigned int hi1 = __umulhi(0xCD9E8D57u, c2), lo1 = 0xCD9E8D57u * c2;
-        unsigned int n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
-        c0 = n0; c1 = lo1; c2 = n2; c3 = lo0;
-        k0 += 0x9E3779B9u; k1 += 0xBB67AE85u;
-    }
-    o[0] = c0; o[1] = c1; o[2] = c2; o[3] = c3;
-}
-
 __global__ static void rand_kernel(float *out, long long n, unsigned long long seed, unsigned long long offset, int normal) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     unsigned int b[4];
-    philox((unsigned long long)(i / 4) + offset, seed, b);
+    sao_philox((unsigned long long)(i / 4) + offset, seed, b);
     int lane = (int)(i % 4);
     double v;
     if (!normal) {

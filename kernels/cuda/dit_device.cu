@@ -29,18 +29,19 @@ static int64_t param_numel(const sao_params *p, int i) {
 }
 
 // The bf16 mirror of the weight block: wanted in the bf16 mode on a model whose device weights
-// nobody writes (training hands them out: dirty); dropped otherwise, and after any upload.
+// nobody writes, or whose writer keeps it current (keep_bf16: a training run whose optimiser
+// rewrites the mirrored copies as it updates the weights, optim.cu); dropped otherwise, after any
+// upload, and when something else wrote the block (bf16_stale).
 static void drop_mirror(sao_dit *m) {
     if (m->mirrored) sao_cuda_bf16_mirror(NULL, m->dparams, 0, 0);
     m->mirrored = 0;
 }
 
 static int keep_mirror(sao_ctx *ctx, sao_dit *m) {
-    int want = sao_cuda_gemm_precision(-1) == SAO_GEMM_BF16 && !m->dirty;
-    if (!want) {
-        drop_mirror(m);
-        return 0;
-    }
+    int want = sao_cuda_gemm_precision(-1) == SAO_GEMM_BF16 && (!m->dirty || m->keep_bf16);
+    if (!want || m->bf16_stale) drop_mirror(m);
+    m->bf16_stale = 0;
+    if (!want) return 0;
     if (m->mirrored) return 0;
     if (sao_cuda_bf16_mirror(ctx, m->dparams, m->dparams_n, 1)) return -1;
     m->mirrored = 1;
@@ -99,10 +100,22 @@ extern "C" sao_tensor *sao_dit_device_tensor(sao_ctx *ctx, sao_dit *m, const cha
         if (!t) return NULL;
         t->storage->device = SAO_CUDA;
         m->dirty = 1;
-        drop_mirror(m);   // these weights will change: the bf16 GEMMs round them as they go
+        // these weights will change: the bf16 GEMMs round them as they go, unless their writer
+        // keeps the mirror current (sao_dit_keep_bf16)
+        if (!m->keep_bf16) drop_mirror(m);
         return t;
     }
     return (sao_tensor *)sao_err_null(ctx, op, "no parameter named '%s'", name);
+}
+
+extern "C" int sao_dit_keep_bf16(sao_ctx *ctx, sao_dit *m, int on) {
+    SAO_UNUSED(ctx);
+    int was = m->keep_bf16;
+    if (on >= 0) {
+        m->keep_bf16 = on != 0;
+        if (!m->keep_bf16 && m->dirty) drop_mirror(m);   // nobody keeps it current any more
+    }
+    return was;
 }
 
 static void release_blocks(sao_dit *m) {

@@ -351,6 +351,10 @@ const __nv_bfloat16 *mirror_of(const float *w, int64_t count) {
 
 }  // namespace
 
+uint16_t *sao_cuda_bf16_mirror_find(const float *w, int64_t n) {
+    return (uint16_t *)mirror_of(w, n);
+}
+
 int sao_cuda_bf16_mirror(sao_ctx *ctx, const float *base, int64_t n, int on) {
     const char *op = "cuda_bf16_mirror";
     __nv_bfloat16 *bf = NULL;
@@ -431,11 +435,12 @@ extern "C" int sao_cuda_linear_backward(sao_ctx *ctx, const float *dy, const flo
     const void *dy_m = dy, *x_m = x, *w_m = w;
     cudaDataType_t ab = CUDA_R_32F;
     if ((dx || dw) && current_precision() == SAO_GEMM_BF16) {
-        const float *src[3] = {dy, dw ? x : NULL, dx ? w : NULL};
+        const __nv_bfloat16 *wm = dx ? mirror_of(w, out * in) : NULL;   // a mirrored weight is rounded already
+        const float *src[3] = {dy, dw ? x : NULL, dx && !wm ? w : NULL};
         const int64_t cnt[3] = {n * out, n * in, out * in};
         const __nv_bfloat16 *h[3];
         if (to_bf16(ctx, op, src, cnt, h)) return -1;
-        dy_m = h[0]; x_m = h[1]; w_m = h[2];
+        dy_m = h[0]; x_m = h[1]; w_m = wm ? wm : h[2];
         ab = CUDA_R_16BF;
     }
     // dx^T [in, N] += (w as [in, out]) (dy as [out, N])

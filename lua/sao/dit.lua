@@ -74,6 +74,17 @@ function Dit:device_tensor(name)
   return sao.tensor_from_ptr(sao.checkp(C.sao_dit_device_tensor(sao.ctx, self.h, name), 2))
 end
 
+--- bf16 products while training on a device: on, the weights are rounded to bf16 once into a copy
+--- that the optimiser keeps current as it updates them (sao.optim's fused step on the GPU) instead
+--- of being rounded at every GEMM; any other write through device_tensor views is then not seen by
+--- the bf16 products until dit:to("cuda") again. sao.train turns it on for a bf16 run; off by default.
+--- dit:keep_bf16() only asks. Returns the previous setting.
+function Dit:keep_bf16(on)
+  if self:device() == "cpu" then return false end
+  local was = C.sao_dit_keep_bf16(sao.ctx, self.h, on == nil and -1 or (on and 1 or 0))
+  return was == 1
+end
+
 --- CUDA graphs for a device model's forward: on, the second forward with the same shapes and
 --- settings is captured and later ones replay it as one launch (until anything is freed on the
 --- device; then it is captured anew). Not with hidden states or LoRA, and nothing on the CPU. Off

@@ -65,11 +65,49 @@ function AdamW:lr()
   return cfg.lr
 end
 
---- One step. Returns an info table {lr, grad_norm, skipped, clipped}. A non-finite gradient norm
---- skips the step entirely (parameters, moments and the step count stay as they were).
+-- The fused kernel's tensor lists: {list = sao_optim_tensor[n], n, p = a tensor there} for the
+-- host's tensors and for the GPU's (one device per optimiser, as for the per-tensor kernels). A tensor's place in the stochastic-rounding stream
+-- is the count of elements before it in name order (so every weight has its own numbers).
+function AdamW:lists(ema)
+  local groups, order, off = {}, {}, 0
+  for _, k in ipairs(self.names) do
+    local p = self.params[k]
+    local dev = p:device()
+    local g = groups[dev]
+    if not g then
+      g = { p = p, items = {} }
+      groups[dev] = g
+      order[#order + 1] = g
+    end
+    g.items[#g.items + 1] = { k, off }
+    off = off + p:numel()
+  end
+  local st = self.state
+  for _, g in ipairs(order) do
+    g.n = #g.items
+    g.list = ffi.new("sao_optim_tensor[?]", g.n)
+    for i, it in ipairs(g.items) do
+      local k, e = it[1], g.list[i - 1]
+      local p = self.params[k]
+      e.param, e.grad, e.m, e.v = p:data(), self.grads[k]:data(), st.m[k]:data(), st.v[k]:data()
+      e.ema = ema and ema.shadow[k]:data() or nil
+      e.n, e.sr_offset = p:numel(), it[2]
+    end
+  end
+  return order
+end
+
+--- One step. Returns an info table {lr, grad_norm, skipped, clipped, ema}. A non-finite gradient
+--- norm skips the step entirely (parameters, moments and the step count stay as they were).
 --- self.norm_fn, when set, gives the global gradient norm instead of the per-tensor sum (a GPU
 --- trainer's one pass over its gradient arena).
-function AdamW:step()
+--- The update of every tensor on a device is one fused call (sao_adamw_multi or its CUDA twin:
+--- the same bits as one sao_adamw_step per tensor). `ema` (an optim.ema over the same names):
+--- its update of the new weights is fused in too (info.ema is then the decay it used; a skipped
+--- step updates neither). cfg.stochastic_rounding: the bf16 copies of the weights that a GPU run
+--- keeps (dit:keep_bf16) are rounded stochastically (Philox, seed cfg.sr_seed or 0) instead of to
+--- nearest; the fp32 weights are unchanged either way.
+function AdamW:step(ema)
   local cfg = self.cfg
   local norm = self.norm_fn and self.norm_fn() or M.grad_norm(self.grads)
   local info = { grad_norm = norm, lr = self:lr() }
@@ -85,10 +123,13 @@ function AdamW:step()
   local b = cfg.betas or { 0.9, 0.999 }
   local st = self.state
   st.step = st.step + 1
-  for _, k in ipairs(self.names) do
-    local p, g = self.params[k], self.grads[k]
-    sao.check(kernel(p, "adamw_step")(sao.ctx, p:data(), g:data(), st.m[k]:data(), st.v[k]:data(), p:numel(),
-      info.lr, b[1], b[2], cfg.eps or 1e-8, cfg.weight_decay or 0, st.step, scale))
+  if ema then info.ema = ema:advance() end
+  local h = ffi.new("sao_optim_hyper")
+  h.lr, h.beta1, h.beta2, h.eps, h.weight_decay = info.lr, b[1], b[2], cfg.eps or 1e-8, cfg.weight_decay or 0
+  h.step, h.grad_scale, h.ema_decay = st.step, scale, info.ema or -1
+  h.stochastic, h.sr_seed = cfg.stochastic_rounding and 1 or 0, cfg.sr_seed or 0
+  for _, g in ipairs(self:lists(ema)) do
+    sao.check(kernel(g.p, "adamw_multi")(sao.ctx, g.list, g.n, h))
   end
   return info
 end
@@ -120,6 +161,14 @@ function EMA:decay(step)
   if epoch <= 0 then return 0 end
   local d = 1 - (1 + epoch / self.inv_gamma) ^ (-self.power)
   return math.min(math.max(d, self.min_value), self.beta)
+end
+
+--- Counts one update and returns the decay it uses (0: a copy of the weights): for a caller that
+--- applies it itself (AdamW:step(ema), fused with the optimiser).
+function EMA:advance()
+  self.step = self.step + 1
+  if self.step <= self.after + 1 then return 0 end
+  return self:decay(self.step)
 end
 
 function EMA:update()

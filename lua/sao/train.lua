@@ -98,7 +98,9 @@ function M.new(cfg)
   oc.betas = oc.betas or { 0.9, 0.999 }
   oc.eps = oc.eps or 1e-8
   oc.weight_decay = oc.weight_decay or 1e-3
+  oc.stochastic_rounding = oc.stochastic_rounding or false   -- the bf16 weight copies of a GPU run
   cfg.seed = cfg.seed or 42
+  oc.sr_seed = oc.sr_seed or cfg.seed
   cfg.accum = cfg.accum or 1
   cfg.cfg_dropout = cfg.cfg_dropout == nil and 0.1 or cfg.cfg_dropout
   cfg.log_every = cfg.log_every or 1
@@ -130,6 +132,9 @@ function M.new(cfg)
   else
     self.params = host_params
     if device then
+      -- bf16 products: the weights' bf16 copy is made once and kept current by the fused AdamW
+      -- step (sao_cuda_adamw_multi) instead of rounding every weight at every GEMM
+      cfg.dit:keep_bf16(sao.cuda.precision() == "bf16")
       self.params = {}
       for k in pairs(host_params) do self.params[k] = cfg.dit:device_tensor(k) end
     end
@@ -189,16 +194,19 @@ function Trainer:device_plan(mem0)
   local weights = 0
   if not mem0.dit_there then weights = class(tonumber(C.sao_dit_device_block_bytes(self.cfg.dit.h))) end
   local arenas = tonumber(C.sao_dit_train_device_bytes(self.tr.h))
-  -- bf16 products: the largest linear's rounded inputs (dy, x and W of a backward) in the scratch
-  local scratch = 0
+  -- bf16 products: the weight block's bf16 copy (a LoRA run's frozen base, or the weights that the
+  -- fused AdamW keeps current: dit:keep_bf16), and the largest linear's rounded inputs (dy and x of
+  -- a backward; the weights come from the copy) in the scratch
+  local scratch, mirror = 0, 0
   if sao.cuda.precision() == "bf16" then
+    mirror = class(tonumber(C.sao_dit_device_block_bytes(self.cfg.dit.h)) / 2)
     local c, cfg = self.cfg.dit.config, self.cfg
     local E, Dc = c.embed_dim, c.cond_token_dim
     local F = (c.ff_mult or 4) * E
     local n, nl = cfg.batch * (cfg.frames + 1), cfg.batch * math.max(cfg.context or 0, 1)
     local function pad(k) return math.ceil(k / 128) * 128 end
     for _, s in ipairs { { n, E, 3 * E }, { n, E, 2 * F }, { n, F, E }, { nl, Dc, 2 * Dc } } do
-      scratch = math.max(scratch, pad(s[1] * s[2]) + pad(s[2] * s[3]) + pad(s[1] * s[3]))
+      scratch = math.max(scratch, pad(s[1] * s[2]) + pad(s[1] * s[3]))
     end
     scratch = class(math.ceil(scratch / 2) * 4)
   end
@@ -224,12 +232,12 @@ function Trainer:device_plan(mem0)
   end
   local d = {
     weights = weights, arenas = arenas, adamw_moments = 2 * per_tensor, lora = adapters,
-    ema = self.ema and per_tensor or 0, bf16_scratch = scratch, attention_scratch = attn,
+    ema = self.ema and per_tensor or 0, bf16_weights = mirror, bf16_scratch = scratch, attention_scratch = attn,
     gemm_workspace = mem0.workspace > 0 and 0 or class(32 * 2 ^ 20),   -- made by the first GEMM, kept
     before = mem0.allocated, peak_before = mem0.peak,
   }
   d.predicted_peak = math.max(mem0.peak, d.before + d.weights + d.arenas + d.adamw_moments + d.ema +
-    d.gemm_workspace + d.bf16_scratch + d.attention_scratch + d.lora)
+    d.gemm_workspace + d.bf16_weights + d.bf16_scratch + d.attention_scratch + d.lora)
   return d
 end
 
@@ -246,10 +254,11 @@ function Trainer:plan_text()
   local d = p.device
   if not d then return text end
   return text .. string.format("  on %s (%s products), as device blocks: weights %s, grads + activ. %s, AdamW %s,\n" ..
-    "  EMA %s, LoRA %s, GEMM workspace %s, bf16 scratch %s, attention scratch %s, held before %s;\n" ..
-    "  predicted device peak %s\n",
+    "  EMA %s, LoRA %s, GEMM workspace %s, bf16 weights %s, bf16 scratch %s, attention scratch %s,\n" ..
+    "  held before %s; predicted device peak %s\n",
     self.device, sao.cuda.precision(), mb(d.weights), mb(d.arenas), mb(d.adamw_moments), mb(d.ema), mb(d.lora),
-    mb(d.gemm_workspace), mb(d.bf16_scratch), mb(d.attention_scratch), mb(d.before), mb(d.predicted_peak))
+    mb(d.gemm_workspace), mb(d.bf16_weights), mb(d.bf16_scratch), mb(d.attention_scratch), mb(d.before),
+    mb(d.predicted_peak))
 end
 
 function Trainer:log(rec)
@@ -320,13 +329,12 @@ function Trainer:step()
     local loss = self.tr:vloss(x0, noise, t, cross, batch.global, { dloss = 1 / cfg.accum })
     total = total + loss / cfg.accum
   end
-  local info = self.opt:step()
+  -- AdamW and the EMA of the new weights in one fused pass (a skipped step updates neither)
+  local info = self.opt:step(self.ema)
   if not info.skipped and total ~= total then info.skipped = true end
   if info.skipped then
     io.stderr:write(string.format("[train] step %d: non-finite loss/gradient (loss %s, |g| %s): step skipped\n",
       self.step_n, tostring(total), tostring(info.grad_norm)))
-  elseif self.ema then
-    self.ema:update()
   end
   self.step_n = self.step_n + 1
   local dt = now() - t0
@@ -385,7 +393,8 @@ function Trainer:save(dir)
     seed = self.cfg.seed, data = self.cfg.data.state and self.cfg.data:state() or nil,
     precision = self.device and sao.cuda.precision() or nil,   -- a GPU run's products: resume keeps them
     optimizer = { lr = self.cfg.optimizer.lr, betas = self.cfg.optimizer.betas, eps = self.cfg.optimizer.eps,
-      weight_decay = self.cfg.optimizer.weight_decay, clip = self.cfg.optimizer.clip },
+      weight_decay = self.cfg.optimizer.weight_decay, clip = self.cfg.optimizer.clip,
+      stochastic_rounding = self.cfg.optimizer.stochastic_rounding, sr_seed = self.cfg.optimizer.sr_seed },
   }
   write_atomic(dir .. "/state.json", cjson.encode(state))
   fs.rm_rf(final)

@@ -88,6 +88,14 @@ int sao_cuda_adamw_step(sao_ctx *ctx, float *param, const float *grad, float *m,
                         double lr, double beta1, double beta2, double eps, double weight_decay,
                         int64_t step, double grad_scale);
 int sao_cuda_ema_update(sao_ctx *ctx, float *ema, const float *param, int64_t n, double decay);
+/* The fused step of sao_adamw_multi (same bits). Besides the given bf16 copies, a tensor whose
+ * param_bf16 is NULL but whose weights lie in a registered bf16 mirror (a model's weight block in
+ * the bf16 GEMM mode, linear.cu) gets that mirror's range rewritten, so the bf16 products see the
+ * new weights; sao_cuda_adamw_step does the same (rounding to nearest). */
+struct sao_optim_tensor;   /* sao_kernels.h */
+struct sao_optim_hyper;
+int sao_cuda_adamw_multi(sao_ctx *ctx, const struct sao_optim_tensor *t, int count,
+                         const struct sao_optim_hyper *h);
 int sao_cuda_sumsq(sao_ctx *ctx, const float *x, int64_t n, double *out /* out, host or device */);
 
 #ifdef __cplusplus

@@ -206,6 +206,35 @@ int sao_adamw_step(sao_ctx *ctx, float *param, const float *grad, float *m, floa
 /* EMA update ema += (1 - decay) * (param - ema) (torch lerp, as ema_pytorch). */
 int sao_ema_update(sao_ctx *ctx, float *ema, const float *param, int64_t n, double decay);
 
+/* The fused step: AdamW as sao_adamw_step on every tensor of a list, then (ema_decay >= 0) the EMA
+ * update of the new weights as sao_ema_update (decay 0 copies them), then the bf16 copies of the
+ * new weights: the same bits as those calls in that order, in one pass over each tensor (on a GPU
+ * one launch per 48 tensors instead of two per tensor).
+ * bf16 copies (param_bf16 non-NULL): rounded to nearest even, or with stochastic = 1 stochastically:
+ * the fp32 bit pattern plus a uniform 16-bit integer, truncated, so E[bf16] = the fp32 weight;
+ * the integer of element i of a tensor is the low half of lane (sr_offset + i) % 4 of
+ * Philox4x32-10 with key sr_seed and counter (sr_offset + i) / 4 + step * 2^40 (runtime/rng.c's
+ * generator), a pure function of (seed, step, index). sr_offset: the tensor's place in the rounding
+ * stream (its offset in a model's weight block gives every weight its own numbers). */
+typedef struct sao_optim_tensor {
+    float *param;          /* fp32 master weights [n], updated in place */
+    const float *grad;     /* [n] */
+    float *m, *v;          /* AdamW moments [n] */
+    float *ema;            /* NULL, or the EMA copy [n] */
+    uint16_t *param_bf16;  /* NULL, or a bf16 copy of param [n] (raw bits) kept current */
+    int64_t n;
+    uint64_t sr_offset;
+} sao_optim_tensor;
+typedef struct sao_optim_hyper {
+    double lr, beta1, beta2, eps, weight_decay;
+    int64_t step;          /* 1-based AdamW step count including this one */
+    double grad_scale;
+    double ema_decay;      /* < 0: no EMA update in this call */
+    int stochastic;        /* bf16 copies: 0 nearest even, 1 stochastic */
+    uint64_t sr_seed;
+} sao_optim_hyper;
+int sao_adamw_multi(sao_ctx *ctx, const sao_optim_tensor *t, int count, const sao_optim_hyper *h);
+
 /* ---- reduce.c: reductions and layout helpers ----------------------------------------------------
  * sum of squares of n values in double (global grad norm = sqrt of the sum over tensors); also
  * the non-finite detector (the result is inf or NaN when any value is). */

@@ -94,6 +94,14 @@ sao_tensor *sao_dit_device_tensor(sao_ctx *ctx, sao_dit *m, const char *name);
  * nothing done otherwise (a host model, or one only used for inference). Before reading the host
  * tensors of a model trained on the GPU. */
 int sao_dit_sync_host(sao_ctx *ctx, sao_dit *m);
+/* on = 1: the bf16 GEMM mode keeps using a bf16 copy of the device weights (rounded once) while
+ * they are handed out for writing, because their writer keeps it current: sao_cuda_adamw_multi and
+ * sao_cuda_adamw_step rewrite the copies of the weights they update (a GPU training run turns this
+ * on). Any other in-place write through sao_dit_device_tensor views is then not seen by the bf16
+ * products until sao_dit_to_device is called again. on = 0: off (the default; the bf16 products
+ * round the weights at every call while they are handed out); on = -1: only asks. Returns the
+ * previous setting. */
+int sao_dit_keep_bf16(sao_ctx *ctx, sao_dit *m, int on);
 /* The CUDA device holding the weights, or -1 (host). */
 int sao_dit_device(const sao_dit *m);
 
