@@ -39,6 +39,20 @@ local T, L = small and 256 or 1024, 130
 local sync_out = ffi.new("double[1]")
 local function sync(ptr) sao.check(C.sao_cuda_sumsq(sao.ctx, ptr, 1, sync_out)) end
 
+-- Seconds per call of fn (device work ending in a write to ptr): after one warm-up call, the best
+-- of `rounds` timings of `reps` calls each, each timing ended by a sync.
+local function device_time(fn, ptr, reps, rounds)
+  fn(); sync(ptr)
+  local best = math.huge
+  for _ = 1, rounds do
+    local t0 = now()
+    for _ = 1, reps do fn() end
+    sync(ptr)
+    best = math.min(best, (now() - t0) / reps)
+  end
+  return best
+end
+
 -- The comparator: cuBLASLt's fp32 GEMM rate on an 8192 x 8192 x 8192 product, on this device.
 local function sgemm_tflops()
   local n = small and 2048 or 8192
@@ -46,15 +60,7 @@ local function sgemm_tflops()
   local w = sao.randn { n, n, seed = 2 }:to("cuda")
   local y = sao.zeros(n, n):to("cuda")
   local function run() sao.check(C.sao_cuda_linear_forward(sao.ctx, a:data(), w:data(), nil, n, n, n, 0, y:data())) end
-  run(); sync(y:data())
-  local reps, best = 5, math.huge
-  for _ = 1, 3 do
-    local t0 = now()
-    for _ = 1, reps do run() end
-    sync(y:data())
-    best = math.min(best, (now() - t0) / reps)
-  end
-  return 2 * n ^ 3 / best / 1e12
+  return 2 * n ^ 3 / device_time(run, y:data(), 5, 3) / 1e12
 end
 
 local dit = sao.dit.new(cfg)
@@ -98,17 +104,7 @@ do
       sao.check(C.sao_cuda_ema_update(sao.ctx, ema.shadow[k]:data(), p:data(), n, 0.999))
     end
   end
-  local function time(fn)
-    fn(); sync(any)
-    local b = math.huge
-    for _ = 1, 5 do
-      local t0 = now()
-      fn(); sync(any)
-      b = math.min(b, now() - t0)
-    end
-    return b
-  end
-  local tf, tp = time(fused), time(per_tensor)
+  local tf, tp = device_time(fused, any, 1, 5), device_time(per_tensor, any, 1, 5)
   local elems = 0
   for _, k in ipairs(opt.names) do elems = elems + opt.params[k]:numel() end
   emit { what = "optimizer_step", gpu = gpu_name, tensors = #opt.names, elements = elems,

@@ -64,22 +64,10 @@ int sao_adamw_step(sao_ctx *ctx, float *param, const float *grad, float *m, floa
                    double lr, double beta1, double beta2, double eps, double weight_decay,
                    int64_t step, double grad_scale) {
     SAO_CHECK(sao_adamw_check(ctx, "adamw_step", param, grad, m, v, n, beta1, beta2, step));
-    double decay = 1.0 - lr * weight_decay;
-    double step_size = lr / (1.0 - pow(beta1, (double)step));
-    double bc2_sqrt = sqrt(1.0 - pow(beta2, (double)step));
-    sao_threads_apply(ctx);
-    #pragma omp parallel for simd schedule(static) if (n >= SAO_PAR_MIN)
-    for (int64_t i = 0; i < n; i++) {
-        double g = (double)grad[i] * grad_scale;
-        double mi = beta1 * (double)m[i] + (1.0 - beta1) * g;
-        double vi = beta2 * (double)v[i] + (1.0 - beta2) * g * g;
-        double p = (double)param[i] * decay;
-        p -= step_size * mi / (sqrt(vi) / bc2_sqrt + eps);
-        m[i] = (float)mi;
-        v[i] = (float)vi;
-        param[i] = (float)p;
-    }
-    return 0;
+    /* the fused step's arithmetic (below), on one tensor, without EMA or bf16 copy */
+    sao_optim_tensor t = {param, grad, m, v, NULL, NULL, n, 0};
+    sao_optim_hyper h = {lr, beta1, beta2, eps, weight_decay, step, grad_scale, -1.0, 0, 0};
+    return sao_adamw_multi(ctx, &t, 1, &h);
 }
 
 int sao_ema_update(sao_ctx *ctx, float *ema, const float *param, int64_t n, double decay) {
