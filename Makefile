@@ -35,6 +35,8 @@ LDLIBS   := $(PKG_LIBS) -lreadline -lm -lpthread -ldl
 # ---- CUDA: auto-detected; CUDA=0 forces a CPU-only build ----------------------------------------
 # kernels/cuda/*.cu become build/libsao_cuda.so, the only library linked against the CUDA ones;
 # libsao.so loads it on the first CUDA call (runtime/cuda_load.c), so CPU work never pays for it.
+# cuDNN is not linked: kernels/cuda/cudnn.cu dlopens libcudnn.so.9 (or $SAO_CUDNN_LIB) when a
+# convolution first wants it, so only its headers (cudnn.h, for types) are needed to build.
 NVCC     ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
 CUDA_HOME ?= $(if $(NVCC),$(patsubst %/bin/nvcc,%,$(NVCC)),/usr/local/cuda)
 CU_SRCS  := $(wildcard kernels/cuda/*.cu)
@@ -49,7 +51,7 @@ ifdef USE_CUDA
 CFLAGS   += -DSAO_WITH_CUDA -I$(CUDA_HOME)/include
 NVFLAGS  := -O2 -std=c++17 -Xcompiler -fPIC -Iruntime/include -Iruntime -DSAO_WITH_CUDA \
             -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=sm_80
-CU_LIBS  := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lcublasLt
+CU_LIBS  := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lcublasLt -ldl
 CU_OBJS  := $(patsubst %.cu,$(BUILD)/%.o,$(CU_SRCS))
 CUDA_LIB := $(BUILD)/libsao_cuda.so
 endif

@@ -23,7 +23,8 @@
 # .gpu/root afterwards (it is removed by default: unpacked, .gpu/ would be too big to carry).
 # Nothing is installed outside the repository: the kit's libraries are found through their
 # RUNPATHs, so no LD_LIBRARY_PATH is set for them (one is set only for CUDA libraries that
-# libsao_cuda.so cannot find by itself).
+# libsao_cuda.so cannot find by itself). SAO_CUDNN_LIB is set to the first libcudnn.so.9 found
+# (toolkit, system, python's nvidia/cudnn/lib) unless already set; none found is not an error.
 if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi
 set -u -o pipefail
 
@@ -143,11 +144,31 @@ main() {
     fi
   fi
 
+  # cuDNN: libsao_cuda.so dlopens it when a convolution first wants it ($SAO_CUDNN_LIB, else
+  # libcudnn.so.9 through the loader's search, which misses a cuDNN that only PyTorch's wheel
+  # brings). Point SAO_CUDNN_LIB at the first libcudnn.so.9 found in the toolkit's and the system's
+  # folders or python's nvidia/cudnn/lib (its sub-libraries load from its own folder, by their
+  # RUNPATH $ORIGIN: no LD_LIBRARY_PATH). None: the convolutions run as GEMMs, nothing else changes.
+  if [ -z "${SAO_CUDNN_LIB:-}" ]; then
+    pybin=$(dirname "$(command -v python3 2>/dev/null || echo /nonexistent/bin/python3)")
+    pycudnn=$(timeout 30 python3 -c 'import nvidia.cudnn as m, os; print(os.path.join(list(m.__path__)[0], "lib"))' 2>/dev/null)
+    for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda-*/lib64 /usr/local/cuda-*/lib /usr/lib/$MA \
+             ${pycudnn:+"$pycudnn"} "$pybin"/../lib/python3*/site-packages/nvidia/cudnn/lib \
+             /usr/local/lib/python3*/dist-packages/nvidia/cudnn/lib /usr/lib/python3/dist-packages/nvidia/cudnn/lib; do
+      if [ -e "$d/libcudnn.so.9" ]; then export SAO_CUDNN_LIB="$d/libcudnn.so.9"; break; fi
+    done
+  fi
+  if [ -n "${SAO_CUDNN_LIB:-}" ]; then
+    echo "cuDNN: SAO_CUDNN_LIB=$SAO_CUDNN_LIB"
+  else
+    echo "cuDNN: no libcudnn.so.9 found (the convolutions run as im2col + cuBLASLt GEMMs; the cuDNN specs are pending)"
+  fi
+
   note "environment"
   echo "PATH=$PATH"
   echo "LUA_PATH=$LUA_PATH"
   echo "LUA_CPATH=$LUA_CPATH"
-  echo "SAO_LIB=$SAO_LIB SAO_CDEF=$SAO_CDEF LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
+  echo "SAO_LIB=$SAO_LIB SAO_CDEF=$SAO_CDEF LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-} SAO_CUDNN_LIB=${SAO_CUDNN_LIB:-}"
   echo "luajit: $(command -v luajit) ($(luajit -v 2>&1))"
   echo "busted: $(command -v busted)"
 
@@ -171,7 +192,9 @@ main() {
     print("unavailable", sao.cuda.unavailable())
     for _, d in ipairs(sao.cuda.devices()) do
       print("device", d.index, d.name, d.memory_bytes, d.capability)
-    end' 2>&1
+    end
+    print("cudnn", sao.cuda.cudnn())
+    print("conv_backend", sao.cuda.conv_backend())' 2>&1
   rc=$?
   [ "$rc" -eq 0 ] && record probe "ok" || record probe "rc $rc"
 
@@ -215,7 +238,8 @@ main() {
     printf '\n## %s  %s  gpu: %s\n' "$b" "$(date -u '+%Y-%m-%dT%H:%M:%SZ')" "$GPU_INFO" >> "$OUT/gpu-bench.log"
     before=$(wc -l < "$OUT/gpu-bench.jsonl")
     t0=$(now)
-    timeout -k 10 "$t" ./sao "$b" 2>>"$OUT/gpu-bench.log" | tee -a "$OUT/gpu-bench.log" |
+    # (SAO_CUDNN_LOG: each cuDNN conv plan's algorithm, math type and workspace, to gpu-bench.log)
+    SAO_CUDNN_LOG=1 timeout -k 10 "$t" ./sao "$b" 2>>"$OUT/gpu-bench.log" | tee -a "$OUT/gpu-bench.log" |
       grep --line-buffered '^{' >> "$OUT/gpu-bench.jsonl"
     rc=${PIPESTATUS[0]}
     secs=$(($(now) - t0))

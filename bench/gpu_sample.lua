@@ -2,8 +2,12 @@
 -- weights: (a) one DiT forward with CFG (batch 1 doubled to 2; 1024 latent frames = 47.55 s of
 -- audio; 130 context tokens = 128 T5 + seconds_start + seconds_total), (b) the 100-step
 -- dpmpp-3m-sde sampling loop with CFG 7 through sao.sampler, (c) the VAE decode of the window
--- (sized to the device's memory as Model:generate does: one pass when it fits), and (b) + (c)
--- against the goal (<= 1.5 s on an H100; what = "generate_47s"). One JSON line per measurement,
+-- (sized to the device's memory as Model:generate does: one pass when it fits; then on each conv
+-- path, cuDNN and im2col + GEMMs, what = "vae_decode_conv_backends_47s", ratio = gemm / cudnn), and (b) + (c)
+-- against the goal (<= 1.5 s on an H100; what = "generate_47s"), and one attention forward at SAO's
+-- self- and cross-attention shapes on the bf16 tensor-core kernel against the cuBLAS path (what =
+-- "attention_bf16_self_47s" / "_cross_47s", ratio = cublas / bf16 kernel) with the CFG forward on
+-- each (what = "dit_forward_cfg_attention_47s"). One JSON line per measurement,
 -- with the device name and the peak of sao's device memory. sao's linear layers multiply in
 -- $SAO_BENCH_PRECISION (bf16, load_model's GPU default; or tf32, fp32). When python3 has torch
 -- (with CUDA), bench/torch_dit.py runs the same shapes in fp32 and bf16 and the forward and
@@ -261,7 +265,32 @@ do
   emit(line { what = "vae_decode_" .. SUFFIX, seconds = decode_s, ms = decode_s * 1000, first_call_seconds = first,
     chunked = chunked, chunk = chunk, overlap = chunked and sao.vae.OVERLAP or nil,
     tflops = decode_flops(vcfg, decoded_frames(frames, chunk)) / decode_s / 1e12,
-    realtime_factor = audio_s / decode_s })
+    realtime_factor = audio_s / decode_s, conv_backend = device == "cuda" and sao.cuda.conv_backend() or nil })
+  -- the same decode on each conv path (GPU only): cuDNN's convolutions against im2col + cuBLASLt
+  -- GEMMs, each after a warm-up call (cuDNN chooses its algorithms per shape on the first), with
+  -- the largest difference between their outputs (TF32 in the tf32/bf16 modes: ~1e-3 expected)
+  if device == "cuda" then
+    local ver, why = sao.cuda.cudnn()
+    if not ver then
+      emit(line { what = "vae_decode_conv_backends_" .. SUFFIX, skipped = "cuDNN cannot be used: " .. why })
+    else
+      local secs, outs = {}, {}
+      for _, b in ipairs { "gemm", "cudnn" } do
+        sao.cuda.conv_backend(b)
+        m.vae:decode(z, { chunked = chunked, chunk = chunk }):free()
+        local t1 = now()
+        outs[b] = m.vae:decode(z, { chunked = chunked, chunk = chunk })
+        secs[b] = now() - t1
+      end
+      sao.cuda.conv_backend("auto")
+      emit(line { what = "vae_decode_conv_backends_" .. SUFFIX, cudnn_seconds = secs.cudnn, gemm_seconds = secs.gemm,
+        ratio = secs.gemm / secs.cudnn, cudnn_version = ver, max_abs_diff = outs.cudnn:maxdiff(outs.gemm),
+        cudnn_tflops = decode_flops(vcfg, decoded_frames(frames, chunk)) / secs.cudnn / 1e12,
+        note = "ratio = gemm_seconds / cudnn_seconds (> 1: cuDNN is faster)" })
+      outs.cudnn:free()
+      outs.gemm:free()
+    end
+  end
   m.vae:release_workspace()
 end
 
@@ -315,6 +344,72 @@ dit:graphs(false)
 emit(line { what = "dit_forward_cfg_graph_" .. SUFFIX, seconds = best_g, ms = best_g * 1000,
   eager_ms = best * 1000, speedup = best / best_g, captures = gst.captures, replays = gst.replays,
   why_not = gst.why, max_diff_to_eager = graph_out:maxdiff(eager_out) })
+
+-- ---- (a'') attention at SAO's shapes: the bf16 tensor-core flash kernel (attention_mma.cu, the
+-- bf16 mode's default) against the cuBLAS path it replaced (sao.cuda.attention_impl("cublas"):
+-- S = scale Q K^T in a [B, H, T, M] scratch, a row softmax, O = P V), one forward each, in the bf16
+-- mode; then the whole CFG forward (a) both ways in $SAO_BENCH_PRECISION (the same kernels unless
+-- that is bf16). ratio = cublas / bf16 kernel (> 1: the new kernel is faster). -------------------
+if device == "cuda" then
+  local ffi = require "ffi"
+  local C = sao.C
+  local sync_out = ffi.new("double[1]")
+  local function sync(ptr) sao.check(C.sao_cuda_sumsq(sao.ctx, ptr, 1, sync_out)) end
+  local function attention(name, B, H, Hkv, T, M, D)
+    local q = sao.randn { B * H * T * D, seed = 5 }:to("cuda")
+    local k = sao.randn { B * Hkv * M * D, seed = 6 }:to("cuda")
+    local v = sao.randn { B * Hkv * M * D, seed = 7 }:to("cuda")
+    local out, lse = sao.zeros(B * H * T * D):to("cuda"), sao.zeros(B * H * T):to("cuda")
+    local desc = ffi.new("sao_attn_desc", { B = B, H = H, Hkv = Hkv, T = T, M = M, D = D })
+    local function run()
+      sao.check(C.sao_cuda_attention_forward(sao.ctx, desc, q:data(), k:data(), v:data(), nil, nil, out:data(), lse:data()))
+    end
+    local was_p, was_i = sao.cuda.precision("bf16"), sao.cuda.attention_impl()
+    local secs, outs = {}, {}
+    for _, impl in ipairs { "cublas", "auto" } do
+      sao.cuda.attention_impl(impl)
+      run(); sync(out:data())
+      local reps, b = 20, math.huge
+      for _ = 1, 3 do
+        local t0 = now()
+        for _ = 1, reps do run() end
+        sync(out:data())
+        b = math.min(b, (now() - t0) / reps)
+      end
+      secs[impl], outs[impl] = b, out:to("cpu")
+    end
+    sao.cuda.precision(was_p)
+    sao.cuda.attention_impl(was_i)
+    local flops = 4 * B * H * T * M * D
+    emit(line { what = "attention_bf16_" .. name, B = B, H = H, Hkv = Hkv, T = T, M = M, D = D, precision = "bf16",
+      seconds = secs.auto, ms = secs.auto * 1000, cublas_ms = secs.cublas * 1000, ratio = secs.cublas / secs.auto,
+      tflops = flops / secs.auto / 1e12, cublas_tflops = flops / secs.cublas / 1e12,
+      scratch_mb = 4 * B * H * T * M / 2 ^ 20, max_abs_diff = outs.auto:maxdiff(outs.cublas),
+      note = "seconds: the bf16 tensor-core flash kernel (no scratch); cublas_ms: the cuBLAS path and its " ..
+        "[B,H,T,M] scratch (scratch_mb); ratio = cublas / bf16 kernel (> 1: the new kernel is faster)" })
+    for _, t in ipairs { q, k, v, out, lse } do t:free() end
+  end
+  -- self-attention over the 1 + T tokens; cross-attention onto the L context tokens, whose K/V
+  -- heads are cond_token_dim / D (12 for SAO: each shared by 2 query heads). Batch 2: the CFG
+  -- batch (sao's CFG forward runs the cross-attention on one half unless there is a negative context)
+  local D = math.floor(dcfg.embed_dim / dcfg.num_heads)
+  attention("self_" .. SUFFIX, 2, dcfg.num_heads, dcfg.num_heads, frames + 1, frames + 1, D)
+  attention("cross_" .. SUFFIX, 2, dcfg.num_heads, math.floor(dcfg.cond_token_dim / D), frames + 1, L, D)
+
+  -- the CFG forward (a), eager, with each attention setting
+  local was = sao.cuda.attention_impl()
+  local fw = {}
+  for _, impl in ipairs { "cublas", "auto" } do
+    sao.cuda.attention_impl(impl)
+    forward()
+    fw[impl] = best_of(forward)
+  end
+  sao.cuda.attention_impl(was)
+  emit(line { what = "dit_forward_cfg_attention_" .. SUFFIX, seconds = fw.auto, ms = fw.auto * 1000,
+    cublas_ms = fw.cublas * 1000, ratio = fw.cublas / fw.auto,
+    note = PRECISION == "bf16" and "ratio = forward with the cuBLAS attention / with the bf16 attention kernel"
+      or "not the bf16 mode: both settings run the same attention kernels" })
+end
 
 -- ---- (b) the sampling loop: 100 steps of dpmpp-3m-sde, CFG 7, through sao.sampler, eager and as
 -- CUDA graphs (the same kernels: the latents must agree bit for bit) ---------------------------------

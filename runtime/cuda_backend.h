@@ -1,7 +1,8 @@
 /* cuda_backend.h — the contract between libsao.so and the CUDA backend, libsao_cuda.so.
  *
- * The CUDA code (the .cu files of kernels/cuda/) is built as its own library, linked against cudart, cuBLAS,
- * cuBLASLt and cuDNN, and loaded with dlopen on the first call that needs a GPU
+ * The CUDA code (the .cu files of kernels/cuda/) is built as its own library, linked against cudart, cuBLAS
+ * and cuBLASLt (cuDNN it dlopens itself when a convolution first wants it, kernels/cuda/cudnn.cu), and
+ * loaded with dlopen on the first call that needs a GPU
  * (runtime/cuda_load.c). A process that never touches CUDA never maps those libraries (about 0.2 s
  * and 150 MB of start-up saved). Every entry point below is defined twice under its public name:
  * in libsao.so as a forwarder (load the backend once, then call through the table) and in
@@ -130,6 +131,7 @@
                                       const uint8_t *key_mask, const float *out, const float *lse,         \
                                       const float *dout, float *dq, float *dk, float *dv, float *dbias),   \
         (ctx, a, q, k, v, bias, key_mask, out, lse, dout, dq, dk, dv, dbias))                              \
+    PTR(const char *, sao_cuda_attention_impl, (sao_ctx *ctx, const char *want), (ctx, want))              \
     ERR(sao_cuda_conv1d_forward, (sao_ctx *ctx, const float *x, const float *w, const float *bias,          \
                                   int64_t B, int64_t c_in, int64_t t_in, int64_t c_out, int64_t k,          \
                                   int stride, int padding, int dilation, int groups, float *y),            \
@@ -185,7 +187,10 @@
     PTR(float *, dit_device_ws, (sao_ctx *ctx, sao_dit *m, size_t floats), (ctx, m, floats))               \
     OWN(dit_device_release)                                                                                \
     ERR(dit_graph_begin, (sao_ctx *ctx, sao_dit *m, const dit_graph_key *key), (ctx, m, key))             \
-    ERR(dit_graph_end, (sao_ctx *ctx, sao_dit *m, int mode, int rc), (ctx, m, mode, rc))
+    ERR(dit_graph_end, (sao_ctx *ctx, sao_dit *m, int mode, int rc), (ctx, m, mode, rc))                \
+    /* sao_cuda_attn.h: the convolutions' path (cuDNN, loaded at run time, or GEMMs) */                  \
+    PTR(const char *, sao_cuda_conv_backend, (sao_ctx *ctx, const char *want), (ctx, want))                \
+    OWN(sao_cuda_cudnn_status)
 
 /* The table libsao_cuda.so fills: one pointer per entry point, typed from its declaration. */
 #define SAO_CUDA_FIELD_ERR(name, params, args) __typeof__(&name) fn_##name;

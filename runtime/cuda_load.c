@@ -135,6 +135,16 @@ void dit_device_release(sao_dit *m) {
     if (loaded) tbl.fn_dit_device_release(m);
 }
 
+/* Without a backend there is no cuDNN either, for the backend's reason. */
+const char *sao_cuda_cudnn_status(int64_t *version) {
+    const char *no = sao_cuda_unavailable();
+    if (no) {
+        if (version) *version = 0;
+        return no;
+    }
+    return tbl.fn_sao_cuda_cudnn_status(version);
+}
+
 /* The allocator's rounding (both libraries use this one): 512 B steps up to 1 MiB, then four
  * classes per power of two. */
 size_t sao_cuda_size_class(size_t n) {

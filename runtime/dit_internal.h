@@ -128,13 +128,14 @@ void dit_device_release(sao_dit *m);
  * executed) or REPLAYED (already launched: only fetch the output); then, for EAGER or CAPTURING,
  * tells end how the run went (rc). end returns 0, 1 when the capture failed and the work must be
  * run eagerly, or -1. dit_graph_release drops the state (dit_device_release calls it). The key's
- * precision and lt fields are filled in by begin. */
+ * precision, lt and attn fields are filled in by begin. */
 enum { DIT_GRAPH_EAGER = 0, DIT_GRAPH_CAPTURING = 1, DIT_GRAPH_REPLAYED = 2 };
 typedef struct {
     int64_t B, T, L, Bx;
     double scale, phi;
     const float *ws, *weights;
     int precision, lt;
+    const char *attn;   /* sao_cuda_attention_impl's setting (its static name) */
 } dit_graph_key;
 int dit_graph_begin(sao_ctx *ctx, sao_dit *m, const dit_graph_key *key);
 int dit_graph_end(sao_ctx *ctx, sao_dit *m, int mode, int rc);

@@ -468,9 +468,10 @@ describe("sao.cuda", function()
   end)
 end)
 
--- The CUDA libraries (cudart, cuBLAS, cuBLASLt, cuDNN) are only linked into libsao_cuda.so, which
--- libsao.so loads on the first call that needs a GPU (runtime/cuda_load.c): work that never
--- touches CUDA starts as fast, and as small, as in a CPU-only build.
+-- The CUDA libraries (cudart, cuBLAS, cuBLASLt) are only linked into libsao_cuda.so (which dlopens
+-- cuDNN itself when a convolution wants it), which libsao.so loads on the first call that needs a
+-- GPU (runtime/cuda_load.c): work that never touches CUDA starts as fast, and as small, as in a
+-- CPU-only build.
 describe("the CUDA backend is loaded on first use", function()
   local shell = require "support.shell"
   local lib_dir = (os.getenv("SAO_LIB") or shell.ROOT .. "/build/libsao.so"):match("^(.*)/[^/]*$")

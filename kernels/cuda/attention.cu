@@ -34,13 +34,18 @@
 // writes lse, and O = P V by a second GEMM; the backward takes the same path (P recomputed from
 // lse, dP and the three gradients by GEMMs, two small row kernels between). cuDNN's fused SDPA
 // remains the intended fast path.
+// In the bf16 mode the forward takes attention_mma.cu's bf16 tensor-core flash kernel instead
+// (D a multiple of 16 up to 128, bias and key mask too: no scratch); sao_cuda_attention_impl
+// switches that off ("cublas": the paths above) or forces the fp32 flash kernel ("flash").
 extern "C" {
 #include "sao_cuda_attn.h"
 #include "sao_cuda.h"
 #include "cuda_glue.h"
 #include "../cpu/kcheck.h"
 }
+#include "attention_mma.h"
 #include <math.h>
+#include <string.h>
 
 #define FULL_MASK 0xffffffffu
 #define KT 32           // keys per tile: one per lane
@@ -516,8 +521,27 @@ static const long long TC_SCRATCH_MAX = 2LL << 30;   // bytes of S beyond which 
 static float *tc_scratch[6][SAO_CUDA_SCRATCH_DEVICES];
 static size_t tc_scratch_n[6][SAO_CUDA_SCRATCH_DEVICES];
 
+// sao_cuda_attention_impl: which kernels run, process-wide (a plain int, read at each call, as the
+// GEMM precision is): 0 auto, 1 cublas, 2 flash (IMPL_NAMES).
+enum { IMPL_AUTO, IMPL_CUBLAS, IMPL_FLASH };
+static const char *const IMPL_NAMES[] = {"auto", "cublas", "flash"};
+static int attn_impl = IMPL_AUTO;
+
+extern "C" const char *sao_cuda_attention_impl(sao_ctx *ctx, const char *want) {
+    if (want && *want) {
+        int i = 0;
+        while (i < 3 && strcmp(want, IMPL_NAMES[i])) i++;
+        if (i == 3) {
+            sao_err(ctx, "cuda_attention_impl", "'%s': expected \"auto\", \"cublas\" or \"flash\"", want);
+            return NULL;
+        }
+        attn_impl = i;
+    }
+    return IMPL_NAMES[attn_impl];
+}
+
 static bool tensor_core_path(const sao_attn_geo *g, const float *bias, const uint8_t *key_mask) {
-    return sao_cuda_gemm_precision(-1) != SAO_GEMM_FP32 && !bias && !key_mask && g->B > 0 && g->T > 0 &&
+    return attn_impl != IMPL_FLASH && sao_cuda_gemm_precision(-1) != SAO_GEMM_FP32 && !bias && !key_mask && g->B > 0 && g->T > 0 &&
            g->B * g->H * g->T * g->M * (long long)sizeof(float) <= TC_SCRATCH_MAX &&
            g->B * g->H * g->M * g->D * (long long)sizeof(float) <= TC_SCRATCH_MAX;
 }
@@ -670,6 +694,8 @@ extern "C" int sao_cuda_attention_forward(sao_ctx *ctx, const struct sao_attn_de
         sao_cuda_check_ptr(ctx, op, "key_mask", key_mask) || sao_cuda_check_ptr(ctx, op, "out", out) ||
         sao_cuda_check_ptr(ctx, op, "lse", lse))
         return -1;
+    if (attn_impl == IMPL_AUTO && sao_cuda_gemm_precision(-1) == SAO_GEMM_BF16 && sao_cuda_attn_mma_fits(&g))
+        return sao_cuda_attn_mma_forward(ctx, op, &g, q, k, v, bias, key_mask, out, lse);
     if (tensor_core_path(&g, bias, key_mask)) {
         if (g.G == 1) return tc_forward(ctx, op, &g, q, k, v, out, lse);
         float *kx, *vx;   // grouped heads: through copies with one K/V head per query head

@@ -1,9 +1,16 @@
-#include "cuda_internal.h"
+#include "sao_cudnn.h"
 // conv1d.cu — CUDA twins of kernels/cpu/conv1d.c: 1-D convolution and transposed convolution with
 // PyTorch semantics (stride, zero padding, dilation, groups, optional bias; output_padding for the
 // transposed form), forward and backward, on device pointers. Same arguments as the CPU kernels,
 // checked by their own checks, which also work out the geometry and output lengths
-// (kernels/cpu/kcheck.h); tested against them in spec/cuda_attn_spec.lua (tag gpu).
+// (kernels/cpu/kcheck.h); tested against them in spec/cuda_conv_spec.lua (tag gpu), on both paths.
+//
+// Two paths evaluate the relation below. cuDNN (conv_cudnn.cu) runs every conv but the plain 1x1
+// ones (stride 1, no padding: the DiT's, which its CUDA graphs capture) when it is loaded and
+// sao_cuda_conv_backend has not asked for "gemm"; otherwise, and for a shape cuDNN has no
+// deterministic algorithm for, the im2col + GEMM path of this file runs. Bias and accumulation
+// are this file's in both: the bias is written first (prefill) and the conv added onto it (cuDNN's
+// beta = 1), a backward adds into its d-buffers (beta = 1), and the bias gradient is bias_grad.
 //
 // As on the CPU, one relation underlies everything: a conv from X [B, Cx, Tx] to Y [B, Cy, Ty]
 // with weight W [Cy, Cx/groups, K],
@@ -18,19 +25,19 @@
 //   rel_backward_weight one block per W element, a fixed-order block reduction over (b, t)
 //   bias_grad          dY summed per channel (one block per channel, in double as the CPU does)
 // The GEMMs run on cuBLASLt (sao_cuda_gemm_f32): fp32 in the fp32 GEMM precision mode, TF32 tensor
-// cores in the tf32 and bf16 modes, which then carry the Oobleck VAE's 5 TFLOP decode.
+// cores in the tf32 and bf16 modes (the Oobleck VAE's 5 TFLOP decode, when cuDNN does not run it).
 // Conv1d(C_in -> C_out) is the relation with X = x, Y = y. ConvTranspose1d(C_in -> C_out) with
 // weight [C_in, C_out/g, K] is its adjoint with X = y (Cx = C_out), Y = x (Cy = C_in): its forward
 // is run_backward_data, its dx is run_forward of dy, its dw is rel_backward_weight with dy as X.
 //
 // Determinism: chunks run in order on one stream, each output element is written by one thread or
-// one GEMM per chunk, no atomics: results are bit-reproducible run to run.
-// The weight gradient reads all of X and dY per weight element: fine for the DiT's 1x1 convs, slow
-// for the Oobleck VAE's (which is frozen in SAO training).
+// one GEMM per chunk, no atomics: results are bit-reproducible run to run (cuDNN's too: only its
+// deterministic algorithms are chosen).
+// The GEMM path's weight gradient reads all of X and dY per weight element: fine for the DiT's 1x1
+// convs, slow for the Oobleck VAE's (frozen in SAO training), which cuDNN's backward filter takes.
 extern "C" {
 #include "cuda_glue.h"
 #include "sao_cuda_attn.h"
-#include "../cpu/kcheck.h"
 }
 
 
@@ -127,7 +134,8 @@ static int grid_ok(sao_ctx *ctx, const char *op, long long blocks) {
     return 0;
 }
 
-// The chunk scratch of the current device (im2col columns / the adjoint's Z), grown as needed.
+// The chunk scratch of the current device (im2col columns / the adjoint's Z; cuDNN's workspace),
+// grown as needed.
 static const long long SCRATCH_FLOATS = 32LL << 20;   // 128 MB: chunks of at least one column
 static float *scratch[SAO_CUDA_SCRATCH_DEVICES];
 static size_t scratch_n[SAO_CUDA_SCRATCH_DEVICES];
@@ -157,10 +165,25 @@ static int too_big(sao_ctx *ctx, const char *op, long long v) {
     return 0;
 }
 
+// out = (accumulate ? out : 0) + bias + rel(a, b) by cuDNN: 1 when it ran, 0 when it does not take
+// the shape (nothing written: the GEMM path runs), -1 on error. Without a bias the prefill is
+// left to cuDNN's beta (0: out is not read, as a fresh output may hold anything).
+static int try_cudnn(sao_ctx *ctx, const char *op, int rel, const sao_conv_geo *c, const float *a, const float *b,
+                     const float *bias, int accumulate, float *out, long long C, long long T) {
+    const sao_cudnn_plan *plan = NULL;
+    if (sao_cudnn_conv_plan(ctx, op, rel, c, &plan)) return -1;
+    if (!plan) return 0;
+    if (bias && launch_prefill(ctx, op, out, bias, c->B, C, T, accumulate)) return -1;
+    float beta = accumulate || bias ? 1.0f : 0.0f;
+    return sao_cudnn_conv_run(ctx, op, plan, a, b, beta, out, scratch, scratch_n) ? -1 : 1;
+}
+
 // Y = (accumulate ? Y : 0) + bias + conv(X)
 static int run_forward(sao_ctx *ctx, const char *op, const sao_conv_geo *c, const float *x,
                        const float *w, const float *bias, int accumulate, float *y) {
     if (c->B * c->cy * c->ty == 0) return 0;
+    int done = try_cudnn(ctx, op, SAO_CUDNN_FORWARD, c, x, w, bias, accumulate, y, c->cy, c->ty);
+    if (done) return done < 0 ? -1 : 0;
     if (launch_prefill(ctx, op, y, bias, c->B, c->cy, c->ty, accumulate)) return -1;
     if (too_big(ctx, op, c->ty) || too_big(ctx, op, c->rows) || too_big(ctx, op, c->tx)) return -1;
     bool plain = c->K == 1 && c->s == 1 && c->p == 0 && c->tx == c->ty;   // X is its own im2col
@@ -193,6 +216,8 @@ static int run_forward(sao_ctx *ctx, const char *op, const sao_conv_geo *c, cons
 static int run_backward_data(sao_ctx *ctx, const char *op, const sao_conv_geo *c, const float *dy,
                              const float *w, const float *bias, int accumulate, float *dx) {
     if (c->B * c->cx * c->tx == 0) return 0;
+    int done = try_cudnn(ctx, op, SAO_CUDNN_DATA, c, dy, w, bias, accumulate, dx, c->cx, c->tx);
+    if (done) return done < 0 ? -1 : 0;
     if (launch_prefill(ctx, op, dx, bias, c->B, c->cx, c->tx, accumulate)) return -1;
     if (c->ty == 0) return 0;
     if (too_big(ctx, op, c->ty) || too_big(ctx, op, c->rows)) return -1;
@@ -224,6 +249,8 @@ static int run_backward_data(sao_ctx *ctx, const char *op, const sao_conv_geo *c
 
 static int run_backward_weight(sao_ctx *ctx, const char *op, const sao_conv_geo *c, const float *x,
                                const float *dy, float *dw) {
+    int done = try_cudnn(ctx, op, SAO_CUDNN_FILTER, c, x, dy, NULL, 1, dw, 0, 0);   // dW += ...
+    if (done) return done < 0 ? -1 : 0;
     long long n = c->cy * c->cxg * c->K;
     if (grid_ok(ctx, op, n)) return -1;
     rel_backward_weight<<<(unsigned)n, THREADS, 0, sao_cuda_stream()>>>(*c, x, dy, dw);

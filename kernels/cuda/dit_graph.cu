@@ -7,7 +7,8 @@
 // inputs into the workspace and fetching the output) in one of three modes:
 //
 //   eager      the kernels run as usual; when the call succeeds the model remembers its key (shapes,
-//              CFG settings, workspace and weight addresses, GEMM precision) and the allocator's
+//              CFG settings, workspace and weight addresses, GEMM precision, attention kernels)
+//              and the allocator's
 //              free count: it is "warm" (every scratch it needs has been grown)
 //   capturing  the next call with the same key, nothing freed since: the same launches go to this
 //              model's capture stream (cuda_internal.h's sao_cuda_stream) and become a graph,
@@ -24,6 +25,7 @@
 extern "C" {
 #include "dit_internal.h"
 #include "sao_cuda.h"
+#include "sao_cuda_attn.h"
 }
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,7 +41,7 @@ struct dit_graph {
 static bool same_key(const dit_graph_key *a, const dit_graph_key *b) {
     return a->B == b->B && a->T == b->T && a->L == b->L && a->Bx == b->Bx && a->scale == b->scale &&
            a->phi == b->phi && a->ws == b->ws && a->weights == b->weights && a->precision == b->precision &&
-           a->lt == b->lt;
+           a->lt == b->lt && a->attn == b->attn;
 }
 
 static void drop_exec(dit_graph *g) {
@@ -63,6 +65,7 @@ extern "C" int dit_graph_begin(sao_ctx *ctx, sao_dit *m, const dit_graph_key *ke
     dit_graph_key k = *key;
     k.precision = sao_cuda_gemm_precision(-1);
     k.lt = sao_cuda_gemm_use_lt(-1);
+    k.attn = sao_cuda_attention_impl(ctx, NULL);
     bool same = same_key(&k, &g->key) && g->frees == sao_cuda_free_count();
     if (same && g->exec) {
         CUDA_TRY(ctx, op, cudaGraphLaunch(g->exec, g->stream));

@@ -12,6 +12,19 @@
 --   sao.cuda.precision([mode]) -> how the GPU's linear layers multiply, process-wide: "fp32" (the
 --                             default: CPU parity), "tf32" or "bf16" (inputs rounded to bf16, fp32
 --                             accumulation; weights and gradients stay fp32); returns the mode before
+--   sao.cuda.conv_backend([name]) -> the path the GPU convolutions take now, "cudnn" or "gemm"
+--                             (im2col + cuBLASLt), and why cuDNN is not taken (nil when it is);
+--                             name "cudnn" (an error saying why when cuDNN cannot be used), "gemm" or
+--                             "auto" (cuDNN when it loads: the default) sets it, process-wide. Without
+--                             a CUDA backend: nil and why (setting one is an error)
+--   sao.cuda.attention_impl([name]) -> which attention kernels run, process-wide: "auto" (the
+--                             default: the bf16 mode's forward on bf16 tensor cores, no scratch,
+--                             for head dims a multiple of 16 up to 128), "cublas" (not that kernel:
+--                             the cuBLAS path with its [B, H, T, M] scratch where it applies, else
+--                             the fp32 flash kernel) or "flash" (the fp32 flash kernels only); name
+--                             sets it; returns the setting. Without a CUDA backend: nil and why
+--   sao.cuda.cudnn()       -> cuDNN's version (91900 for 9.19.0) once it loads ($SAO_CUDNN_LIB, else
+--                             libcudnn.so.9; never linked), or nil and why it cannot be used
 --
 -- The backend is loaded on the first of these calls (or the first tensor or model moved to a GPU),
 -- never at start-up. In a CPU-only build, or with no GPU, every call still works: available() is false, devices()
@@ -80,6 +93,44 @@ function M.precision(mode)
     if not code then error("sao.cuda.precision: '" .. tostring(mode) .. "': expected \"fp32\", \"tf32\" or \"bf16\"", 2) end
   end
   return NAMES[tonumber(C.sao_cuda_gemm_precision(code))]
+end
+
+function M.cudnn()
+  local v = ffi.new("int64_t[1]")
+  local why = C.sao_cuda_cudnn_status(v)
+  if why ~= nil then return nil, ffi.string(why) end
+  return tonumber(v[0])
+end
+
+local CONV_BACKENDS = { cudnn = true, gemm = true, auto = true }
+
+function M.conv_backend(name)
+  if name ~= nil and not CONV_BACKENDS[name] then
+    error("sao.cuda.conv_backend: '" .. tostring(name) .. "': expected \"cudnn\", \"gemm\" or \"auto\"", 2)
+  end
+  local no = M.unavailable()
+  if no then
+    if name then error("sao.cuda.conv_backend: " .. no, 2) end
+    return nil, no
+  end
+  local now = ffi.string(core.checkp(C.sao_cuda_conv_backend(core.ctx, name), 2))
+  if now == "cudnn" then return now, nil end
+  local _, why = M.cudnn()
+  return now, why or "sao.cuda.conv_backend(\"gemm\") chose the GEMM path"
+end
+
+local ATTN_IMPLS = { auto = true, cublas = true, flash = true }
+
+function M.attention_impl(name)
+  if name ~= nil and not ATTN_IMPLS[name] then
+    error("sao.cuda.attention_impl: '" .. tostring(name) .. "': expected \"auto\", \"cublas\" or \"flash\"", 2)
+  end
+  local no = M.unavailable()
+  if no then
+    if name then error("sao.cuda.attention_impl: " .. no, 2) end
+    return nil, no
+  end
+  return ffi.string(core.checkp(C.sao_cuda_attention_impl(core.ctx, name), 2))
 end
 
 return M

@@ -31,6 +31,14 @@ int sao_cuda_attention_backward(sao_ctx *ctx, const struct sao_attn_desc *a, con
                                 const float *dout, float *dq /* out, accumulated */,
                                 float *dk /* out, accumulated */, float *dv /* out, accumulated */,
                                 float *dbias /* out, accumulated */);
+/* Which kernels the attention runs, process-wide (kernels/cuda/attention.cu). want: "auto" (the
+ * default: in the bf16 GEMM precision mode the forward runs on bf16 tensor cores without any
+ * scratch, attention_mma.cu, for D a multiple of 16 up to 128, bias and key mask included),
+ * "cublas" (not that kernel: in the tf32/bf16 modes cuBLAS GEMMs through a [B, H, T, M] scratch
+ * where there is no bias or mask, else the fp32 flash kernel), "flash" (the fp32 flash kernels
+ * in every mode, forward and backward), or NULL / "" to only ask. Returns the setting after the
+ * call; NULL with a sao error for an unknown name. */
+const char *sao_cuda_attention_impl(sao_ctx *ctx, const char *want);
 
 /* Twins of sao_conv1d_forward / sao_conv1d_backward: x [B, C_in, T_in], w [C_out, C_in/groups, K],
  * y [B, C_out, sao_conv1d_out_len(...)]. */
@@ -57,6 +65,19 @@ int sao_cuda_conv_transpose1d_backward(sao_ctx *ctx, const float *dy, const floa
                                        float *dx /* out, accumulated */,
                                        float *dw /* out, accumulated */,
                                        float *dbias /* out, accumulated */);
+
+/* Which path the GPU convolutions take, process-wide (kernels/cuda/conv_cudnn.cu): cuDNN's
+ * convolutions, or im2col + cuBLASLt GEMMs. cuDNN is loaded at run time ($SAO_CUDNN_LIB, else
+ * libcudnn.so.9), never linked; the plain 1x1 convs (stride 1, no padding) always take the GEMM
+ * path. want: "cudnn" (an error, with the reason, when cuDNN cannot be used), "gemm", "auto"
+ * (cuDNN when it loads: the default), or NULL / "" to only ask. Returns the path in use after the
+ * call, "cudnn" or "gemm"; NULL with a sao error for an unknown name. */
+const char *sao_cuda_conv_backend(sao_ctx *ctx, const char *want);
+/* NULL when cuDNN is loaded and usable (the first call loads it), with its version in *version
+ * (cudnnGetVersion: 91900 for 9.19.0; may be NULL); otherwise why not (library not found, a
+ * function missing, another major version, no handle on a device, or no CUDA backend at all),
+ * *version 0. */
+const char *sao_cuda_cudnn_status(int64_t *version /* out */);
 
 #ifdef __cplusplus
 }

@@ -1,8 +1,9 @@
 #!/bin/sh
 # spec/support/cuda_emu/build.sh OUT_DIR [LIB_DIR] — builds OUT_DIR/libsao_cuda.so, the CPU emulation of the
 # CUDA backend: every kernels/cuda/*.cu turned into C++ (rewrite.lua), compiled against the fake
-# CUDA / cuBLAS(Lt) headers here and run by emu.cpp, linked like the real backend (against
-# LIB_DIR/libsao.so, default build/, exporting only sao_cuda_backend_v1). `make test-gpu-emu` builds it and runs the
+# CUDA / cuBLAS(Lt) / cuDNN headers here and run by emu.cpp and cudnn_emu.cpp (the fake cuDNN is
+# linked in: SAO_CUDNN_LINKED makes kernels/cuda/cudnn.cu find it by name instead of dlopen),
+# linked like the real backend (against LIB_DIR/libsao.so, default build/, exporting only sao_cuda_backend_v1). `make test-gpu-emu` builds it and runs the
 # GPU specs with SAO_CUDA_LIB pointing at it. Needs g++ and luajit; no CUDA toolkit.
 set -e
 OUT=${1:-build/emu}
@@ -10,7 +11,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../../.." && pwd)
 LIB=$(cd "${2:-$ROOT/build}" && pwd)
 mkdir -p "$OUT/src" "$OUT/obj"
-CXXF="-std=c++17 -O1 -g -fPIC -ffp-contract=off -D_GNU_SOURCE -DSAO_WITH_CUDA -I$HERE -I$ROOT/kernels/cuda \
+CXXF="-std=c++17 -O1 -g -fPIC -ffp-contract=off -D_GNU_SOURCE -DSAO_WITH_CUDA -DSAO_CUDNN_LINKED -I$HERE -I$ROOT/kernels/cuda \
   -I$ROOT/runtime/include -I$ROOT/runtime -Wall -Wno-unused-function -Wno-unknown-pragmas -Wno-unused-variable"
 pids=""
 for f in "$ROOT"/kernels/cuda/*.cu; do
@@ -19,6 +20,7 @@ for f in "$ROOT"/kernels/cuda/*.cu; do
   g++ $CXXF -c "$OUT/src/$n.cpp" -o "$OUT/obj/$n.o" & pids="$pids $!"
 done
 g++ $CXXF -c "$HERE/emu.cpp" -o "$OUT/obj/emu_runtime.o" & pids="$pids $!"
+g++ $CXXF -c "$HERE/cudnn_emu.cpp" -o "$OUT/obj/emu_cudnn.o" & pids="$pids $!"
 for p in $pids; do wait "$p"; done   # any failed compile stops the build here
 g++ -shared -o "$OUT/libsao_cuda.so" "$OUT"/obj/*.o -L"$LIB" -lsao -Wl,-rpath,"$LIB" \
   -Wl,--no-undefined -Wl,--version-script="$ROOT/kernels/cuda/backend.map" -lpthread

@@ -371,3 +371,9 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t h, cublasOperation_t ta
 }
 
 extern "C" void emu_stats(long long *v) { v[0] = emu_launches; v[1] = emu_gemms; v[2] = emu_bytes_h2d; v[3] = emu_bytes_d2h; v[4] = emu_captured_ops; v[5] = emu_replays; }
+
+// ---- lent to the other fakes (emu_internal.h) ----
+#include "emu_internal.h"
+cudaError_t emu_enqueue(cudaStream_t st, std::function<void()> op) { return enqueue(st, std::move(op)); }
+bool emu_dev_range(const void *p, size_t n) { return dev_range(p, n); }
+cudaError_t emu_unsafe() { return unsafe(); }

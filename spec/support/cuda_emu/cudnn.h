@@ -1,0 +1,84 @@
+// Fake cuDNN (spec/support/cuda_emu): the part of cuDNN 9's legacy convolution API that
+// kernels/cuda uses, with the real header's names and values; cudnn_emu.cpp runs it as direct
+// loops over the emulated device memory. The emulated build defines SAO_CUDNN_LINKED, so
+// kernels/cuda/cudnn.cu takes these functions through emu_cudnn_open / emu_cudnn_sym (stand-ins
+// of dlopen / dlsym) instead of loading libcudnn.so.9.
+#pragma once
+#include "cuda_runtime.h"
+typedef enum {
+    CUDNN_STATUS_SUCCESS = 0, CUDNN_STATUS_SUBLIBRARY_LOADING_FAILED = 1008, CUDNN_STATUS_BAD_PARAM = 2000,
+    CUDNN_STATUS_NOT_SUPPORTED = 3000, CUDNN_STATUS_INTERNAL_ERROR = 4000, CUDNN_STATUS_EXECUTION_FAILED = 5000
+} cudnnStatus_t;
+typedef enum { CUDNN_DATA_FLOAT = 0 } cudnnDataType_t;
+typedef enum { CUDNN_TENSOR_NCHW = 0 } cudnnTensorFormat_t;
+typedef enum { CUDNN_DEFAULT_MATH = 0, CUDNN_TENSOR_OP_MATH = 1, CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION = 2,
+               CUDNN_FMA_MATH = 3 } cudnnMathType_t;
+typedef enum { CUDNN_CONVOLUTION = 0, CUDNN_CROSS_CORRELATION = 1 } cudnnConvolutionMode_t;
+typedef enum { CUDNN_NON_DETERMINISTIC = 0, CUDNN_DETERMINISTIC = 1 } cudnnDeterminism_t;
+typedef enum {
+    CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM = 0, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM = 1,
+    CUDNN_CONVOLUTION_FWD_ALGO_GEMM = 2, CUDNN_CONVOLUTION_FWD_ALGO_DIRECT = 3, CUDNN_CONVOLUTION_FWD_ALGO_FFT = 4,
+    CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING = 5, CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD = 6,
+    CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED = 7, CUDNN_CONVOLUTION_FWD_ALGO_COUNT = 8
+} cudnnConvolutionFwdAlgo_t;
+typedef enum {
+    CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0 = 0, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1 = 1,
+    CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT = 2, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3 = 3
+} cudnnConvolutionBwdFilterAlgo_t;
+typedef enum {
+    CUDNN_CONVOLUTION_BWD_DATA_ALGO_0 = 0, CUDNN_CONVOLUTION_BWD_DATA_ALGO_1 = 1, CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT = 2
+} cudnnConvolutionBwdDataAlgo_t;
+#define EMU_CUDNN_PERF(name, algo_t)                                                               \
+    typedef struct { algo_t algo; cudnnStatus_t status; float time; size_t memory;                 \
+                     cudnnDeterminism_t determinism; cudnnMathType_t mathType; int reserved[3]; } name;
+EMU_CUDNN_PERF(cudnnConvolutionFwdAlgoPerf_t, cudnnConvolutionFwdAlgo_t)
+EMU_CUDNN_PERF(cudnnConvolutionBwdDataAlgoPerf_t, cudnnConvolutionBwdDataAlgo_t)
+EMU_CUDNN_PERF(cudnnConvolutionBwdFilterAlgoPerf_t, cudnnConvolutionBwdFilterAlgo_t)
+typedef struct emu_cudnn_handle *cudnnHandle_t;
+typedef struct emu_cudnn_tensor *cudnnTensorDescriptor_t;
+typedef struct emu_cudnn_filter *cudnnFilterDescriptor_t;
+typedef struct emu_cudnn_conv *cudnnConvolutionDescriptor_t;
+
+size_t cudnnGetVersion(void);
+const char *cudnnGetErrorString(cudnnStatus_t);
+cudnnStatus_t cudnnCreate(cudnnHandle_t *);
+cudnnStatus_t cudnnSetStream(cudnnHandle_t, cudaStream_t);
+cudnnStatus_t cudnnCreateTensorDescriptor(cudnnTensorDescriptor_t *);
+cudnnStatus_t cudnnSetTensor4dDescriptor(cudnnTensorDescriptor_t, cudnnTensorFormat_t, cudnnDataType_t, int n, int c, int h, int w);
+cudnnStatus_t cudnnDestroyTensorDescriptor(cudnnTensorDescriptor_t);
+cudnnStatus_t cudnnCreateFilterDescriptor(cudnnFilterDescriptor_t *);
+cudnnStatus_t cudnnSetFilter4dDescriptor(cudnnFilterDescriptor_t, cudnnDataType_t, cudnnTensorFormat_t, int k, int c, int h, int w);
+cudnnStatus_t cudnnDestroyFilterDescriptor(cudnnFilterDescriptor_t);
+cudnnStatus_t cudnnCreateConvolutionDescriptor(cudnnConvolutionDescriptor_t *);
+cudnnStatus_t cudnnSetConvolution2dDescriptor(cudnnConvolutionDescriptor_t, int pad_h, int pad_w, int u, int v,
+                                              int dilation_h, int dilation_w, cudnnConvolutionMode_t, cudnnDataType_t);
+cudnnStatus_t cudnnSetConvolutionGroupCount(cudnnConvolutionDescriptor_t, int);
+cudnnStatus_t cudnnSetConvolutionMathType(cudnnConvolutionDescriptor_t, cudnnMathType_t);
+cudnnStatus_t cudnnDestroyConvolutionDescriptor(cudnnConvolutionDescriptor_t);
+cudnnStatus_t cudnnGetConvolutionForwardAlgorithm_v7(cudnnHandle_t, cudnnTensorDescriptor_t x, cudnnFilterDescriptor_t w,
+    cudnnConvolutionDescriptor_t, cudnnTensorDescriptor_t y, int requested, int *returned, cudnnConvolutionFwdAlgoPerf_t *);
+cudnnStatus_t cudnnGetConvolutionBackwardDataAlgorithm_v7(cudnnHandle_t, cudnnFilterDescriptor_t w, cudnnTensorDescriptor_t dy,
+    cudnnConvolutionDescriptor_t, cudnnTensorDescriptor_t dx, int requested, int *returned, cudnnConvolutionBwdDataAlgoPerf_t *);
+cudnnStatus_t cudnnGetConvolutionBackwardFilterAlgorithm_v7(cudnnHandle_t, cudnnTensorDescriptor_t x, cudnnTensorDescriptor_t dy,
+    cudnnConvolutionDescriptor_t, cudnnFilterDescriptor_t dw, int requested, int *returned, cudnnConvolutionBwdFilterAlgoPerf_t *);
+cudnnStatus_t cudnnGetConvolutionForwardWorkspaceSize(cudnnHandle_t, cudnnTensorDescriptor_t x, cudnnFilterDescriptor_t w,
+    cudnnConvolutionDescriptor_t, cudnnTensorDescriptor_t y, cudnnConvolutionFwdAlgo_t, size_t *);
+cudnnStatus_t cudnnGetConvolutionBackwardDataWorkspaceSize(cudnnHandle_t, cudnnFilterDescriptor_t w, cudnnTensorDescriptor_t dy,
+    cudnnConvolutionDescriptor_t, cudnnTensorDescriptor_t dx, cudnnConvolutionBwdDataAlgo_t, size_t *);
+cudnnStatus_t cudnnGetConvolutionBackwardFilterWorkspaceSize(cudnnHandle_t, cudnnTensorDescriptor_t x, cudnnTensorDescriptor_t dy,
+    cudnnConvolutionDescriptor_t, cudnnFilterDescriptor_t dw, cudnnConvolutionBwdFilterAlgo_t, size_t *);
+cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t, const void *alpha, cudnnTensorDescriptor_t, const void *x,
+    cudnnFilterDescriptor_t, const void *w, cudnnConvolutionDescriptor_t, cudnnConvolutionFwdAlgo_t, void *ws, size_t ws_bytes,
+    const void *beta, cudnnTensorDescriptor_t, void *y);
+cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t, const void *alpha, cudnnFilterDescriptor_t, const void *w,
+    cudnnTensorDescriptor_t, const void *dy, cudnnConvolutionDescriptor_t, cudnnConvolutionBwdDataAlgo_t, void *ws,
+    size_t ws_bytes, const void *beta, cudnnTensorDescriptor_t, void *dx);
+cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t, const void *alpha, cudnnTensorDescriptor_t, const void *x,
+    cudnnTensorDescriptor_t, const void *dy, cudnnConvolutionDescriptor_t, cudnnConvolutionBwdFilterAlgo_t, void *ws,
+    size_t ws_bytes, const void *beta, cudnnFilterDescriptor_t, void *dw);
+
+// Stand-ins of dlopen / dlsym / dlerror for the linked fake: open fails for EMU_NO_CUDNN=1 or a
+// path with a '/' that does not exist (as dlopen would); sym finds the functions above by name.
+void *emu_cudnn_open(const char *path);
+void *emu_cudnn_sym(void *lib, const char *name);
+const char *emu_cudnn_error(void);
