@@ -8,7 +8,8 @@
 -- memory plan's predicted device peak next to the measured one. When python3 has PyTorch with
 -- CUDA, bench/torch_dit.py times the same step (same shapes, AdamW, bf16 autocast for bf16
 -- products, else fp32) in the same run: torch_ms_per_step and ratio (torch / sao: above 1, sao is
--- faster). JSON lines.
+-- faster). Then one attention backward at the step's self-attention shape, the bf16 tensor-core
+-- kernel against the cuBLAS path (what = "attention_backward_bf16"). JSON lines.
 -- Without a usable GPU it prints one "skipped" line and exits 0 (it runs inside `make bench`).
 -- SAO_BENCH_SMALL=1: a small config (embed 256, depth 2, 256 frames, batch 2) to check the script.
 local ffi = require "ffi"
@@ -163,3 +164,44 @@ emit {
   torch = torch.why,
   plan_error = (plan.measured_peak - plan.predicted_peak) / plan.predicted_peak,
 }
+
+-- One attention backward at the training step's self-attention shape (B x 24 heads, T = M = 1025,
+-- D = 64; small config: its own), in the bf16 mode, with dq, dk, dv accumulated: the bf16
+-- tensor-core flash backward (attention_mma_bwd.cu, delta [B, H, T] its only scratch) against
+-- sao.cuda.attention_impl("cublas") (P and dS recomputed into two [B, H, T, M] scratches:
+-- scratch_mb). ratio = cublas / bf16 kernel (> 1: the new kernel is faster); tflops counts the
+-- backward's 5 matmuls of 2 B H T M D each (S, dP, dV, dK, dQ; the new kernel computes S and dP
+-- twice, once per gradient kernel, not counted).
+do
+  tr = nil
+  collectgarbage("collect")
+  sao.cuda.empty_cache()
+  local H, N, D = cfg.num_heads, T + 1, math.floor(cfg.embed_dim / cfg.num_heads)
+  local nq = B * H * N * D
+  local desc = ffi.new("sao_attn_desc", { B = B, H = H, Hkv = H, T = N, M = N, D = D })
+  local t = {}
+  for i, n in ipairs { "q", "k", "v", "dout", "dq", "dk", "dv" } do t[n] = sao.randn { nq, seed = 40 + i }:to("cuda") end
+  t.out, t.lse = sao.zeros(nq):to("cuda"), sao.zeros(B * H * N):to("cuda")
+  local was_p, was_i = sao.cuda.precision("bf16"), sao.cuda.attention_impl()
+  sao.check(C.sao_cuda_attention_forward(sao.ctx, desc, t.q:data(), t.k:data(), t.v:data(), nil, nil, t.out:data(),
+    t.lse:data()))
+  local function bwd()
+    sao.check(C.sao_cuda_attention_backward(sao.ctx, desc, t.q:data(), t.k:data(), t.v:data(), nil, nil, t.out:data(),
+      t.lse:data(), t.dout:data(), t.dq:data(), t.dk:data(), t.dv:data(), nil))
+  end
+  local secs = {}
+  for _, impl in ipairs { "cublas", "auto" } do
+    sao.cuda.attention_impl(impl)
+    secs[impl] = device_time(bwd, t.dq:data(), 5, 3)
+  end
+  sao.cuda.precision(was_p)
+  sao.cuda.attention_impl(was_i)
+  local flops = 5 * 2 * B * H * N * N * D
+  emit { what = "attention_backward_bf16", gpu = gpu_name, B = B, H = H, T = N, M = N, D = D,
+    ms = secs.auto * 1000, cublas_ms = secs.cublas * 1000, ratio = secs.cublas / secs.auto,
+    tflops = flops / secs.auto / 1e12, cublas_tflops = flops / secs.cublas / 1e12,
+    scratch_mb = 2 * 4 * B * H * N * N / 2 ^ 20,
+    note = "ms: the bf16 tensor-core flash backward; cublas_ms: sao.cuda.attention_impl('cublas') and its " ..
+      "two [B,H,T,M] scratches (scratch_mb); ratio = cublas / bf16 kernel" }
+  for _, x in pairs(t) do x:free() end
+end

@@ -35,8 +35,10 @@
 // lse, dP and the three gradients by GEMMs, two small row kernels between). cuDNN's fused SDPA
 // remains the intended fast path.
 // In the bf16 mode the forward takes attention_mma.cu's bf16 tensor-core flash kernel instead
-// (D a multiple of 16 up to 128, bias and key mask too: no scratch); sao_cuda_attention_impl
-// switches that off ("cublas": the paths above) or forces the fp32 flash kernel ("flash").
+// (D a multiple of 16 up to 128, bias and key mask too: no scratch), and the backward
+// attention_mma_bwd.cu's (the same D, bias and key mask too, no dbias: a dbias keeps the fp32 flash
+// kernels; scratch only delta [B, H, T]); sao_cuda_attention_impl switches both off ("cublas": the
+// paths above) or forces the fp32 flash kernels ("flash").
 extern "C" {
 #include "sao_cuda_attn.h"
 #include "sao_cuda.h"
@@ -728,6 +730,10 @@ extern "C" int sao_cuda_attention_backward(sao_ctx *ctx, const struct sao_attn_d
         sao_cuda_check_ptr(ctx, op, "dq", dq) || sao_cuda_check_ptr(ctx, op, "dk", dk) ||
         sao_cuda_check_ptr(ctx, op, "dv", dv) || sao_cuda_check_ptr(ctx, op, "dbias", dbias))
         return -1;
+    // bf16 mode: the bf16 tensor-core flash backward (attention_mma_bwd.cu), bias and key mask too;
+    // a dbias keeps the fp32 flash kernels below (their dQ block owns dbias rows across the batch)
+    if (!dbias && attn_impl == IMPL_AUTO && sao_cuda_gemm_precision(-1) == SAO_GEMM_BF16 && sao_cuda_attn_mma_fits(&g))
+        return sao_cuda_attn_mma_backward(ctx, op, &g, q, k, v, bias, key_mask, out, lse, dout, dq, dk, dv);
     if (!dbias && tensor_core_path(&g, bias, key_mask)) {
         if (g.G == 1) return tc_backward(ctx, op, &g, q, k, v, out, lse, dout, dq, dk, dv);
         // grouped heads: the copies' gradients (zeroed, accumulated), then summed back per group

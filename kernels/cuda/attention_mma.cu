@@ -7,7 +7,7 @@
 // written ~4 times per layer), and the fp32 flash kernel (bias or key mask: T5). Same arguments,
 // strides, grouped K/V heads, bias [H, T, M], key mask [B, M] and conventions as the CPU kernel
 // (kernels/cpu/attention.c): lse[b,h,t] = logsumexp of the row's logits, a fully masked row gives
-// out 0 and lse -inf. The backward stays attention.cu's (it recomputes P from lse).
+// out 0 and lse -inf. The backward is attention_mma_bwd.cu's (it recomputes P from lse).
 //
 //   S = scale * Q K^T + bias (-inf where the key mask is 0),  P = softmax_rows(S),  O = P V
 //

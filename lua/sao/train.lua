@@ -211,9 +211,15 @@ function Trainer:device_plan(mem0)
     scratch = class(math.ceil(scratch / 2) * 4)
   end
   -- tf32/bf16: the tensor-core attention's two scratches [B, H, N, M] (kernels/cuda/attention.cu:
-  -- attentions without bias or mask, up to 2 GiB each; the largest ones are kept)
+  -- attentions without bias or mask, up to 2 GiB each; the largest ones are kept). In the bf16 mode
+  -- with attention_impl "auto" and head dims a multiple of 16 up to 128 the bf16 flash kernels run
+  -- instead (attention_mma.cu, attention_mma_bwd.cu): the backward's delta [B, H, N] only.
   local attn = 0
-  if sao.cuda.precision() ~= "fp32" then
+  local c0 = self.cfg.dit.config
+  local D0 = c0.embed_dim / c0.num_heads
+  if sao.cuda.precision() == "bf16" and sao.cuda.attention_impl() == "auto" and D0 % 16 == 0 and D0 <= 128 then
+    attn = class(self.cfg.batch * c0.num_heads * (self.cfg.frames + 1) * 4)
+  elseif sao.cuda.precision() ~= "fp32" then
     local c, cfg = self.cfg.dit.config, self.cfg
     local H, N, L = c.num_heads, cfg.frames + 1, cfg.context or 0
     local function s_bytes(M) local b = cfg.batch * H * N * M * 4 return b <= 2 ^ 31 and b or 0 end
