@@ -296,10 +296,7 @@ describe("DiT on CUDA #gpu", function()
     local want2 = cpu:forward(x2, t, cross, global, { cfg_scale = 7 })
     -- the counts below assume no device block is freed except where the test frees one: no GC of
     -- earlier tests' device tensors in between
-    collectgarbage()
-    collectgarbage()
-    collectgarbage("stop")
-    local ok, err = pcall(function()
+    gpu.without_gc(function()
       d:graphs(true)
       local outs = {}
       for i = 1, 4 do outs[i] = d:forward(x, t, cross, global, { cfg_scale = 7 }) end
@@ -336,8 +333,6 @@ describe("DiT on CUDA #gpu", function()
       d:to("cpu")
       assert.tensor_near(after, d:forward(x, t, cross, global, { cfg_scale = 3 }), { abs = 3e-4 })
     end)
-    collectgarbage("restart")
-    if not ok then error(err, 0) end
   end)
 
   gpu_it("a tiny model generates with device = 'cuda' as on the CPU", function()

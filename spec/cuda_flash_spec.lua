@@ -473,10 +473,7 @@ describe("CUDA bf16 tensor-core attention #gpu", function()
       assert.is_true(old:maxdiff(eager) > 0, "the setting changed nothing")
       sao.cuda.attention_impl("auto")
       -- captured with the bf16 kernel (no allocation, sync or other stream in it), replayed bit for bit
-      collectgarbage()
-      collectgarbage()
-      collectgarbage("stop")
-      local ok, err = pcall(function()
+      gpu.without_gc(function()
         d:graphs(true)
         local outs = {}
         for i = 1, 3 do outs[i] = d:forward(xin, tin, cross, global, { cfg_scale = 7 }) end
@@ -490,8 +487,6 @@ describe("CUDA bf16 tensor-core attention #gpu", function()
         assert.same({ captures = 1, replays = 1 }, d:graph_stats())
         d:graphs(false)
       end)
-      collectgarbage("restart")
-      if not ok then error(err, 0) end
     end)
   end)
 end)

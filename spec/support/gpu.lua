@@ -26,6 +26,19 @@ function M.no_cuda_reason()
   return "no CUDA device is visible"
 end
 
+--- Runs fn with the garbage collector stopped (after two full collections), so that no device
+--- tensor of an earlier test is freed in the middle: a CUDA graph replays only while nothing is
+--- freed on the device (sao_cuda_free_count), and the graph specs count captures and replays.
+--- The collector restarts whatever fn does; fn's error is raised again.
+function M.without_gc(fn)
+  collectgarbage()
+  collectgarbage()
+  collectgarbage("stop")
+  local ok, err = pcall(fn)
+  collectgarbage("restart")
+  if not ok then error(err, 0) end
+end
+
 --- params with every tensor scaled by s (a different model of the same shapes).
 function M.scaled(params, s)
   local p = {}
