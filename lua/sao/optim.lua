@@ -66,8 +66,9 @@ function AdamW:lr()
 end
 
 -- The fused kernel's tensor lists: {list = sao_optim_tensor[n], n, p = a tensor there} for the
--- host's tensors and for the GPU's (one device per optimiser, as for the per-tensor kernels). A tensor's place in the stochastic-rounding stream
--- is the count of elements before it in name order (so every weight has its own numbers).
+-- host's tensors and for the GPU's (one device per optimiser, as for the per-tensor kernels). A
+-- tensor's place in the stochastic-rounding stream is the count of elements before it in name
+-- order (so every weight has its own numbers).
 function AdamW:lists(ema)
   local groups, order, off = {}, {}, 0
   for _, k in ipairs(self.names) do
@@ -171,15 +172,15 @@ function EMA:advance()
   return self:decay(self.step)
 end
 
+--- One update on its own (AdamW:step(ema) fuses it instead). Returns the decay used.
 function EMA:update()
-  self.step = self.step + 1
-  if self.step <= self.after + 1 then      -- the first updates copy the online weights
-    for k, p in pairs(self.params) do self.shadow[k]:copy_(p) end
-    return 0
-  end
-  local d = self:decay(self.step)
+  local d = self:advance()
   for k, p in pairs(self.params) do
-    sao.check(kernel(p, "ema_update")(sao.ctx, self.shadow[k]:data(), p:data(), p:numel(), d))
+    if d == 0 then   -- the first updates copy the online weights
+      self.shadow[k]:copy_(p)
+    else
+      sao.check(kernel(p, "ema_update")(sao.ctx, self.shadow[k]:data(), p:data(), p:numel(), d))
+    end
   end
   return d
 end
