@@ -215,19 +215,17 @@ function Trainer:device_plan(mem0)
   -- with attention_impl "auto" and head dims a multiple of 16 up to 128 the bf16 flash kernels run
   -- instead (attention_mma.cu, attention_mma_bwd.cu): the backward's delta [B, H, N] only.
   local attn = 0
-  local c0 = self.cfg.dit.config
-  local D0 = c0.embed_dim / c0.num_heads
-  if sao.cuda.precision() == "bf16" and sao.cuda.attention_impl() == "auto" and D0 % 16 == 0 and D0 <= 128 then
-    attn = class(self.cfg.batch * c0.num_heads * (self.cfg.frames + 1) * 4)
+  local c, cfg = self.cfg.dit.config, self.cfg
+  local H, N, L = c.num_heads, cfg.frames + 1, cfg.context or 0
+  local D = c.embed_dim / H
+  if sao.cuda.precision() == "bf16" and sao.cuda.attention_impl() == "auto" and D % 16 == 0 and D <= 128 then
+    attn = class(cfg.batch * H * N * 4)
   elseif sao.cuda.precision() ~= "fp32" then
-    local c, cfg = self.cfg.dit.config, self.cfg
-    local H, N, L = c.num_heads, cfg.frames + 1, cfg.context or 0
     local function s_bytes(M) local b = cfg.batch * H * N * M * 4 return b <= 2 ^ 31 and b or 0 end
     attn = s_bytes(N)
     if L > 0 then attn = math.max(attn, s_bytes(L)) end
     if attn > 0 then attn = 2 * class(attn) end
     -- grouped cross-attention heads: K, V and their gradients copied per query head
-    local D = c.embed_dim / H
     if L > 0 and c.cond_token_dim / D ~= H then attn = attn + 4 * class(cfg.batch * H * L * D * 4) end
   end
   -- LoRA: the adapters and their gradients, and the [rows, rank] scratch u and du
