@@ -42,8 +42,7 @@ extern "C" {
 #include "../cpu/kcheck.h"
 }
 #include "attention_mma.h"
-#include <cuda_bf16.h>
-#include <mma.h>
+#include "attention_mma_tiles.h"
 #include <math.h>
 #include <stdint.h>
 
@@ -56,11 +55,6 @@ using namespace nvcuda;
 #define PPITCH (MK + 8)   // P rows (bf16)
 #define MMA_MAX_D 128
 
-typedef __nv_bfloat16 bf16;
-typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> frag_a;
-typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> frag_bt;   // K^T
-typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> frag_b;    // V
-typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> frag_c;
 
 // Row pitches: bf16 rows D + 8, fp32 rows D + 4. Both keep every 16-row, 16-column fragment
 // 32-byte aligned and ldm a multiple of 8 (bf16) / 4 (float), as WMMA requires, and shift
@@ -145,19 +139,7 @@ attn_fwd_mma(sao_attn_geo g, const float *q, const float *k, const float *v, con
         __syncthreads();
 
         // S = Q K^T for the warp's 16 rows, the key chunks that hold keys
-#pragma unroll
-        for (int n = 0; n < MK / 16; n++) {   // unrolled with a guard: fragment arrays stay in registers
-            if (n >= nkc) break;
-            frag_c acc;
-            wmma::fill_fragment(acc, 0.0f);
-#pragma unroll
-            for (int c = 0; c < DC; c++) {
-                frag_bt kf;
-                wmma::load_matrix_sync(kf, Ks + n * 16 * BP + c * 16, BP);
-                wmma::mma_sync(acc, qf[c], kf, acc);
-            }
-            wmma::store_matrix_sync(Sw + n * 16, acc, SPITCH, wmma::mem_row_major);
-        }
+        mma_tile_xt<DC, MK / 16>(Sw, SPITCH, qf, Ks, BP, nkc);
         __syncwarp();
 
         // online softmax of this lane's half row: keys j0 + half*32 + [0, 32)
@@ -201,22 +183,8 @@ attn_fwd_mma(sao_attn_geo g, const float *q, const float *k, const float *v, con
 
         // O += P V for the warp's rows: P's fragments once, then per 16 output dims
         frag_a pf[MK / 16];
-#pragma unroll
-        for (int n = 0; n < MK / 16; n++)
-            if (n < nkc) wmma::load_matrix_sync(pf[n], Pw + n * 16, PPITCH);
-#pragma unroll
-        for (int c = 0; c < DC; c++) {
-            frag_c acc;
-            wmma::load_matrix_sync(acc, Ow + c * 16, FP, wmma::mem_row_major);
-#pragma unroll
-            for (int n = 0; n < MK / 16; n++) {
-                if (n >= nkc) break;
-                frag_b vf;
-                wmma::load_matrix_sync(vf, Vs + n * 16 * BP + c * 16, BP);
-                wmma::mma_sync(acc, pf[n], vf, acc);
-            }
-            wmma::store_matrix_sync(Ow + c * 16, acc, FP, wmma::mem_row_major);
-        }
+        mma_load_row_chunks<MK / 16>(pf, Pw, PPITCH, nkc);
+        mma_tile_acc<DC, MK / 16>(Ow, FP, pf, Vs, BP, nkc);
         __syncwarp();   // the rescale of the next tile reads what other lanes stored
     }
 

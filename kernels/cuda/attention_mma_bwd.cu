@@ -54,8 +54,7 @@ extern "C" {
 #include "../cpu/kcheck.h"
 }
 #include "attention_mma.h"
-#include <cuda_bf16.h>
-#include <mma.h>
+#include "attention_mma_tiles.h"
 #include <math.h>
 #include <stdint.h>
 
@@ -67,11 +66,6 @@ using namespace nvcuda;
 #define PPITCH (BT + 8)   // bf16 P / dS rows, written in place over the fp32 ones (bf16 elements)
 #define MMA_MAX_D 128
 
-typedef __nv_bfloat16 bf16;
-typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> frag_a;
-typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> frag_bt;   // X^T of row-major X
-typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> frag_b;
-typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> frag_c;
 
 // Row pitches as attention_mma.cu's: bf16 rows D + 8, fp32 rows D + 4 (every fragment 32-byte
 // aligned, ldm a multiple of 8 / 4 elements, consecutive rows 16 bytes apart in the banks).
@@ -186,23 +180,8 @@ attn_bwd_mma_dkdv(sao_attn_geo g, const float *q, const float *k, const float *v
             __syncthreads();
 
             // S^T = K Q^T and dP^T = V dO^T for the warp's 16 keys, the query chunks that hold rows
-#pragma unroll
-            for (int n = 0; n < BT / 16; n++) {   // unrolled with a guard: fragments stay in registers
-                if (n >= nqc) break;
-                frag_c sacc, pacc;
-                wmma::fill_fragment(sacc, 0.0f);
-                wmma::fill_fragment(pacc, 0.0f);
-#pragma unroll
-                for (int c = 0; c < DC; c++) {
-                    frag_bt x;
-                    wmma::load_matrix_sync(x, Qs + n * 16 * BP + c * 16, BP);
-                    wmma::mma_sync(sacc, kf[c], x, sacc);
-                    wmma::load_matrix_sync(x, dOs + n * 16 * BP + c * 16, BP);
-                    wmma::mma_sync(pacc, vf[c], x, pacc);
-                }
-                wmma::store_matrix_sync(Sw + n * 16, sacc, SPITCH, wmma::mem_row_major);
-                wmma::store_matrix_sync(dPw + n * 16, pacc, SPITCH, wmma::mem_row_major);
-            }
+            mma_tile_xt<DC, BT / 16>(Sw, SPITCH, kf, Qs, BP, nqc);
+            mma_tile_xt<DC, BT / 16>(dPw, SPITCH, vf, dOs, BP, nqc);
             __syncwarp();
 
             // P^T and dS^T of this lane's key, queries t0 + half*32 + [0, 32); a dead key, a query
@@ -231,29 +210,10 @@ attn_bwd_mma_dkdv(sao_attn_geo g, const float *q, const float *k, const float *v
 
             // dV += P^T dO, dK += dS^T Q for the warp's keys, per 16 dims
             frag_a pf[BT / 16], sf[BT / 16];
-#pragma unroll
-            for (int n = 0; n < BT / 16; n++)
-                if (n < nqc) {
-                    wmma::load_matrix_sync(pf[n], Pw + n * 16, PPITCH);
-                    wmma::load_matrix_sync(sf[n], dSw + n * 16, PPITCH);
-                }
-#pragma unroll
-            for (int c = 0; c < DC; c++) {
-                frag_c av, ak;
-                wmma::load_matrix_sync(av, dVw + c * 16, FP, wmma::mem_row_major);
-                wmma::load_matrix_sync(ak, dKw + c * 16, FP, wmma::mem_row_major);
-#pragma unroll
-                for (int n = 0; n < BT / 16; n++) {
-                    if (n >= nqc) break;
-                    frag_b x;
-                    wmma::load_matrix_sync(x, dOs + n * 16 * BP + c * 16, BP);
-                    wmma::mma_sync(av, pf[n], x, av);
-                    wmma::load_matrix_sync(x, Qs + n * 16 * BP + c * 16, BP);
-                    wmma::mma_sync(ak, sf[n], x, ak);
-                }
-                wmma::store_matrix_sync(dVw + c * 16, av, FP, wmma::mem_row_major);
-                wmma::store_matrix_sync(dKw + c * 16, ak, FP, wmma::mem_row_major);
-            }
+            mma_load_row_chunks<BT / 16>(pf, Pw, PPITCH, nqc);
+            mma_load_row_chunks<BT / 16>(sf, dSw, PPITCH, nqc);
+            mma_tile_acc<DC, BT / 16>(dVw, FP, pf, dOs, BP, nqc);
+            mma_tile_acc<DC, BT / 16>(dKw, FP, sf, Qs, BP, nqc);
         }
     }
 
@@ -321,23 +281,8 @@ attn_bwd_mma_dq(sao_attn_geo g, const float *q, const float *k, const float *v, 
         __syncthreads();
 
         // S = Q K^T and dP = dO V^T for the warp's 16 rows, the key chunks that hold keys
-#pragma unroll
-        for (int n = 0; n < BT / 16; n++) {
-            if (n >= nkc) break;
-            frag_c sacc, pacc;
-            wmma::fill_fragment(sacc, 0.0f);
-            wmma::fill_fragment(pacc, 0.0f);
-#pragma unroll
-            for (int c = 0; c < DC; c++) {
-                frag_bt x;
-                wmma::load_matrix_sync(x, Ks + n * 16 * BP + c * 16, BP);
-                wmma::mma_sync(sacc, qf[c], x, sacc);
-                wmma::load_matrix_sync(x, Vs + n * 16 * BP + c * 16, BP);
-                wmma::mma_sync(pacc, of[c], x, pacc);
-            }
-            wmma::store_matrix_sync(Sw + n * 16, sacc, SPITCH, wmma::mem_row_major);
-            wmma::store_matrix_sync(dPw + n * 16, pacc, SPITCH, wmma::mem_row_major);
-        }
+        mma_tile_xt<DC, BT / 16>(Sw, SPITCH, qf, Ks, BP, nkc);
+        mma_tile_xt<DC, BT / 16>(dPw, SPITCH, of, Vs, BP, nkc);
         __syncwarp();
 
         // dS of this lane's row, keys j0 + half*32 + [0, 32): 0 for a dead key or row
@@ -362,22 +307,8 @@ attn_bwd_mma_dq(sao_attn_geo g, const float *q, const float *k, const float *v, 
 
         // dQ += dS K for the warp's rows: dS's fragments once, then per 16 dims
         frag_a sf[BT / 16];
-#pragma unroll
-        for (int n = 0; n < BT / 16; n++)
-            if (n < nkc) wmma::load_matrix_sync(sf[n], dSw + n * 16, PPITCH);
-#pragma unroll
-        for (int c = 0; c < DC; c++) {
-            frag_c acc;
-            wmma::load_matrix_sync(acc, dQw + c * 16, FP, wmma::mem_row_major);
-#pragma unroll
-            for (int n = 0; n < BT / 16; n++) {
-                if (n >= nkc) break;
-                frag_b x;
-                wmma::load_matrix_sync(x, Ks + n * 16 * BP + c * 16, BP);
-                wmma::mma_sync(acc, sf[n], x, acc);
-            }
-            wmma::store_matrix_sync(dQw + c * 16, acc, FP, wmma::mem_row_major);
-        }
+        mma_load_row_chunks<BT / 16>(sf, dSw, PPITCH, nkc);
+        mma_tile_acc<DC, BT / 16>(dQw, FP, sf, Ks, BP, nkc);
     }
 
     __syncthreads();

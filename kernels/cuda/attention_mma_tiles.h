@@ -1,0 +1,64 @@
+// attention_mma_tiles.h — the WMMA steps the bf16 flash-attention kernels share (attention_mma.cu's
+// forward, attention_mma_bwd.cu's backward). A warp owns 16 rows; a tile holds NT chunks of 16 rows
+// (64 rows: NT = 4) of a bf16 matrix D = 16 DC wide, row-major in shared memory with pitch BP.
+// Only the first nc chunks hold rows (the last tile of a sequence); fragments are never read
+// element by element (CUDA leaves their lane mapping unspecified): fp32 results go through shared
+// memory. Loops are unrolled with a guard so fragment arrays stay in registers.
+#ifndef SAO_ATTENTION_MMA_TILES_H
+#define SAO_ATTENTION_MMA_TILES_H
+#include <cuda_bf16.h>
+#include <mma.h>
+
+typedef __nv_bfloat16 bf16;
+typedef nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, bf16, nvcuda::wmma::row_major> frag_a;
+typedef nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, bf16, nvcuda::wmma::col_major> frag_bt;   // X^T of row-major X
+typedef nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, bf16, nvcuda::wmma::row_major> frag_b;
+typedef nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> frag_c;
+
+// S [16][ldS] (fp32, this warp's rows) = A X^T: A the warp's 16 rows as DC fragments (16 x D), X the
+// tile's rows; column chunk n of S is X's row chunk n (chunks n >= nc are left alone).
+template <int DC, int NT>
+__device__ static inline void mma_tile_xt(float *S, int ldS, const frag_a *a, const bf16 *X, int BP, int nc) {
+#pragma unroll
+    for (int n = 0; n < NT; n++) {
+        if (n >= nc) break;
+        frag_c acc;
+        nvcuda::wmma::fill_fragment(acc, 0.0f);
+#pragma unroll
+        for (int c = 0; c < DC; c++) {
+            frag_bt x;
+            nvcuda::wmma::load_matrix_sync(x, X + n * 16 * BP + c * 16, BP);
+            nvcuda::wmma::mma_sync(acc, a[c], x, acc);
+        }
+        nvcuda::wmma::store_matrix_sync(S + n * 16, acc, ldS, nvcuda::wmma::mem_row_major);
+    }
+}
+
+// p[n] = the 16 x 16 chunk n of P [16][ldP] (bf16, this warp's rows), for n < nc.
+template <int NT>
+__device__ static inline void mma_load_row_chunks(frag_a *p, const bf16 *P, int ldP, int nc) {
+#pragma unroll
+    for (int n = 0; n < NT; n++)
+        if (n < nc) nvcuda::wmma::load_matrix_sync(p[n], P + n * 16, ldP);
+}
+
+// acc [16][FP] (fp32, this warp's rows) += P Y: P the warp's 16 rows as nc fragments (16 x 16 nc,
+// mma_load_row_chunks), Y the tile's first 16 nc rows; per 16 of the D columns, the accumulator
+// loaded from and stored back to shared memory.
+template <int DC, int NT>
+__device__ static inline void mma_tile_acc(float *acc, int FP, const frag_a *p, const bf16 *Y, int BP, int nc) {
+#pragma unroll
+    for (int c = 0; c < DC; c++) {
+        frag_c o;
+        nvcuda::wmma::load_matrix_sync(o, acc + c * 16, FP, nvcuda::wmma::mem_row_major);
+#pragma unroll
+        for (int n = 0; n < NT; n++) {
+            if (n >= nc) break;
+            frag_b y;
+            nvcuda::wmma::load_matrix_sync(y, Y + n * 16 * BP + c * 16, BP);
+            nvcuda::wmma::mma_sync(o, p[n], y, o);
+        }
+        nvcuda::wmma::store_matrix_sync(acc + c * 16, o, FP, nvcuda::wmma::mem_row_major);
+    }
+}
+#endif
