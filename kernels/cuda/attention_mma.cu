@@ -79,20 +79,6 @@ __host__ __device__ static inline mma_smem smem_plan(int D) {
     m.total = m.inv + MQ * sizeof(float);
     return m;
 }
-// dynamic shared memory is only promised 16-byte alignment: the launch asks for 128 bytes more
-#define SMEM_SLACK 128
-
-// n rows [r0, r0 + n) of a strided fp32 block (row stride rs, rows past `rows` zero) into bf16
-// rows of pitch P, by the whole block, coalesced along each row.
-__device__ static inline void load_bf16(bf16 *dst, int P, const float *base, long long rs, long long r0,
-                                        long long rows, int n, int D) {
-    for (int i = threadIdx.x; i < n * D; i += blockDim.x) {
-        int r = i / D, d = i - r * D;
-        long long t = r0 + r;
-        dst[r * P + d] = __float2bfloat16_rn(t < rows ? base[t * rs + d] : 0.0f);
-    }
-}
-
 // Grid: B * H * ceil(T / MQ) blocks of MW warps. DC = D / 16.
 template <int DC>
 __global__ static void __launch_bounds__(MW * 32)
@@ -101,7 +87,7 @@ attn_fwd_mma(sao_attn_geo g, const float *q, const float *k, const float *v, con
     extern __shared__ float sm[];
     constexpr int D = DC * 16, BP = D + 8, FP = D + 4;
     const mma_smem plan = smem_plan(D);
-    char *base = (char *)(((uintptr_t)sm + (SMEM_SLACK - 1)) & ~(uintptr_t)(SMEM_SLACK - 1));
+    char *base = mma_smem_base(sm);
     bf16 *Qs = (bf16 *)(base + plan.q), *Ks = (bf16 *)(base + plan.k), *Vs = (bf16 *)(base + plan.v);
     float *Ss = (float *)(base + plan.s), *Os = (float *)(base + plan.o), *inv = (float *)(base + plan.inv);
     bf16 *Ps = (bf16 *)(base + plan.p);
@@ -123,7 +109,7 @@ attn_fwd_mma(sao_attn_geo g, const float *q, const float *k, const float *v, con
     bf16 *Pw = Ps + warp * 16 * PPITCH;
     float *Ow = Os + warp * 16 * FP;
 
-    load_bf16(Qs, BP, q + b * g.sq[0] + h * g.sq[1], g.sq[2], t0, g.T, MQ, D);
+    mma_load_rows(Qs, q + b * g.sq[0] + h * g.sq[1], g.sq[2], t0, g.T, MQ, D);
     for (int i = threadIdx.x; i < MQ * FP; i += blockDim.x) Os[i] = 0.0f;
     __syncthreads();
     frag_a qf[DC];
@@ -134,8 +120,8 @@ attn_fwd_mma(sao_attn_geo g, const float *q, const float *k, const float *v, con
     for (long long j0 = 0; j0 < g.M; j0 += MK) {
         const int nk = g.M - j0 < MK ? (int)(g.M - j0) : MK, nkc = (nk + 15) / 16;
         __syncthreads();   // the previous tile's K and V are used up
-        load_bf16(Ks, BP, kb, g.sk[2], j0, g.M, MK, D);
-        load_bf16(Vs, BP, vb, g.sv[2], j0, g.M, MK, D);
+        mma_load_rows(Ks, kb, g.sk[2], j0, g.M, MK, D);
+        mma_load_rows(Vs, vb, g.sv[2], j0, g.M, MK, D);
         __syncthreads();
 
         // S = Q K^T for the warp's 16 rows, the key chunks that hold keys
@@ -213,7 +199,7 @@ static int optin_done[MMA_MAX_D / 16 + 1][SAO_CUDA_SCRATCH_DEVICES];
 template <int DC>
 static int launch(sao_ctx *ctx, const char *op, const sao_attn_geo *g, const float *q, const float *k,
                   const float *v, const float *bias, const uint8_t *mask, float *out, float *lse) {
-    const size_t smem = smem_plan(DC * 16).total + SMEM_SLACK;
+    const size_t smem = smem_plan(DC * 16).total + MMA_SMEM_SLACK;
     int dev = 0;
     CUDA_TRY(ctx, op, cudaGetDevice(&dev));
     if (dev < 0 || dev >= SAO_CUDA_SCRATCH_DEVICES)

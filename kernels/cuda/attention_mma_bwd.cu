@@ -91,23 +91,6 @@ __host__ __device__ static inline bwd_smem smem_plan(int D, int nacc) {
     m.total = m.dr + BT * sizeof(float);
     return m;
 }
-#define SMEM_SLACK 128   // dynamic shared memory is only promised 16-byte alignment
-
-__device__ static inline char *smem_base(float *sm) {
-    return (char *)(((uintptr_t)sm + (SMEM_SLACK - 1)) & ~(uintptr_t)(SMEM_SLACK - 1));
-}
-
-// rows [r0, r0 + BT) of a strided fp32 block (row stride rs, rows past `rows` zero) into bf16 rows
-// of pitch D + 8, by the whole block, coalesced along each row.
-__device__ static inline void load_bf16(bf16 *dst, const float *base, long long rs, long long r0, long long rows,
-                                        int D) {
-    for (int i = threadIdx.x; i < BT * D; i += blockDim.x) {
-        int r = i / D, d = i - r * D;
-        long long t = r0 + r;
-        dst[r * (D + 8) + d] = __float2bfloat16_rn(t < rows ? base[t * rs + d] : 0.0f);
-    }
-}
-
 // delta[b,h,t] = sum_d dO * O (fp32, d in order), one warp per row: lane-strided, then a butterfly.
 __global__ static void attn_mma_delta(sao_attn_geo g, const float *out, const float *dout, float *delta) {
     long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
@@ -131,7 +114,7 @@ attn_bwd_mma_dkdv(sao_attn_geo g, const float *q, const float *k, const float *v
     extern __shared__ float sm[];
     constexpr int D = DC * 16, BP = D + 8, FP = D + 4;
     const bwd_smem plan = smem_plan(D, 2);
-    char *base = smem_base(sm);
+    char *base = mma_smem_base(sm);
     bf16 *Qs = (bf16 *)(base + plan.a), *dOs = (bf16 *)(base + plan.b);
     float *Ss = (float *)(base + plan.s), *dPs = (float *)(base + plan.dp);
     float *dKs = (float *)(base + plan.acc), *dVs = dKs + BT * FP;
@@ -152,8 +135,8 @@ attn_bwd_mma_dkdv(sao_attn_geo g, const float *q, const float *k, const float *v
     float *dKw = dKs + warp * 16 * FP, *dVw = dVs + warp * 16 * FP;
 
     // the key tile's K and V through the Q / dO tiles into the warps' fragments; accumulators zero
-    load_bf16(Qs, kb, g.sk[2], j0, g.M, D);
-    load_bf16(dOs, vb, g.sv[2], j0, g.M, D);
+    mma_load_rows(Qs, kb, g.sk[2], j0, g.M, BT, D);
+    mma_load_rows(dOs, vb, g.sv[2], j0, g.M, BT, D);
     for (int i = threadIdx.x; i < 2 * BT * FP; i += blockDim.x) dKs[i] = 0.0f;
     __syncthreads();
     frag_a kf[DC], vf[DC];
@@ -170,8 +153,8 @@ attn_bwd_mma_dkdv(sao_attn_geo g, const float *q, const float *k, const float *v
         for (long long t0 = 0; t0 < g.T; t0 += BT) {
             const int nq = g.T - t0 < BT ? (int)(g.T - t0) : BT, nqc = (nq + 15) / 16;
             __syncthreads();   // the previous tile is used up (the staged K and V, on the first)
-            load_bf16(Qs, qb, g.sq[2], t0, g.T, D);
-            load_bf16(dOs, db, g.so[2], t0, g.T, D);
+            mma_load_rows(Qs, qb, g.sq[2], t0, g.T, BT, D);
+            mma_load_rows(dOs, db, g.so[2], t0, g.T, BT, D);
             if (threadIdx.x < BT) {
                 long long t = t0 + threadIdx.x, r = (b * g.H + h) * g.T + t;
                 Ls[threadIdx.x] = t < g.T ? lse[r] : -INFINITY;
@@ -235,7 +218,7 @@ attn_bwd_mma_dq(sao_attn_geo g, const float *q, const float *k, const float *v, 
     extern __shared__ float sm[];
     constexpr int D = DC * 16, BP = D + 8, FP = D + 4;
     const bwd_smem plan = smem_plan(D, 1);
-    char *base = smem_base(sm);
+    char *base = mma_smem_base(sm);
     bf16 *Ks = (bf16 *)(base + plan.a), *Vs = (bf16 *)(base + plan.b);
     float *Ss = (float *)(base + plan.s), *dPs = (float *)(base + plan.dp), *dQs = (float *)(base + plan.acc);
     float *Ls = (float *)(base + plan.ls), *Drs = (float *)(base + plan.dr);
@@ -256,8 +239,8 @@ attn_bwd_mma_dq(sao_attn_geo g, const float *q, const float *k, const float *v, 
     bf16 *dSw = (bf16 *)dPw;   // in place
 
     // the query tile's Q and dO through the K / V tiles into the warps' fragments; lse, delta
-    load_bf16(Ks, q + b * g.sq[0] + h * g.sq[1], g.sq[2], t0, g.T, D);
-    load_bf16(Vs, dout + b * g.so[0] + h * g.so[1], g.so[2], t0, g.T, D);
+    mma_load_rows(Ks, q + b * g.sq[0] + h * g.sq[1], g.sq[2], t0, g.T, BT, D);
+    mma_load_rows(Vs, dout + b * g.so[0] + h * g.so[1], g.so[2], t0, g.T, BT, D);
     for (int i = threadIdx.x; i < BT * FP; i += blockDim.x) dQs[i] = 0.0f;
     if (threadIdx.x < BT) {
         long long tt = t0 + threadIdx.x, r = (b * g.H + h) * g.T + tt;
@@ -276,8 +259,8 @@ attn_bwd_mma_dq(sao_attn_geo g, const float *q, const float *k, const float *v, 
     for (long long j0 = 0; j0 < g.M; j0 += BT) {
         const int nk = g.M - j0 < BT ? (int)(g.M - j0) : BT, nkc = (nk + 15) / 16;
         __syncthreads();   // the previous tile is used up (the staged Q and dO, on the first)
-        load_bf16(Ks, kb, g.sk[2], j0, g.M, D);
-        load_bf16(Vs, vb, g.sv[2], j0, g.M, D);
+        mma_load_rows(Ks, kb, g.sk[2], j0, g.M, BT, D);
+        mma_load_rows(Vs, vb, g.sv[2], j0, g.M, BT, D);
         __syncthreads();
 
         // S = Q K^T and dP = dO V^T for the warp's 16 rows, the key chunks that hold keys
@@ -347,7 +330,7 @@ static int launch(sao_ctx *ctx, const char *op, const sao_attn_geo *g, const flo
                   const float *v, const float *bias, const uint8_t *mask, const float *lse, const float *delta,
                   const float *dout, float *dq, float *dk, float *dv) {
     if (dk || dv) {
-        const size_t smem = smem_plan(DC * 16, 2).total + SMEM_SLACK;
+        const size_t smem = smem_plan(DC * 16, 2).total + MMA_SMEM_SLACK;
         if (optin(ctx, op, 0, DC, attn_bwd_mma_dkdv<DC>, smem)) return -1;
         long long blocks = g->B * g->Hkv * ((g->M + BT - 1) / BT);
         if (blocks > 2147483647LL)
@@ -357,7 +340,7 @@ static int launch(sao_ctx *ctx, const char *op, const sao_attn_geo *g, const flo
         CUDA_LAUNCHED(ctx, op);
     }
     if (dq) {
-        const size_t smem = smem_plan(DC * 16, 1).total + SMEM_SLACK;
+        const size_t smem = smem_plan(DC * 16, 1).total + MMA_SMEM_SLACK;
         if (optin(ctx, op, 1, DC, attn_bwd_mma_dq<DC>, smem)) return -1;
         long long blocks = g->B * g->H * ((g->T + BT - 1) / BT);
         if (blocks > 2147483647LL)

@@ -8,12 +8,31 @@
 #define SAO_ATTENTION_MMA_TILES_H
 #include <cuda_bf16.h>
 #include <mma.h>
+#include <stdint.h>
 
 typedef __nv_bfloat16 bf16;
 typedef nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, bf16, nvcuda::wmma::row_major> frag_a;
 typedef nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, bf16, nvcuda::wmma::col_major> frag_bt;   // X^T of row-major X
 typedef nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, bf16, nvcuda::wmma::row_major> frag_b;
 typedef nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> frag_c;
+
+// Dynamic shared memory is only promised 16-byte alignment: a launch asks for MMA_SMEM_SLACK bytes
+// more and the kernel starts its regions at mma_smem_base (128-byte aligned).
+#define MMA_SMEM_SLACK 128
+__device__ static inline char *mma_smem_base(float *sm) {
+    return (char *)(((uintptr_t)sm + (MMA_SMEM_SLACK - 1)) & ~(uintptr_t)(MMA_SMEM_SLACK - 1));
+}
+
+// n rows [r0, r0 + n) of a strided fp32 block (row stride rs; rows past `rows` zero) rounded into
+// bf16 rows of pitch D + 8, by the whole block, coalesced along each row.
+__device__ static inline void mma_load_rows(bf16 *dst, const float *base, long long rs, long long r0, long long rows,
+                                            int n, int D) {
+    for (int i = threadIdx.x; i < n * D; i += blockDim.x) {
+        int r = i / D, d = i - r * D;
+        long long t = r0 + r;
+        dst[r * (D + 8) + d] = __float2bfloat16_rn(t < rows ? base[t * rs + d] : 0.0f);
+    }
+}
 
 // S [16][ldS] (fp32, this warp's rows) = A X^T: A the warp's 16 rows as DC fragments (16 x D), X the
 // tile's rows; column chunk n of S is X's row chunk n (chunks n >= nc are left alone).
