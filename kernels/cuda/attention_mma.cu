@@ -192,29 +192,14 @@ bool sao_cuda_attn_mma_fits(const sao_attn_geo *g) {
     return g->D % 16 == 0 && g->D <= MMA_MAX_D;
 }
 
-// The opt-in above 48 KB of dynamic shared memory, once per (head-dim class, device): the first
-// call runs eagerly (a CUDA graph captures only a repeated call), so a capture never makes it.
+// Per head-dim class and device: the shared-memory opt-in made (mma_smem_optin).
 static int optin_done[MMA_MAX_D / 16 + 1][SAO_CUDA_SCRATCH_DEVICES];
 
 template <int DC>
 static int launch(sao_ctx *ctx, const char *op, const sao_attn_geo *g, const float *q, const float *k,
                   const float *v, const float *bias, const uint8_t *mask, float *out, float *lse) {
     const size_t smem = smem_plan(DC * 16).total + MMA_SMEM_SLACK;
-    int dev = 0;
-    CUDA_TRY(ctx, op, cudaGetDevice(&dev));
-    if (dev < 0 || dev >= SAO_CUDA_SCRATCH_DEVICES)
-        return sao_err(ctx, op, "device %d: only devices below %d are supported", dev, SAO_CUDA_SCRATCH_DEVICES);
-    if (!optin_done[DC][dev]) {
-        int most = 0;
-        CUDA_TRY(ctx, op, cudaDeviceGetAttribute(&most, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-        if ((size_t)most < smem)
-            return sao_err(ctx, op, "the bf16 attention kernel needs %zu bytes of shared memory per block at "
-                           "D=%d, the device allows %d (sao.cuda.attention_impl(\"cublas\") avoids it)",
-                           smem, DC * 16, most);
-        CUDA_TRY(ctx, op, cudaFuncSetAttribute(attn_fwd_mma<DC>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                               (int)smem));
-        optin_done[DC][dev] = 1;
-    }
+    if (mma_smem_optin(ctx, op, "kernel", DC * 16, attn_fwd_mma<DC>, smem, optin_done[DC])) return -1;
     long long blocks = g->B * g->H * ((g->T + MQ - 1) / MQ);
     if (blocks > 2147483647LL)
         return sao_err(ctx, op, "%lld blocks exceed the CUDA grid (split the batch)", blocks);

@@ -304,26 +304,8 @@ attn_bwd_mma_dq(sao_attn_geo g, const float *q, const float *k, const float *v, 
 }
 
 // ---- host --------------------------------------------------------------------------------------
-// The opt-in above 48 KB of dynamic shared memory, once per (kernel, head-dim class, device).
+// Per kernel (dK/dV, dQ), head-dim class and device: the shared-memory opt-in made (mma_smem_optin).
 static int optin_done[2][MMA_MAX_D / 16 + 1][SAO_CUDA_SCRATCH_DEVICES];
-
-template <class K>
-static int optin(sao_ctx *ctx, const char *op, int which, int DC, K *kernel, size_t smem) {
-    int dev = 0;
-    CUDA_TRY(ctx, op, cudaGetDevice(&dev));
-    if (dev < 0 || dev >= SAO_CUDA_SCRATCH_DEVICES)
-        return sao_err(ctx, op, "device %d: only devices below %d are supported", dev, SAO_CUDA_SCRATCH_DEVICES);
-    if (optin_done[which][DC][dev]) return 0;
-    int most = 0;
-    CUDA_TRY(ctx, op, cudaDeviceGetAttribute(&most, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    if ((size_t)most < smem)
-        return sao_err(ctx, op, "the bf16 attention backward needs %zu bytes of shared memory per block at "
-                       "D=%d, the device allows %d (sao.cuda.attention_impl(\"cublas\") avoids it)",
-                       smem, DC * 16, most);
-    CUDA_TRY(ctx, op, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    optin_done[which][DC][dev] = 1;
-    return 0;
-}
 
 template <int DC>
 static int launch(sao_ctx *ctx, const char *op, const sao_attn_geo *g, const float *q, const float *k,
@@ -331,7 +313,7 @@ static int launch(sao_ctx *ctx, const char *op, const sao_attn_geo *g, const flo
                   const float *dout, float *dq, float *dk, float *dv) {
     if (dk || dv) {
         const size_t smem = smem_plan(DC * 16, 2).total + MMA_SMEM_SLACK;
-        if (optin(ctx, op, 0, DC, attn_bwd_mma_dkdv<DC>, smem)) return -1;
+        if (mma_smem_optin(ctx, op, "backward", DC * 16, attn_bwd_mma_dkdv<DC>, smem, optin_done[0][DC])) return -1;
         long long blocks = g->B * g->Hkv * ((g->M + BT - 1) / BT);
         if (blocks > 2147483647LL)
             return sao_err(ctx, op, "%lld blocks exceed the CUDA grid (split the batch)", blocks);
@@ -341,7 +323,7 @@ static int launch(sao_ctx *ctx, const char *op, const sao_attn_geo *g, const flo
     }
     if (dq) {
         const size_t smem = smem_plan(DC * 16, 1).total + MMA_SMEM_SLACK;
-        if (optin(ctx, op, 1, DC, attn_bwd_mma_dq<DC>, smem)) return -1;
+        if (mma_smem_optin(ctx, op, "backward", DC * 16, attn_bwd_mma_dq<DC>, smem, optin_done[1][DC])) return -1;
         long long blocks = g->B * g->H * ((g->T + BT - 1) / BT);
         if (blocks > 2147483647LL)
             return sao_err(ctx, op, "%lld blocks exceed the CUDA grid (split the batch)", blocks);

@@ -34,6 +34,28 @@ __device__ static inline void mma_load_rows(bf16 *dst, const float *base, long l
     }
 }
 
+// The opt-in above 48 KB of dynamic shared memory for `kernel` on the current device, once:
+// done[dev] remembers it (one array per kernel instantiation, owned by the caller). The first
+// call of a kernel runs eagerly (a CUDA graph captures only a repeated call), so a capture never
+// makes it. `what` names the kernel in the error.
+template <class K>
+static int mma_smem_optin(sao_ctx *ctx, const char *op, const char *what, int D, K *kernel, size_t smem,
+                          int done[SAO_CUDA_SCRATCH_DEVICES]) {
+    int dev = 0;
+    CUDA_TRY(ctx, op, cudaGetDevice(&dev));
+    if (dev < 0 || dev >= SAO_CUDA_SCRATCH_DEVICES)
+        return sao_err(ctx, op, "device %d: only devices below %d are supported", dev, SAO_CUDA_SCRATCH_DEVICES);
+    if (done[dev]) return 0;
+    int most = 0;
+    CUDA_TRY(ctx, op, cudaDeviceGetAttribute(&most, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    if ((size_t)most < smem)
+        return sao_err(ctx, op, "the bf16 attention %s needs %zu bytes of shared memory per block at D=%d, the "
+                       "device allows %d (sao.cuda.attention_impl(\"cublas\") avoids it)", what, smem, D, most);
+    CUDA_TRY(ctx, op, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    done[dev] = 1;
+    return 0;
+}
+
 // S [16][ldS] (fp32, this warp's rows) = A X^T: A the warp's 16 rows as DC fragments (16 x D), X the
 // tile's rows; column chunk n of S is X's row chunk n (chunks n >= nc are left alone).
 template <int DC, int NT>
