@@ -6,8 +6,9 @@
 -- path, cuDNN and im2col + GEMMs, what = "vae_decode_conv_backends_47s", ratio = gemm / cudnn), and (b) + (c)
 -- against the goal (<= 1.5 s on an H100; what = "generate_47s"), and one attention forward at SAO's
 -- self- and cross-attention shapes on the bf16 tensor-core kernel against the cuBLAS path (what =
--- "attention_bf16_self_47s" / "_cross_47s", ratio = cublas / bf16 kernel) with the CFG forward on
--- each (what = "dit_forward_cfg_attention_47s"). One JSON line per measurement,
+-- "attention_bf16_self_47s" / "_cross_47s", ratio = cublas / bf16 kernel; and cuDNN's fused SDPA,
+-- sao.cuda.attention_impl("cudnn": cudnn_ms, cudnn_ratio = bf16 kernel / cuDNN) with the CFG forward
+-- on each (what = "dit_forward_cfg_attention_47s"). One JSON line per measurement,
 -- with the device name and the peak of sao's device memory. sao's linear layers multiply in
 -- $SAO_BENCH_PRECISION (bf16, load_model's GPU default; or tf32, fp32). When python3 has torch
 -- (with CUDA), bench/torch_dit.py runs the same shapes in fp32 and bf16 and the forward and
@@ -366,9 +367,12 @@ if device == "cuda" then
     end
     local was_p, was_i = sao.cuda.precision("bf16"), sao.cuda.attention_impl()
     local secs, outs = {}, {}
-    for _, impl in ipairs { "cublas", "auto" } do
+    local sdpa_runs
+    for _, impl in ipairs { "cublas", "auto", "cudnn" } do
       sao.cuda.attention_impl(impl)
+      local n0 = sao.cuda.sdpa()
       run(); sync(out:data())
+      if impl == "cudnn" then sdpa_runs = sao.cuda.sdpa() - n0 end
       local reps, b = 20, math.huge
       for _ = 1, 3 do
         local t0 = now()
@@ -385,8 +389,13 @@ if device == "cuda" then
       seconds = secs.auto, ms = secs.auto * 1000, cublas_ms = secs.cublas * 1000, ratio = secs.cublas / secs.auto,
       tflops = flops / secs.auto / 1e12, cublas_tflops = flops / secs.cublas / 1e12,
       scratch_mb = 4 * B * H * T * M / 2 ^ 20, max_abs_diff = outs.auto:maxdiff(outs.cublas),
+      cudnn_ms = secs.cudnn * 1000, cudnn_ratio = secs.auto / secs.cudnn, cudnn_tflops = flops / secs.cudnn / 1e12,
+      cudnn_ran = sdpa_runs == 1, cudnn_why = sdpa_runs ~= 1 and select(2, sao.cuda.sdpa()) or nil,
+      cudnn_max_abs_diff = outs.cudnn:maxdiff(outs.auto),
       note = "seconds: the bf16 tensor-core flash kernel (no scratch); cublas_ms: the cuBLAS path and its " ..
-        "[B,H,T,M] scratch (scratch_mb); ratio = cublas / bf16 kernel (> 1: the new kernel is faster)" })
+        "[B,H,T,M] scratch (scratch_mb); ratio = cublas / bf16 kernel (> 1: the new kernel is faster); " ..
+        "cudnn_ms: cuDNN's fused SDPA with its bf16 copies of q, k, v, out (cudnn_ran false: cuDNN refused, " ..
+        "cudnn_why, and the time is the flash kernel's); cudnn_ratio = bf16 kernel / cuDNN (> 1: cuDNN is faster)" })
     for _, t in ipairs { q, k, v, out, lse } do t:free() end
   end
   -- self-attention over the 1 + T tokens; cross-attention onto the L context tokens, whose K/V
@@ -399,15 +408,17 @@ if device == "cuda" then
   -- the CFG forward (a), eager, with each attention setting
   local was = sao.cuda.attention_impl()
   local fw = {}
-  for _, impl in ipairs { "cublas", "auto" } do
+  for _, impl in ipairs { "cublas", "auto", "cudnn" } do
     sao.cuda.attention_impl(impl)
     forward()
     fw[impl] = best_of(forward)
   end
   sao.cuda.attention_impl(was)
   emit(line { what = "dit_forward_cfg_attention_" .. SUFFIX, seconds = fw.auto, ms = fw.auto * 1000,
-    cublas_ms = fw.cublas * 1000, ratio = fw.cublas / fw.auto,
-    note = PRECISION == "bf16" and "ratio = forward with the cuBLAS attention / with the bf16 attention kernel"
+    cublas_ms = fw.cublas * 1000, ratio = fw.cublas / fw.auto, cudnn_ms = fw.cudnn * 1000,
+    cudnn_ratio = fw.auto / fw.cudnn,
+    note = PRECISION == "bf16" and "ratio = forward with the cuBLAS attention / with the bf16 attention kernel; " ..
+      "cudnn_ratio = with the bf16 attention kernel / with cuDNN's SDPA (attention_impl 'cudnn')"
       or "not the bf16 mode: both settings run the same attention kernels" })
 end
 

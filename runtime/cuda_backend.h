@@ -190,7 +190,8 @@
     ERR(dit_graph_end, (sao_ctx *ctx, sao_dit *m, int mode, int rc), (ctx, m, mode, rc))                \
     /* sao_cuda_attn.h: the convolutions' path (cuDNN, loaded at run time, or GEMMs) */                  \
     PTR(const char *, sao_cuda_conv_backend, (sao_ctx *ctx, const char *want), (ctx, want))                \
-    OWN(sao_cuda_cudnn_status)
+    OWN(sao_cuda_cudnn_status)                                                                             \
+    OWN(sao_cuda_sdpa_status)
 
 /* The table libsao_cuda.so fills: one pointer per entry point, typed from its declaration. */
 #define SAO_CUDA_FIELD_ERR(name, params, args) __typeof__(&name) fn_##name;

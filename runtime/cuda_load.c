@@ -145,6 +145,16 @@ const char *sao_cuda_cudnn_status(int64_t *version) {
     return tbl.fn_sao_cuda_cudnn_status(version);
 }
 
+/* Without a backend cuDNN's SDPA never ran, for the backend's reason. */
+int64_t sao_cuda_sdpa_status(char *why, size_t why_size) {
+    const char *no = sao_cuda_unavailable();
+    if (no) {
+        if (why && why_size) snprintf(why, why_size, "%s", no);
+        return 0;
+    }
+    return tbl.fn_sao_cuda_sdpa_status(why, why_size);
+}
+
 /* The allocator's rounding (both libraries use this one): 512 B steps up to 1 MiB, then four
  * classes per power of two. */
 size_t sao_cuda_size_class(size_t n) {

@@ -28,139 +28,10 @@ local gpu_it = gpu.it(it, pending)
 local cmp = require "support.devcmp"
 local check, fp, u8p, dev, host, close, same_bits = cmp.check, cmp.fp, cmp.u8p, cmp.dev, cmp.host, cmp.close, cmp.same_bits
 
-local U = 2 ^ -8                 -- bf16's unit roundoff (8 significant bits)
-local G, SENTINEL = 64, 12345.5  -- guard floats on each side of every device output
-
-local function bf16(t) return t:to("bf16"):to("f32") end
-
--- Runs f with the GEMM precision `mode` and the attention setting `impl`, restoring both.
-local function with_mode(mode, impl, f)
-  local was_p, was_i = sao.cuda.precision(mode), sao.cuda.attention_impl()
-  sao.cuda.attention_impl(impl)
-  local ok, err = pcall(f)
-  sao.cuda.precision(was_p)
-  sao.cuda.attention_impl(was_i)
-  if not ok then error(err, 0) end
-end
-
--- s: B, H, Hkv, T, M, D, [scale], [bias], [mask(b, m) -> 0/1], [qmul], [layout "fused": q/k/v from
--- one [B, T, 3, H, D] buffer, out [B, T, H, D]], [opitch: out rows this far apart, gaps between
--- them], seed. Host inputs (q, k, v bf16-rounded), the CPU descriptor (out contiguous) and the
--- device one (out strides as asked).
-local function inputs(s)
-  local x = { nq = s.B * s.H * s.T * s.D, nk = s.B * s.Hkv * s.M * s.D, nlse = s.B * s.H * s.T }
-  local d = { B = s.B, H = s.H, Hkv = s.Hkv, T = s.T, M = s.M, D = s.D, scale = s.scale or 0 }
-  if s.layout == "fused" then
-    local row = 3 * s.H * s.D
-    local st = { s.T * row, s.D, row }
-    d.q_stride, d.k_stride, d.v_stride = st, st, st
-    x.qkv = bf16(sao.randn { s.B * s.T * row, seed = s.seed })
-    x.vmax = x.qkv:abs():max()
-  else
-    x.q = bf16(sao.randn { x.nq, seed = s.seed } * (s.qmul or 1))
-    x.k = bf16(sao.randn { x.nk, seed = s.seed + 1 })
-    x.v = bf16(sao.randn { x.nk, seed = s.seed + 2 })
-    x.vmax = x.v:abs():max()
-  end
-  if s.bias then x.bias = sao.randn { s.H * s.T * s.M, seed = s.seed + 3 } end
-  if s.mask then
-    x.mask = sao.zeros(s.B * s.M, "u8")
-    local p = u8p(x.mask)
-    for b = 0, s.B - 1 do for m = 0, s.M - 1 do p[b * s.M + m] = s.mask(b, m) end end
-  end
-  x.cpu_desc = ffi.new("sao_attn_desc", d)
-  if s.layout == "fused" then
-    d.o_stride = { s.T * s.H * s.D, s.D, s.H * s.D }
-  elseif s.opitch then
-    d.o_stride = { s.H * s.T * s.opitch, s.T * s.opitch, s.opitch }
-  end
-  x.dev_desc = ffi.new("sao_attn_desc", d)
-  x.so = { d.o_stride and d.o_stride[1] or s.H * s.T * s.D, d.o_stride and d.o_stride[2] or s.T * s.D,
-           d.o_stride and d.o_stride[3] or s.D }
-  x.ospan = (s.B - 1) * x.so[1] + (s.H - 1) * x.so[2] + (s.T - 1) * x.so[3] + s.D
-  return x
-end
-
--- q, k, v pointers into device (or host) copies made by mk
-local function qkv_ptrs(s, x, mk, keep)
-  if s.layout == "fused" then
-    keep.qkv = mk(x.qkv)
-    local p, hd = fp(keep.qkv), s.H * s.D
-    return p, p + hd, p + 2 * hd
-  end
-  keep.q, keep.k, keep.v = mk(x.q), mk(x.k), mk(x.v)
-  return fp(keep.q), fp(keep.k), fp(keep.v)
-end
-
-local function cpu_forward(s, x)
-  local keep = {}
-  local q, k, v = qkv_ptrs(s, x, function(t) return t end, keep)
-  local out, lse = sao.zeros(x.nq), sao.zeros(x.nlse)
-  check(C.sao_attention_forward(ctx, x.cpu_desc, q, k, v, fp(x.bias), u8p(x.mask), fp(out), fp(lse)))
-  return out, lse
-end
-
--- The device forward into guarded buffers: returns the host copies of the whole out buffer
--- (G + ospan + G floats) and lse buffer (G + nlse + G).
-local function dev_forward(s, x)
-  local keep = {}
-  local q, k, v = qkv_ptrs(s, x, dev, keep)
-  local bias, mask = dev(x.bias), dev(x.mask)
-  local out = dev(sao.full({ x.ospan + 2 * G }, SENTINEL))
-  local lse = dev(sao.full({ x.nlse + 2 * G }, SENTINEL))
-  check(C.sao_cuda_attention_forward(ctx, x.dev_desc, q, k, v, fp(bias), u8p(mask), fp(out) + G, fp(lse) + G))
-  return host(out), host(lse)
-end
-
--- Compares a device result with the CPU's: out within abs_out, lse within tol_lse of its scale
--- (-inf at the same places), and every float the kernel must not write (guards, gaps) untouched.
--- Returns the largest out error.
--- a float of a host buffer; NaN (LuaJIT reads a NaN with a payload as nil) as math.huge
-local function at(p, i)
-  local v = tonumber(p[i])
-  if v == nil or v ~= v then return math.huge end
-  return v
-end
-
-local function compare(s, x, want_out, want_lse, got_out, got_lse, abs_out, tol_lse)
-  local function reader(t) local p = fp(t); return setmetatable({}, { __index = function(_, i) return at(p, i) end }) end
-  local wo, go, wl, gl = reader(want_out), reader(got_out), reader(want_lse), reader(got_lse)
-  local written = {}
-  local emax = 0
-  for b = 0, s.B - 1 do for h = 0, s.H - 1 do for t = 0, s.T - 1 do
-    local base = G + b * x.so[1] + h * x.so[2] + t * x.so[3]
-    local ref = ((b * s.H + h) * s.T + t) * s.D
-    for d = 0, s.D - 1 do
-      written[base + d] = true
-      emax = math.max(emax, math.abs(go[base + d] - wo[ref + d]))
-    end
-  end end end
-  for i = 0, x.ospan + 2 * G - 1 do
-    if not written[i] and go[i] ~= SENTINEL then error(string.format("out: float %d (not an output) was written", i - G), 2) end
-  end
-  assert(emax <= abs_out, string.format("%s: out max abs error %.3g > %.3g", s.name, emax, abs_out))
-  local lmax, lerr = 0, 0
-  for i = 0, x.nlse - 1 do
-    local a, b = wl[i], gl[G + i]
-    if a == -math.huge or b == -math.huge then
-      assert(a == b, string.format("%s: lse[%d] %g vs %g: -inf at different places", s.name, i, a, b))
-    else
-      lmax, lerr = math.max(lmax, math.abs(a)), math.max(lerr, math.abs(a - b))
-    end
-  end
-  for i = 0, G - 1 do
-    assert(gl[i] == SENTINEL and gl[G + x.nlse + i] == SENTINEL, "lse: a guard float was written")
-  end
-  assert(lerr <= tol_lse * lmax, string.format("%s: lse max abs error %.3g > %.3g", s.name, lerr, tol_lse * lmax))
-  if os.getenv("SAO_SPEC_VERBOSE") then
-    print(string.format("%-60s out %.3g (bound %.3g, max|v| %.3g)  lse %.3g", s.name, emax, abs_out, x.vmax, lerr))
-  end
-  return emax
-end
-
-local mask_37 = function(b, m) return (b == 1 or (m * 7 + 3) % 5 == 0) and 0 or 1 end
--- batch row 0: its first key tile (keys 0..63) all masked, then every third key
-local mask_late = function(b, m) return (b == 0 and (m < 64 or m % 3 == 0)) and 0 or 1 end
+local A = require "support.attncmp"
+local U, G, SENTINEL, bf16, with_mode = A.U, A.G, A.SENTINEL, A.bf16, A.with_mode
+local inputs, qkv_ptrs, cpu_forward, dev_forward, at, compare = A.inputs, A.qkv_ptrs, A.cpu_forward, A.dev_forward, A.at, A.compare
+local mask_37, mask_late = A.mask_37, A.mask_late
 
 local cases = {
   { name = "T=37 M=53, 4 heads on 2 K/V heads, D=64", B = 2, H = 4, Hkv = 2, T = 37, M = 53, D = 64, seed = 10 },
@@ -179,9 +50,9 @@ local cases = {
 }
 
 describe("CUDA bf16 tensor-core attention #gpu", function()
-  it("sao.cuda.attention_impl takes auto, cublas or flash and answers without a backend", function()
+  it("sao.cuda.attention_impl takes auto, cublas, flash or cudnn and answers without a backend", function()
     assert.error_matches(function() sao.cuda.attention_impl("wmma") end,
-      "sao.cuda.attention_impl: 'wmma': expected \"auto\", \"cublas\" or \"flash\"")
+      "sao.cuda.attention_impl: 'wmma': expected \"auto\", \"cublas\", \"flash\" or \"cudnn\"")
     local no = sao.cuda.unavailable()
     if no then
       local now, why = sao.cuda.attention_impl()
@@ -198,7 +69,7 @@ describe("CUDA bf16 tensor-core attention #gpu", function()
       assert.equal("cublas", sao.cuda.attention_impl())
       assert.equal("flash", sao.cuda.attention_impl("flash"))
       assert.is_true(C.sao_cuda_attention_impl(ctx, "mma") == nil)   -- C: NULL and a message, setting kept
-      assert.truthy(ffi.string(C.sao_ctx_error(ctx)):match("'mma': expected \"auto\", \"cublas\" or \"flash\""))
+      assert.truthy(ffi.string(C.sao_ctx_error(ctx)):match("'mma': expected \"auto\", \"cublas\", \"flash\" or \"cudnn\""))
       assert.equal("flash", ffi.string(C.sao_cuda_attention_impl(ctx, nil)))
     end)
     sao.cuda.attention_impl("auto")

@@ -32,13 +32,14 @@
 // cross-attention; grouped K/V heads through per-query-head copies) takes a tensor-core path: S = scale Q K^T by one strided
 // batched cuBLAS GEMM per batch item (TF32) into a scratch [B, H, T, M], a row softmax that also
 // writes lse, and O = P V by a second GEMM; the backward takes the same path (P recomputed from
-// lse, dP and the three gradients by GEMMs, two small row kernels between). cuDNN's fused SDPA
-// remains the intended fast path.
+// lse, dP and the three gradients by GEMMs, two small row kernels between).
 // In the bf16 mode the forward takes attention_mma.cu's bf16 tensor-core flash kernel instead
 // (D a multiple of 16 up to 128, bias and key mask too: no scratch), and the backward
 // attention_mma_bwd.cu's (the same D, bias and key mask too, no dbias: a dbias keeps the fp32 flash
 // kernels; scratch only delta [B, H, T]); sao_cuda_attention_impl switches both off ("cublas": the
-// paths above) or forces the fp32 flash kernels ("flash").
+// paths above) or forces the fp32 flash kernels ("flash"); "cudnn" runs the bf16 mode's forwards
+// without bias or key mask through cuDNN's fused SDPA (attention_cudnn.cu) where cuDNN builds a
+// plan for the shape, everything else as "auto".
 extern "C" {
 #include "sao_cuda_attn.h"
 #include "sao_cuda.h"
@@ -46,6 +47,7 @@ extern "C" {
 #include "../cpu/kcheck.h"
 }
 #include "attention_mma.h"
+#include "sao_cudnn.h"
 #include <math.h>
 #include <string.h>
 
@@ -524,17 +526,18 @@ static float *tc_scratch[6][SAO_CUDA_SCRATCH_DEVICES];
 static size_t tc_scratch_n[6][SAO_CUDA_SCRATCH_DEVICES];
 
 // sao_cuda_attention_impl: which kernels run, process-wide (a plain int, read at each call, as the
-// GEMM precision is): 0 auto, 1 cublas, 2 flash (IMPL_NAMES).
-enum { IMPL_AUTO, IMPL_CUBLAS, IMPL_FLASH };
-static const char *const IMPL_NAMES[] = {"auto", "cublas", "flash"};
+// GEMM precision is): 0 auto, 1 cublas, 2 flash, 3 cudnn (IMPL_NAMES; "cudnn" is "auto" with
+// cuDNN's fused SDPA forward first where it applies, attention_cudnn.cu).
+enum { IMPL_AUTO, IMPL_CUBLAS, IMPL_FLASH, IMPL_CUDNN, IMPL_COUNT };
+static const char *const IMPL_NAMES[] = {"auto", "cublas", "flash", "cudnn"};
 static int attn_impl = IMPL_AUTO;
 
 extern "C" const char *sao_cuda_attention_impl(sao_ctx *ctx, const char *want) {
     if (want && *want) {
         int i = 0;
-        while (i < 3 && strcmp(want, IMPL_NAMES[i])) i++;
-        if (i == 3) {
-            sao_err(ctx, "cuda_attention_impl", "'%s': expected \"auto\", \"cublas\" or \"flash\"", want);
+        while (i < IMPL_COUNT && strcmp(want, IMPL_NAMES[i])) i++;
+        if (i == IMPL_COUNT) {
+            sao_err(ctx, "cuda_attention_impl", "'%s': expected \"auto\", \"cublas\", \"flash\" or \"cudnn\"", want);
             return NULL;
         }
         attn_impl = i;
@@ -696,7 +699,12 @@ extern "C" int sao_cuda_attention_forward(sao_ctx *ctx, const struct sao_attn_de
         sao_cuda_check_ptr(ctx, op, "key_mask", key_mask) || sao_cuda_check_ptr(ctx, op, "out", out) ||
         sao_cuda_check_ptr(ctx, op, "lse", lse))
         return -1;
-    if (attn_impl == IMPL_AUTO && sao_cuda_gemm_precision(-1) == SAO_GEMM_BF16 && sao_cuda_attn_mma_fits(&g))
+    bool bf16 = sao_cuda_gemm_precision(-1) == SAO_GEMM_BF16;
+    if (attn_impl == IMPL_CUDNN && bf16 && !bias && !key_mask) {
+        int rc = sao_cuda_sdpa_forward(ctx, op, &g, q, k, v, out, lse);
+        if (rc <= 0) return rc;   // 1: cuDNN does not take it; the kernels below do
+    }
+    if ((attn_impl == IMPL_AUTO || attn_impl == IMPL_CUDNN) && bf16 && sao_cuda_attn_mma_fits(&g))
         return sao_cuda_attn_mma_forward(ctx, op, &g, q, k, v, bias, key_mask, out, lse);
     if (tensor_core_path(&g, bias, key_mask)) {
         if (g.G == 1) return tc_forward(ctx, op, &g, q, k, v, out, lse);
@@ -732,7 +740,8 @@ extern "C" int sao_cuda_attention_backward(sao_ctx *ctx, const struct sao_attn_d
         return -1;
     // bf16 mode: the bf16 tensor-core flash backward (attention_mma_bwd.cu), bias and key mask too;
     // a dbias keeps the fp32 flash kernels below (their dQ block owns dbias rows across the batch)
-    if (!dbias && attn_impl == IMPL_AUTO && sao_cuda_gemm_precision(-1) == SAO_GEMM_BF16 && sao_cuda_attn_mma_fits(&g))
+    if (!dbias && (attn_impl == IMPL_AUTO || attn_impl == IMPL_CUDNN) && sao_cuda_gemm_precision(-1) == SAO_GEMM_BF16 &&
+        sao_cuda_attn_mma_fits(&g))
         return sao_cuda_attn_mma_backward(ctx, op, &g, q, k, v, bias, key_mask, out, lse, dout, dq, dk, dv);
     if (!dbias && tensor_core_path(&g, bias, key_mask)) {
         if (g.G == 1) return tc_backward(ctx, op, &g, q, k, v, out, lse, dout, dq, dk, dv);

@@ -3,7 +3,7 @@
 // libsao_cuda.so is not linked against cuDNN: a GPU machine may have none, or another 9.x than
 // the headers', and a missing library must never stop the backend from loading. The first call
 // that wants cuDNN dlopens $SAO_CUDNN_LIB, else "libcudnn.so.9" (the loader's search: RUNPATH,
-// LD_LIBRARY_PATH, ld.so.cache), takes the legacy-API functions of SAO_CUDNN_FUNCS from it with
+// LD_LIBRARY_PATH, ld.so.cache), takes the functions of SAO_CUDNN_FUNCS from it with
 // dlsym and checks that cudnnGetVersion says 9.x. Any failure is remembered as a sentence
 // (sao_cudnn(&why), sao.cuda.conv_backend()) and the convolutions keep their im2col + cuBLASLt
 // path. The library stays loaded for the life of the process (handles live until it ends).
@@ -62,7 +62,7 @@ void load() {
     api.name = (decltype(api.name))LIB_SYM(lib, #name);                                           \
     if (!api.name) {                                                                               \
         snprintf(load_why, sizeof load_why, "cuDNN at %s has no %s (sao needs cuDNN 9's legacy "   \
-                 "convolution API); %s", path, #name, FALLBACK);                                   \
+                 "convolution and backend APIs); %s", path, #name, FALLBACK);                      \
         return;                                                                                    \
     }
     SAO_CUDNN_FUNCS(SAO_CUDNN_LOAD)

@@ -16,7 +16,8 @@ extern "C" {
 }
 #include <cudnn.h>
 
-// The legacy-API functions sao calls, each once; the table's fields are named as the functions.
+// The functions sao calls, each once (the legacy convolution API, and the backend API that
+// attention_cudnn.cu builds its SDPA graph with); the table's fields are named as the functions.
 #define SAO_CUDNN_FUNCS(X)                                                                         \
     X(cudnnGetVersion) X(cudnnGetErrorString) X(cudnnCreate) X(cudnnSetStream)                     \
     X(cudnnCreateTensorDescriptor) X(cudnnSetTensor4dDescriptor) X(cudnnDestroyTensorDescriptor)   \
@@ -28,7 +29,9 @@ extern "C" {
     X(cudnnGetConvolutionBackwardFilterAlgorithm_v7)                                               \
     X(cudnnGetConvolutionForwardWorkspaceSize) X(cudnnGetConvolutionBackwardDataWorkspaceSize)     \
     X(cudnnGetConvolutionBackwardFilterWorkspaceSize)                                              \
-    X(cudnnConvolutionForward) X(cudnnConvolutionBackwardData) X(cudnnConvolutionBackwardFilter)
+    X(cudnnConvolutionForward) X(cudnnConvolutionBackwardData) X(cudnnConvolutionBackwardFilter)   \
+    X(cudnnBackendCreateDescriptor) X(cudnnBackendDestroyDescriptor) X(cudnnBackendSetAttribute)   \
+    X(cudnnBackendGetAttribute) X(cudnnBackendFinalize) X(cudnnBackendExecute)
 
 struct sao_cudnn_api {
 #define SAO_CUDNN_FIELD(name) decltype(&::name) name;
@@ -78,4 +81,12 @@ int sao_cudnn_conv_plan(sao_ctx *ctx, const char *op, int rel, const sao_conv_ge
 // the per-device scratch (bufs, sizes: see sao_cuda_device_scratch), grown on first use only.
 int sao_cudnn_conv_run(sao_ctx *ctx, const char *op, const sao_cudnn_plan *plan, const float *a,
                        const float *b, float beta, float *out, float **bufs, size_t *sizes);
+
+// attention_cudnn.cu: the attention forward (out, lse as sao_cuda_attention_forward's; lse may be
+// NULL) through cuDNN's fused SDPA, after the caller's checks (device pointers, no bias or key
+// mask). 0 when it ran; 1 when cuDNN does not take it (no cuDNN, a head dim it does not take, no
+// plan for the shape: the reason is kept for sao_cuda_sdpa_status) and the caller's kernels are
+// to run; -1 with a sao error.
+int sao_cuda_sdpa_forward(sao_ctx *ctx, const char *op, const sao_attn_geo *g, const float *q, const float *k,
+                          const float *v, float *out, float *lse);
 #endif

@@ -21,8 +21,12 @@
 --                             default: the bf16 mode's forward on bf16 tensor cores, no scratch,
 --                             for head dims a multiple of 16 up to 128), "cublas" (not that kernel:
 --                             the cuBLAS path with its [B, H, T, M] scratch where it applies, else
---                             the fp32 flash kernel) or "flash" (the fp32 flash kernels only); name
---                             sets it; returns the setting. Without a CUDA backend: nil and why
+--                             the fp32 flash kernel), "flash" (the fp32 flash kernels only) or
+--                             "cudnn" ("auto", with the bf16 mode's forwards without bias or mask
+--                             through cuDNN's fused SDPA where cuDNN makes a plan for the shape);
+--                             name sets it; returns the setting. Without a CUDA backend: nil and why
+--   sao.cuda.sdpa()        -> how many attention forwards cuDNN's fused SDPA has run, and the
+--                             last shape it was refused for with the reason (nil when none was)
 --   sao.cuda.cudnn()       -> cuDNN's version (91900 for 9.19.0) once it loads ($SAO_CUDNN_LIB, else
 --                             libcudnn.so.9; never linked), or nil and why it cannot be used
 --
@@ -119,11 +123,11 @@ function M.conv_backend(name)
   return now, why or "sao.cuda.conv_backend(\"gemm\") chose the GEMM path"
 end
 
-local ATTN_IMPLS = { auto = true, cublas = true, flash = true }
+local ATTN_IMPLS = { auto = true, cublas = true, flash = true, cudnn = true }
 
 function M.attention_impl(name)
   if name ~= nil and not ATTN_IMPLS[name] then
-    error("sao.cuda.attention_impl: '" .. tostring(name) .. "': expected \"auto\", \"cublas\" or \"flash\"", 2)
+    error("sao.cuda.attention_impl: '" .. tostring(name) .. "': expected \"auto\", \"cublas\", \"flash\" or \"cudnn\"", 2)
   end
   local no = M.unavailable()
   if no then
@@ -131,6 +135,13 @@ function M.attention_impl(name)
     return nil, no
   end
   return ffi.string(core.checkp(C.sao_cuda_attention_impl(core.ctx, name), 2))
+end
+
+function M.sdpa()
+  local buf = ffi.new("char[1024]")
+  local ran = tonumber(C.sao_cuda_sdpa_status(buf, 1024))
+  local why = ffi.string(buf)
+  return ran, why ~= "" and why or nil
 end
 
 return M

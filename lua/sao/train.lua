@@ -213,13 +213,24 @@ function Trainer:device_plan(mem0)
   -- tf32/bf16: the tensor-core attention's two scratches [B, H, N, M] (kernels/cuda/attention.cu:
   -- attentions without bias or mask, up to 2 GiB each; the largest ones are kept). In the bf16 mode
   -- with attention_impl "auto" and head dims a multiple of 16 up to 128 the bf16 flash kernels run
-  -- instead (attention_mma.cu, attention_mma_bwd.cu): the backward's delta [B, H, N] only.
+  -- instead (attention_mma.cu, attention_mma_bwd.cu): the backward's delta [B, H, N] only. With
+  -- attention_impl "cudnn" the forwards go through cuDNN's SDPA (attention_cudnn.cu) and its one
+  -- scratch, kept: bf16 copies of Q and O [B, H, N, D] and of K and V [B, Hkv, M, D], the largest
+  -- attention's (cuDNN's own workspace, none for the forward engines seen so far, is not counted).
   local attn = 0
   local c, cfg = self.cfg.dit.config, self.cfg
   local H, N, L = c.num_heads, cfg.frames + 1, cfg.context or 0
   local D = c.embed_dim / H
-  if sao.cuda.precision() == "bf16" and sao.cuda.attention_impl() == "auto" and D % 16 == 0 and D <= 128 then
+  local impl = sao.cuda.attention_impl()
+  if sao.cuda.precision() == "bf16" and (impl == "auto" or impl == "cudnn") and D % 16 == 0 and D <= 128 then
     attn = class(cfg.batch * H * N * 4)
+    if impl == "cudnn" then
+      local function pad(b) return math.ceil(b / 256) * 256 end
+      local function sdpa(M, Hkv) return 2 * pad(cfg.batch * H * N * D * 2) + 2 * pad(cfg.batch * Hkv * M * D * 2) end
+      local most = sdpa(N, H)
+      if L > 0 then most = math.max(most, sdpa(L, c.cond_token_dim / D)) end
+      attn = attn + class(most)
+    end
   elseif sao.cuda.precision() ~= "fp32" then
     local function s_bytes(M) local b = cfg.batch * H * N * M * 4 return b <= 2 ^ 31 and b or 0 end
     attn = s_bytes(N)

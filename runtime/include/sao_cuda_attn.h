@@ -36,9 +36,15 @@ int sao_cuda_attention_backward(sao_ctx *ctx, const struct sao_attn_desc *a, con
  * scratch, attention_mma.cu, for D a multiple of 16 up to 128, bias and key mask included),
  * "cublas" (not that kernel: in the tf32/bf16 modes cuBLAS GEMMs through a [B, H, T, M] scratch
  * where there is no bias or mask, else the fp32 flash kernel), "flash" (the fp32 flash kernels
- * in every mode, forward and backward), or NULL / "" to only ask. Returns the setting after the
- * call; NULL with a sao error for an unknown name. */
+ * in every mode, forward and backward), "cudnn" ("auto", but the bf16 mode's forwards without
+ * bias or key mask run cuDNN's fused SDPA where cuDNN makes a plan for the shape,
+ * attention_cudnn.cu), or NULL / "" to only ask. Returns the setting after the call; NULL with a
+ * sao error for an unknown name. */
 const char *sao_cuda_attention_impl(sao_ctx *ctx, const char *want);
+/* How many attention forwards cuDNN's fused SDPA has run since start; why (why_size bytes, may
+ * be NULL) gets the last shape cuDNN was refused for and the reason ("" when none was; without a
+ * CUDA backend, why there is none). */
+int64_t sao_cuda_sdpa_status(char *why /* out */, size_t why_size);
 
 /* Twins of sao_conv1d_forward / sao_conv1d_backward: x [B, C_in, T_in], w [C_out, C_in/groups, K],
  * y [B, C_out, sao_conv1d_out_len(...)]. */

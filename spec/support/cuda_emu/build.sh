@@ -1,7 +1,7 @@
 #!/bin/sh
 # spec/support/cuda_emu/build.sh OUT_DIR [LIB_DIR] — builds OUT_DIR/libsao_cuda.so, the CPU emulation of the
 # CUDA backend: every kernels/cuda/*.cu turned into C++ (rewrite.lua), compiled against the fake
-# CUDA / cuBLAS(Lt) / cuDNN headers here and run by emu.cpp and cudnn_emu.cpp (the fake cuDNN is
+# CUDA / cuBLAS(Lt) / cuDNN headers here and run by emu.cpp, cudnn_emu.cpp and cudnn_graph_emu.cpp (the fake cuDNN is
 # linked in: SAO_CUDNN_LINKED makes kernels/cuda/cudnn.cu find it by name instead of dlopen),
 # linked like the real backend (against LIB_DIR/libsao.so, default build/, exporting only sao_cuda_backend_v1). `make test-gpu-emu` builds it and runs the
 # GPU specs with SAO_CUDA_LIB pointing at it. Needs g++ and luajit; no CUDA toolkit.
@@ -21,6 +21,7 @@ for f in "$ROOT"/kernels/cuda/*.cu; do
 done
 g++ $CXXF -c "$HERE/emu.cpp" -o "$OUT/obj/emu_runtime.o" & pids="$pids $!"
 g++ $CXXF -c "$HERE/cudnn_emu.cpp" -o "$OUT/obj/emu_cudnn.o" & pids="$pids $!"
+g++ $CXXF -c "$HERE/cudnn_graph_emu.cpp" -o "$OUT/obj/emu_cudnn_graph.o" & pids="$pids $!"
 for p in $pids; do wait "$p"; done   # any failed compile stops the build here
 g++ -shared -o "$OUT/libsao_cuda.so" "$OUT"/obj/*.o -L"$LIB" -lsao -Wl,-rpath,"$LIB" \
   -Wl,--no-undefined -Wl,--version-script="$ROOT/kernels/cuda/backend.map" -lpthread

@@ -1,15 +1,20 @@
-// Fake cuDNN (spec/support/cuda_emu): the part of cuDNN 9's legacy convolution API that
-// kernels/cuda uses, with the real header's names and values; cudnn_emu.cpp runs it as direct
-// loops over the emulated device memory. The emulated build defines SAO_CUDNN_LINKED, so
-// kernels/cuda/cudnn.cu takes these functions through emu_cudnn_open / emu_cudnn_sym (stand-ins
-// of dlopen / dlsym) instead of loading libcudnn.so.9.
+// Fake cuDNN (spec/support/cuda_emu): the part of cuDNN 9 that kernels/cuda uses, with the real
+// headers' names and values (cudnn_graph.h / cudnn_cnn.h of 9.19): the legacy convolution API,
+// which cudnn_emu.cpp runs as direct loops over the emulated device memory, and the backend
+// (graph) API for one operation, the unified SDPA forward, which cudnn_graph_emu.cpp runs. The
+// emulated build defines SAO_CUDNN_LINKED, so kernels/cuda/cudnn.cu takes these functions through
+// emu_cudnn_open / emu_cudnn_sym (stand-ins of dlopen / dlsym) instead of loading libcudnn.so.9.
 #pragma once
 #include "cuda_runtime.h"
 typedef enum {
-    CUDNN_STATUS_SUCCESS = 0, CUDNN_STATUS_SUBLIBRARY_LOADING_FAILED = 1008, CUDNN_STATUS_BAD_PARAM = 2000,
+    CUDNN_STATUS_SUCCESS = 0, CUDNN_STATUS_NOT_INITIALIZED = 1001, CUDNN_STATUS_SUBLIBRARY_LOADING_FAILED = 1008,
+    CUDNN_STATUS_BAD_PARAM = 2000, CUDNN_STATUS_BAD_PARAM_MISALIGNED_POINTER = 2003, CUDNN_STATUS_BAD_PARAM_NOT_FINALIZED = 2004,
     CUDNN_STATUS_NOT_SUPPORTED = 3000, CUDNN_STATUS_INTERNAL_ERROR = 4000, CUDNN_STATUS_EXECUTION_FAILED = 5000
 } cudnnStatus_t;
-typedef enum { CUDNN_DATA_FLOAT = 0 } cudnnDataType_t;
+typedef enum {
+    CUDNN_DATA_FLOAT = 0, CUDNN_DATA_DOUBLE = 1, CUDNN_DATA_HALF = 2, CUDNN_DATA_INT8 = 3, CUDNN_DATA_INT32 = 4,
+    CUDNN_DATA_UINT8 = 6, CUDNN_DATA_BFLOAT16 = 9, CUDNN_DATA_INT64 = 10, CUDNN_DATA_BOOLEAN = 11
+} cudnnDataType_t;
 typedef enum { CUDNN_TENSOR_NCHW = 0 } cudnnTensorFormat_t;
 typedef enum { CUDNN_DEFAULT_MATH = 0, CUDNN_TENSOR_OP_MATH = 1, CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION = 2,
                CUDNN_FMA_MATH = 3 } cudnnMathType_t;
@@ -76,6 +81,45 @@ cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t, const void *alpha, cud
 cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t, const void *alpha, cudnnTensorDescriptor_t, const void *x,
     cudnnTensorDescriptor_t, const void *dy, cudnnConvolutionDescriptor_t, cudnnConvolutionBwdFilterAlgo_t, void *ws,
     size_t ws_bytes, const void *beta, cudnnFilterDescriptor_t, void *dw);
+
+// ---- the backend (graph) API: only what the unified SDPA forward needs (cudnn_graph_emu.cpp) ----
+typedef void *cudnnBackendDescriptor_t;
+typedef enum {
+    CUDNN_BACKEND_ENGINE_DESCRIPTOR = 2, CUDNN_BACKEND_ENGINECFG_DESCRIPTOR = 3, CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR = 4,
+    CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR = 5, CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR = 15,
+    CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR = 16, CUDNN_BACKEND_TENSOR_DESCRIPTOR = 17,
+    CUDNN_BACKEND_OPERATION_SDPA_FWD_DESCRIPTOR = 41
+} cudnnBackendDescriptorType_t;
+typedef enum {
+    CUDNN_ATTR_ENGINEHEUR_MODE = 200, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH = 201, CUDNN_ATTR_ENGINEHEUR_RESULTS = 202,
+    CUDNN_ATTR_ENGINECFG_ENGINE = 300, CUDNN_ATTR_ENGINECFG_KNOB_CHOICES = 302,
+    CUDNN_ATTR_EXECUTION_PLAN_HANDLE = 400, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG = 401,
+    CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE = 402,
+    CUDNN_ATTR_OPERATIONGRAPH_HANDLE = 800, CUDNN_ATTR_OPERATIONGRAPH_OPS = 801,
+    CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT = 900, CUDNN_ATTR_TENSOR_DATA_TYPE = 901, CUDNN_ATTR_TENSOR_DIMENSIONS = 902,
+    CUDNN_ATTR_TENSOR_STRIDES = 903, CUDNN_ATTR_TENSOR_UNIQUE_ID = 906, CUDNN_ATTR_TENSOR_IS_VIRTUAL = 907,
+    CUDNN_ATTR_TENSOR_IS_BY_VALUE = 908,
+    CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS = 1000, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS = 1001,
+    CUDNN_ATTR_VARIANT_PACK_WORKSPACE = 1003,
+    CUDNN_ATTR_OPERATION_SDPA_FWD_QDESC = 2800, CUDNN_ATTR_OPERATION_SDPA_FWD_KDESC = 2801,
+    CUDNN_ATTR_OPERATION_SDPA_FWD_VDESC = 2802, CUDNN_ATTR_OPERATION_SDPA_FWD_ODESC = 2803,
+    CUDNN_ATTR_OPERATION_SDPA_FWD_STATSDESC = 2804, CUDNN_ATTR_OPERATION_SDPA_FWD_SCALEDESC = 2805
+} cudnnBackendAttributeName_t;
+typedef enum {
+    CUDNN_TYPE_HANDLE = 0, CUDNN_TYPE_DATA_TYPE = 1, CUDNN_TYPE_BOOLEAN = 2, CUDNN_TYPE_INT64 = 3, CUDNN_TYPE_FLOAT = 4,
+    CUDNN_TYPE_DOUBLE = 5, CUDNN_TYPE_VOID_PTR = 6, CUDNN_TYPE_HEUR_MODE = 8, CUDNN_TYPE_BACKEND_DESCRIPTOR = 15
+} cudnnBackendAttributeType_t;
+typedef enum {
+    CUDNN_HEUR_MODE_INSTANT = 0, CUDNN_HEUR_MODE_B = 1, CUDNN_HEUR_MODE_FALLBACK = 2, CUDNN_HEUR_MODE_A = 3
+} cudnnBackendHeurMode_t;
+cudnnStatus_t cudnnBackendCreateDescriptor(cudnnBackendDescriptorType_t, cudnnBackendDescriptor_t *);
+cudnnStatus_t cudnnBackendDestroyDescriptor(cudnnBackendDescriptor_t);
+cudnnStatus_t cudnnBackendFinalize(cudnnBackendDescriptor_t);
+cudnnStatus_t cudnnBackendSetAttribute(cudnnBackendDescriptor_t, cudnnBackendAttributeName_t, cudnnBackendAttributeType_t,
+                                       int64_t elementCount, const void *arrayOfElements);
+cudnnStatus_t cudnnBackendGetAttribute(cudnnBackendDescriptor_t const, cudnnBackendAttributeName_t, cudnnBackendAttributeType_t,
+                                       int64_t requestedElementCount, int64_t *elementCount, void *arrayOfElements);
+cudnnStatus_t cudnnBackendExecute(cudnnHandle_t, cudnnBackendDescriptor_t executionPlan, cudnnBackendDescriptor_t variantPack);
 
 // Stand-ins of dlopen / dlsym / dlerror for the linked fake: open fails for EMU_NO_CUDNN=1 or a
 // path with a '/' that does not exist (as dlopen would); sym finds the functions above by name.

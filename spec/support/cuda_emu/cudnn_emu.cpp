@@ -15,39 +15,58 @@
 //   - beta = 0 never reads the output (it may hold NaN), beta != 0 reads it;
 //   - the work runs on the handle's stream (cudnnSetStream), recorded by a capture like a launch;
 //     cudnnCreate while capturing is refused as an allocation.
+// The backend (graph) API is cudnn_graph_emu.cpp; both are found by name through emu_cudnn_sym here.
 #include "cudnn.h"
+#include "cudnn_emu_internal.h"
 #include "emu_internal.h"
+#include <stdarg.h>
 #include <unistd.h>
 #include <vector>
 
-struct emu_cudnn_handle { cudaStream_t st; };
 struct emu_cudnn_tensor { bool set; int n, c, h, w; };
 struct emu_cudnn_filter { bool set; int k, c, h, w; };
 struct emu_cudnn_conv { bool set; int ph, pw, u, v, dh, dw, mode, groups, math; };
 
-static cudnnStatus_t bad(const char *fmt, const char *what) {
+cudnnStatus_t emu_cudnn_fail(cudnnStatus_t st, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
     fprintf(stderr, "emu: cuDNN: ");
-    fprintf(stderr, fmt, what);
+    vfprintf(stderr, fmt, ap);
     fprintf(stderr, "\n");
-    return CUDNN_STATUS_BAD_PARAM;
+    va_end(ap);
+    return st;
 }
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+#pragma GCC diagnostic ignored "-Wformat-security"
+static cudnnStatus_t bad(const char *fmt, const char *what) { return emu_cudnn_fail(CUDNN_STATUS_BAD_PARAM, fmt, what); }
+#pragma GCC diagnostic pop
 
 size_t cudnnGetVersion(void) { return 91900; }
 const char *cudnnGetErrorString(cudnnStatus_t s) {
     switch (s) {
     case CUDNN_STATUS_SUCCESS: return "CUDNN_STATUS_SUCCESS";
+    case CUDNN_STATUS_NOT_INITIALIZED: return "CUDNN_STATUS_NOT_INITIALIZED";
+    case CUDNN_STATUS_SUBLIBRARY_LOADING_FAILED: return "CUDNN_STATUS_SUBLIBRARY_LOADING_FAILED";
     case CUDNN_STATUS_BAD_PARAM: return "CUDNN_STATUS_BAD_PARAM";
+    case CUDNN_STATUS_BAD_PARAM_MISALIGNED_POINTER: return "CUDNN_STATUS_BAD_PARAM_MISALIGNED_POINTER";
+    case CUDNN_STATUS_BAD_PARAM_NOT_FINALIZED: return "CUDNN_STATUS_BAD_PARAM_NOT_FINALIZED";
     case CUDNN_STATUS_NOT_SUPPORTED: return "CUDNN_STATUS_NOT_SUPPORTED";
     case CUDNN_STATUS_INTERNAL_ERROR: return "CUDNN_STATUS_INTERNAL_ERROR";
+    case CUDNN_STATUS_EXECUTION_FAILED: return "CUDNN_STATUS_EXECUTION_FAILED";
     default: return "CUDNN_STATUS_(emu: other)";
     }
 }
 cudnnStatus_t cudnnCreate(cudnnHandle_t *h) {
     if (emu_unsafe()) return CUDNN_STATUS_INTERNAL_ERROR;   // allocates: not while capturing
-    *h = new emu_cudnn_handle{0};
+    *h = new emu_cudnn_handle{EMU_CUDNN_HANDLE_MAGIC, 0};
     return CUDNN_STATUS_SUCCESS;
 }
-cudnnStatus_t cudnnSetStream(cudnnHandle_t h, cudaStream_t s) { h->st = s; return CUDNN_STATUS_SUCCESS; }
+cudnnStatus_t cudnnSetStream(cudnnHandle_t h, cudaStream_t s) {
+    if (!emu_cudnn_handle_ok(h)) return bad("%s: not a handle from cudnnCreate", "cudnnSetStream");
+    h->st = s;
+    return CUDNN_STATUS_SUCCESS;
+}
 cudnnStatus_t cudnnCreateTensorDescriptor(cudnnTensorDescriptor_t *d) { *d = new emu_cudnn_tensor{}; return CUDNN_STATUS_SUCCESS; }
 cudnnStatus_t cudnnDestroyTensorDescriptor(cudnnTensorDescriptor_t d) { delete d; return CUDNN_STATUS_SUCCESS; }
 cudnnStatus_t cudnnSetTensor4dDescriptor(cudnnTensorDescriptor_t d, cudnnTensorFormat_t f, cudnnDataType_t t, int n, int c, int h, int w) {
@@ -317,6 +336,8 @@ void *emu_cudnn_sym(void *lib, const char *name) {
         EMU_SYM(cudnnGetConvolutionBackwardFilterAlgorithm_v7) EMU_SYM(cudnnGetConvolutionForwardWorkspaceSize)
         EMU_SYM(cudnnGetConvolutionBackwardDataWorkspaceSize) EMU_SYM(cudnnGetConvolutionBackwardFilterWorkspaceSize)
         EMU_SYM(cudnnConvolutionForward) EMU_SYM(cudnnConvolutionBackwardData) EMU_SYM(cudnnConvolutionBackwardFilter)
+        EMU_SYM(cudnnBackendCreateDescriptor) EMU_SYM(cudnnBackendDestroyDescriptor) EMU_SYM(cudnnBackendFinalize)
+        EMU_SYM(cudnnBackendSetAttribute) EMU_SYM(cudnnBackendGetAttribute) EMU_SYM(cudnnBackendExecute)
     };
 #undef EMU_SYM
     if (lib != &lib_token) return NULL;

@@ -53,13 +53,6 @@ inline void emu_wmma_check(const char *what, const void *p, unsigned ldm, unsign
     if ((uintptr_t)p % 32 != 0) emu_wmma_die(what, p, ldm);
     if (ldm == 0 || ldm % multiple != 0) emu_wmma_die(what, p, ldm);
 }
-inline float emu_bf16_to_float(__nv_bfloat16 b) {
-    uint32_t u = (uint32_t)b.x << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
 // element (r, c) of a tile stored with leading dimension ldm
 inline size_t emu_wmma_at(bool row, int r, int c, unsigned ldm) {
     return row ? (size_t)r * ldm + c : (size_t)c * ldm + r;

@@ -1,0 +1,355 @@
+// attention_cudnn.cu — the attention forward through cuDNN's fused scaled-dot-product attention
+// (sao.cuda.attention_impl("cudnn")): one operation of cuDNN 9's backend (graph) API, the unified
+// SDPA forward (CUDNN_BACKEND_OPERATION_SDPA_FWD_DESCRIPTOR, cuDNN >= 9.13.1), built once per
+// shape into an execution plan that is cached for the life of the process.
+//
+// The graph:  Q [B, H, T, D], K [B, Hkv, M, D], V [B, Hkv, M, D]  (bf16, packed here)
+//             scale                                               (fp32, passed by value)
+//          -> O [B, H, T, D] (bf16)  and, when the caller wants lse, Stats [B, H, T, 1] (fp32,
+//             the row's logsumexp: written straight into lse, whose layout it is)
+// sao's tensors are fp32 with any (batch, head, token) strides, so a call packs q, k and v into
+// contiguous bf16 copies (the rounding the bf16 tensor-core kernels also apply), runs the plan,
+// and widens O into out through out's strides. The copies and cuDNN's workspace share one
+// per-device scratch, grown on a shape's first call only (nothing allocates in steady state; a
+// CUDA graph capture of the DiT step records the launches and cuDNN's work on sao's stream).
+//
+// Taken only in the bf16 GEMM precision mode, for attentions without bias or key mask (the DiT's
+// self- and cross-attention) with D a multiple of 8 up to 256 and an lse (when asked for) on a
+// 16-byte boundary (returns 1 otherwise, and the caller runs its usual kernels). Any refusal while the plan is built (no cuDNN, a cuDNN without the
+// unified operation, no engine for the shape, a plan that does not finalize) is remembered for the
+// shape with its reason (sao_cuda_sdpa_status, SAO_CUDNN_LOG=1), and the shape keeps the bf16
+// tensor-core flash kernels (attention_mma.cu): a machine whose cuDNN cannot do it loses nothing.
+// A failure while running a built plan is an error. The backward has no cuDNN path here: the
+// unified operation is forward only, and attention_mma_bwd.cu takes the forward's lse as cuDNN
+// writes it (same definition: natural-log logsumexp of the scaled logits).
+#include "sao_cudnn.h"
+extern "C" {
+#include "sao_cuda.h"
+}
+#include <cuda_bf16.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <array>
+#include <atomic>
+#include <map>
+#include <vector>
+
+namespace {
+
+// the graph's tensors, by unique id
+enum { UID_Q = 1, UID_K, UID_V, UID_O, UID_STATS, UID_SCALE };
+
+struct Plan {
+    bool usable;
+    char why[512];                                // when not: the refusal, for the log and status
+    cudnnBackendDescriptor_t plan;                // the execution plan
+    std::vector<cudnnBackendDescriptor_t> keep;   // every descriptor it was built from (kept)
+    int64_t ws_bytes;
+};
+
+// (device, B, H, Hkv, T, M, D, with stats)
+typedef std::array<int64_t, 8> Key;
+std::map<Key, Plan *> *plans;
+pthread_mutex_t plan_lock = PTHREAD_MUTEX_INITIALIZER;   // guards plans; held while one is built
+
+std::atomic<long long> runs;                     // plans executed since start
+pthread_mutex_t why_lock = PTHREAD_MUTEX_INITIALIZER;
+char last_why[512];                              // the last refusal (empty: none yet)
+
+float *scratch[SAO_CUDA_SCRATCH_DEVICES];
+size_t scratch_n[SAO_CUDA_SCRATCH_DEVICES];
+
+bool logging() {
+    const char *log = getenv("SAO_CUDNN_LOG");
+    return log && *log && *log != '0';
+}
+
+// Builds descriptors, remembering the first failing call (the rest are skipped once one failed).
+struct Builder {
+    const sao_cudnn_api *a;
+    Plan *p;
+    cudnnStatus_t st = CUDNN_STATUS_SUCCESS;
+    const char *call = NULL;
+
+    bool fail(cudnnStatus_t s, const char *what) {
+        if (s == CUDNN_STATUS_SUCCESS || st != CUDNN_STATUS_SUCCESS) return s != CUDNN_STATUS_SUCCESS;
+        st = s;
+        call = what;
+        return true;
+    }
+    cudnnBackendDescriptor_t make(cudnnBackendDescriptorType_t type, const char *what) {
+        cudnnBackendDescriptor_t d = NULL;
+        if (st != CUDNN_STATUS_SUCCESS) return NULL;
+        if (fail(a->cudnnBackendCreateDescriptor(type, &d), what)) return NULL;
+        p->keep.push_back(d);
+        return d;
+    }
+    void set(cudnnBackendDescriptor_t d, cudnnBackendAttributeName_t name, cudnnBackendAttributeType_t type,
+             int64_t n, const void *v, const char *what) {
+        if (st == CUDNN_STATUS_SUCCESS) fail(a->cudnnBackendSetAttribute(d, name, type, n, v), what);
+    }
+    void finalize(cudnnBackendDescriptor_t d, const char *what) {
+        if (st == CUDNN_STATUS_SUCCESS) fail(a->cudnnBackendFinalize(d), what);
+    }
+    // a finalized tensor descriptor: dims and strides of 4, 16-byte aligned
+    cudnnBackendDescriptor_t tensor(int64_t uid, cudnnDataType_t type, const int64_t dims[4], const int64_t strides[4],
+                                    bool by_value, const char *what) {
+        cudnnBackendDescriptor_t t = make(CUDNN_BACKEND_TENSOR_DESCRIPTOR, what);
+        int64_t align = by_value ? 4 : 16;
+        set(t, CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &type, what);
+        set(t, CUDNN_ATTR_TENSOR_DIMENSIONS, CUDNN_TYPE_INT64, 4, dims, what);
+        set(t, CUDNN_ATTR_TENSOR_STRIDES, CUDNN_TYPE_INT64, 4, strides, what);
+        set(t, CUDNN_ATTR_TENSOR_UNIQUE_ID, CUDNN_TYPE_INT64, 1, &uid, what);
+        set(t, CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, CUDNN_TYPE_INT64, 1, &align, what);
+        if (by_value) {
+            bool yes = true;
+            set(t, CUDNN_ATTR_TENSOR_IS_BY_VALUE, CUDNN_TYPE_BOOLEAN, 1, &yes, what);
+        }
+        finalize(t, what);
+        return t;
+    }
+};
+
+void contiguous(const int64_t dims[4], int64_t strides[4]) {
+    strides[3] = 1;
+    for (int i = 2; i >= 0; i--) strides[i] = strides[i + 1] * dims[i + 1];
+}
+
+// The operation, its graph, the heuristics' engine configurations and the first plan that
+// finalizes. Leaves p->usable false with p->why on any refusal.
+void build(const sao_cudnn_api *a, cudnnHandle_t h, const sao_attn_geo *g, bool stats, Plan *p) {
+    Builder b{a, p};
+    const int64_t dq[4] = {g->B, g->H, g->T, g->D}, dk[4] = {g->B, g->Hkv, g->M, g->D};
+    const int64_t ds[4] = {g->B, g->H, g->T, 1}, d1[4] = {1, 1, 1, 1};
+    int64_t sq[4], sk[4], ss[4];
+    contiguous(dq, sq);
+    contiguous(dk, sk);
+    contiguous(ds, ss);
+    cudnnBackendDescriptor_t Q = b.tensor(UID_Q, CUDNN_DATA_BFLOAT16, dq, sq, false, "Q tensor");
+    cudnnBackendDescriptor_t K = b.tensor(UID_K, CUDNN_DATA_BFLOAT16, dk, sk, false, "K tensor");
+    cudnnBackendDescriptor_t V = b.tensor(UID_V, CUDNN_DATA_BFLOAT16, dk, sk, false, "V tensor");
+    cudnnBackendDescriptor_t O = b.tensor(UID_O, CUDNN_DATA_BFLOAT16, dq, sq, false, "O tensor");
+    cudnnBackendDescriptor_t S = stats ? b.tensor(UID_STATS, CUDNN_DATA_FLOAT, ds, ss, false, "Stats tensor") : NULL;
+    cudnnBackendDescriptor_t C = b.tensor(UID_SCALE, CUDNN_DATA_FLOAT, d1, d1, true, "scale tensor");
+
+    const char *w = "SDPA forward operation";
+    cudnnBackendDescriptor_t op = b.make(CUDNN_BACKEND_OPERATION_SDPA_FWD_DESCRIPTOR, w);
+    b.set(op, CUDNN_ATTR_OPERATION_SDPA_FWD_QDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &Q, w);
+    b.set(op, CUDNN_ATTR_OPERATION_SDPA_FWD_KDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &K, w);
+    b.set(op, CUDNN_ATTR_OPERATION_SDPA_FWD_VDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &V, w);
+    b.set(op, CUDNN_ATTR_OPERATION_SDPA_FWD_ODESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &O, w);
+    if (stats) b.set(op, CUDNN_ATTR_OPERATION_SDPA_FWD_STATSDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &S, w);
+    b.set(op, CUDNN_ATTR_OPERATION_SDPA_FWD_SCALEDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &C, w);
+    b.finalize(op, w);
+
+    w = "operation graph";
+    cudnnBackendDescriptor_t graph = b.make(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, w);
+    b.set(graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &op, w);
+    b.set(graph, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &h, w);
+    b.finalize(graph, w);
+
+    w = "engine heuristics";
+    cudnnBackendDescriptor_t heur = b.make(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, w);
+    cudnnBackendHeurMode_t mode = CUDNN_HEUR_MODE_A;
+    b.set(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &graph, w);
+    b.set(heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode, w);
+    b.finalize(heur, w);
+    int64_t count = 0;
+    if (b.st == CUDNN_STATUS_SUCCESS)
+        b.fail(a->cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &count,
+                                           NULL), "engine heuristics (count)");
+    if (count > 16) count = 16;
+    std::vector<cudnnBackendDescriptor_t> cfgs;
+    for (int64_t i = 0; i < count && b.st == CUDNN_STATUS_SUCCESS; i++)
+        cfgs.push_back(b.make(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, "engine configuration"));
+    int64_t got = 0;
+    if (b.st == CUDNN_STATUS_SUCCESS && count > 0)
+        b.fail(a->cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, count,
+                                           &got, cfgs.data()), "engine heuristics (results)");
+    if (b.st == CUDNN_STATUS_SUCCESS && got <= 0)
+        snprintf(p->why, sizeof p->why, "cuDNN %zu's heuristics offer no engine for this SDPA graph",
+                 a->cudnnGetVersion());
+
+    // the first configuration whose plan finalizes; the others' refusals are only logged
+    cudnnStatus_t first_st = CUDNN_STATUS_SUCCESS;
+    for (int64_t i = 0; i < got && b.st == CUDNN_STATUS_SUCCESS && !p->usable; i++) {
+        cudnnBackendDescriptor_t plan = NULL;
+        cudnnStatus_t st = a->cudnnBackendCreateDescriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &plan);
+        if (st == CUDNN_STATUS_SUCCESS) st = a->cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE,
+                                                                         CUDNN_TYPE_HANDLE, 1, &h);
+        if (st == CUDNN_STATUS_SUCCESS)
+            st = a->cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG,
+                                             CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &cfgs[i]);
+        if (st == CUDNN_STATUS_SUCCESS) st = a->cudnnBackendFinalize(plan);
+        int64_t ws = 0, n = 0;
+        if (st == CUDNN_STATUS_SUCCESS)
+            st = a->cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &n, &ws);
+        if (st == CUDNN_STATUS_SUCCESS && ws >= 0) {
+            p->plan = plan;
+            p->keep.push_back(plan);
+            p->ws_bytes = ws;
+            p->usable = true;
+            if (logging())
+                fprintf(stderr, "sao cudnn: SDPA B=%lld H=%lld Hkv=%lld T=%lld M=%lld D=%lld%s: engine configuration "
+                        "%lld of %lld, workspace %lld bytes\n", (long long)g->B, (long long)g->H, (long long)g->Hkv,
+                        (long long)g->T, (long long)g->M, (long long)g->D, stats ? " +stats" : "", (long long)i,
+                        (long long)got, (long long)ws);
+            break;
+        }
+        if (first_st == CUDNN_STATUS_SUCCESS) first_st = st;
+        if (logging())
+            fprintf(stderr, "sao cudnn: SDPA engine configuration %lld of %lld refused: %s (status %d)\n", (long long)i,
+                    (long long)got, a->cudnnGetErrorString(st), (int)st);
+        if (plan) a->cudnnBackendDestroyDescriptor(plan);
+    }
+    if (p->usable) return;
+    if (b.st != CUDNN_STATUS_SUCCESS)
+        snprintf(p->why, sizeof p->why, "cuDNN %zu: %s: %s (status %d)", a->cudnnGetVersion(), b.call,
+                 a->cudnnGetErrorString(b.st), (int)b.st);
+    else if (got > 0)
+        snprintf(p->why, sizeof p->why, "cuDNN %zu: none of the %lld engine configurations makes a plan for this SDPA "
+                 "graph (the first: %s, status %d)", a->cudnnGetVersion(), (long long)got,
+                 a->cudnnGetErrorString(first_st), (int)first_st);
+}
+
+void refuse(const sao_attn_geo *g, const char *why) {
+    pthread_mutex_lock(&why_lock);
+    snprintf(last_why, sizeof last_why, "SDPA B=%lld H=%lld Hkv=%lld T=%lld M=%lld D=%lld: %s; the bf16 flash kernels "
+             "run it", (long long)g->B, (long long)g->H, (long long)g->Hkv, (long long)g->T, (long long)g->M,
+             (long long)g->D, why);
+    pthread_mutex_unlock(&why_lock);
+}
+
+// The plan for g on the current device (built on first use), or NULL: not usable (refuse() said why).
+int plan_for(sao_ctx *ctx, const char *op, const sao_cudnn_api *a, cudnnHandle_t h, const sao_attn_geo *g, bool stats,
+             const Plan **out) {
+    int dev = 0;
+    CUDA_TRY(ctx, op, cudaGetDevice(&dev));
+    Key key = {dev, g->B, g->H, g->Hkv, g->T, g->M, g->D, stats};
+    pthread_mutex_lock(&plan_lock);
+    if (!plans) plans = new std::map<Key, Plan *>;
+    auto it = plans->find(key);
+    Plan *p = it != plans->end() ? it->second : NULL;
+    bool fresh = !p;
+    if (!p) {
+        p = new Plan();
+        build(a, h, g, stats, p);
+        if (!p->usable) {   // nothing of a refused graph is kept
+            for (cudnnBackendDescriptor_t d : p->keep) a->cudnnBackendDestroyDescriptor(d);
+            p->keep.clear();
+        }
+        (*plans)[key] = p;
+    }
+    pthread_mutex_unlock(&plan_lock);
+    if (!p->usable && fresh) {
+        refuse(g, p->why);
+        if (logging()) fprintf(stderr, "sao cudnn: SDPA refused: %s\n", p->why);
+    }
+    *out = p->usable ? p : NULL;
+    return 0;
+}
+
+size_t up256(size_t bytes) { return (bytes + 255) & ~(size_t)255; }
+
+// x [B, heads, n, D] fp32 through strides s (batch, head, token) -> y contiguous bf16
+__global__ void pack_bf16(const float *x, long long heads, long long n, long long D, long long s0, long long s1,
+                          long long s2, long long total, __nv_bfloat16 *y) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x) {
+        long long d = i % D, t = (i / D) % n, h = (i / (D * n)) % heads, b = i / (D * n * heads);
+        y[i] = __float2bfloat16_rn(x[b * s0 + h * s1 + t * s2 + d]);
+    }
+}
+
+// O contiguous bf16 [B, H, T, D] -> out fp32 through out's strides
+__global__ void unpack_bf16(const unsigned short *o, long long H, long long T, long long D, long long s0, long long s1,
+                            long long s2, long long total, float *out) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x) {
+        long long d = i % D, t = (i / D) % T, h = (i / (D * T)) % H, b = i / (D * T * H);
+        out[b * s0 + h * s1 + t * s2 + d] = __uint_as_float((unsigned)o[i] << 16);
+    }
+}
+
+unsigned grid(long long n) {
+    unsigned blocks = sao_cuda_blocks(n, 256);
+    return blocks > (1u << 16) ? 1u << 16 : blocks;
+}
+
+}  // namespace
+
+int sao_cuda_sdpa_forward(sao_ctx *ctx, const char *op, const sao_attn_geo *g, const float *q, const float *k,
+                          const float *v, float *out, float *lse) {
+    if (g->B <= 0 || g->T <= 0 || g->M <= 0) return 1;
+    if (g->D % 8 || g->D > 256) {
+        refuse(g, "cuDNN's SDPA takes head dims that are a multiple of 8 up to 256");
+        return 1;
+    }
+    if ((uintptr_t)lse % 16) {   // Stats is declared 16-byte aligned, as cuDNN's vectorised stores want
+        refuse(g, "lse is not 16-byte aligned (cuDNN writes it in place)");
+        return 1;
+    }
+    const char *no = NULL;
+    const sao_cudnn_api *a = sao_cudnn(&no);
+    if (!a) {
+        refuse(g, no);
+        return 1;
+    }
+    cudnnHandle_t h;
+    int r = sao_cudnn_handle(ctx, op, &h);
+    if (r) {
+        if (r > 0) sao_cudnn(&no), refuse(g, no);
+        return r < 0 ? -1 : 1;
+    }
+    const Plan *p = NULL;
+    if (plan_for(ctx, op, a, h, g, lse != NULL, &p)) return -1;
+    if (!p) return 1;
+
+    size_t nq = (size_t)(g->B * g->H * g->T * g->D), nk = (size_t)(g->B * g->Hkv * g->M * g->D);
+    size_t bytes = 2 * up256(nq * 2) + 2 * up256(nk * 2) + up256((size_t)p->ws_bytes);
+    char *base = (char *)sao_cuda_device_scratch(ctx, op, "cuDNN SDPA scratch", scratch, scratch_n, (bytes + 3) / 4);
+    if (!base) return -1;
+    __nv_bfloat16 *qb = (__nv_bfloat16 *)base, *ob = (__nv_bfloat16 *)(base + up256(nq * 2));
+    __nv_bfloat16 *kb = (__nv_bfloat16 *)(base + 2 * up256(nq * 2));
+    __nv_bfloat16 *vb = (__nv_bfloat16 *)(base + 2 * up256(nq * 2) + up256(nk * 2));
+    void *ws = p->ws_bytes ? base + 2 * up256(nq * 2) + 2 * up256(nk * 2) : NULL;
+
+    cudaStream_t st = sao_cuda_stream();
+    pack_bf16<<<grid(nq), 256, 0, st>>>(q, g->H, g->T, g->D, g->sq[0], g->sq[1], g->sq[2], nq, qb);
+    pack_bf16<<<grid(nk), 256, 0, st>>>(k, g->Hkv, g->M, g->D, g->sk[0], g->sk[1], g->sk[2], nk, kb);
+    pack_bf16<<<grid(nk), 256, 0, st>>>(v, g->Hkv, g->M, g->D, g->sv[0], g->sv[1], g->sv[2], nk, vb);
+    CUDA_LAUNCHED(ctx, op);
+
+    float scale = g->scale;   // by value: read by cudnnBackendExecute
+    int64_t uids[6] = {UID_Q, UID_K, UID_V, UID_O, UID_SCALE, UID_STATS};
+    void *ptrs[6] = {qb, kb, vb, ob, &scale, lse};
+    int64_t n = lse ? 6 : 5;
+    cudnnBackendDescriptor_t pack = NULL;
+    CUDNN_TRY(ctx, op, a, cudnnBackendCreateDescriptor(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &pack));
+    cudnnStatus_t s = a->cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, n, uids);
+    if (s == CUDNN_STATUS_SUCCESS)
+        s = a->cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, n, ptrs);
+    if (s == CUDNN_STATUS_SUCCESS)
+        s = a->cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &ws);
+    if (s == CUDNN_STATUS_SUCCESS) s = a->cudnnBackendFinalize(pack);
+    if (s == CUDNN_STATUS_SUCCESS) s = a->cudnnBackendExecute(h, p->plan, pack);
+    a->cudnnBackendDestroyDescriptor(pack);
+    if (s != CUDNN_STATUS_SUCCESS)
+        return sao_err(ctx, op, "%s:%d: cuDNN's SDPA forward: %s (status %d; sao.cuda.attention_impl(\"auto\") runs "
+                       "the attention without cuDNN)", __FILE__, __LINE__, a->cudnnGetErrorString(s), (int)s);
+
+    unpack_bf16<<<grid(nq), 256, 0, st>>>((const unsigned short *)ob, g->H, g->T, g->D, g->so[0], g->so[1], g->so[2],
+                                          nq, out);
+    CUDA_LAUNCHED(ctx, op);
+    runs.fetch_add(1, std::memory_order_relaxed);
+    return 0;
+}
+
+// sao_cuda_attn.h: how many forwards cuDNN's SDPA ran, and the last refusal
+extern "C" int64_t sao_cuda_sdpa_status(char *why, size_t why_size) {
+    pthread_mutex_lock(&why_lock);
+    if (why && why_size) snprintf(why, why_size, "%s", last_why);
+    pthread_mutex_unlock(&why_lock);
+    return runs.load(std::memory_order_relaxed);
+}
