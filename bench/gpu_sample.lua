@@ -390,7 +390,7 @@ if device == "cuda" then
       tflops = flops / secs.auto / 1e12, cublas_tflops = flops / secs.cublas / 1e12,
       scratch_mb = 4 * B * H * T * M / 2 ^ 20, max_abs_diff = outs.auto:maxdiff(outs.cublas),
       cudnn_ms = secs.cudnn * 1000, cudnn_ratio = secs.auto / secs.cudnn, cudnn_tflops = flops / secs.cudnn / 1e12,
-      cudnn_ran = sdpa_runs == 1, cudnn_why = sdpa_runs ~= 1 and select(2, sao.cuda.sdpa()) or nil,
+      cudnn_ran = sdpa_runs == 1, cudnn_why = sdpa_runs ~= 1 and select(3, sao.cuda.sdpa()) or nil,
       cudnn_max_abs_diff = outs.cudnn:maxdiff(outs.auto),
       note = "seconds: the bf16 tensor-core flash kernel (no scratch); cublas_ms: the cuBLAS path and its " ..
         "[B,H,T,M] scratch (scratch_mb); ratio = cublas / bf16 kernel (> 1: the new kernel is faster); " ..

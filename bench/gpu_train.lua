@@ -169,7 +169,8 @@ emit {
 -- D = 64; small config: its own), in the bf16 mode, with dq, dk, dv accumulated: the bf16
 -- tensor-core flash backward (attention_mma_bwd.cu, delta [B, H, T] its only scratch) against
 -- sao.cuda.attention_impl("cublas") (P and dS recomputed into two [B, H, T, M] scratches:
--- scratch_mb). ratio = cublas / bf16 kernel (> 1: the new kernel is faster); tflops counts the
+-- scratch_mb), and cuDNN's SDPA backward (attention_impl "cudnn": cudnn_ms, cudnn_ratio = bf16 kernel /
+-- cuDNN). ratio = cublas / bf16 kernel (> 1: the new kernel is faster); tflops counts the
 -- backward's 5 matmuls of 2 B H T M D each (S, dP, dV, dK, dQ; the new kernel computes S and dP
 -- twice, once per gradient kernel, not counted).
 do
@@ -190,10 +191,12 @@ do
       t.lse:data(), t.dout:data(), t.dq:data(), t.dk:data(), t.dv:data(), nil))
   end
   local secs = {}
-  for _, impl in ipairs { "cublas", "auto" } do
+  local _, b0 = sao.cuda.sdpa()
+  for _, impl in ipairs { "cublas", "auto", "cudnn" } do
     sao.cuda.attention_impl(impl)
     secs[impl] = device_time(bwd, t.dq:data(), 5, 3)
   end
+  local _, b1, why = sao.cuda.sdpa()
   sao.cuda.precision(was_p)
   sao.cuda.attention_impl(was_i)
   local flops = 5 * 2 * B * H * N * N * D
@@ -201,7 +204,11 @@ do
     ms = secs.auto * 1000, cublas_ms = secs.cublas * 1000, ratio = secs.cublas / secs.auto,
     tflops = flops / secs.auto / 1e12, cublas_tflops = flops / secs.cublas / 1e12,
     scratch_mb = 2 * 4 * B * H * N * N / 2 ^ 20,
+    cudnn_ms = secs.cudnn * 1000, cudnn_ratio = secs.auto / secs.cudnn, cudnn_ran = b1 > b0,
+    cudnn_why = b1 == b0 and why or nil,
     note = "ms: the bf16 tensor-core flash backward; cublas_ms: sao.cuda.attention_impl('cublas') and its " ..
-      "two [B,H,T,M] scratches (scratch_mb); ratio = cublas / bf16 kernel" }
+      "two [B,H,T,M] scratches (scratch_mb); ratio = cublas / bf16 kernel; cudnn_ms: cuDNN's SDPA backward " ..
+      "with its bf16 copies (cudnn_ran false: refused, cudnn_why, the flash kernel's time); cudnn_ratio = " ..
+      "bf16 kernel / cuDNN (> 1: cuDNN is faster)" }
   for _, x in pairs(t) do x:free() end
 end

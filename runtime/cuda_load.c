@@ -146,13 +146,14 @@ const char *sao_cuda_cudnn_status(int64_t *version) {
 }
 
 /* Without a backend cuDNN's SDPA never ran, for the backend's reason. */
-int64_t sao_cuda_sdpa_status(char *why, size_t why_size) {
+int64_t sao_cuda_sdpa_status(int64_t *backwards, char *why, size_t why_size) {
     const char *no = sao_cuda_unavailable();
     if (no) {
+        if (backwards) *backwards = 0;
         if (why && why_size) snprintf(why, why_size, "%s", no);
         return 0;
     }
-    return tbl.fn_sao_cuda_sdpa_status(why, why_size);
+    return tbl.fn_sao_cuda_sdpa_status(backwards, why, why_size);
 }
 
 /* The allocator's rounding (both libraries use this one): 512 B steps up to 1 MiB, then four

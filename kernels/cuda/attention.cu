@@ -38,8 +38,8 @@
 // attention_mma_bwd.cu's (the same D, bias and key mask too, no dbias: a dbias keeps the fp32 flash
 // kernels; scratch only delta [B, H, T]); sao_cuda_attention_impl switches both off ("cublas": the
 // paths above) or forces the fp32 flash kernels ("flash"); "cudnn" runs the bf16 mode's forwards
-// without bias or key mask through cuDNN's fused SDPA (attention_cudnn.cu) where cuDNN builds a
-// plan for the shape, everything else as "auto".
+// and backwards without bias, key mask or dbias through cuDNN's fused SDPA (attention_cudnn.cu)
+// where cuDNN builds a plan for the shape, everything else as "auto".
 extern "C" {
 #include "sao_cuda_attn.h"
 #include "sao_cuda.h"
@@ -527,7 +527,7 @@ static size_t tc_scratch_n[6][SAO_CUDA_SCRATCH_DEVICES];
 
 // sao_cuda_attention_impl: which kernels run, process-wide (a plain int, read at each call, as the
 // GEMM precision is): 0 auto, 1 cublas, 2 flash, 3 cudnn (IMPL_NAMES; "cudnn" is "auto" with
-// cuDNN's fused SDPA forward first where it applies, attention_cudnn.cu).
+// cuDNN's fused SDPA first where it applies, attention_cudnn.cu).
 enum { IMPL_AUTO, IMPL_CUBLAS, IMPL_FLASH, IMPL_CUDNN, IMPL_COUNT };
 static const char *const IMPL_NAMES[] = {"auto", "cublas", "flash", "cudnn"};
 static int attn_impl = IMPL_AUTO;
@@ -738,6 +738,10 @@ extern "C" int sao_cuda_attention_backward(sao_ctx *ctx, const struct sao_attn_d
         sao_cuda_check_ptr(ctx, op, "dq", dq) || sao_cuda_check_ptr(ctx, op, "dk", dk) ||
         sao_cuda_check_ptr(ctx, op, "dv", dv) || sao_cuda_check_ptr(ctx, op, "dbias", dbias))
         return -1;
+    if (attn_impl == IMPL_CUDNN && sao_cuda_gemm_precision(-1) == SAO_GEMM_BF16 && !bias && !key_mask && !dbias) {
+        int rc = sao_cuda_sdpa_backward(ctx, op, &g, q, k, v, out, lse, dout, dq, dk, dv);
+        if (rc <= 0) return rc;   // 1: cuDNN does not take it; the kernels below do
+    }
     // bf16 mode: the bf16 tensor-core flash backward (attention_mma_bwd.cu), bias and key mask too;
     // a dbias keeps the fp32 flash kernels below (their dQ block owns dbias rows across the batch)
     if (!dbias && (attn_impl == IMPL_AUTO || attn_impl == IMPL_CUDNN) && sao_cuda_gemm_precision(-1) == SAO_GEMM_BF16 &&

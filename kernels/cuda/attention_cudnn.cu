@@ -1,27 +1,31 @@
-// attention_cudnn.cu — the attention forward through cuDNN's fused scaled-dot-product attention
-// (sao.cuda.attention_impl("cudnn")): one operation of cuDNN 9's backend (graph) API, the unified
-// SDPA forward (CUDNN_BACKEND_OPERATION_SDPA_FWD_DESCRIPTOR, cuDNN >= 9.13.1), built once per
-// shape into an execution plan that is cached for the life of the process.
+// attention_cudnn.cu — the attention forward and backward through cuDNN's fused scaled-dot-product
+// attention (sao.cuda.attention_impl("cudnn")): one operation of cuDNN 9's backend (graph) API each
+// way, the unified SDPA forward (CUDNN_BACKEND_OPERATION_SDPA_FWD_DESCRIPTOR, cuDNN >= 9.13.1) and
+// its backward twin (CUDNN_BACKEND_OPERATION_SDPA_BWD_DESCRIPTOR), each built once per shape into
+// an execution plan that is cached for the life of the process.
 //
-// The graph:  Q [B, H, T, D], K [B, Hkv, M, D], V [B, Hkv, M, D]  (bf16, packed here)
-//             scale                                               (fp32, passed by value)
-//          -> O [B, H, T, D] (bf16)  and, when the caller wants lse, Stats [B, H, T, 1] (fp32,
-//             the row's logsumexp: written straight into lse, whose layout it is)
-// sao's tensors are fp32 with any (batch, head, token) strides, so a call packs q, k and v into
-// contiguous bf16 copies (the rounding the bf16 tensor-core kernels also apply), runs the plan,
-// and widens O into out through out's strides. The copies and cuDNN's workspace share one
-// per-device scratch, grown on a shape's first call only (nothing allocates in steady state; a
-// CUDA graph capture of the DiT step records the launches and cuDNN's work on sao's stream).
+// forward:   Q [B, H, T, D], K [B, Hkv, M, D], V [B, Hkv, M, D] (bf16), scale (fp32, by value)
+//            -> O [B, H, T, D] (bf16) and, when the caller wants lse, Stats [B, H, T, 1] (fp32,
+//            the row's logsumexp: written straight into lse, whose layout it is)
+// backward:  Q, K, V, O, dO [B, H, T, D] (bf16), Stats (the forward's lse, read in place), scale
+//            -> dQ, dK, dV (bf16, of Q's, K's, V's shapes; cuDNN's outputs, overwritten)
+// sao's tensors are fp32 with any (batch, head, token) strides, so a call packs its operands into
+// contiguous bf16 copies (the rounding the bf16 tensor-core kernels also apply), runs the plan, and
+// widens the outputs back through sao's strides: out written, dq, dk, dv accumulated (each may be
+// absent). The copies and cuDNN's workspace share one per-device scratch, grown on a shape's first
+// call only (nothing allocates in steady state; a CUDA graph capture of the DiT step records the
+// launches and cuDNN's work on sao's stream).
 //
-// Taken only in the bf16 GEMM precision mode, for attentions without bias or key mask (the DiT's
-// self- and cross-attention) with D a multiple of 8 up to 256 and an lse (when asked for) on a
-// 16-byte boundary (returns 1 otherwise, and the caller runs its usual kernels). Any refusal while the plan is built (no cuDNN, a cuDNN without the
-// unified operation, no engine for the shape, a plan that does not finalize) is remembered for the
-// shape with its reason (sao_cuda_sdpa_status, SAO_CUDNN_LOG=1), and the shape keeps the bf16
-// tensor-core flash kernels (attention_mma.cu): a machine whose cuDNN cannot do it loses nothing.
-// A failure while running a built plan is an error. The backward has no cuDNN path here: the
-// unified operation is forward only, and attention_mma_bwd.cu takes the forward's lse as cuDNN
-// writes it (same definition: natural-log logsumexp of the scaled logits).
+// Taken only in the bf16 GEMM precision mode, for attentions without bias, key mask or dbias (the
+// DiT's self- and cross-attention) with D a multiple of 8 up to 256 and an lse on a 16-byte boundary
+// (returns 1 otherwise, and the caller runs its usual kernels). Any refusal while a plan is built
+// (no cuDNN, a cuDNN without the unified operations, no engine for the shape, a plan that does not
+// finalize) is remembered for the shape and direction with its reason (sao_cuda_sdpa_status,
+// SAO_CUDNN_LOG=1), and that direction keeps the bf16 tensor-core flash kernels (attention_mma.cu,
+// attention_mma_bwd.cu: the latter takes cuDNN's lse, the same natural-log logsumexp of the
+// scaled logits): a machine whose cuDNN cannot do it loses nothing. A failure while running a
+// built plan is an error. cuDNN's own frontend builds the backward from matmul, pointwise and
+// reduction nodes rather than this unified operation, so a real cuDNN may well refuse it.
 #include "sao_cudnn.h"
 extern "C" {
 #include "sao_cuda.h"
@@ -39,8 +43,11 @@ extern "C" {
 
 namespace {
 
-// the graph's tensors, by unique id
-enum { UID_Q = 1, UID_K, UID_V, UID_O, UID_STATS, UID_SCALE };
+// the graphs' tensors, by unique id
+enum { UID_Q = 1, UID_K, UID_V, UID_O, UID_STATS, UID_SCALE, UID_DO, UID_DQ, UID_DK, UID_DV };
+// the two graphs: the forward, the backward
+enum { FWD = 0, BWD = 1 };
+const char *const DIR_NAMES[] = {"SDPA", "SDPA backward"};
 
 struct Plan {
     bool usable;
@@ -50,12 +57,12 @@ struct Plan {
     int64_t ws_bytes;
 };
 
-// (device, B, H, Hkv, T, M, D, with stats)
-typedef std::array<int64_t, 8> Key;
+// (direction, device, B, H, Hkv, T, M, D, with stats)
+typedef std::array<int64_t, 9> Key;
 std::map<Key, Plan *> *plans;
 pthread_mutex_t plan_lock = PTHREAD_MUTEX_INITIALIZER;   // guards plans; held while one is built
 
-std::atomic<long long> runs;                     // plans executed since start
+std::atomic<long long> runs[2];                  // plans executed since start, per direction
 pthread_mutex_t why_lock = PTHREAD_MUTEX_INITIALIZER;
 char last_why[512];                              // the last refusal (empty: none yet)
 
@@ -118,9 +125,10 @@ void contiguous(const int64_t dims[4], int64_t strides[4]) {
     for (int i = 2; i >= 0; i--) strides[i] = strides[i + 1] * dims[i + 1];
 }
 
-// The operation, its graph, the heuristics' engine configurations and the first plan that
+// The operation (forward, or backward: its Stats are the forward's, its gradients outputs of the
+// inputs' shapes), its graph, the heuristics' engine configurations and the first plan that
 // finalizes. Leaves p->usable false with p->why on any refusal.
-void build(const sao_cudnn_api *a, cudnnHandle_t h, const sao_attn_geo *g, bool stats, Plan *p) {
+void build(const sao_cudnn_api *a, cudnnHandle_t h, const sao_attn_geo *g, int dir, bool stats, Plan *p) {
     Builder b{a, p};
     const int64_t dq[4] = {g->B, g->H, g->T, g->D}, dk[4] = {g->B, g->Hkv, g->M, g->D};
     const int64_t ds[4] = {g->B, g->H, g->T, 1}, d1[4] = {1, 1, 1, 1};
@@ -134,15 +142,38 @@ void build(const sao_cudnn_api *a, cudnnHandle_t h, const sao_attn_geo *g, bool 
     cudnnBackendDescriptor_t O = b.tensor(UID_O, CUDNN_DATA_BFLOAT16, dq, sq, false, "O tensor");
     cudnnBackendDescriptor_t S = stats ? b.tensor(UID_STATS, CUDNN_DATA_FLOAT, ds, ss, false, "Stats tensor") : NULL;
     cudnnBackendDescriptor_t C = b.tensor(UID_SCALE, CUDNN_DATA_FLOAT, d1, d1, true, "scale tensor");
-
-    const char *w = "SDPA forward operation";
-    cudnnBackendDescriptor_t op = b.make(CUDNN_BACKEND_OPERATION_SDPA_FWD_DESCRIPTOR, w);
-    b.set(op, CUDNN_ATTR_OPERATION_SDPA_FWD_QDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &Q, w);
-    b.set(op, CUDNN_ATTR_OPERATION_SDPA_FWD_KDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &K, w);
-    b.set(op, CUDNN_ATTR_OPERATION_SDPA_FWD_VDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &V, w);
-    b.set(op, CUDNN_ATTR_OPERATION_SDPA_FWD_ODESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &O, w);
-    if (stats) b.set(op, CUDNN_ATTR_OPERATION_SDPA_FWD_STATSDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &S, w);
-    b.set(op, CUDNN_ATTR_OPERATION_SDPA_FWD_SCALEDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &C, w);
+    struct { cudnnBackendAttributeName_t attr; cudnnBackendDescriptor_t t; } in[10];
+    int n = 0;
+    const char *w;
+    cudnnBackendDescriptor_t op;
+    if (dir == FWD) {
+        w = "SDPA forward operation";
+        op = b.make(CUDNN_BACKEND_OPERATION_SDPA_FWD_DESCRIPTOR, w);
+        in[n++] = {CUDNN_ATTR_OPERATION_SDPA_FWD_QDESC, Q};
+        in[n++] = {CUDNN_ATTR_OPERATION_SDPA_FWD_KDESC, K};
+        in[n++] = {CUDNN_ATTR_OPERATION_SDPA_FWD_VDESC, V};
+        in[n++] = {CUDNN_ATTR_OPERATION_SDPA_FWD_ODESC, O};
+        if (stats) in[n++] = {CUDNN_ATTR_OPERATION_SDPA_FWD_STATSDESC, S};
+        in[n++] = {CUDNN_ATTR_OPERATION_SDPA_FWD_SCALEDESC, C};
+    } else {
+        cudnnBackendDescriptor_t dO = b.tensor(UID_DO, CUDNN_DATA_BFLOAT16, dq, sq, false, "dO tensor");
+        cudnnBackendDescriptor_t dQ = b.tensor(UID_DQ, CUDNN_DATA_BFLOAT16, dq, sq, false, "dQ tensor");
+        cudnnBackendDescriptor_t dK = b.tensor(UID_DK, CUDNN_DATA_BFLOAT16, dk, sk, false, "dK tensor");
+        cudnnBackendDescriptor_t dV = b.tensor(UID_DV, CUDNN_DATA_BFLOAT16, dk, sk, false, "dV tensor");
+        w = "SDPA backward operation";
+        op = b.make(CUDNN_BACKEND_OPERATION_SDPA_BWD_DESCRIPTOR, w);
+        in[n++] = {CUDNN_ATTR_OPERATION_SDPA_BWD_QDESC, Q};
+        in[n++] = {CUDNN_ATTR_OPERATION_SDPA_BWD_KDESC, K};
+        in[n++] = {CUDNN_ATTR_OPERATION_SDPA_BWD_VDESC, V};
+        in[n++] = {CUDNN_ATTR_OPERATION_SDPA_BWD_ODESC, O};
+        in[n++] = {CUDNN_ATTR_OPERATION_SDPA_BWD_STATSDESC, S};
+        in[n++] = {CUDNN_ATTR_OPERATION_SDPA_BWD_SCALEDESC, C};
+        in[n++] = {CUDNN_ATTR_OPERATION_SDPA_BWD_DODDESC, dO};
+        in[n++] = {CUDNN_ATTR_OPERATION_SDPA_BWD_DQDESC, dQ};
+        in[n++] = {CUDNN_ATTR_OPERATION_SDPA_BWD_DKDESC, dK};
+        in[n++] = {CUDNN_ATTR_OPERATION_SDPA_BWD_DVDESC, dV};
+    }
+    for (int i = 0; i < n; i++) b.set(op, in[i].attr, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &in[i].t, w);
     b.finalize(op, w);
 
     w = "operation graph";
@@ -170,8 +201,8 @@ void build(const sao_cudnn_api *a, cudnnHandle_t h, const sao_attn_geo *g, bool 
         b.fail(a->cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, count,
                                            &got, cfgs.data()), "engine heuristics (results)");
     if (b.st == CUDNN_STATUS_SUCCESS && got <= 0)
-        snprintf(p->why, sizeof p->why, "cuDNN %zu's heuristics offer no engine for this SDPA graph",
-                 a->cudnnGetVersion());
+        snprintf(p->why, sizeof p->why, "cuDNN %zu's heuristics offer no engine for this %s graph",
+                 a->cudnnGetVersion(), DIR_NAMES[dir]);
 
     // the first configuration whose plan finalizes; the others' refusals are only logged
     cudnnStatus_t first_st = CUDNN_STATUS_SUCCESS;
@@ -193,16 +224,16 @@ void build(const sao_cudnn_api *a, cudnnHandle_t h, const sao_attn_geo *g, bool 
             p->ws_bytes = ws;
             p->usable = true;
             if (logging())
-                fprintf(stderr, "sao cudnn: SDPA B=%lld H=%lld Hkv=%lld T=%lld M=%lld D=%lld%s: engine configuration "
-                        "%lld of %lld, workspace %lld bytes\n", (long long)g->B, (long long)g->H, (long long)g->Hkv,
+                fprintf(stderr, "sao cudnn: %s B=%lld H=%lld Hkv=%lld T=%lld M=%lld D=%lld%s: engine configuration "
+                        "%lld of %lld, workspace %lld bytes\n", DIR_NAMES[dir], (long long)g->B, (long long)g->H, (long long)g->Hkv,
                         (long long)g->T, (long long)g->M, (long long)g->D, stats ? " +stats" : "", (long long)i,
                         (long long)got, (long long)ws);
             break;
         }
         if (first_st == CUDNN_STATUS_SUCCESS) first_st = st;
         if (logging())
-            fprintf(stderr, "sao cudnn: SDPA engine configuration %lld of %lld refused: %s (status %d)\n", (long long)i,
-                    (long long)got, a->cudnnGetErrorString(st), (int)st);
+            fprintf(stderr, "sao cudnn: %s engine configuration %lld of %lld refused: %s (status %d)\n", DIR_NAMES[dir],
+                    (long long)i, (long long)got, a->cudnnGetErrorString(st), (int)st);
         if (plan) a->cudnnBackendDestroyDescriptor(plan);
     }
     if (p->usable) return;
@@ -210,25 +241,25 @@ void build(const sao_cudnn_api *a, cudnnHandle_t h, const sao_attn_geo *g, bool 
         snprintf(p->why, sizeof p->why, "cuDNN %zu: %s: %s (status %d)", a->cudnnGetVersion(), b.call,
                  a->cudnnGetErrorString(b.st), (int)b.st);
     else if (got > 0)
-        snprintf(p->why, sizeof p->why, "cuDNN %zu: none of the %lld engine configurations makes a plan for this SDPA "
-                 "graph (the first: %s, status %d)", a->cudnnGetVersion(), (long long)got,
+        snprintf(p->why, sizeof p->why, "cuDNN %zu: none of the %lld engine configurations makes a plan for this %s "
+                 "graph (the first: %s, status %d)", a->cudnnGetVersion(), (long long)got, DIR_NAMES[dir],
                  a->cudnnGetErrorString(first_st), (int)first_st);
 }
 
-void refuse(const sao_attn_geo *g, const char *why) {
+void refuse(int dir, const sao_attn_geo *g, const char *why) {
     pthread_mutex_lock(&why_lock);
-    snprintf(last_why, sizeof last_why, "SDPA B=%lld H=%lld Hkv=%lld T=%lld M=%lld D=%lld: %s; the bf16 flash kernels "
-             "run it", (long long)g->B, (long long)g->H, (long long)g->Hkv, (long long)g->T, (long long)g->M,
-             (long long)g->D, why);
+    snprintf(last_why, sizeof last_why, "%s B=%lld H=%lld Hkv=%lld T=%lld M=%lld D=%lld: %s; the bf16 flash kernels "
+             "run it", DIR_NAMES[dir], (long long)g->B, (long long)g->H, (long long)g->Hkv, (long long)g->T,
+             (long long)g->M, (long long)g->D, why);
     pthread_mutex_unlock(&why_lock);
 }
 
 // The plan for g on the current device (built on first use), or NULL: not usable (refuse() said why).
-int plan_for(sao_ctx *ctx, const char *op, const sao_cudnn_api *a, cudnnHandle_t h, const sao_attn_geo *g, bool stats,
-             const Plan **out) {
+int plan_for(sao_ctx *ctx, const char *op, const sao_cudnn_api *a, cudnnHandle_t h, const sao_attn_geo *g, int dir,
+             bool stats, const Plan **out) {
     int dev = 0;
     CUDA_TRY(ctx, op, cudaGetDevice(&dev));
-    Key key = {dev, g->B, g->H, g->Hkv, g->T, g->M, g->D, stats};
+    Key key = {dir, dev, g->B, g->H, g->Hkv, g->T, g->M, g->D, stats};
     pthread_mutex_lock(&plan_lock);
     if (!plans) plans = new std::map<Key, Plan *>;
     auto it = plans->find(key);
@@ -236,7 +267,7 @@ int plan_for(sao_ctx *ctx, const char *op, const sao_cudnn_api *a, cudnnHandle_t
     bool fresh = !p;
     if (!p) {
         p = new Plan();
-        build(a, h, g, stats, p);
+        build(a, h, g, dir, stats, p);
         if (!p->usable) {   // nothing of a refused graph is kept
             for (cudnnBackendDescriptor_t d : p->keep) a->cudnnBackendDestroyDescriptor(d);
             p->keep.clear();
@@ -245,14 +276,49 @@ int plan_for(sao_ctx *ctx, const char *op, const sao_cudnn_api *a, cudnnHandle_t
     }
     pthread_mutex_unlock(&plan_lock);
     if (!p->usable && fresh) {
-        refuse(g, p->why);
-        if (logging()) fprintf(stderr, "sao cudnn: SDPA refused: %s\n", p->why);
+        refuse(dir, g, p->why);
+        if (logging()) fprintf(stderr, "sao cudnn: %s refused: %s\n", DIR_NAMES[dir], p->why);
     }
     *out = p->usable ? p : NULL;
     return 0;
 }
 
+// What both directions check before a plan: the shape cuDNN takes, lse's alignment, cuDNN loaded
+// and the device's handle. 0 with *api and *h set; 1 refused (the reason kept); -1 a sao error.
+int usable(sao_ctx *ctx, const char *op, int dir, const sao_attn_geo *g, const float *lse, const sao_cudnn_api **api,
+           cudnnHandle_t *h) {
+    if (g->B <= 0 || g->T <= 0 || g->M <= 0) return 1;
+    if (g->D % 8 || g->D > 256) {
+        refuse(dir, g, "cuDNN's SDPA takes head dims that are a multiple of 8 up to 256");
+        return 1;
+    }
+    if ((uintptr_t)lse % 16) {   // Stats is declared 16-byte aligned, as cuDNN's vectorised accesses want
+        refuse(dir, g, "lse is not 16-byte aligned (cuDNN uses it in place)");
+        return 1;
+    }
+    const char *no = NULL;
+    *api = sao_cudnn(&no);
+    if (!*api) {
+        refuse(dir, g, no);
+        return 1;
+    }
+    int r = sao_cudnn_handle(ctx, op, h);
+    if (r > 0) sao_cudnn(&no), refuse(dir, g, no);
+    return r;
+}
+
 size_t up256(size_t bytes) { return (bytes + 255) & ~(size_t)255; }
+
+// The per-device scratch carved into 256-byte aligned parts of the given byte sizes (the last
+// one cuDNN's workspace); -1 with a sao error.
+int carve(sao_ctx *ctx, const char *op, const size_t *bytes, int n, char **parts) {
+    size_t total = 0;
+    for (int i = 0; i < n; i++) total += up256(bytes[i]);
+    char *base = (char *)sao_cuda_device_scratch(ctx, op, "cuDNN SDPA scratch", scratch, scratch_n, (total + 3) / 4);
+    if (!base) return -1;
+    for (int i = 0; i < n; i++) parts[i] = bytes[i] ? base : NULL, base += up256(bytes[i]);
+    return 0;
+}
 
 // x [B, heads, n, D] fp32 through strides s (batch, head, token) -> y contiguous bf16
 __global__ void pack_bf16(const float *x, long long heads, long long n, long long D, long long s0, long long s1,
@@ -263,12 +329,14 @@ __global__ void pack_bf16(const float *x, long long heads, long long n, long lon
     }
 }
 
-// O contiguous bf16 [B, H, T, D] -> out fp32 through out's strides
-__global__ void unpack_bf16(const unsigned short *o, long long H, long long T, long long D, long long s0, long long s1,
-                            long long s2, long long total, float *out) {
+// y contiguous bf16 [B, heads, n, D] -> x fp32 through x's strides: written (add 0) or added to (add 1)
+__global__ void unpack_bf16(const unsigned short *y, long long heads, long long n, long long D, long long s0,
+                            long long s1, long long s2, long long total, int add, float *x) {
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x) {
-        long long d = i % D, t = (i / D) % T, h = (i / (D * T)) % H, b = i / (D * T * H);
-        out[b * s0 + h * s1 + t * s2 + d] = __uint_as_float((unsigned)o[i] << 16);
+        long long d = i % D, t = (i / D) % n, h = (i / (D * n)) % heads, b = i / (D * n * heads);
+        float v = __uint_as_float((unsigned)y[i] << 16);
+        float *o = x + b * s0 + h * s1 + t * s2 + d;
+        *o = add ? *o + v : v;
     }
 }
 
@@ -277,54 +345,26 @@ unsigned grid(long long n) {
     return blocks > (1u << 16) ? 1u << 16 : blocks;
 }
 
-}  // namespace
+// sao's (batch, head, token) strides of one operand, and its head count and length
+struct Operand {
+    long long heads, n;
+    const int64_t *s;
+};
 
-int sao_cuda_sdpa_forward(sao_ctx *ctx, const char *op, const sao_attn_geo *g, const float *q, const float *k,
-                          const float *v, float *out, float *lse) {
-    if (g->B <= 0 || g->T <= 0 || g->M <= 0) return 1;
-    if (g->D % 8 || g->D > 256) {
-        refuse(g, "cuDNN's SDPA takes head dims that are a multiple of 8 up to 256");
-        return 1;
-    }
-    if ((uintptr_t)lse % 16) {   // Stats is declared 16-byte aligned, as cuDNN's vectorised stores want
-        refuse(g, "lse is not 16-byte aligned (cuDNN writes it in place)");
-        return 1;
-    }
-    const char *no = NULL;
-    const sao_cudnn_api *a = sao_cudnn(&no);
-    if (!a) {
-        refuse(g, no);
-        return 1;
-    }
-    cudnnHandle_t h;
-    int r = sao_cudnn_handle(ctx, op, &h);
-    if (r) {
-        if (r > 0) sao_cudnn(&no), refuse(g, no);
-        return r < 0 ? -1 : 1;
-    }
-    const Plan *p = NULL;
-    if (plan_for(ctx, op, a, h, g, lse != NULL, &p)) return -1;
-    if (!p) return 1;
+void pack(const sao_attn_geo *g, Operand o, const float *x, void *y, cudaStream_t st) {
+    long long total = g->B * o.heads * o.n * g->D;
+    pack_bf16<<<grid(total), 256, 0, st>>>(x, o.heads, o.n, g->D, o.s[0], o.s[1], o.s[2], total, (__nv_bfloat16 *)y);
+}
 
-    size_t nq = (size_t)(g->B * g->H * g->T * g->D), nk = (size_t)(g->B * g->Hkv * g->M * g->D);
-    size_t bytes = 2 * up256(nq * 2) + 2 * up256(nk * 2) + up256((size_t)p->ws_bytes);
-    char *base = (char *)sao_cuda_device_scratch(ctx, op, "cuDNN SDPA scratch", scratch, scratch_n, (bytes + 3) / 4);
-    if (!base) return -1;
-    __nv_bfloat16 *qb = (__nv_bfloat16 *)base, *ob = (__nv_bfloat16 *)(base + up256(nq * 2));
-    __nv_bfloat16 *kb = (__nv_bfloat16 *)(base + 2 * up256(nq * 2));
-    __nv_bfloat16 *vb = (__nv_bfloat16 *)(base + 2 * up256(nq * 2) + up256(nk * 2));
-    void *ws = p->ws_bytes ? base + 2 * up256(nq * 2) + 2 * up256(nk * 2) : NULL;
+void unpack(const sao_attn_geo *g, Operand o, const void *y, int add, float *x, cudaStream_t st) {
+    long long total = g->B * o.heads * o.n * g->D;
+    unpack_bf16<<<grid(total), 256, 0, st>>>((const unsigned short *)y, o.heads, o.n, g->D, o.s[0], o.s[1], o.s[2],
+                                             total, add, x);
+}
 
-    cudaStream_t st = sao_cuda_stream();
-    pack_bf16<<<grid(nq), 256, 0, st>>>(q, g->H, g->T, g->D, g->sq[0], g->sq[1], g->sq[2], nq, qb);
-    pack_bf16<<<grid(nk), 256, 0, st>>>(k, g->Hkv, g->M, g->D, g->sk[0], g->sk[1], g->sk[2], nk, kb);
-    pack_bf16<<<grid(nk), 256, 0, st>>>(v, g->Hkv, g->M, g->D, g->sv[0], g->sv[1], g->sv[2], nk, vb);
-    CUDA_LAUNCHED(ctx, op);
-
-    float scale = g->scale;   // by value: read by cudnnBackendExecute
-    int64_t uids[6] = {UID_Q, UID_K, UID_V, UID_O, UID_SCALE, UID_STATS};
-    void *ptrs[6] = {qb, kb, vb, ob, &scale, lse};
-    int64_t n = lse ? 6 : 5;
+// One execution of a plan: the variant pack of uids and pointers (n of them), the workspace.
+int execute(sao_ctx *ctx, const char *op, const sao_cudnn_api *a, cudnnHandle_t h, int dir, const Plan *p,
+            const int64_t *uids, void *const *ptrs, int64_t n, void *ws) {
     cudnnBackendDescriptor_t pack = NULL;
     CUDNN_TRY(ctx, op, a, cudnnBackendCreateDescriptor(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &pack));
     cudnnStatus_t s = a->cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, n, uids);
@@ -336,20 +376,85 @@ int sao_cuda_sdpa_forward(sao_ctx *ctx, const char *op, const sao_attn_geo *g, c
     if (s == CUDNN_STATUS_SUCCESS) s = a->cudnnBackendExecute(h, p->plan, pack);
     a->cudnnBackendDestroyDescriptor(pack);
     if (s != CUDNN_STATUS_SUCCESS)
-        return sao_err(ctx, op, "%s:%d: cuDNN's SDPA forward: %s (status %d; sao.cuda.attention_impl(\"auto\") runs "
-                       "the attention without cuDNN)", __FILE__, __LINE__, a->cudnnGetErrorString(s), (int)s);
-
-    unpack_bf16<<<grid(nq), 256, 0, st>>>((const unsigned short *)ob, g->H, g->T, g->D, g->so[0], g->so[1], g->so[2],
-                                          nq, out);
-    CUDA_LAUNCHED(ctx, op);
-    runs.fetch_add(1, std::memory_order_relaxed);
+        return sao_err(ctx, op, "%s:%d: cuDNN's %s: %s (status %d; sao.cuda.attention_impl(\"auto\") runs the attention "
+                       "without cuDNN)", __FILE__, __LINE__, DIR_NAMES[dir], a->cudnnGetErrorString(s), (int)s);
+    runs[dir].fetch_add(1, std::memory_order_relaxed);
     return 0;
 }
 
-// sao_cuda_attn.h: how many forwards cuDNN's SDPA ran, and the last refusal
-extern "C" int64_t sao_cuda_sdpa_status(char *why, size_t why_size) {
+}  // namespace
+
+int sao_cuda_sdpa_forward(sao_ctx *ctx, const char *op, const sao_attn_geo *g, const float *q, const float *k,
+                          const float *v, float *out, float *lse) {
+    const sao_cudnn_api *a = NULL;
+    cudnnHandle_t h = NULL;
+    int r = usable(ctx, op, FWD, g, lse, &a, &h);
+    if (r) return r;
+    const Plan *p = NULL;
+    if (plan_for(ctx, op, a, h, g, FWD, lse != NULL, &p)) return -1;
+    if (!p) return 1;
+
+    const Operand Q = {g->H, g->T, g->sq}, K = {g->Hkv, g->M, g->sk}, V = {g->Hkv, g->M, g->sv}, O = {g->H, g->T, g->so};
+    size_t nq = (size_t)(g->B * g->H * g->T * g->D) * 2, nk = (size_t)(g->B * g->Hkv * g->M * g->D) * 2;
+    const size_t bytes[5] = {nq, nk, nk, nq, (size_t)p->ws_bytes};
+    char *part[5];
+    if (carve(ctx, op, bytes, 5, part)) return -1;
+    cudaStream_t st = sao_cuda_stream();
+    pack(g, Q, q, part[0], st);
+    pack(g, K, k, part[1], st);
+    pack(g, V, v, part[2], st);
+    CUDA_LAUNCHED(ctx, op);
+    float scale = g->scale;   // by value: read by cudnnBackendExecute
+    const int64_t uids[6] = {UID_Q, UID_K, UID_V, UID_O, UID_SCALE, UID_STATS};
+    void *const ptrs[6] = {part[0], part[1], part[2], part[3], &scale, lse};
+    if (execute(ctx, op, a, h, FWD, p, uids, ptrs, lse ? 6 : 5, part[4])) return -1;
+    unpack(g, O, part[3], 0, out, st);
+    CUDA_LAUNCHED(ctx, op);
+    return 0;
+}
+
+int sao_cuda_sdpa_backward(sao_ctx *ctx, const char *op, const sao_attn_geo *g, const float *q, const float *k,
+                           const float *v, const float *out, const float *lse, const float *dout, float *dq,
+                           float *dk, float *dv) {
+    const sao_cudnn_api *a = NULL;
+    cudnnHandle_t h = NULL;
+    if (!lse) return 1;
+    int r = usable(ctx, op, BWD, g, lse, &a, &h);
+    if (r) return r;
+    const Plan *p = NULL;
+    if (plan_for(ctx, op, a, h, g, BWD, true, &p)) return -1;
+    if (!p) return 1;
+
+    const Operand Q = {g->H, g->T, g->sq}, K = {g->Hkv, g->M, g->sk}, V = {g->Hkv, g->M, g->sv}, O = {g->H, g->T, g->so};
+    size_t nq = (size_t)(g->B * g->H * g->T * g->D) * 2, nk = (size_t)(g->B * g->Hkv * g->M * g->D) * 2;
+    // q k v out dout, then the gradients dq dk dv, then cuDNN's workspace
+    const size_t bytes[9] = {nq, nk, nk, nq, nq, nq, nk, nk, (size_t)p->ws_bytes};
+    char *part[9];
+    if (carve(ctx, op, bytes, 9, part)) return -1;
+    cudaStream_t st = sao_cuda_stream();
+    pack(g, Q, q, part[0], st);
+    pack(g, K, k, part[1], st);
+    pack(g, V, v, part[2], st);
+    pack(g, O, out, part[3], st);
+    pack(g, O, dout, part[4], st);
+    CUDA_LAUNCHED(ctx, op);
+    float scale = g->scale;
+    const int64_t uids[10] = {UID_Q, UID_K, UID_V, UID_O, UID_DO, UID_SCALE, UID_STATS, UID_DQ, UID_DK, UID_DV};
+    void *const ptrs[10] = {part[0], part[1], part[2], part[3], part[4], &scale, (void *)lse, part[5], part[6], part[7]};
+    if (execute(ctx, op, a, h, BWD, p, uids, ptrs, 10, part[8])) return -1;
+    // the gradients are cuDNN's outputs; sao's are accumulated (dq, dk, dv: q's, k's, v's strides)
+    if (dq) unpack(g, Q, part[5], 1, dq, st);
+    if (dk) unpack(g, K, part[6], 1, dk, st);
+    if (dv) unpack(g, V, part[7], 1, dv, st);
+    CUDA_LAUNCHED(ctx, op);
+    return 0;
+}
+
+// sao_cuda_attn.h: how many forwards and backwards cuDNN's SDPA ran, and the last refusal
+extern "C" int64_t sao_cuda_sdpa_status(int64_t *backwards, char *why, size_t why_size) {
     pthread_mutex_lock(&why_lock);
     if (why && why_size) snprintf(why, why_size, "%s", last_why);
     pthread_mutex_unlock(&why_lock);
-    return runs.load(std::memory_order_relaxed);
+    if (backwards) *backwards = runs[BWD].load(std::memory_order_relaxed);
+    return runs[FWD].load(std::memory_order_relaxed);
 }

@@ -92,9 +92,8 @@ attn_fwd_mma(sao_attn_geo g, const float *q, const float *k, const float *v, con
     float *Ss = (float *)(base + plan.s), *Os = (float *)(base + plan.o), *inv = (float *)(base + plan.inv);
     bf16 *Ps = (bf16 *)(base + plan.p);
 
-    const long long ntq = (g.T + MQ - 1) / MQ;
-    const long long t0 = ((long long)blockIdx.x % ntq) * MQ;
-    const long long h = ((long long)blockIdx.x / ntq) % g.H, b = (long long)blockIdx.x / (ntq * g.H);
+    long long h, b;
+    const long long t0 = mma_block_tile(g.T, MQ, g.H, &h, &b);
     const long long kh = h / g.G;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const float *kb = k + b * g.sk[0] + kh * g.sk[1], *vb = v + b * g.sv[0] + kh * g.sv[1];

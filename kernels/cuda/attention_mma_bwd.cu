@@ -120,9 +120,8 @@ attn_bwd_mma_dkdv(sao_attn_geo g, const float *q, const float *k, const float *v
     float *dKs = (float *)(base + plan.acc), *dVs = dKs + BT * FP;
     float *Ls = (float *)(base + plan.ls), *Drs = (float *)(base + plan.dr);
 
-    const long long nkt = (g.M + BT - 1) / BT;
-    const long long j0 = ((long long)blockIdx.x % nkt) * BT;
-    const long long kh = ((long long)blockIdx.x / nkt) % g.Hkv, b = (long long)blockIdx.x / (nkt * g.Hkv);
+    long long kh, b;
+    const long long j0 = mma_block_tile(g.M, BT, g.Hkv, &kh, &b);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const float *kb = k + b * g.sk[0] + kh * g.sk[1], *vb = v + b * g.sv[0] + kh * g.sv[1];
 
@@ -223,9 +222,8 @@ attn_bwd_mma_dq(sao_attn_geo g, const float *q, const float *k, const float *v, 
     float *Ss = (float *)(base + plan.s), *dPs = (float *)(base + plan.dp), *dQs = (float *)(base + plan.acc);
     float *Ls = (float *)(base + plan.ls), *Drs = (float *)(base + plan.dr);
 
-    const long long ntq = (g.T + BT - 1) / BT;
-    const long long t0 = ((long long)blockIdx.x % ntq) * BT;
-    const long long h = ((long long)blockIdx.x / ntq) % g.H, b = (long long)blockIdx.x / (ntq * g.H);
+    long long h, b;
+    const long long t0 = mma_block_tile(g.T, BT, g.H, &h, &b);
     const long long kh = h / g.G;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const float *kb = k + b * g.sk[0] + kh * g.sk[1], *vb = v + b * g.sv[0] + kh * g.sv[1];

@@ -23,6 +23,16 @@ __device__ static inline char *mma_smem_base(float *sm) {
     return (char *)(((uintptr_t)sm + (MMA_SMEM_SLACK - 1)) & ~(uintptr_t)(MMA_SMEM_SLACK - 1));
 }
 
+// The block's work item: blockIdx.x counts (batch, head, tile) with the tile fastest, tiles of
+// `rows` rows over n rows and `heads` heads per batch item. Returns the tile's first row.
+__device__ static inline long long mma_block_tile(long long n, int rows, long long heads, long long *head,
+                                                  long long *batch) {
+    const long long tiles = (n + rows - 1) / rows, blk = (long long)blockIdx.x;
+    *head = (blk / tiles) % heads;
+    *batch = blk / (tiles * heads);
+    return (blk % tiles) * rows;
+}
+
 // n rows [r0, r0 + n) of a strided fp32 block (row stride rs; rows past `rows` zero) rounded into
 // bf16 rows of pitch D + 8, by the whole block, coalesced along each row.
 __device__ static inline void mma_load_rows(bf16 *dst, const float *base, long long rs, long long r0, long long rows,

@@ -89,4 +89,10 @@ int sao_cudnn_conv_run(sao_ctx *ctx, const char *op, const sao_cudnn_plan *plan,
 // to run; -1 with a sao error.
 int sao_cuda_sdpa_forward(sao_ctx *ctx, const char *op, const sao_attn_geo *g, const float *q, const float *k,
                           const float *v, float *out, float *lse);
+// attention_cudnn.cu: the backward (dq, dk, dv accumulated as sao_cuda_attention_backward's, each
+// may be NULL; no dbias) through cuDNN's fused SDPA backward, from the forward's out and lse, after
+// the caller's checks; 0, 1 or -1 as sao_cuda_sdpa_forward.
+int sao_cuda_sdpa_backward(sao_ctx *ctx, const char *op, const sao_attn_geo *g, const float *q, const float *k,
+                           const float *v, const float *out, const float *lse, const float *dout, float *dq,
+                           float *dk, float *dv);
 #endif

@@ -25,8 +25,9 @@
 --                             "cudnn" ("auto", with the bf16 mode's forwards without bias or mask
 --                             through cuDNN's fused SDPA where cuDNN makes a plan for the shape);
 --                             name sets it; returns the setting. Without a CUDA backend: nil and why
---   sao.cuda.sdpa()        -> how many attention forwards cuDNN's fused SDPA has run, and the
---                             last shape it was refused for with the reason (nil when none was)
+--   sao.cuda.sdpa()        -> how many attention forwards and backwards cuDNN's fused SDPA has
+--                             run, and the last shape it was refused for with the reason (nil
+--                             when none was)
 --   sao.cuda.cudnn()       -> cuDNN's version (91900 for 9.19.0) once it loads ($SAO_CUDNN_LIB, else
 --                             libcudnn.so.9; never linked), or nil and why it cannot be used
 --
@@ -87,16 +88,31 @@ function M.mem_info(dev)
   return { free = free, total = tonumber(t[0]), usable = free + M.memory().cached }
 end
 
-local MODES = { fp32 = 0, tf32 = 1, bf16 = 2 }
-local NAMES = { [0] = "fp32", [1] = "tf32", [2] = "bf16" }
+-- The process-wide settings below take one of an ordered list of names (nil: only asking). An
+-- unknown name is an error naming the ones there are, at the caller of sao.cuda.<fn>; so is a
+-- setting asked for without a CUDA backend (asking then returns nil and why).
+local function check_name(fn, names, name)
+  if name == nil then return end
+  for _, n in ipairs(names) do if n == name then return end end
+  local q = {}
+  for i, n in ipairs(names) do q[i] = '"' .. n .. '"' end
+  error("sao.cuda." .. fn .. ": '" .. tostring(name) .. "': expected " .. table.concat(q, ", ", 1, #q - 1) ..
+    " or " .. q[#q], 3)
+end
+
+local function no_backend(fn, name)
+  local no = M.unavailable()
+  if no and name then error("sao.cuda." .. fn .. ": " .. no, 3) end
+  return no
+end
+
+local PRECISIONS = { "fp32", "tf32", "bf16" }   -- sao_cuda_gemm_precision's codes 0, 1, 2
 
 function M.precision(mode)
+  check_name("precision", PRECISIONS, mode)
   local code = -1
-  if mode ~= nil then
-    code = MODES[mode]
-    if not code then error("sao.cuda.precision: '" .. tostring(mode) .. "': expected \"fp32\", \"tf32\" or \"bf16\"", 2) end
-  end
-  return NAMES[tonumber(C.sao_cuda_gemm_precision(code))]
+  for i, n in ipairs(PRECISIONS) do if n == mode then code = i - 1 end end
+  return PRECISIONS[tonumber(C.sao_cuda_gemm_precision(code)) + 1]
 end
 
 function M.cudnn()
@@ -106,42 +122,28 @@ function M.cudnn()
   return tonumber(v[0])
 end
 
-local CONV_BACKENDS = { cudnn = true, gemm = true, auto = true }
-
 function M.conv_backend(name)
-  if name ~= nil and not CONV_BACKENDS[name] then
-    error("sao.cuda.conv_backend: '" .. tostring(name) .. "': expected \"cudnn\", \"gemm\" or \"auto\"", 2)
-  end
-  local no = M.unavailable()
-  if no then
-    if name then error("sao.cuda.conv_backend: " .. no, 2) end
-    return nil, no
-  end
+  check_name("conv_backend", { "cudnn", "gemm", "auto" }, name)
+  local no = no_backend("conv_backend", name)
+  if no then return nil, no end
   local now = ffi.string(core.checkp(C.sao_cuda_conv_backend(core.ctx, name), 2))
   if now == "cudnn" then return now, nil end
   local _, why = M.cudnn()
   return now, why or "sao.cuda.conv_backend(\"gemm\") chose the GEMM path"
 end
 
-local ATTN_IMPLS = { auto = true, cublas = true, flash = true, cudnn = true }
-
 function M.attention_impl(name)
-  if name ~= nil and not ATTN_IMPLS[name] then
-    error("sao.cuda.attention_impl: '" .. tostring(name) .. "': expected \"auto\", \"cublas\", \"flash\" or \"cudnn\"", 2)
-  end
-  local no = M.unavailable()
-  if no then
-    if name then error("sao.cuda.attention_impl: " .. no, 2) end
-    return nil, no
-  end
+  check_name("attention_impl", { "auto", "cublas", "flash", "cudnn" }, name)
+  local no = no_backend("attention_impl", name)
+  if no then return nil, no end
   return ffi.string(core.checkp(C.sao_cuda_attention_impl(core.ctx, name), 2))
 end
 
 function M.sdpa()
-  local buf = ffi.new("char[1024]")
-  local ran = tonumber(C.sao_cuda_sdpa_status(buf, 1024))
+  local buf, bwd = ffi.new("char[1024]"), ffi.new("int64_t[1]")
+  local fwd = tonumber(C.sao_cuda_sdpa_status(bwd, buf, 1024))
   local why = ffi.string(buf)
-  return ran, why ~= "" and why or nil
+  return fwd, tonumber(bwd[0]), why ~= "" and why or nil
 end
 
 return M

@@ -214,9 +214,10 @@ function Trainer:device_plan(mem0)
   -- attentions without bias or mask, up to 2 GiB each; the largest ones are kept). In the bf16 mode
   -- with attention_impl "auto" and head dims a multiple of 16 up to 128 the bf16 flash kernels run
   -- instead (attention_mma.cu, attention_mma_bwd.cu): the backward's delta [B, H, N] only. With
-  -- attention_impl "cudnn" the forwards go through cuDNN's SDPA (attention_cudnn.cu) and its one
-  -- scratch, kept: bf16 copies of Q and O [B, H, N, D] and of K and V [B, Hkv, M, D], the largest
-  -- attention's (cuDNN's own workspace, none for the forward engines seen so far, is not counted).
+  -- attention_impl "cudnn" they go through cuDNN's SDPA (attention_cudnn.cu) and its one scratch,
+  -- kept, sized by the largest backward: bf16 copies of Q, O, dO and dQ [B, H, N, D] and of K, V, dK
+  -- and dV [B, Hkv, M, D], and cuDNN's workspace, counted as the fp32 dQ accumulator that flash
+  -- backward engines keep [B, H, N, D] (an estimate: a GPU run's measured peak will say).
   local attn = 0
   local c, cfg = self.cfg.dit.config, self.cfg
   local H, N, L = c.num_heads, cfg.frames + 1, cfg.context or 0
@@ -226,7 +227,9 @@ function Trainer:device_plan(mem0)
     attn = class(cfg.batch * H * N * 4)
     if impl == "cudnn" then
       local function pad(b) return math.ceil(b / 256) * 256 end
-      local function sdpa(M, Hkv) return 2 * pad(cfg.batch * H * N * D * 2) + 2 * pad(cfg.batch * Hkv * M * D * 2) end
+      local function sdpa(M, Hkv)
+        return 4 * pad(cfg.batch * H * N * D * 2) + 4 * pad(cfg.batch * Hkv * M * D * 2) + pad(cfg.batch * H * N * D * 4)
+      end
       local most = sdpa(N, H)
       if L > 0 then most = math.max(most, sdpa(L, c.cond_token_dim / D)) end
       attn = attn + class(most)

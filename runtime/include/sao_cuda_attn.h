@@ -41,10 +41,10 @@ int sao_cuda_attention_backward(sao_ctx *ctx, const struct sao_attn_desc *a, con
  * attention_cudnn.cu), or NULL / "" to only ask. Returns the setting after the call; NULL with a
  * sao error for an unknown name. */
 const char *sao_cuda_attention_impl(sao_ctx *ctx, const char *want);
-/* How many attention forwards cuDNN's fused SDPA has run since start; why (why_size bytes, may
- * be NULL) gets the last shape cuDNN was refused for and the reason ("" when none was; without a
- * CUDA backend, why there is none). */
-int64_t sao_cuda_sdpa_status(char *why /* out */, size_t why_size);
+/* How many attention forwards cuDNN's fused SDPA has run since start (*backwards, when not NULL:
+ * how many backwards); why (why_size bytes, may be NULL) gets the last shape cuDNN was refused for
+ * and the reason ("" when none was; without a CUDA backend, why there is none). */
+int64_t sao_cuda_sdpa_status(int64_t *backwards /* out */, char *why /* out */, size_t why_size);
 
 /* Twins of sao_conv1d_forward / sao_conv1d_backward: x [B, C_in, T_in], w [C_out, C_in/groups, K],
  * y [B, C_out, sao_conv1d_out_len(...)]. */

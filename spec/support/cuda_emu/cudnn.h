@@ -1,7 +1,7 @@
 // Fake cuDNN (spec/support/cuda_emu): the part of cuDNN 9 that kernels/cuda uses, with the real
 // headers' names and values (cudnn_graph.h / cudnn_cnn.h of 9.19): the legacy convolution API,
 // which cudnn_emu.cpp runs as direct loops over the emulated device memory, and the backend
-// (graph) API for one operation, the unified SDPA forward, which cudnn_graph_emu.cpp runs. The
+// (graph) API for two operations, the unified SDPA forward and backward, which cudnn_graph_emu.cpp runs. The
 // emulated build defines SAO_CUDNN_LINKED, so kernels/cuda/cudnn.cu takes these functions through
 // emu_cudnn_open / emu_cudnn_sym (stand-ins of dlopen / dlsym) instead of loading libcudnn.so.9.
 #pragma once
@@ -82,13 +82,13 @@ cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t, const void *alpha, c
     cudnnTensorDescriptor_t, const void *dy, cudnnConvolutionDescriptor_t, cudnnConvolutionBwdFilterAlgo_t, void *ws,
     size_t ws_bytes, const void *beta, cudnnFilterDescriptor_t, void *dw);
 
-// ---- the backend (graph) API: only what the unified SDPA forward needs (cudnn_graph_emu.cpp) ----
+// ---- the backend (graph) API: only what the unified SDPA forward and backward need (cudnn_graph_emu.cpp) ----
 typedef void *cudnnBackendDescriptor_t;
 typedef enum {
     CUDNN_BACKEND_ENGINE_DESCRIPTOR = 2, CUDNN_BACKEND_ENGINECFG_DESCRIPTOR = 3, CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR = 4,
     CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR = 5, CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR = 15,
     CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR = 16, CUDNN_BACKEND_TENSOR_DESCRIPTOR = 17,
-    CUDNN_BACKEND_OPERATION_SDPA_FWD_DESCRIPTOR = 41
+    CUDNN_BACKEND_OPERATION_SDPA_FWD_DESCRIPTOR = 41, CUDNN_BACKEND_OPERATION_SDPA_BWD_DESCRIPTOR = 43
 } cudnnBackendDescriptorType_t;
 typedef enum {
     CUDNN_ATTR_ENGINEHEUR_MODE = 200, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH = 201, CUDNN_ATTR_ENGINEHEUR_RESULTS = 202,
@@ -103,7 +103,13 @@ typedef enum {
     CUDNN_ATTR_VARIANT_PACK_WORKSPACE = 1003,
     CUDNN_ATTR_OPERATION_SDPA_FWD_QDESC = 2800, CUDNN_ATTR_OPERATION_SDPA_FWD_KDESC = 2801,
     CUDNN_ATTR_OPERATION_SDPA_FWD_VDESC = 2802, CUDNN_ATTR_OPERATION_SDPA_FWD_ODESC = 2803,
-    CUDNN_ATTR_OPERATION_SDPA_FWD_STATSDESC = 2804, CUDNN_ATTR_OPERATION_SDPA_FWD_SCALEDESC = 2805
+    CUDNN_ATTR_OPERATION_SDPA_FWD_STATSDESC = 2804, CUDNN_ATTR_OPERATION_SDPA_FWD_SCALEDESC = 2805,
+    CUDNN_ATTR_OPERATION_SDPA_BWD_QDESC = 2851, CUDNN_ATTR_OPERATION_SDPA_BWD_KDESC = 2852,
+    CUDNN_ATTR_OPERATION_SDPA_BWD_VDESC = 2853, CUDNN_ATTR_OPERATION_SDPA_BWD_ODESC = 2854,
+    CUDNN_ATTR_OPERATION_SDPA_BWD_STATSDESC = 2855, CUDNN_ATTR_OPERATION_SDPA_BWD_SCALEDESC = 2856,
+    CUDNN_ATTR_OPERATION_SDPA_BWD_SEQ_LEN_QDESC = 2857, CUDNN_ATTR_OPERATION_SDPA_BWD_SEQ_LEN_KVDESC = 2858,
+    CUDNN_ATTR_OPERATION_SDPA_BWD_DQDESC = 2859, CUDNN_ATTR_OPERATION_SDPA_BWD_DKDESC = 2860,
+    CUDNN_ATTR_OPERATION_SDPA_BWD_DVDESC = 2861, CUDNN_ATTR_OPERATION_SDPA_BWD_DODDESC = 2862
 } cudnnBackendAttributeName_t;
 typedef enum {
     CUDNN_TYPE_HANDLE = 0, CUDNN_TYPE_DATA_TYPE = 1, CUDNN_TYPE_BOOLEAN = 2, CUDNN_TYPE_INT64 = 3, CUDNN_TYPE_FLOAT = 4,

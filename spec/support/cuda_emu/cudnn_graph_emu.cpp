@@ -1,25 +1,31 @@
-// cudnn_graph_emu.cpp — the fake cuDNN's backend (graph) API (cudnn.h here; README.md): one graph
-// kind, a single unified SDPA forward (CUDNN_BACKEND_OPERATION_SDPA_FWD_DESCRIPTOR, cuDNN >= 9.13.1),
+// cudnn_graph_emu.cpp — the fake cuDNN's backend (graph) API (cudnn.h here; README.md): two graph
+// kinds, each a single unified SDPA operation: the forward (CUDNN_BACKEND_OPERATION_SDPA_FWD_DESCRIPTOR,
+// cuDNN >= 9.13.1) or the backward (CUDNN_BACKEND_OPERATION_SDPA_BWD_DESCRIPTOR, in the 9.19 headers),
 // built as tensors -> operation -> operation graph -> heuristics -> engine config -> execution plan,
-// run with a variant pack by cudnnBackendExecute as loops over the emulated device memory. Every
-// refusal prints "emu: cuDNN: ..." on stderr and returns a non-success status. Checked:
+// run with a variant pack by cudnnBackendExecute as loops over the emulated device memory. Both kinds
+// share every path below (a Kind table says which operands each takes). Every refusal prints
+// "emu: cuDNN: ..." on stderr and returns a non-success status. Checked:
 //   - descriptors: a live one of the right type for each call and attribute (a stray or destroyed
 //     pointer, or a descriptor of another type, is BAD_PARAM); attributes only before Finalize, with
 //     the attribute type and element count cuDNN takes (else BAD_PARAM); Finalize once, with every
 //     required attribute set; a descriptor-valued attribute must be finalized (BAD_PARAM_NOT_FINALIZED);
 //     GetAttribute only on a finalized descriptor (BAD_PARAM_NOT_FINALIZED); a descriptor type or
-//     attribute not emulated here is NOT_SUPPORTED with its number;
+//     attribute not emulated here is NOT_SUPPORTED with its number (the backward's SEQ_LEN_Q / _KV);
 //   - tensors: data type, dimensions, strides (as many), unique id and byte alignment (a power of 2)
 //     set, dimensions and strides > 0, not both virtual and by-value;
-//   - the SDPA (operation Finalize): Q [B,H,T,D], K [B,Hk,M,D], V [B,Hk,M,Dv], O [B,H,T,Dv] of one
-//     data type, bf16 or fp16, not by-value, last stride 1; H a multiple of Hk; Stats (optional)
-//     [B,H,T,1] float; Scale (optional, else 1) a by-value float [1,1,1,1]; unique ids distinct. The
-//     graph (one operation, a handle) refuses virtual tensors: nothing in it produces or consumes them;
-//   - heuristics: two engine configs (EMU_CUDNN_NO_SDPA=1: none); the plan refuses config 0 (as some
-//     real engines refuse a graph) and, for every config, D or Dv not a multiple of 8 or > 256
-//     (NOT_SUPPORTED, at plan Finalize as real cuDNN may only say then); a plan is not built while
-//     the thread captures a CUDA graph (it compiles and allocates: the capture is invalidated);
-//     the workspace is 64 bytes per (b, h);
+//   - the SDPA (operation Finalize): Q [B,H,T,D], K [B,Hk,M,D], V [B,Hk,M,Dv], O [B,H,T,Dv] and, for
+//     the backward, dO [B,H,T,Dv], dQ [B,H,T,D], dK [B,Hk,M,D], dV [B,Hk,M,Dv], all required, of one
+//     data type, bf16 or fp16, not by-value, last stride 1; H a multiple of Hk; Stats [B,H,T,1] float,
+//     not by-value (optional output of the forward, required input of the backward); Scale
+//     (optional, else 1) a by-value float [1,1,1,1]; unique ids distinct. The graph (one operation,
+//     a handle) refuses virtual tensors: nothing in it produces or consumes them;
+//   - heuristics: two engine configs (EMU_CUDNN_NO_SDPA=1: none; EMU_CUDNN_NO_SDPA_BWD=1: none for a
+//     backward graph, as a cuDNN with a forward engine but no backward one); the plan refuses config 0
+//     (as some real engines refuse a graph) and, for every config, D or Dv not a multiple of 8 or
+//     > 256 (NOT_SUPPORTED, at plan Finalize as real cuDNN may only say then); a plan is not built
+//     while the thread captures a CUDA graph (it compiles and allocates: the capture is invalidated);
+//     the workspace is 64 bytes per (b, h), plus, for the backward, a fp32 dQ accumulator of
+//     4 B H T D bytes (as flash attention's backward keeps);
 //   - this fake keeps references, not copies: the plan's engine config, graph, operation and tensors
 //     must stay alive while the plan is finalized and executed (as cudnn-frontend keeps them);
 //   - execution: the variant pack holds each of the graph's uids exactly once and no other; a device
@@ -27,14 +33,19 @@
 //     alignment; a host pointer (never device memory) to the float of the by-value Scale, read at
 //     the call; a device workspace of at least the plan's size, NaN-filled before the work (and
 //     written during it, so one overlapping the data shows);
-//   - the work runs on the handle's stream (recorded by a capture like a launch): fp32 scores
-//     s = scale (q . k) from bf16/fp16 inputs, row max m, l = sum exp(s - m), p = exp(s - m) / l
+//   - the work runs on the handle's stream (recorded by a capture like a launch). Forward: fp32
+//     scores s = scale (q . k) from bf16/fp16 inputs, row max m, l = sum exp(s - m), p = exp(s - m) / l
 //     rounded to the storage type, O = sum p v in fp32 rounded to nearest even, Stats = m + log l.
+//     Backward (flash attention's, fp32 from the stored values): p = exp(s - Stats), delta = dO . O,
+//     dS = p (dO . v - delta); p and dS rounded to the storage type before their products;
+//     dV = sum p dO, dK = scale sum dS q (over the K/V head's query heads and all t), dQ = scale
+//     sum dS k (accumulated in the workspace); dQ, dK, dV overwritten once, rounded to nearest even.
 #include "cudnn.h"
 #include "cudnn_emu_internal.h"
 #include "emu_internal.h"
 #include "cuda_bf16.h"
 #include <algorithm>
+#include <array>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
@@ -54,6 +65,7 @@ const char *type_name(int t) {
     case CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR: return "CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR";
     case CUDNN_BACKEND_TENSOR_DESCRIPTOR: return "CUDNN_BACKEND_TENSOR_DESCRIPTOR";
     case CUDNN_BACKEND_OPERATION_SDPA_FWD_DESCRIPTOR: return "CUDNN_BACKEND_OPERATION_SDPA_FWD_DESCRIPTOR";
+    case CUDNN_BACKEND_OPERATION_SDPA_BWD_DESCRIPTOR: return "CUDNN_BACKEND_OPERATION_SDPA_BWD_DESCRIPTOR";
     default: return "CUDNN_BACKEND_?";
     }
 }
@@ -69,6 +81,11 @@ const char *attr_name(int a) {
     N(CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS) N(CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS) N(CUDNN_ATTR_VARIANT_PACK_WORKSPACE)
     N(CUDNN_ATTR_OPERATION_SDPA_FWD_QDESC) N(CUDNN_ATTR_OPERATION_SDPA_FWD_KDESC) N(CUDNN_ATTR_OPERATION_SDPA_FWD_VDESC)
     N(CUDNN_ATTR_OPERATION_SDPA_FWD_ODESC) N(CUDNN_ATTR_OPERATION_SDPA_FWD_STATSDESC) N(CUDNN_ATTR_OPERATION_SDPA_FWD_SCALEDESC)
+    N(CUDNN_ATTR_OPERATION_SDPA_BWD_QDESC) N(CUDNN_ATTR_OPERATION_SDPA_BWD_KDESC) N(CUDNN_ATTR_OPERATION_SDPA_BWD_VDESC)
+    N(CUDNN_ATTR_OPERATION_SDPA_BWD_ODESC) N(CUDNN_ATTR_OPERATION_SDPA_BWD_STATSDESC) N(CUDNN_ATTR_OPERATION_SDPA_BWD_SCALEDESC)
+    N(CUDNN_ATTR_OPERATION_SDPA_BWD_SEQ_LEN_QDESC) N(CUDNN_ATTR_OPERATION_SDPA_BWD_SEQ_LEN_KVDESC)
+    N(CUDNN_ATTR_OPERATION_SDPA_BWD_DQDESC) N(CUDNN_ATTR_OPERATION_SDPA_BWD_DKDESC) N(CUDNN_ATTR_OPERATION_SDPA_BWD_DVDESC)
+    N(CUDNN_ATTR_OPERATION_SDPA_BWD_DODDESC)
 #undef N
     default: return "CUDNN_ATTR_?";
     }
@@ -115,21 +132,53 @@ struct Geo {
     int64_t d[4], s[4], uid, align, bytes;   // bytes: the extent, (max offset + 1) x element size
     bool is_virtual, by_value;
 };
+// the SDPAs' operands, forward and backward together (each kind takes some of them)
+enum Slot { SQ, SK, SV, SO, SSTATS, SSCALE, SDO, SDQ, SDK, SDV, NSLOT };
+const char *const slot_name[NSLOT] = {"Q", "K", "V", "O", "Stats", "Scale", "dO", "dQ", "dK", "dV"};
+const char *const slot_shape[NSLOT] = {"[B, H, T, D]", "[B, Hk, M, D]", "[B, Hk, M, Dv]", "[B, H, T, Dv]", "[B, H, T, 1]",
+                                       "[1, 1, 1, 1]", "[B, H, T, Dv]", "[B, H, T, D]", "[B, Hk, M, D]", "[B, Hk, M, Dv]"};
+bool is_data(int s) { return s != SSTATS && s != SSCALE; }   // the bf16 / fp16 tensors
+// an SDPA operation kind: its descriptor type and, per slot, the attribute that sets it (0: not an
+// operand of this kind), whether Finalize wants it and whether the operation writes it
+struct Kind {
+    int type;
+    const char *name, *data, *no_engine_env;   // data: its bf16 / fp16 tensors, for messages
+    int attr[NSLOT];
+    bool required[NSLOT], output[NSLOT];
+};
+enum { FWD, BWD, NKIND };
+const Kind kinds[NKIND] = {
+    {CUDNN_BACKEND_OPERATION_SDPA_FWD_DESCRIPTOR, "SDPA forward", "Q, K, V and O", nullptr,
+     {CUDNN_ATTR_OPERATION_SDPA_FWD_QDESC, CUDNN_ATTR_OPERATION_SDPA_FWD_KDESC, CUDNN_ATTR_OPERATION_SDPA_FWD_VDESC,
+      CUDNN_ATTR_OPERATION_SDPA_FWD_ODESC, CUDNN_ATTR_OPERATION_SDPA_FWD_STATSDESC, CUDNN_ATTR_OPERATION_SDPA_FWD_SCALEDESC},
+     {true, true, true, true}, {false, false, false, true, true}},
+    {CUDNN_BACKEND_OPERATION_SDPA_BWD_DESCRIPTOR, "SDPA backward", "Q, K, V, O, dO, dQ, dK and dV", "EMU_CUDNN_NO_SDPA_BWD",
+     {CUDNN_ATTR_OPERATION_SDPA_BWD_QDESC, CUDNN_ATTR_OPERATION_SDPA_BWD_KDESC, CUDNN_ATTR_OPERATION_SDPA_BWD_VDESC,
+      CUDNN_ATTR_OPERATION_SDPA_BWD_ODESC, CUDNN_ATTR_OPERATION_SDPA_BWD_STATSDESC, CUDNN_ATTR_OPERATION_SDPA_BWD_SCALEDESC,
+      CUDNN_ATTR_OPERATION_SDPA_BWD_DODDESC, CUDNN_ATTR_OPERATION_SDPA_BWD_DQDESC, CUDNN_ATTR_OPERATION_SDPA_BWD_DKDESC,
+      CUDNN_ATTR_OPERATION_SDPA_BWD_DVDESC},
+     {true, true, true, true, true, false, true, true, true, true},
+     {false, false, false, false, false, false, false, true, true, true}},
+};
+const Kind *kind_of(int type) {   // NULL: not an SDPA operation
+    for (const Kind &k : kinds)
+        if (k.type == type) return &k;
+    return nullptr;
+}
 struct Prob {
+    int kind;   // FWD, BWD
     int64_t B, H, Hk, T, M, D, Dv;
     int type;
-    bool has_stats, has_scale;
-    Geo q, k, v, o, stats, scale;
+    bool has[NSLOT];
+    Geo g[NSLOT];
 };
-enum Slot { SQ, SK, SV, SO, SSTATS, SSCALE, NSLOT };
-const char *const slot_name[NSLOT] = {"Q", "K", "V", "O", "Stats", "Scale"};
 
 struct Desc {
     uint64_t serial;
     int type;
     bool finalized = false;
     Tensor t;                                   // TENSOR
-    Ref slot[NSLOT]; Prob prob{};               // OPERATION_SDPA_FWD
+    Ref slot[NSLOT]; Prob prob{};               // OPERATION_SDPA_FWD, OPERATION_SDPA_BWD
     Ref op; cudnnHandle_t handle = nullptr;     // OPERATIONGRAPH (handle: also EXECUTION_PLAN)
     Ref graph; int mode = -1; int nconfigs = 0; // ENGINEHEUR (graph: also ENGINECFG)
     int engine = -1;                            // ENGINECFG
@@ -186,17 +235,21 @@ cudnnStatus_t want(const Args &a, int type, int64_t lo, int64_t hi) {
     return CUDNN_STATUS_SUCCESS;
 }
 cudnnStatus_t want(const Args &a, int type, int64_t n) { return want(a, type, n, n); }
-// a descriptor-valued attribute: the live, finalized descriptor of type `type` at element i
-cudnnStatus_t desc_arg(const Args &a, int64_t i, int type, Desc **out) {
+// a descriptor-valued attribute: the live, finalized descriptor of type `type` (or `type2`) at element i
+cudnnStatus_t desc_arg(const Args &a, int64_t i, int type, Desc **out, int type2 = -1) {
     const void *v = ((const cudnnBackendDescriptor_t *)a.arr)[i];
     Desc *d = lookup(v);
     if (!d) return BAD("%s: %s (%d): %p is not a live backend descriptor", a.who, attr_name(a.attr), a.attr, v);
-    if (d->type != type)
+    if (d->type != type && d->type != type2) {
+        if (type2 >= 0)
+            return BAD("%s: %s (%d) takes a %s or a %s, not a %s (%d)", a.who, attr_name(a.attr), a.attr, type_name(type),
+                       type_name(type2), type_name(d->type), d->type);
         return BAD("%s: %s (%d) takes a %s, not a %s (%d)", a.who, attr_name(a.attr), a.attr, type_name(type),
                    type_name(d->type), d->type);
+    }
     if (!d->finalized)
         return FAIL(CUDNN_STATUS_BAD_PARAM_NOT_FINALIZED, "%s: %s (%d): the %s was not finalized", a.who, attr_name(a.attr),
-                    a.attr, type_name(type));
+                    a.attr, type_name(d->type));
     *out = d;
     return CUDNN_STATUS_SUCCESS;
 }
@@ -234,9 +287,11 @@ cudnnStatus_t set_tensor(const Args &a) {
     default: return not_emulated(a);
     }
 }
-cudnnStatus_t set_sdpa(const Args &a) {
-    int s = a.attr - CUDNN_ATTR_OPERATION_SDPA_FWD_QDESC;   // QDESC..SCALEDESC are 2800..2805, Slot's order
-    if (s < 0 || s >= NSLOT) return not_emulated(a);
+cudnnStatus_t set_sdpa(const Args &a) {   // a forward's or a backward's operand
+    const Kind &k = *kind_of(a.d->type);
+    int s = 0;
+    while (s < NSLOT && !(k.attr[s] && k.attr[s] == a.attr)) s++;
+    if (s == NSLOT) return not_emulated(a);   // the backward's SEQ_LEN_Q / SEQ_LEN_KV among them
     Desc *t;
     TRY(want(a, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1));
     TRY(desc_arg(a, 0, CUDNN_BACKEND_TENSOR_DESCRIPTOR, &t));
@@ -250,8 +305,8 @@ cudnnStatus_t set_graph(const Args &a) {
         TRY(want(a, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, -1));
         if (a.n != 1)
             return FAIL(CUDNN_STATUS_NOT_SUPPORTED, "%s: CUDNN_ATTR_OPERATIONGRAPH_OPS: graphs of %lld operations are not "
-                        "emulated (only one SDPA forward)", a.who, (long long)a.n);
-        TRY(desc_arg(a, 0, CUDNN_BACKEND_OPERATION_SDPA_FWD_DESCRIPTOR, &op));
+                        "emulated (only one SDPA forward or backward)", a.who, (long long)a.n);
+        TRY(desc_arg(a, 0, CUDNN_BACKEND_OPERATION_SDPA_FWD_DESCRIPTOR, &op, CUDNN_BACKEND_OPERATION_SDPA_BWD_DESCRIPTOR));
         a.d->op = ref(op);
         return CUDNN_STATUS_SUCCESS;
     case CUDNN_ATTR_OPERATIONGRAPH_HANDLE:
@@ -341,74 +396,77 @@ const char *dtype_name(int t) {
     return t == CUDNN_DATA_FLOAT ? "float" : t == CUDNN_DATA_HALF ? "fp16" : t == CUDNN_DATA_BFLOAT16 ? "bf16" : "another type";
 }
 
+// the dimensions slot s (not Scale) must have (slot_shape[s]), from the sizes Q, K and V give
+void expected(const Prob &p, int s, int64_t e[4]) {
+    const bool kv = s == SK || s == SV || s == SDK || s == SDV, dv = s == SV || s == SO || s == SDO || s == SDV;
+    e[0] = p.B; e[1] = kv ? p.Hk : p.H; e[2] = kv ? p.M : p.T; e[3] = s == SSTATS ? 1 : dv ? p.Dv : p.D;
+}
+
+// an SDPA forward or backward: its operands' shapes, types and ids
 cudnnStatus_t fin_sdpa(const char *who, Desc *d) {
-    Desc *t[NSLOT] = {};
+    const Kind &k = *kind_of(d->type);
+    Prob p{};
+    p.kind = (int)(&k - kinds);
     for (int s = 0; s < NSLOT; s++) {
+        if (!k.attr[s]) continue;   // not an operand of this kind
         if (!d->slot[s].p) {
-            if (s <= SO) return BAD("%s: an SDPA forward without CUDNN_ATTR_OPERATION_SDPA_FWD_%sDESC", who, s == SQ ? "Q" : s == SK ? "K" : s == SV ? "V" : "O");
+            if (k.required[s]) return BAD("%s: an %s without %s", who, k.name, attr_name(k.attr[s]));
             continue;
         }
-        if (!(t[s] = resolve(d->slot[s]))) {
+        Desc *t = resolve(d->slot[s]);
+        if (!t) {
             char what[64];
             snprintf(what, sizeof what, "%s tensor descriptor", slot_name[s]);
             return gone(who, what);
         }
-        if (t[s]->t.dims.size() != 4)
-            return BAD("%s: SDPA %s has %zu dimensions, it takes 4", who, slot_name[s], t[s]->t.dims.size());
+        if (t->t.dims.size() != 4)
+            return BAD("%s: %s %s has %zu dimensions, it takes 4", who, k.name, slot_name[s], t->t.dims.size());
+        p.g[s] = geo(t->t);
+        p.has[s] = true;
     }
-    Prob p{};
-    p.q = geo(t[SQ]->t); p.k = geo(t[SK]->t); p.v = geo(t[SV]->t); p.o = geo(t[SO]->t);
-    p.has_stats = t[SSTATS] != nullptr; p.has_scale = t[SSCALE] != nullptr;
-    if (p.has_stats) p.stats = geo(t[SSTATS]->t);
-    if (p.has_scale) p.scale = geo(t[SSCALE]->t);
-    p.B = p.q.d[0]; p.H = p.q.d[1]; p.T = p.q.d[2]; p.D = p.q.d[3];
-    p.Hk = p.k.d[1]; p.M = p.k.d[2]; p.Dv = p.v.d[3];
-    p.type = p.q.type;
-    const Geo *qkvo[4] = {&p.q, &p.k, &p.v, &p.o};
-    for (int s = SQ; s <= SO; s++) {
-        if (qkvo[s]->type != p.type)
-            return BAD("%s: SDPA %s is %s (%d) but Q is %s (%d): Q, K, V and O take one data type", who, slot_name[s],
-                       dtype_name(qkvo[s]->type), qkvo[s]->type, dtype_name(p.type), p.type);
-        if (qkvo[s]->by_value) return BAD("%s: SDPA %s is a by-value tensor", who, slot_name[s]);
-        if (qkvo[s]->s[3] != 1)
-            return BAD("%s: SDPA %s's last dimension has stride %lld (must be 1)", who, slot_name[s], (long long)qkvo[s]->s[3]);
+    p.B = p.g[SQ].d[0]; p.H = p.g[SQ].d[1]; p.T = p.g[SQ].d[2]; p.D = p.g[SQ].d[3];
+    p.Hk = p.g[SK].d[1]; p.M = p.g[SK].d[2]; p.Dv = p.g[SV].d[3];
+    p.type = p.g[SQ].type;
+    for (int s = 0; s < NSLOT; s++) {
+        if (!p.has[s] || !is_data(s)) continue;
+        const Geo &g = p.g[s];
+        if (g.type != p.type)
+            return BAD("%s: %s %s is %s (%d) but Q is %s (%d): %s take one data type", who, k.name, slot_name[s],
+                       dtype_name(g.type), g.type, dtype_name(p.type), p.type, k.data);
+        if (g.by_value) return BAD("%s: %s %s is a by-value tensor", who, k.name, slot_name[s]);
+        if (g.s[3] != 1)
+            return BAD("%s: %s %s's last dimension has stride %lld (must be 1)", who, k.name, slot_name[s], (long long)g.s[3]);
     }
     if (p.type != CUDNN_DATA_BFLOAT16 && p.type != CUDNN_DATA_HALF)
-        return BAD("%s: SDPA Q, K, V, O are %s (%d): the SDPA forward takes bf16 or fp16", who, dtype_name(p.type), p.type);
-    if (p.k.d[0] != p.B || p.k.d[3] != p.D)
-        return BAD("%s: SDPA K is [%lld, %lld, %lld, %lld], Q [%lld, %lld, %lld, %lld]: K must be [B, Hk, M, D]", who,
-                   (long long)p.k.d[0], (long long)p.k.d[1], (long long)p.k.d[2], (long long)p.k.d[3],
-                   (long long)p.B, (long long)p.H, (long long)p.T, (long long)p.D);
-    if (!dims_are(p.v, p.B, p.Hk, p.M, p.v.d[3]))
-        return BAD("%s: SDPA V is [%lld, %lld, %lld, %lld], K [%lld, %lld, %lld, %lld]: V must be [B, Hk, M, Dv]", who,
-                   (long long)p.v.d[0], (long long)p.v.d[1], (long long)p.v.d[2], (long long)p.v.d[3],
-                   (long long)p.k.d[0], (long long)p.Hk, (long long)p.M, (long long)p.D);
-    if (!dims_are(p.o, p.B, p.H, p.T, p.Dv))
-        return BAD("%s: SDPA O is [%lld, %lld, %lld, %lld], must be [B, H, T, Dv] = [%lld, %lld, %lld, %lld]", who,
-                   (long long)p.o.d[0], (long long)p.o.d[1], (long long)p.o.d[2], (long long)p.o.d[3],
-                   (long long)p.B, (long long)p.H, (long long)p.T, (long long)p.Dv);
+        return BAD("%s: %s %s are %s (%d): the %s takes bf16 or fp16", who, k.name, k.data, dtype_name(p.type), p.type, k.name);
+    for (int s = 0; s < NSLOT; s++) {
+        if (!p.has[s] || s == SSCALE) continue;
+        int64_t e[4];
+        expected(p, s, e);
+        const Geo &g = p.g[s];
+        if (!dims_are(g, e[0], e[1], e[2], e[3]))
+            return BAD("%s: %s %s is [%lld, %lld, %lld, %lld], must be %s = [%lld, %lld, %lld, %lld] (Q [B, H, T, D], "
+                       "K [B, Hk, M, D], V [B, Hk, M, Dv])", who, k.name, slot_name[s], (long long)g.d[0], (long long)g.d[1],
+                       (long long)g.d[2], (long long)g.d[3], slot_shape[s], (long long)e[0], (long long)e[1], (long long)e[2],
+                       (long long)e[3]);
+    }
     if (p.H % p.Hk)
-        return BAD("%s: SDPA Q has %lld heads, K and V %lld: not a multiple", who, (long long)p.H, (long long)p.Hk);
-    if (p.has_stats) {
-        if (p.stats.type != CUDNN_DATA_FLOAT)
-            return BAD("%s: SDPA Stats is %s (%d): it must be float", who, dtype_name(p.stats.type), p.stats.type);
-        if (!dims_are(p.stats, p.B, p.H, p.T, 1))
-            return BAD("%s: SDPA Stats is [%lld, %lld, %lld, %lld], must be [B, H, T, 1] = [%lld, %lld, %lld, 1]", who,
-                       (long long)p.stats.d[0], (long long)p.stats.d[1], (long long)p.stats.d[2], (long long)p.stats.d[3],
-                       (long long)p.B, (long long)p.H, (long long)p.T);
-        if (p.stats.by_value) return BAD("%s: SDPA Stats is a by-value tensor", who);
+        return BAD("%s: %s Q has %lld heads, K and V %lld: not a multiple", who, k.name, (long long)p.H, (long long)p.Hk);
+    if (p.has[SSTATS]) {
+        const Geo &g = p.g[SSTATS];
+        if (g.type != CUDNN_DATA_FLOAT) return BAD("%s: %s Stats is %s (%d): it must be float", who, k.name, dtype_name(g.type), g.type);
+        if (g.by_value) return BAD("%s: %s Stats is a by-value tensor", who, k.name);
     }
-    if (p.has_scale) {
-        if (p.scale.type != CUDNN_DATA_FLOAT)
-            return BAD("%s: SDPA Scale is %s (%d): it must be float", who, dtype_name(p.scale.type), p.scale.type);
-        if (!dims_are(p.scale, 1, 1, 1, 1)) return BAD("%s: SDPA Scale must be [1, 1, 1, 1]", who);
-        if (!p.scale.by_value) return BAD("%s: SDPA Scale must be a by-value tensor (CUDNN_ATTR_TENSOR_IS_BY_VALUE)", who);
+    if (p.has[SSCALE]) {
+        const Geo &g = p.g[SSCALE];
+        if (g.type != CUDNN_DATA_FLOAT) return BAD("%s: %s Scale is %s (%d): it must be float", who, k.name, dtype_name(g.type), g.type);
+        if (!dims_are(g, 1, 1, 1, 1)) return BAD("%s: %s Scale must be [1, 1, 1, 1]", who, k.name);
+        if (!g.by_value) return BAD("%s: %s Scale must be a by-value tensor (CUDNN_ATTR_TENSOR_IS_BY_VALUE)", who, k.name);
     }
-    const Geo *all[NSLOT] = {&p.q, &p.k, &p.v, &p.o, p.has_stats ? &p.stats : nullptr, p.has_scale ? &p.scale : nullptr};
     for (int i = 0; i < NSLOT; i++)
         for (int j = i + 1; j < NSLOT; j++)
-            if (all[i] && all[j] && all[i]->uid == all[j]->uid)
-                return BAD("%s: SDPA %s and %s share unique id %lld", who, slot_name[i], slot_name[j], (long long)all[i]->uid);
+            if (p.has[i] && p.has[j] && p.g[i].uid == p.g[j].uid)
+                return BAD("%s: %s %s and %s share unique id %lld", who, k.name, slot_name[i], slot_name[j], (long long)p.g[i].uid);
     d->prob = p;
     return CUDNN_STATUS_SUCCESS;
 }
@@ -419,11 +477,11 @@ cudnnStatus_t fin_graph(const char *who, Desc *d) {
     Desc *op = resolve(d->op);
     if (!op) return gone(who, "SDPA operation");
     const Prob &p = op->prob;
-    const Geo *all[NSLOT] = {&p.q, &p.k, &p.v, &p.o, p.has_stats ? &p.stats : nullptr, p.has_scale ? &p.scale : nullptr};
+    const Kind &k = kinds[p.kind];
     for (int s = 0; s < NSLOT; s++)
-        if (all[s] && all[s]->is_virtual)
-            return BAD("%s: SDPA %s (uid %lld) is virtual, but in a one-operation graph nothing %s it", who, slot_name[s],
-                       (long long)all[s]->uid, s == SO || s == SSTATS ? "consumes" : "produces");
+        if (p.has[s] && p.g[s].is_virtual)
+            return BAD("%s: %s %s (uid %lld) is virtual, but in a one-operation graph nothing %s it", who, k.name, slot_name[s],
+                       (long long)p.g[s].uid, k.output[s] ? "consumes" : "produces");
     return CUDNN_STATUS_SUCCESS;
 }
 
@@ -432,8 +490,13 @@ bool env_on(const char *name) { const char *s = getenv(name); return s && *s && 
 cudnnStatus_t fin_heur(const char *who, Desc *d) {
     if (!d->graph.p) return BAD("%s: heuristics without CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH", who);
     if (d->mode < 0) return BAD("%s: heuristics without CUDNN_ATTR_ENGINEHEUR_MODE", who);
-    if (!resolve(d->graph)) return gone(who, "operation graph");
-    d->nconfigs = env_on("EMU_CUDNN_NO_SDPA") ? 0 : 2;   // EMU_CUDNN_NO_SDPA=1: no engine takes the graph
+    Desc *g = resolve(d->graph), *op;
+    if (!g) return gone(who, "operation graph");
+    if (!(op = resolve(g->op))) return gone(who, "SDPA operation");
+    // EMU_CUDNN_NO_SDPA=1: no engine takes the graph; EMU_CUDNN_NO_SDPA_BWD=1: none takes a backward
+    // (a cuDNN with a forward engine but no backward one for the shape)
+    const Kind &k = kinds[op->prob.kind];
+    d->nconfigs = env_on("EMU_CUDNN_NO_SDPA") || (k.no_engine_env && env_on(k.no_engine_env)) ? 0 : 2;
     return CUDNN_STATUS_SUCCESS;
 }
 
@@ -460,12 +523,15 @@ cudnnStatus_t fin_plan(const char *who, Desc *d) {
     if (!d->cfg.p) return BAD("%s: an execution plan without CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG", who);
     Desc *cfg, *op;
     TRY(chain(who, d, &cfg, &op));
-    if (cfg->engine == 0) return FAIL(CUDNN_STATUS_NOT_SUPPORTED, "engine 0 does not take this graph (as some real engines do)");
+    if (cfg->engine == 0)
+        return FAIL(CUDNN_STATUS_NOT_SUPPORTED, "%s: engine 0 does not take this %s graph (as some real engines refuse some)", who,
+                    kinds[op->prob.kind].name);
     const Prob &p = op->prob;
     if (p.D % 8 || p.D > 256 || p.Dv % 8 || p.Dv > 256)
-        return FAIL(CUDNN_STATUS_NOT_SUPPORTED, "%s: SDPA head sizes D = %lld, Dv = %lld: the engines take multiples of 8 "
-                    "up to 256", who, (long long)p.D, (long long)p.Dv);
-    d->ws = 64 * p.B * p.H;
+        return FAIL(CUDNN_STATUS_NOT_SUPPORTED, "%s: %s head sizes D = %lld, Dv = %lld: the engines take multiples of 8 "
+                    "up to 256", who, kinds[p.kind].name, (long long)p.D, (long long)p.Dv);
+    // 64 bytes per (b, h); the backward's fp32 dQ accumulator [B, H, T, D] before them
+    d->ws = (p.kind == BWD ? 4 * p.B * p.H * p.T * p.D : 0) + 64 * p.B * p.H;
     return CUDNN_STATUS_SUCCESS;
 }
 
@@ -513,7 +579,14 @@ float storage_round(int type, float v) {
 }
 int64_t off(const Geo &g, int64_t a, int64_t b, int64_t c, int64_t d) { return a * g.s[0] + b * g.s[1] + c * g.s[2] + d * g.s[3]; }
 
-void sdpa(const Prob &p, const void *q, const void *k, const void *v, void *o, float *stats, float scale, char *ws) {
+typedef std::array<void *, NSLOT> Ptrs;   // the variant pack's pointers, by slot (NULL: not in the graph)
+
+// the forward: O (and Stats) from Q, K, V
+void sdpa_fwd(const Prob &p, const Ptrs &ptr, float scale, char *ws) {
+    const Geo &gq = p.g[SQ], &gk = p.g[SK], &gv = p.g[SV], &go = p.g[SO], &gs = p.g[SSTATS];
+    const void *q = ptr[SQ], *k = ptr[SK], *v = ptr[SV];
+    void *o = ptr[SO];
+    float *stats = (float *)ptr[SSTATS];
     int64_t group = p.H / p.Hk;
     std::vector<float> s(p.M), pr(p.M);
     for (int64_t b = 0; b < p.B; b++)
@@ -525,7 +598,7 @@ void sdpa(const Prob &p, const void *q, const void *k, const void *v, void *o, f
                 for (int64_t j = 0; j < p.M; j++) {
                     float acc = 0.0f;
                     for (int64_t d = 0; d < p.D; d++)
-                        acc += ld(q, p.type, off(p.q, b, h, t, d)) * ld(k, p.type, off(p.k, b, hk, j, d));
+                        acc += ld(q, p.type, off(gq, b, h, t, d)) * ld(k, p.type, off(gk, b, hk, j, d));
                     s[j] = scale * acc;
                     m = std::max(m, s[j]);
                 }
@@ -534,13 +607,69 @@ void sdpa(const Prob &p, const void *q, const void *k, const void *v, void *o, f
                 for (int64_t j = 0; j < p.M; j++) pr[j] = storage_round(p.type, expf(s[j] - m) / l);
                 for (int64_t e = 0; e < p.Dv; e++) {
                     float acc = 0.0f;
-                    for (int64_t j = 0; j < p.M; j++) acc += pr[j] * ld(v, p.type, off(p.v, b, hk, j, e));
-                    st(o, p.type, off(p.o, b, h, t, e), acc);
+                    for (int64_t j = 0; j < p.M; j++) acc += pr[j] * ld(v, p.type, off(gv, b, hk, j, e));
+                    st(o, p.type, off(go, b, h, t, e), acc);
                 }
-                if (stats) stats[off(p.stats, b, h, t, 0)] = m + logf(l);
+                if (stats) stats[off(gs, b, h, t, 0)] = m + logf(l);
                 if (ws && t < 16) blk[t] = m;   // the workspace is used: one overlapping the data shows
             }
         }
+}
+
+// the backward (flash attention's): dQ, dK, dV from Q, K, V, O, dO and the forward's Stats. fp32
+// from the stored values: p = exp(scale q.k - stats), delta = dO.O, dS = p (dO.v - delta); p and dS
+// rounded to the storage type before their products (as tensor cores take them); dV = sum p dO,
+// dK = scale sum dS q (over the group's query heads and all t, in host fp32), dQ = scale sum dS k
+// (in the workspace's fp32 accumulator, zeroed first); each output element stored once at the end.
+void sdpa_bwd(const Prob &p, const Ptrs &ptr, float scale, char *ws) {
+    const Geo &gq = p.g[SQ], &gk = p.g[SK], &gv = p.g[SV], &go = p.g[SO], &gs = p.g[SSTATS], &gdo = p.g[SDO];
+    const void *q = ptr[SQ], *k = ptr[SK], *v = ptr[SV], *o = ptr[SO], *dout = ptr[SDO];
+    const float *stats = (const float *)ptr[SSTATS];
+    int64_t group = p.H / p.Hk, B = p.B, H = p.H, Hk = p.Hk, T = p.T, M = p.M, D = p.D, Dv = p.Dv;
+    float *dq = (float *)ws;                             // [B, H, T, D], contiguous
+    float *tail = (float *)(ws + 4 * B * H * T * D);     // 16 floats per (b, h)
+    memset(dq, 0, (size_t)(4 * B * H * T * D));
+    std::vector<float> dk((size_t)(B * Hk * M * D), 0.0f), dv((size_t)(B * Hk * M * Dv), 0.0f), qrow(D), dorow(Dv);
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t h = 0; h < H; h++) {
+            int64_t hk = h / group;
+            for (int64_t t = 0; t < T; t++) {
+                for (int64_t d = 0; d < D; d++) qrow[d] = ld(q, p.type, off(gq, b, h, t, d));
+                float delta = 0.0f;
+                for (int64_t e = 0; e < Dv; e++) {
+                    dorow[e] = ld(dout, p.type, off(gdo, b, h, t, e));
+                    delta += dorow[e] * ld(o, p.type, off(go, b, h, t, e));
+                }
+                float lse = stats[off(gs, b, h, t, 0)];
+                float *dqr = dq + ((b * H + h) * T + t) * D;
+                for (int64_t j = 0; j < M; j++) {
+                    float sc = 0.0f, dp = 0.0f;
+                    for (int64_t d = 0; d < D; d++) sc += qrow[d] * ld(k, p.type, off(gk, b, hk, j, d));
+                    float pj = expf(scale * sc - lse);
+                    for (int64_t e = 0; e < Dv; e++) dp += dorow[e] * ld(v, p.type, off(gv, b, hk, j, e));
+                    float pr = storage_round(p.type, pj), ds = storage_round(p.type, pj * (dp - delta));
+                    float *dvr = &dv[(size_t)(((b * Hk + hk) * M + j) * Dv)], *dkr = &dk[(size_t)(((b * Hk + hk) * M + j) * D)];
+                    for (int64_t e = 0; e < Dv; e++) dvr[e] += pr * dorow[e];
+                    for (int64_t d = 0; d < D; d++) {
+                        dkr[d] += ds * qrow[d];
+                        dqr[d] += ds * ld(k, p.type, off(gk, b, hk, j, d));
+                    }
+                }
+                if (t < 16) tail[(b * H + h) * 16 + t] = delta;   // used: a workspace overlapping the data shows
+            }
+        }
+    for (int64_t b = 0; b < B; b++) {
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t t = 0; t < T; t++)
+                for (int64_t d = 0; d < D; d++) st(ptr[SDQ], p.type, off(p.g[SDQ], b, h, t, d), scale * dq[((b * H + h) * T + t) * D + d]);
+        for (int64_t hk = 0; hk < Hk; hk++)
+            for (int64_t j = 0; j < M; j++) {
+                for (int64_t d = 0; d < D; d++)
+                    st(ptr[SDK], p.type, off(p.g[SDK], b, hk, j, d), scale * dk[(size_t)(((b * Hk + hk) * M + j) * D + d)]);
+                for (int64_t e = 0; e < Dv; e++)
+                    st(ptr[SDV], p.type, off(p.g[SDV], b, hk, j, e), dv[(size_t)(((b * Hk + hk) * M + j) * Dv + e)]);
+            }
+    }
 }
 
 cudnnStatus_t execute(cudnnHandle_t handle, Desc *plan, Desc *pack) {
@@ -548,12 +677,12 @@ cudnnStatus_t execute(cudnnHandle_t handle, Desc *plan, Desc *pack) {
     Desc *cfg, *op;
     TRY(chain(who, plan, &cfg, &op));
     const Prob p = op->prob;
-    const Geo *all[NSLOT] = {&p.q, &p.k, &p.v, &p.o, p.has_stats ? &p.stats : nullptr, p.has_scale ? &p.scale : nullptr};
-    void *ptr[NSLOT] = {};
+    const Kind &k = kinds[p.kind];
+    Ptrs ptr{};
     bool found[NSLOT] = {};
     for (size_t i = 0; i < pack->uids.size(); i++) {
         int s = 0;
-        while (s < NSLOT && !(all[s] && all[s]->uid == pack->uids[i])) s++;
+        while (s < NSLOT && !(p.has[s] && p.g[s].uid == pack->uids[i])) s++;
         if (s == NSLOT) return BAD("%s: the variant pack names uid %lld, which is no tensor of the graph", who, (long long)pack->uids[i]);
         if (found[s]) return BAD("%s: the variant pack names uid %lld twice", who, (long long)pack->uids[i]);
         found[s] = true;
@@ -561,35 +690,35 @@ cudnnStatus_t execute(cudnnHandle_t handle, Desc *plan, Desc *pack) {
     }
     float scale = 1.0f;   // no Scale tensor: scores are not scaled
     for (int s = 0; s < NSLOT; s++) {
-        if (!all[s]) continue;
-        const Geo &g = *all[s];
+        if (!p.has[s]) continue;
+        const Geo &g = p.g[s];
         if (!found[s])
-            return BAD("%s: the variant pack lacks uid %lld (SDPA %s)", who, (long long)g.uid, slot_name[s]);
+            return BAD("%s: the variant pack lacks uid %lld (%s %s)", who, (long long)g.uid, k.name, slot_name[s]);
         if (g.by_value) {
             if (!ptr[s] || emu_is_device(ptr[s]))
-                return BAD("%s: uid %lld (SDPA %s) is by-value: its pointer %p must be host memory holding the value", who,
-                           (long long)g.uid, slot_name[s], ptr[s]);
+                return BAD("%s: uid %lld (%s %s) is by-value: its pointer %p must be host memory holding the value", who,
+                           (long long)g.uid, k.name, slot_name[s], ptr[s]);
             scale = *(const float *)ptr[s];
+            ptr[s] = nullptr;   // read here, at the call
             continue;
         }
         if (!emu_dev_range(ptr[s], (size_t)g.bytes))
-            return BAD("%s: uid %lld (SDPA %s): %p is not device memory of the tensor's %lld bytes", who, (long long)g.uid,
-                       slot_name[s], ptr[s], (long long)g.bytes);
+            return BAD("%s: uid %lld (%s %s): %p is not device memory of the tensor's %lld bytes", who, (long long)g.uid,
+                       k.name, slot_name[s], ptr[s], (long long)g.bytes);
         if ((uintptr_t)ptr[s] % (uintptr_t)g.align)
-            return FAIL(CUDNN_STATUS_BAD_PARAM_MISALIGNED_POINTER, "%s: uid %lld (SDPA %s): %p is not aligned to the "
-                        "tensor's byte alignment %lld", who, (long long)g.uid, slot_name[s], ptr[s], (long long)g.align);
+            return FAIL(CUDNN_STATUS_BAD_PARAM_MISALIGNED_POINTER, "%s: uid %lld (%s %s): %p is not aligned to the "
+                        "tensor's byte alignment %lld", who, (long long)g.uid, k.name, slot_name[s], ptr[s], (long long)g.align);
     }
     size_t ws_n = (size_t)plan->ws;
     void *ws = pack->has_ws ? pack->ws_ptr : nullptr;
     if (ws_n && !emu_dev_range(ws, ws_n))
-        return BAD("%s: the plan needs %zu bytes of device workspace, the variant pack gives %p", who, ws_n, ws);
-    const void *q = ptr[SQ], *k = ptr[SK], *v = ptr[SV];
-    void *o = ptr[SO];
-    float *stats = (float *)ptr[SSTATS];
+        return BAD("%s: the plan needs %zu bytes of device workspace, the variant pack gives %p (not device memory of "
+                   "that size)", who, ws_n, ws);
     cudaError_t e = emu_enqueue(handle->st, [=]() {
         emu_dev_access acc;
         if (ws_n) memset(ws, 0xff, ws_n);   // NaN: a workspace overlapping the inputs shows
-        sdpa(p, q, k, v, o, stats, scale, (char *)ws);
+        if (p.kind == BWD) sdpa_bwd(p, ptr, scale, (char *)ws);
+        else sdpa_fwd(p, ptr, scale, (char *)ws);
     });
     if (e)
         return FAIL(CUDNN_STATUS_EXECUTION_FAILED, "%s: the handle's stream took no work (CUDA error %d: another stream "
@@ -605,7 +734,7 @@ cudnnStatus_t cudnnBackendCreateDescriptor(cudnnBackendDescriptorType_t type, cu
     if (!out) return BAD("%s: descriptor is NULL", who);
     switch (type) {
     case CUDNN_BACKEND_TENSOR_DESCRIPTOR: case CUDNN_BACKEND_OPERATION_SDPA_FWD_DESCRIPTOR:
-    case CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR: case CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR:
+    case CUDNN_BACKEND_OPERATION_SDPA_BWD_DESCRIPTOR: case CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR: case CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR:
     case CUDNN_BACKEND_ENGINECFG_DESCRIPTOR: case CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR:
     case CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR: break;
     default:
@@ -646,7 +775,7 @@ cudnnStatus_t cudnnBackendSetAttribute(cudnnBackendDescriptor_t desc, cudnnBacke
     Args a{who, d, (int)attr, (int)type, n, arr};
     switch (d->type) {
     case CUDNN_BACKEND_TENSOR_DESCRIPTOR: return set_tensor(a);
-    case CUDNN_BACKEND_OPERATION_SDPA_FWD_DESCRIPTOR: return set_sdpa(a);
+    case CUDNN_BACKEND_OPERATION_SDPA_FWD_DESCRIPTOR: case CUDNN_BACKEND_OPERATION_SDPA_BWD_DESCRIPTOR: return set_sdpa(a);
     case CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR: return set_graph(a);
     case CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR: return set_heur(a);
     case CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR: return set_plan(a);
@@ -663,7 +792,7 @@ cudnnStatus_t cudnnBackendFinalize(cudnnBackendDescriptor_t desc) {
     cudnnStatus_t st;
     switch (d->type) {
     case CUDNN_BACKEND_TENSOR_DESCRIPTOR: st = fin_tensor(who, d); break;
-    case CUDNN_BACKEND_OPERATION_SDPA_FWD_DESCRIPTOR: st = fin_sdpa(who, d); break;
+    case CUDNN_BACKEND_OPERATION_SDPA_FWD_DESCRIPTOR: case CUDNN_BACKEND_OPERATION_SDPA_BWD_DESCRIPTOR: st = fin_sdpa(who, d); break;
     case CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR: st = fin_graph(who, d); break;
     case CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR: st = fin_heur(who, d); break;
     case CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR: st = fin_plan(who, d); break;
