@@ -186,7 +186,7 @@ main() {
   [ "$nf" -eq 0 ] && record ldd "ok" || record ldd "$nf not found"
 
   note "sao's CUDA backend"
-  timeout 60 ./sao -e '
+  SAO_CUDNN_LOG=1 timeout 60 ./sao -e '
     local sao = require "sao"
     print("has_cuda", sao.has_cuda(), "device count", sao.cuda.count())
     print("unavailable", sao.cuda.unavailable())
@@ -194,7 +194,29 @@ main() {
       print("device", d.index, d.name, d.memory_bytes, d.capability)
     end
     print("cudnn", sao.cuda.cudnn())
-    print("conv_backend", sao.cuda.conv_backend())' 2>&1
+    print("conv_backend", sao.cuda.conv_backend())
+    -- does this cuDNN build plans for the unified SDPA operations at SAO'"'"'s self-attention shape?
+    if sao.cuda.count() > 0 then
+      local ffi, C = require "ffi", sao.C
+      local B, H, T, D = 2, 24, 1025, 64
+      local n = B * H * T * D
+      local t = {}
+      for i, k in ipairs { "q", "k", "v", "dout", "dq", "dk", "dv" } do t[k] = sao.randn { n, seed = i }:to("cuda") end
+      t.out, t.lse = sao.zeros(n):to("cuda"), sao.zeros(B * H * T):to("cuda")
+      local desc = ffi.new("sao_attn_desc", { B = B, H = H, Hkv = H, T = T, M = T, D = D })
+      sao.cuda.precision("bf16")
+      sao.cuda.attention_impl("cudnn")
+      local ok, err = pcall(function()
+        sao.check(C.sao_cuda_attention_forward(sao.ctx, desc, t.q:data(), t.k:data(), t.v:data(), nil, nil,
+          t.out:data(), t.lse:data()))
+        sao.check(C.sao_cuda_attention_backward(sao.ctx, desc, t.q:data(), t.k:data(), t.v:data(), nil, nil,
+          t.out:data(), t.lse:data(), t.dout:data(), t.dq:data(), t.dk:data(), t.dv:data(), nil))
+      end)
+      sao.cuda.attention_impl("auto")
+      sao.cuda.precision("fp32")
+      print("sdpa (forwards, backwards, last refusal)", sao.cuda.sdpa())
+      if not ok then print("sdpa error", err) end
+    end' 2>&1
   rc=$?
   [ "$rc" -eq 0 ] && record probe "ok" || record probe "rc $rc"
 
