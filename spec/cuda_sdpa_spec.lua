@@ -7,7 +7,8 @@
 -- settings cuDNN does not take (bias, mask, D not a multiple of 8, other precision modes, a cuDNN
 -- with no engine for the graph) run the "auto" kernels bit for bit, and say why
 -- (sao.cuda.sdpa()); the backward through cuDNN's SDPA backward (partial gradients, refusals, a
--- cuDNN without a backward engine), forward and backward together; the DiT forward, eager and as a
+-- cuDNN without a backward engine, nondeterministic engines passed over), forward and backward
+-- together; the DiT forward, eager and as a
 -- CUDA graph. Without a usable GPU the device tests are reported as pending, never as passed.
 --
 -- Tolerances. The inputs are bf16 on both sides; cuDNN rounds P to bf16 before P V (as the bf16
@@ -294,6 +295,40 @@ describe("CUDA attention through cuDNN's fused SDPA #gpu", function()
       for n, v in pairs(c) do assert.equal(0, ffi.C.memcmp(fp(v), fp(a[n]), 4 * v:numel()), n) end
     end)
     ffi.C.unsetenv("EMU_CUDNN_NO_SDPA_BWD")
+    if not ok then error(err, 0) end
+  end)
+
+  gpu_it("nondeterministic engines are passed over unless SAO_CUDNN_NONDETERMINISTIC=1 (emulation only)", function()
+    if not emulated() then
+      pending("needs the emulation's fake cuDNN (EMU_CUDNN_SDPA_BWD_NONDET_ONLY)")
+      return
+    end
+    -- the fake's backward heuristics offer a nondeterministic engine before a deterministic one;
+    -- with EMU_CUDNN_SDPA_BWD_NONDET_ONLY=1 only the nondeterministic one (the env is read when a
+    -- shape's plan is built: each step below uses a new shape)
+    local function shape(T) return { name = "T=" .. T, B = 1, H = 2, Hkv = 2, T = T, M = 27, D = 32, seed = 210 + T } end
+    local s1 = shape(23)
+    local _, _, r1 = bwd_pair(s1, inputs(s1), "cudnn")
+    assert.equal(1, r1, "the deterministic engine was not taken")
+    ffi.C.setenv("EMU_CUDNN_SDPA_BWD_NONDET_ONLY", "1", 1)
+    local ok, err = pcall(function()
+      local s2 = shape(24)
+      local x2 = inputs(s2)
+      local _, c, r2 = bwd_pair(s2, x2, "cudnn")
+      assert.equal(0, r2, "a nondeterministic engine was taken without SAO_CUDNN_NONDETERMINISTIC")
+      local _, _, why = sao.cuda.sdpa()
+      assert.truthy(why and why:find("nondeterministic", 1, true) and why:find("SAO_CUDNN_NONDETERMINISTIC=1", 1, true),
+        tostring(why))
+      local _, a = bwd_pair(s2, x2, "auto")
+      for n, v in pairs(c) do assert.equal(0, ffi.C.memcmp(fp(v), fp(a[n]), 4 * v:numel()), n) end
+      ffi.C.setenv("SAO_CUDNN_NONDETERMINISTIC", "1", 1)
+      local s3 = shape(25)
+      local want, got, r3 = bwd_pair(s3, inputs(s3), "cudnn")
+      assert.equal(1, r3, "SAO_CUDNN_NONDETERMINISTIC=1 did not take the nondeterministic engine")
+      for _, n in ipairs { "dq", "dk", "dv" } do grad_err(s3.name .. ": " .. n, want[n], got[n], BWD_TOL) end
+    end)
+    ffi.C.unsetenv("EMU_CUDNN_SDPA_BWD_NONDET_ONLY")
+    ffi.C.unsetenv("SAO_CUDNN_NONDETERMINISTIC")
     if not ok then error(err, 0) end
   end)
 

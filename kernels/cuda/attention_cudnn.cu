@@ -24,8 +24,11 @@
 // SAO_CUDNN_LOG=1), and that direction keeps the bf16 tensor-core flash kernels (attention_mma.cu,
 // attention_mma_bwd.cu: the latter takes cuDNN's lse, the same natural-log logsumexp of the
 // scaled logits): a machine whose cuDNN cannot do it loses nothing. A failure while running a
-// built plan is an error. cuDNN's own frontend builds the backward from matmul, pointwise and
-// reduction nodes rather than this unified operation, so a real cuDNN may well refuse it.
+// built plan is an error. Only engines whose numerical notes do not say nondeterministic are taken
+// (flash backward engines may add dQ with atomics), so results stay bit-reproducible run to run;
+// SAO_CUDNN_NONDETERMINISTIC=1 lets a shape with no other engine use one. cuDNN's own frontend
+// builds the backward from matmul, pointwise and reduction nodes rather than this unified
+// operation, so a real cuDNN may well refuse it.
 #include "sao_cudnn.h"
 extern "C" {
 #include "sao_cuda.h"
@@ -204,46 +207,83 @@ void build(const sao_cudnn_api *a, cudnnHandle_t h, const sao_attn_geo *g, int d
         snprintf(p->why, sizeof p->why, "cuDNN %zu's heuristics offer no engine for this %s graph",
                  a->cudnnGetVersion(), DIR_NAMES[dir]);
 
-    // the first configuration whose plan finalizes; the others' refusals are only logged
-    cudnnStatus_t first_st = CUDNN_STATUS_SUCCESS;
-    for (int64_t i = 0; i < got && b.st == CUDNN_STATUS_SUCCESS && !p->usable; i++) {
-        cudnnBackendDescriptor_t plan = NULL;
-        cudnnStatus_t st = a->cudnnBackendCreateDescriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &plan);
-        if (st == CUDNN_STATUS_SUCCESS) st = a->cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE,
-                                                                         CUDNN_TYPE_HANDLE, 1, &h);
-        if (st == CUDNN_STATUS_SUCCESS)
-            st = a->cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG,
-                                             CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &cfgs[i]);
-        if (st == CUDNN_STATUS_SUCCESS) st = a->cudnnBackendFinalize(plan);
-        int64_t ws = 0, n = 0;
-        if (st == CUDNN_STATUS_SUCCESS)
-            st = a->cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &n, &ws);
-        if (st == CUDNN_STATUS_SUCCESS && ws >= 0) {
-            p->plan = plan;
-            p->keep.push_back(plan);
-            p->ws_bytes = ws;
-            p->usable = true;
-            if (logging())
-                fprintf(stderr, "sao cudnn: %s B=%lld H=%lld Hkv=%lld T=%lld M=%lld D=%lld%s: engine configuration "
-                        "%lld of %lld, workspace %lld bytes\n", DIR_NAMES[dir], (long long)g->B, (long long)g->H, (long long)g->Hkv,
-                        (long long)g->T, (long long)g->M, (long long)g->D, stats ? " +stats" : "", (long long)i,
-                        (long long)got, (long long)ws);
-            break;
-        }
-        if (first_st == CUDNN_STATUS_SUCCESS) first_st = st;
-        if (logging())
-            fprintf(stderr, "sao cudnn: %s engine configuration %lld of %lld refused: %s (status %d)\n", DIR_NAMES[dir],
-                    (long long)i, (long long)got, a->cudnnGetErrorString(st), (int)st);
-        if (plan) a->cudnnBackendDestroyDescriptor(plan);
+    // each configuration's engine and whether its numerical notes say nondeterministic (atomics)
+    std::vector<bool> nondet;
+    for (int64_t i = 0; i < got && b.st == CUDNN_STATUS_SUCCESS; i++) {
+        cudnnBackendDescriptor_t e = b.make(CUDNN_BACKEND_ENGINE_DESCRIPTOR, "engine");
+        int64_t n = 0;
+        if (b.st == CUDNN_STATUS_SUCCESS)
+            b.fail(a->cudnnBackendGetAttribute(cfgs[i], CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &n,
+                                               &e), "engine configuration's engine");
+        cudnnBackendNumericalNote_t notes[32];
+        n = 0;
+        if (b.st == CUDNN_STATUS_SUCCESS)
+            b.fail(a->cudnnBackendGetAttribute(e, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE, 32, &n,
+                                               notes), "engine's numerical notes");
+        bool nd = false;
+        for (int64_t k = 0; k < n && k < 32; k++) nd = nd || notes[k] == CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC;
+        nondet.push_back(nd);
     }
+
+    // The first deterministic configuration whose plan finalizes (sao's results are bit-reproducible
+    // run to run, a resumed training run's too); a nondeterministic one only when no deterministic
+    // one finalizes and SAO_CUDNN_NONDETERMINISTIC=1. The others' refusals are only logged.
+    const char *env = getenv("SAO_CUDNN_NONDETERMINISTIC");
+    bool allow_nondet = env && *env && *env != '0';
+    cudnnStatus_t first_st = CUDNN_STATUS_SUCCESS;
+    int64_t skipped = 0;   // nondeterministic configurations passed over
+    for (int pass = 0; pass < 2 && !p->usable; pass++)
+        for (int64_t i = 0; i < got && b.st == CUDNN_STATUS_SUCCESS && !p->usable; i++) {
+            if (nondet[i] != (pass == 1)) continue;
+            if (pass == 1 && !allow_nondet) {
+                skipped++;
+                continue;
+            }
+            cudnnBackendDescriptor_t plan = NULL;
+            cudnnStatus_t st = a->cudnnBackendCreateDescriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &plan);
+            if (st == CUDNN_STATUS_SUCCESS)
+                st = a->cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &h);
+            if (st == CUDNN_STATUS_SUCCESS)
+                st = a->cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG,
+                                                 CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &cfgs[i]);
+            if (st == CUDNN_STATUS_SUCCESS) st = a->cudnnBackendFinalize(plan);
+            int64_t ws = 0, n = 0;
+            if (st == CUDNN_STATUS_SUCCESS)
+                st = a->cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &n,
+                                                 &ws);
+            if (st == CUDNN_STATUS_SUCCESS && ws >= 0) {
+                p->plan = plan;
+                p->keep.push_back(plan);
+                p->ws_bytes = ws;
+                p->usable = true;
+                if (logging())
+                    fprintf(stderr, "sao cudnn: %s B=%lld H=%lld Hkv=%lld T=%lld M=%lld D=%lld%s: engine configuration "
+                            "%lld of %lld (%s), workspace %lld bytes\n", DIR_NAMES[dir], (long long)g->B,
+                            (long long)g->H, (long long)g->Hkv, (long long)g->T, (long long)g->M, (long long)g->D,
+                            stats ? " +stats" : "", (long long)i, (long long)got,
+                            nondet[i] ? "nondeterministic: SAO_CUDNN_NONDETERMINISTIC=1" : "deterministic",
+                            (long long)ws);
+                break;
+            }
+            if (first_st == CUDNN_STATUS_SUCCESS) first_st = st;
+            if (logging())
+                fprintf(stderr, "sao cudnn: %s engine configuration %lld of %lld refused: %s (status %d)\n",
+                        DIR_NAMES[dir], (long long)i, (long long)got, a->cudnnGetErrorString(st), (int)st);
+            if (plan) a->cudnnBackendDestroyDescriptor(plan);
+        }
     if (p->usable) return;
     if (b.st != CUDNN_STATUS_SUCCESS)
         snprintf(p->why, sizeof p->why, "cuDNN %zu: %s: %s (status %d)", a->cudnnGetVersion(), b.call,
                  a->cudnnGetErrorString(b.st), (int)b.st);
+    else if (skipped > 0 && first_st == CUDNN_STATUS_SUCCESS)
+        snprintf(p->why, sizeof p->why, "cuDNN %zu: the %lld engine configuration(s) for this %s graph are "
+                 "nondeterministic (SAO_CUDNN_NONDETERMINISTIC=1 takes them, giving up bit-reproducible results)",
+                 a->cudnnGetVersion(), (long long)skipped, DIR_NAMES[dir]);
     else if (got > 0)
         snprintf(p->why, sizeof p->why, "cuDNN %zu: none of the %lld engine configurations makes a plan for this %s "
-                 "graph (the first: %s, status %d)", a->cudnnGetVersion(), (long long)got, DIR_NAMES[dir],
-                 a->cudnnGetErrorString(first_st), (int)first_st);
+                 "graph (the first refusal: %s, status %d%s)", a->cudnnGetVersion(), (long long)got, DIR_NAMES[dir],
+                 a->cudnnGetErrorString(first_st), (int)first_st,
+                 skipped ? "; nondeterministic ones passed over: SAO_CUDNN_NONDETERMINISTIC=1 tries them" : "");
 }
 
 void refuse(int dir, const sao_attn_geo *g, const char *why) {

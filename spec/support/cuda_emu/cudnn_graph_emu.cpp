@@ -2,7 +2,8 @@
 // kinds, each a single unified SDPA operation: the forward (CUDNN_BACKEND_OPERATION_SDPA_FWD_DESCRIPTOR,
 // cuDNN >= 9.13.1) or the backward (CUDNN_BACKEND_OPERATION_SDPA_BWD_DESCRIPTOR, in the 9.19 headers),
 // built as tensors -> operation -> operation graph -> heuristics -> engine config -> execution plan,
-// run with a variant pack by cudnnBackendExecute as loops over the emulated device memory. Both kinds
+// run with a variant pack by cudnnBackendExecute as loops over the emulated device memory; an engine
+// config's engine (CUDNN_ATTR_ENGINECFG_ENGINE) tells its index and numerical notes. Both kinds
 // share every path below (a Kind table says which operands each takes). Every refusal prints
 // "emu: cuDNN: ..." on stderr and returns a non-success status. Checked:
 //   - descriptors: a live one of the right type for each call and attribute (a stray or destroyed
@@ -19,10 +20,20 @@
 //     not by-value (optional output of the forward, required input of the backward); Scale
 //     (optional, else 1) a by-value float [1,1,1,1]; unique ids distinct. The graph (one operation,
 //     a handle) refuses virtual tensors: nothing in it produces or consumes them;
-//   - heuristics: two engine configs (EMU_CUDNN_NO_SDPA=1: none; EMU_CUDNN_NO_SDPA_BWD=1: none for a
-//     backward graph, as a cuDNN with a forward engine but no backward one); the plan refuses config 0
-//     (as some real engines refuse a graph) and, for every config, D or Dv not a multiple of 8 or
-//     > 256 (NOT_SUPPORTED, at plan Finalize as real cuDNN may only say then); a plan is not built
+//   - heuristics: engine configs 0 and 1 for a forward graph, 0, 1 and 2 for a backward one
+//     (EMU_CUDNN_NO_SDPA=1: none; EMU_CUDNN_NO_SDPA_BWD=1: none for a backward graph, as a cuDNN with
+//     a forward engine but no backward one; EMU_CUDNN_SDPA_BWD_NONDET_ONLY=1: the backward's 0 and 1);
+//     the plan refuses config 0 (as some real engines refuse a graph) and, for every config, D or Dv
+//     not a multiple of 8 or > 256 (NOT_SUPPORTED, at plan Finalize as real cuDNN may only say then);
+//   - engines: CUDNN_ATTR_ENGINECFG_ENGINE of a config from the heuristics fills a created
+//     CUDNN_BACKEND_ENGINE_DESCRIPTOR (1 element; it becomes finalized); an engine tells
+//     CUDNN_ATTR_ENGINE_GLOBAL_INDEX (its config's index) and CUDNN_ATTR_ENGINE_NUMERICAL_NOTE (up to
+//     the requested notes, elementCount: how many it has): none for the forward's engines, for the
+//     backward's TENSOR_CORE and, engine 1 only, NONDETERMINISTIC (as flash attention's backward
+//     engines that add dQ up with atomics); the backward's refused engine 0 is marked deterministic,
+//     so a caller preferring deterministic engines meets a refusal first. Every engine that runs
+//     computes alike (deterministically, in fact). An engine or engine config made by hand is not
+//     emulated (no attribute can be set, Finalize is NOT_SUPPORTED); a plan is not built
 //     while the thread captures a CUDA graph (it compiles and allocates: the capture is invalidated);
 //     the workspace is 64 bytes per (b, h), plus, for the backward, a fp32 dQ accumulator of
 //     4 B H T D bytes (as flash attention's backward keeps);
@@ -79,6 +90,7 @@ const char *attr_name(int a) {
     N(CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT) N(CUDNN_ATTR_TENSOR_DATA_TYPE) N(CUDNN_ATTR_TENSOR_DIMENSIONS)
     N(CUDNN_ATTR_TENSOR_STRIDES) N(CUDNN_ATTR_TENSOR_UNIQUE_ID) N(CUDNN_ATTR_TENSOR_IS_VIRTUAL) N(CUDNN_ATTR_TENSOR_IS_BY_VALUE)
     N(CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS) N(CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS) N(CUDNN_ATTR_VARIANT_PACK_WORKSPACE)
+    N(CUDNN_ATTR_ENGINE_GLOBAL_INDEX) N(CUDNN_ATTR_ENGINE_NUMERICAL_NOTE)
     N(CUDNN_ATTR_OPERATION_SDPA_FWD_QDESC) N(CUDNN_ATTR_OPERATION_SDPA_FWD_KDESC) N(CUDNN_ATTR_OPERATION_SDPA_FWD_VDESC)
     N(CUDNN_ATTR_OPERATION_SDPA_FWD_ODESC) N(CUDNN_ATTR_OPERATION_SDPA_FWD_STATSDESC) N(CUDNN_ATTR_OPERATION_SDPA_FWD_SCALEDESC)
     N(CUDNN_ATTR_OPERATION_SDPA_BWD_QDESC) N(CUDNN_ATTR_OPERATION_SDPA_BWD_KDESC) N(CUDNN_ATTR_OPERATION_SDPA_BWD_VDESC)
@@ -100,6 +112,7 @@ const char *attr_type_name(int t) {
     case CUDNN_TYPE_DOUBLE: return "CUDNN_TYPE_DOUBLE";
     case CUDNN_TYPE_VOID_PTR: return "CUDNN_TYPE_VOID_PTR";
     case CUDNN_TYPE_HEUR_MODE: return "CUDNN_TYPE_HEUR_MODE";
+    case CUDNN_TYPE_NUMERICAL_NOTE: return "CUDNN_TYPE_NUMERICAL_NOTE";
     case CUDNN_TYPE_BACKEND_DESCRIPTOR: return "CUDNN_TYPE_BACKEND_DESCRIPTOR";
     default: return "CUDNN_TYPE_?";
     }
@@ -165,6 +178,20 @@ const Kind *kind_of(int type) {   // NULL: not an SDPA operation
         if (k.type == type) return &k;
     return nullptr;
 }
+// the engines the heuristics offer, in their order (a config's engine is its index): for either kind
+// engine 0 refuses every graph at plan Finalize; the forward's engine 1 runs and has no numerical
+// notes; the backward's engine 1 runs and is marked NONDETERMINISTIC (as flash attention's backward
+// engines that add dQ up with atomics are), its engine 2 runs and is deterministic; engine 0 of the
+// backward is marked deterministic too, so a caller preferring deterministic engines meets a refusal
+// first. EMU_CUDNN_SDPA_BWD_NONDET_ONLY=1 drops the backward's engine 2. Every engine that runs
+// computes the same way (the fake is deterministic in fact: only the notes differ).
+struct Engine { int nnotes; cudnnBackendNumericalNote_t notes[2]; };
+const Engine fwd_engines[] = {{0, {}}, {0, {}}};
+const Engine bwd_engines[] = {{1, {CUDNN_NUMERICAL_NOTE_TENSOR_CORE}},
+                              {2, {CUDNN_NUMERICAL_NOTE_TENSOR_CORE, CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC}},
+                              {1, {CUDNN_NUMERICAL_NOTE_TENSOR_CORE}}};
+const Engine &engine_of(int kind, int engine) { return kind == BWD ? bwd_engines[engine] : fwd_engines[engine]; }
+
 struct Prob {
     int kind;   // FWD, BWD
     int64_t B, H, Hk, T, M, D, Dv;
@@ -181,7 +208,7 @@ struct Desc {
     Ref slot[NSLOT]; Prob prob{};               // OPERATION_SDPA_FWD, OPERATION_SDPA_BWD
     Ref op; cudnnHandle_t handle = nullptr;     // OPERATIONGRAPH (handle: also EXECUTION_PLAN)
     Ref graph; int mode = -1; int nconfigs = 0; // ENGINEHEUR (graph: also ENGINECFG)
-    int engine = -1;                            // ENGINECFG
+    int kind = -1, engine = -1;                 // ENGINEHEUR (kind), ENGINECFG, ENGINE: FWD / BWD, engine index
     Ref cfg; int64_t ws = 0;                    // EXECUTION_PLAN
     bool has_uids = false, has_ptrs = false, has_ws = false;   // VARIANT_PACK
     std::vector<int64_t> uids; std::vector<void *> ptrs; void *ws_ptr = nullptr;
@@ -495,8 +522,12 @@ cudnnStatus_t fin_heur(const char *who, Desc *d) {
     if (!(op = resolve(g->op))) return gone(who, "SDPA operation");
     // EMU_CUDNN_NO_SDPA=1: no engine takes the graph; EMU_CUDNN_NO_SDPA_BWD=1: none takes a backward
     // (a cuDNN with a forward engine but no backward one for the shape)
+    // (EMU_CUDNN_SDPA_BWD_NONDET_ONLY=1: the backward's engines 0 and 1, not the deterministic 2)
     const Kind &k = kinds[op->prob.kind];
-    d->nconfigs = env_on("EMU_CUDNN_NO_SDPA") || (k.no_engine_env && env_on(k.no_engine_env)) ? 0 : 2;
+    d->kind = op->prob.kind;
+    if (env_on("EMU_CUDNN_NO_SDPA") || (k.no_engine_env && env_on(k.no_engine_env))) d->nconfigs = 0;
+    else if (d->kind == BWD) d->nconfigs = env_on("EMU_CUDNN_SDPA_BWD_NONDET_ONLY") ? 2 : 3;
+    else d->nconfigs = 2;
     return CUDNN_STATUS_SUCCESS;
 }
 
@@ -735,7 +766,7 @@ cudnnStatus_t cudnnBackendCreateDescriptor(cudnnBackendDescriptorType_t type, cu
     switch (type) {
     case CUDNN_BACKEND_TENSOR_DESCRIPTOR: case CUDNN_BACKEND_OPERATION_SDPA_FWD_DESCRIPTOR:
     case CUDNN_BACKEND_OPERATION_SDPA_BWD_DESCRIPTOR: case CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR: case CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR:
-    case CUDNN_BACKEND_ENGINECFG_DESCRIPTOR: case CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR:
+    case CUDNN_BACKEND_ENGINECFG_DESCRIPTOR: case CUDNN_BACKEND_ENGINE_DESCRIPTOR: case CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR:
     case CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR: break;
     default:
         *out = nullptr;
@@ -780,7 +811,7 @@ cudnnStatus_t cudnnBackendSetAttribute(cudnnBackendDescriptor_t desc, cudnnBacke
     case CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR: return set_heur(a);
     case CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR: return set_plan(a);
     case CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR: return set_pack(a);
-    default: return not_emulated(a);   // ENGINECFG: engines and knobs are not emulated (configs come from the heuristics)
+    default: return not_emulated(a);   // ENGINECFG, ENGINE: made by hand they are not emulated (they come from the heuristics)
     }
 }
 
@@ -799,7 +830,8 @@ cudnnStatus_t cudnnBackendFinalize(cudnnBackendDescriptor_t desc) {
     case CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR: st = fin_pack(who, d); break;
     default:
         st = FAIL(CUDNN_STATUS_NOT_SUPPORTED, "%s: a %s made by hand is not emulated (engine configs come from "
-                  "CUDNN_ATTR_ENGINEHEUR_RESULTS, already finalized)", who, type_name(d->type));
+                  "CUDNN_ATTR_ENGINEHEUR_RESULTS, engines from CUDNN_ATTR_ENGINECFG_ENGINE, already finalized)", who,
+                  type_name(d->type));
     }
     if (st == CUDNN_STATUS_SUCCESS) d->finalized = true;
     return st;
@@ -812,7 +844,10 @@ cudnnStatus_t cudnnBackendGetAttribute(cudnnBackendDescriptor_t const desc, cudn
     if (!d) return not_live(who, desc);
     Args a{who, d, (int)attr, (int)type, req, arr};
     bool known = (d->type == CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR && attr == CUDNN_ATTR_ENGINEHEUR_RESULTS) ||
-                 (d->type == CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR && attr == CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE);
+                 (d->type == CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR && attr == CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE) ||
+                 (d->type == CUDNN_BACKEND_ENGINECFG_DESCRIPTOR && attr == CUDNN_ATTR_ENGINECFG_ENGINE) ||
+                 (d->type == CUDNN_BACKEND_ENGINE_DESCRIPTOR &&
+                  (attr == CUDNN_ATTR_ENGINE_GLOBAL_INDEX || attr == CUDNN_ATTR_ENGINE_NUMERICAL_NOTE));
     if (!known) return not_emulated(a);
     if (!d->finalized)
         return FAIL(CUDNN_STATUS_BAD_PARAM_NOT_FINALIZED, "%s: %s (%d) of a %s that is not finalized", who, attr_name(attr),
@@ -820,15 +855,45 @@ cudnnStatus_t cudnnBackendGetAttribute(cudnnBackendDescriptor_t const desc, cudn
     if (!count) return BAD("%s: %s (%d): elementCount is NULL", who, attr_name(attr), (int)attr);
     if (req < 0) return BAD("%s: %s (%d): requestedElementCount %lld", who, attr_name(attr), (int)attr, (long long)req);
     if (req > 0 && !arr) return BAD("%s: %s (%d): arrayOfElements is NULL", who, attr_name(attr), (int)attr);
-    if (attr == CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE) {
-        if (type != CUDNN_TYPE_INT64) return BAD("%s: %s (%d) is CUDNN_TYPE_INT64, not type %d", who, attr_name(attr), (int)attr, (int)type);
+    int want_type = attr == CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE || attr == CUDNN_ATTR_ENGINE_GLOBAL_INDEX ? CUDNN_TYPE_INT64
+                  : attr == CUDNN_ATTR_ENGINE_NUMERICAL_NOTE ? CUDNN_TYPE_NUMERICAL_NOTE : CUDNN_TYPE_BACKEND_DESCRIPTOR;
+    if (type != want_type)
+        return BAD("%s: %s (%d) is %s (%d), not %s (%d)", who, attr_name(attr), (int)attr, attr_type_name(want_type), want_type,
+                   attr_type_name(type), (int)type);
+    switch (attr) {
+    case CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE:
         if (req >= 1) *(int64_t *)arr = d->ws;
         *count = 1;
         return CUDNN_STATUS_SUCCESS;
+    case CUDNN_ATTR_ENGINE_GLOBAL_INDEX:
+        if (req >= 1) *(int64_t *)arr = d->engine;
+        *count = 1;
+        return CUDNN_STATUS_SUCCESS;
+    case CUDNN_ATTR_ENGINE_NUMERICAL_NOTE: {   // up to req notes; count: how many the engine has
+        const Engine &e = engine_of(d->kind, d->engine);
+        for (int64_t i = 0; i < std::min<int64_t>(req, e.nnotes); i++) ((cudnnBackendNumericalNote_t *)arr)[i] = e.notes[i];
+        *count = e.nnotes;
+        return CUDNN_STATUS_SUCCESS;
+    }
+    case CUDNN_ATTR_ENGINECFG_ENGINE: {   // fills the caller's engine descriptor (created, finalized or not)
+        if (req != 1) return BAD("%s: CUDNN_ATTR_ENGINECFG_ENGINE takes 1 element, not %lld", who, (long long)req);
+        void *e = *(cudnnBackendDescriptor_t *)arr;
+        Desc *ed = lookup(e);
+        if (!ed) return BAD("%s: CUDNN_ATTR_ENGINECFG_ENGINE: %p is not a live backend descriptor (create a "
+                            "CUDNN_BACKEND_ENGINE_DESCRIPTOR for it to fill)", who, e);
+        if (ed->type != CUDNN_BACKEND_ENGINE_DESCRIPTOR)
+            return BAD("%s: CUDNN_ATTR_ENGINECFG_ENGINE fills a CUDNN_BACKEND_ENGINE_DESCRIPTOR, not a %s (%d)", who,
+                       type_name(ed->type), ed->type);
+        if (!resolve(d->graph)) return gone(who, "operation graph");
+        ed->kind = d->kind;
+        ed->engine = d->engine;
+        ed->finalized = true;
+        *count = 1;
+        return CUDNN_STATUS_SUCCESS;
+    }
+    default: break;
     }
     // the heuristics' results: fills the caller's engine-config descriptors
-    if (type != CUDNN_TYPE_BACKEND_DESCRIPTOR)
-        return BAD("%s: %s (%d) is CUDNN_TYPE_BACKEND_DESCRIPTOR, not type %d", who, attr_name(attr), (int)attr, (int)type);
     if (req == 0) { *count = d->nconfigs; return CUDNN_STATUS_SUCCESS; }
     if (!resolve(d->graph)) return gone(who, "operation graph");
     int64_t n = std::min<int64_t>(req, d->nconfigs);
@@ -842,7 +907,8 @@ cudnnStatus_t cudnnBackendGetAttribute(cudnnBackendDescriptor_t const desc, cudn
     for (int64_t i = 0; i < n; i++) {
         Desc *cd = (Desc *)((cudnnBackendDescriptor_t *)arr)[i];
         cd->graph = d->graph;
-        cd->engine = (int)i;   // 0: refused by the plan; 1: runs
+        cd->kind = d->kind;
+        cd->engine = (int)i;   // its engine (engine_of): 0 refused by the plan, the others run
         cd->finalized = true;
     }
     *count = n;
