@@ -32,6 +32,7 @@ local A = require "support.attncmp"
 local U, G, SENTINEL, bf16, with_mode = A.U, A.G, A.SENTINEL, A.bf16, A.with_mode
 local inputs, qkv_ptrs, cpu_forward, dev_forward, at, compare = A.inputs, A.qkv_ptrs, A.cpu_forward, A.dev_forward, A.at, A.compare
 local mask_37, mask_late = A.mask_37, A.mask_late
+local bwd_pair, grad_err = A.bwd_pair, A.grad_err
 
 local cases = {
   { name = "T=37 M=53, 4 heads on 2 K/V heads, D=64", B = 2, H = 4, Hkv = 2, T = 37, M = 53, D = 64, seed = 10 },
@@ -196,59 +197,6 @@ describe("CUDA bf16 tensor-core attention #gpu", function()
   -- 2.0e-3 of the scale over the cases below (the largest: dq of the bias + mask case), not yet on a GPU.
   local BWD_TOL = 1e-2
 
-  -- the guarded device copy of a host gradient buffer: G sentinels, the values, G sentinels
-  local function guarded(t)
-    local n = t:numel()
-    local h = sao.full({ n + 2 * G }, SENTINEL)
-    ffi.copy(fp(h) + G, fp(t), 4 * n)
-    return dev(h)
-  end
-
-  -- Both backwards from the CPU forward's out and lse. want: host gradients; got: host copies of
-  -- the guarded device buffers. `grads` names the d-buffers to pass (default dq, dk, dv).
-  local function bwd_pair(s, x, mode, impl, grads, dout_)
-    grads = grads or { dq = true, dk = true, dv = true }
-    local out, lse = cpu_forward(s, x)
-    local dout = dout_ or bf16(sao.randn { x.nq, seed = s.seed + 4 })
-    local g0 = { dq = sao.randn { x.nq, seed = s.seed + 5 }, dk = sao.randn { x.nk, seed = s.seed + 6 },
-                 dv = sao.randn { x.nk, seed = s.seed + 7 } }
-    if s.bias then g0.dbias = sao.randn { s.H * s.T * s.M, seed = s.seed + 8 } end
-    local want = {}
-    for n in pairs(grads) do want[n] = g0[n]:clone() end
-    check(C.sao_attention_backward(ctx, x.cpu_desc, fp(x.q), fp(x.k), fp(x.v), fp(x.bias), u8p(x.mask), fp(out),
-                                   fp(lse), fp(dout), fp(want.dq), fp(want.dk), fp(want.dv), fp(want.dbias)))
-    local got = {}
-    with_mode(mode, impl, function()
-      local d = { q = dev(x.q), k = dev(x.k), v = dev(x.v), bias = dev(x.bias), mask = dev(x.mask), out = dev(out),
-                  lse = dev(lse), dout = dev(dout) }
-      local gd = {}
-      for n in pairs(grads) do gd[n] = guarded(g0[n]) end
-      local function at_(t) return t and fp(t) + G or nil end
-      check(C.sao_cuda_attention_backward(ctx, x.cpu_desc, fp(d.q), fp(d.k), fp(d.v), fp(d.bias), u8p(d.mask),
-                                          fp(d.out), fp(d.lse), fp(d.dout), at_(gd.dq), at_(gd.dk), at_(gd.dv),
-                                          at_(gd.dbias)))
-      for n, t in pairs(gd) do got[n] = host(t) end
-    end)
-    return want, got
-  end
-
-  -- max |got - want| over the scale max |want|, after checking the guards; asserts <= tol
-  local function grad_err(label, want, got, tol)
-    local n, w, g = want:numel(), fp(want), fp(got)
-    for i = 0, G - 1 do
-      assert(at(g, i) == SENTINEL and at(g, G + n + i) == SENTINEL, label .. ": a guard float was written")
-    end
-    local amax, emax = 0, 0
-    for i = 0, n - 1 do
-      amax = math.max(amax, math.abs(w[i]))
-      emax = math.max(emax, math.abs(at(g, G + i) - w[i]))
-    end
-    local rel = amax > 0 and emax / amax or emax
-    if os.getenv("SAO_SPEC_VERBOSE") then print(string.format("%-70s %.3g of the scale %.3g", label, rel, amax)) end
-    assert(rel <= tol, string.format("%s: max abs error %.3g = %.3g of the scale > %.3g", label, emax, rel, tol))
-    return rel
-  end
-
   local bwd_cases = {
     cases[1], cases[2], cases[3], cases[4], cases[5], cases[6], cases[8],
     { name = "T=1, M=70, 3 heads, D=16 (two key tiles for one query)", B = 1, H = 3, Hkv = 3, T = 1, M = 70, D = 16,
@@ -319,17 +267,7 @@ describe("CUDA bf16 tensor-core attention #gpu", function()
   end)
 
   -- ---- the DiT (dit_tiny: 2 heads of D=64 in self- and cross-attention) -------------------------
-  local cjson = require "cjson"
-  local man = cjson.decode(io.open("spec/fixtures/dit_tiny.json"):read("*a"))
-  local fx = sao.load_safetensors("spec/fixtures/dit_tiny.safetensors")
-  local params = require("sao.fixtures").params(fx)
-  local xin, tin = fx["inputs/x"], fx["inputs/t"]
-  local cross, global = fx["inputs/cross_attn_cond"], fx["inputs/global_cond"]
-  local function new_dit()
-    local d = require("sao.fixtures").new_dit(man.config)
-    d:load(params)
-    return d
-  end
+  local new_dit, xin, tin, cross, global = A.dit_tiny()
 
   gpu_it("the DiT forward in bf16 mode stays within bf16's tolerance of the CPU, eager and as a CUDA graph", function()
     local want = new_dit():forward(xin, tin, cross, global, { cfg_scale = 7 })
@@ -345,13 +283,7 @@ describe("CUDA bf16 tensor-core attention #gpu", function()
       sao.cuda.attention_impl("auto")
       -- captured with the bf16 kernel (no allocation, sync or other stream in it), replayed bit for bit
       gpu.without_gc(function()
-        d:graphs(true)
-        local outs = {}
-        for i = 1, 3 do outs[i] = d:forward(xin, tin, cross, global, { cfg_scale = 7 }) end
-        local st = d:graph_stats()
-        assert.is_nil(st.why)
-        assert.same({ captures = 1, replays = 1 }, st)
-        for i = 1, 3 do assert.equal(0, eager:maxdiff(outs[i])) end
+        A.graph_replays_eager(d, eager, function() return d:forward(xin, tin, cross, global, { cfg_scale = 7 }) end)
         -- the setting is part of the graph's key: a switch runs the other kernels, eagerly
         sao.cuda.attention_impl("cublas")
         assert.equal(0, old:maxdiff(d:forward(xin, tin, cross, global, { cfg_scale = 7 })))

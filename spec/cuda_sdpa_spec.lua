@@ -62,6 +62,23 @@ local function emulated()
   return d and d.name:match("emulator") ~= nil
 end
 
+-- The emulation's fake cuDNN takes switches from the environment (spec/support/cuda_emu/README.md),
+-- read when a shape's plan is built. Runs f with `vars` set, unsetting them after; on a real GPU the
+-- test is pending (true: the caller returns).
+local function emu_env(vars, f)
+  if not emulated() then
+    local names = {}
+    for k in pairs(vars) do names[#names + 1] = k end
+    pending("needs the emulation's fake cuDNN (" .. table.concat(names, ", ") .. ")")
+    return
+  end
+  for k, v in pairs(vars) do ffi.C.setenv(k, v, 1) end
+  local ok, err = pcall(f)
+  for k in pairs(vars) do ffi.C.unsetenv(k) end
+  if not ok then error(err, 0) end
+  return true
+end
+
 describe("CUDA attention through cuDNN's fused SDPA #gpu", function()
   it("sao.cuda.sdpa() counts the runs and says why not, also without a backend", function()
     local n, nb, why = sao.cuda.sdpa()
@@ -150,23 +167,16 @@ describe("CUDA attention through cuDNN's fused SDPA #gpu", function()
   end)
 
   gpu_it("a cuDNN with no engine for the graph: the shape is refused once, with the reason (emulation only)", function()
-    if not emulated() then
-      pending("needs the emulation's fake cuDNN (EMU_CUDNN_NO_SDPA)")
-      return
-    end
     local s = { name = "no engine", B = 1, H = 2, Hkv = 2, T = 21, M = 22, D = 32, seed = 180 }
     local x = inputs(s)
-    ffi.C.setenv("EMU_CUDNN_NO_SDPA", "1", 1)
-    local ok, err = pcall(function()
+    if not emu_env({ EMU_CUDNN_NO_SDPA = "1" }, function()
       local o1, l1, runs = forward(s, x, "cudnn")
       assert.equal(0, runs)
       local _, _, why = sao.cuda.sdpa()
       assert.truthy(why and why:find("no engine", 1, true) and why:find("T=21 M=22", 1, true), tostring(why))
       local o2 = forward(s, x, "auto")
       assert.equal(0, ffi.C.memcmp(fp(o1), fp(o2), 4 * o1:numel()))
-    end)
-    ffi.C.unsetenv("EMU_CUDNN_NO_SDPA")
-    if not ok then error(err, 0) end
+    end) then return end
     -- the refusal is cached per shape: it stays refused, other shapes are not affected
     local _, _, runs = forward(s, x, "cudnn")
     assert.equal(0, runs)
@@ -185,59 +195,17 @@ describe("CUDA attention through cuDNN's fused SDPA #gpu", function()
   -- Estimate 1.1e-2, allowed 1.5e-2 of the scale. Measured on the emulation (SAO_SPEC_VERBOSE=1):
   -- 0.6e-3 to 1.5e-3 of the scale (the fake rounds as described; its sums are in another order).
   local BWD_TOL = 1.5e-2
-  local G, SENTINEL = A.G, A.SENTINEL
 
-  local function guarded(t)
-    local n = t:numel()
-    local h = sao.full({ n + 2 * G }, SENTINEL)
-    ffi.copy(fp(h) + G, fp(t), 4 * n)
-    return dev(h)
-  end
+  local grad_err = A.grad_err
 
-  -- The CPU backward and the device one with `impl` (bf16 mode) from the CPU forward's out and
-  -- lse. want: host gradients; got: host copies of the guarded device buffers; runs: cuDNN
-  -- backwards it made. grads: the d-buffers to pass (default dq, dk, dv).
+  -- The CPU backward and the device one with `impl` (bf16 mode) from the CPU forward's out and lse
+  -- (spec/support/attncmp.lua's bwd_pair: guarded accumulating gradients), and how many cuDNN
+  -- backwards the device one made.
   local function bwd_pair(s, x, impl, grads)
-    grads = grads or { dq = true, dk = true, dv = true }
-    local out, lse = cpu_forward(s, x)
-    local dout = A.bf16(sao.randn { x.nq, seed = s.seed + 4 })
-    local g0 = { dq = sao.randn { x.nq, seed = s.seed + 5 }, dk = sao.randn { x.nk, seed = s.seed + 6 },
-                 dv = sao.randn { x.nk, seed = s.seed + 7 }, dbias = sao.randn { s.H * s.T * s.M, seed = s.seed + 8 } }
-    local want = {}
-    for n in pairs(grads) do want[n] = g0[n]:clone() end
-    check(C.sao_attention_backward(ctx, x.cpu_desc, fp(x.q), fp(x.k), fp(x.v), fp(x.bias), u8p(x.mask), fp(out),
-                                   fp(lse), fp(dout), fp(want.dq), fp(want.dk), fp(want.dv), fp(want.dbias)))
-    local got, runs = {}, 0
-    with_mode("bf16", impl, function()
-      local d = { q = dev(x.q), k = dev(x.k), v = dev(x.v), bias = dev(x.bias), mask = dev(x.mask), out = dev(out),
-                  lse = dev(lse), dout = dev(dout) }
-      local gd = {}
-      for n in pairs(grads) do gd[n] = guarded(g0[n]) end
-      local function at_(t) return t and fp(t) + G or nil end
-      local _, b0 = sao.cuda.sdpa()
-      check(C.sao_cuda_attention_backward(ctx, x.cpu_desc, fp(d.q), fp(d.k), fp(d.v), fp(d.bias), u8p(d.mask),
-                                          fp(d.out), fp(d.lse), fp(d.dout), at_(gd.dq), at_(gd.dk), at_(gd.dv),
-                                          at_(gd.dbias)))
-      local _, b1 = sao.cuda.sdpa()
-      runs = b1 - b0
-      for n, t in pairs(gd) do got[n] = host(t) end
-    end)
-    return want, got, runs
-  end
-
-  -- max |got - want| over the scale max |want|, after checking the guards; asserts <= tol
-  local function grad_err(label, want, got, tol)
-    local n, w, g = want:numel(), fp(want), fp(got)
-    for i = 0, G - 1 do
-      assert(A.at(g, i) == SENTINEL and A.at(g, G + n + i) == SENTINEL, label .. ": a guard float was written")
-    end
-    local scale, err = 0, 0
-    for i = 0, n - 1 do
-      scale = math.max(scale, math.abs(w[i]))
-      err = math.max(err, math.abs(A.at(g, G + i) - w[i]))
-    end
-    if os.getenv("SAO_SPEC_VERBOSE") then print(string.format("%-70s %.3g of the scale", label, err / scale)) end
-    assert(err <= tol * scale, string.format("%s: max error %.3g > %.3g of the scale %.3g", label, err, tol, scale))
+    local _, b0 = sao.cuda.sdpa()
+    local want, got = A.bwd_pair(s, x, "bf16", impl, grads)
+    local _, b1 = sao.cuda.sdpa()
+    return want, got, b1 - b0
   end
 
   for _, s in ipairs { cases[1], cases[4], cases[5], cases[7] } do
@@ -277,14 +245,9 @@ describe("CUDA attention through cuDNN's fused SDPA #gpu", function()
   end)
 
   gpu_it("a cuDNN with a forward engine but no backward one: the backward runs the flash kernel (emulation only)", function()
-    if not emulated() then
-      pending("needs the emulation's fake cuDNN (EMU_CUDNN_NO_SDPA_BWD)")
-      return
-    end
     local s = { name = "no backward engine", B = 1, H = 2, Hkv = 2, T = 21, M = 25, D = 32, seed = 200 }
     local x = inputs(s)
-    ffi.C.setenv("EMU_CUDNN_NO_SDPA_BWD", "1", 1)
-    local ok, err = pcall(function()
+    emu_env({ EMU_CUDNN_NO_SDPA_BWD = "1" }, function()
       local _, _, fwd_runs = forward(s, x, "cudnn")
       assert.equal(1, fwd_runs)
       local _, c, runs = bwd_pair(s, x, "cudnn")
@@ -294,24 +257,14 @@ describe("CUDA attention through cuDNN's fused SDPA #gpu", function()
       local _, a = bwd_pair(s, x, "auto")
       for n, v in pairs(c) do assert.equal(0, ffi.C.memcmp(fp(v), fp(a[n]), 4 * v:numel()), n) end
     end)
-    ffi.C.unsetenv("EMU_CUDNN_NO_SDPA_BWD")
-    if not ok then error(err, 0) end
   end)
 
   gpu_it("nondeterministic engines are passed over unless SAO_CUDNN_NONDETERMINISTIC=1 (emulation only)", function()
-    if not emulated() then
-      pending("needs the emulation's fake cuDNN (EMU_CUDNN_SDPA_BWD_NONDET_ONLY)")
-      return
-    end
     -- the fake's backward heuristics offer a nondeterministic engine before a deterministic one;
     -- with EMU_CUDNN_SDPA_BWD_NONDET_ONLY=1 only the nondeterministic one (the env is read when a
     -- shape's plan is built: each step below uses a new shape)
     local function shape(T) return { name = "T=" .. T, B = 1, H = 2, Hkv = 2, T = T, M = 27, D = 32, seed = 210 + T } end
-    local s1 = shape(23)
-    local _, _, r1 = bwd_pair(s1, inputs(s1), "cudnn")
-    assert.equal(1, r1, "the deterministic engine was not taken")
-    ffi.C.setenv("EMU_CUDNN_SDPA_BWD_NONDET_ONLY", "1", 1)
-    local ok, err = pcall(function()
+    if not emu_env({ EMU_CUDNN_SDPA_BWD_NONDET_ONLY = "1" }, function()
       local s2 = shape(24)
       local x2 = inputs(s2)
       local _, c, r2 = bwd_pair(s2, x2, "cudnn")
@@ -321,15 +274,17 @@ describe("CUDA attention through cuDNN's fused SDPA #gpu", function()
         tostring(why))
       local _, a = bwd_pair(s2, x2, "auto")
       for n, v in pairs(c) do assert.equal(0, ffi.C.memcmp(fp(v), fp(a[n]), 4 * v:numel()), n) end
-      ffi.C.setenv("SAO_CUDNN_NONDETERMINISTIC", "1", 1)
-      local s3 = shape(25)
-      local want, got, r3 = bwd_pair(s3, inputs(s3), "cudnn")
-      assert.equal(1, r3, "SAO_CUDNN_NONDETERMINISTIC=1 did not take the nondeterministic engine")
-      for _, n in ipairs { "dq", "dk", "dv" } do grad_err(s3.name .. ": " .. n, want[n], got[n], BWD_TOL) end
-    end)
-    ffi.C.unsetenv("EMU_CUDNN_SDPA_BWD_NONDET_ONLY")
-    ffi.C.unsetenv("SAO_CUDNN_NONDETERMINISTIC")
-    if not ok then error(err, 0) end
+      emu_env({ SAO_CUDNN_NONDETERMINISTIC = "1" }, function()
+        local s3 = shape(25)
+        local want, got, r3 = bwd_pair(s3, inputs(s3), "cudnn")
+        assert.equal(1, r3, "SAO_CUDNN_NONDETERMINISTIC=1 did not take the nondeterministic engine")
+        for _, n in ipairs { "dq", "dk", "dv" } do grad_err(s3.name .. ": " .. n, want[n], got[n], BWD_TOL) end
+      end)
+    end) then return end
+    -- without the switch the fake's deterministic engine is there and taken
+    local s1 = shape(23)
+    local _, _, r1 = bwd_pair(s1, inputs(s1), "cudnn")
+    assert.equal(1, r1, "the deterministic engine was not taken")
   end)
 
   -- Forward and backward both through cuDNN from unrounded inputs (dO too): the backward then
@@ -362,19 +317,9 @@ describe("CUDA attention through cuDNN's fused SDPA #gpu", function()
   end)
 
   -- ---- the DiT (dit_tiny: 2 heads of D=64 in self- and cross-attention) -------------------------
-  local cjson = require "cjson"
-  local man = cjson.decode(io.open("spec/fixtures/dit_tiny.json"):read("*a"))
-  local fx = sao.load_safetensors("spec/fixtures/dit_tiny.safetensors")
-  local params = require("sao.fixtures").params(fx)
-  local xin, tin = fx["inputs/x"], fx["inputs/t"]
-  local cross, global = fx["inputs/cross_attn_cond"], fx["inputs/global_cond"]
+  local new_dit, xin, tin, cross, global = A.dit_tiny()
 
   gpu_it("the DiT forward with cuDNN's SDPA stays within bf16's tolerance of the CPU, eager and as a CUDA graph", function()
-    local function new_dit()
-      local d = require("sao.fixtures").new_dit(man.config)
-      d:load(params)
-      return d
-    end
     local want = new_dit():forward(xin, tin, cross, global, { cfg_scale = 7 })
     with_mode("bf16", "cudnn", function()
       local d = new_dit():to("cuda")
@@ -388,13 +333,7 @@ describe("CUDA attention through cuDNN's fused SDPA #gpu", function()
       assert.is_true(flash:maxdiff(eager) > 0, "the setting changed nothing")
       sao.cuda.attention_impl("cudnn")
       gpu.without_gc(function()
-        d:graphs(true)
-        local outs = {}
-        for i = 1, 3 do outs[i] = d:forward(xin, tin, cross, global, { cfg_scale = 7 }) end
-        local st = d:graph_stats()
-        assert.is_nil(st.why)
-        assert.same({ captures = 1, replays = 1 }, st)
-        for i = 1, 3 do assert.equal(0, eager:maxdiff(outs[i])) end
+        A.graph_replays_eager(d, eager, function() return d:forward(xin, tin, cross, global, { cfg_scale = 7 }) end)
         d:graphs(false)
       end)
     end)

@@ -1,13 +1,16 @@
 -- spec/support/attncmp.lua — what the bf16 attention specs (cuda_flash_spec.lua: the tensor-core
 -- flash kernels; cuda_sdpa_spec.lua: cuDNN's fused SDPA) share: attention problems (odd sizes,
 -- grouped heads, bias, masks, strided layouts) with bf16-rounded inputs, the CPU forward, the
--- device forward into guarded buffers, and the comparison of the two (guards and gaps untouched).
+-- device forward into guarded buffers, and the comparison of the two (guards and gaps untouched);
+-- the backward pair (CPU and device, guarded accumulating gradients) and its error; the dit_tiny
+-- fixture and the check that its CUDA graph replays the eager forward.
 local ffi = require "ffi"
 local sao = require "sao"
 
 local C, ctx = sao.C, sao.ctx
 local cmp = require "support.devcmp"
 local check, fp, u8p, dev, host = cmp.check, cmp.fp, cmp.u8p, cmp.dev, cmp.host
+local M = {}
 
 local U = 2 ^ -8                 -- bf16's unit roundoff (8 significant bits)
 local G, SENTINEL = 64, 12345.5  -- guard floats on each side of every device output
@@ -143,6 +146,87 @@ local mask_37 = function(b, m) return (b == 1 or (m * 7 + 3) % 5 == 0) and 0 or 
 -- batch row 0: its first key tile (keys 0..63) all masked, then every third key
 local mask_late = function(b, m) return (b == 0 and (m < 64 or m % 3 == 0)) and 0 or 1 end
 
-return { U = U, G = G, SENTINEL = SENTINEL, bf16 = bf16, with_mode = with_mode, inputs = inputs, qkv_ptrs = qkv_ptrs,
+
+-- the guarded device copy of a host gradient buffer: G sentinels, the values, G sentinels
+function M.guarded(t)
+  local n = t:numel()
+  local h = sao.full({ n + 2 * G }, SENTINEL)
+  ffi.copy(fp(h) + G, fp(t), 4 * n)
+  return dev(h)
+end
+
+-- Both backwards from the CPU forward's out and lse. want: host gradients; got: host copies of
+-- the guarded device buffers. `grads` names the d-buffers to pass (default dq, dk, dv).
+function M.bwd_pair(s, x, mode, impl, grads, dout_)
+  grads = grads or { dq = true, dk = true, dv = true }
+  local out, lse = cpu_forward(s, x)
+  local dout = dout_ or bf16(sao.randn { x.nq, seed = s.seed + 4 })
+  local g0 = { dq = sao.randn { x.nq, seed = s.seed + 5 }, dk = sao.randn { x.nk, seed = s.seed + 6 },
+               dv = sao.randn { x.nk, seed = s.seed + 7 } }
+  if s.bias then g0.dbias = sao.randn { s.H * s.T * s.M, seed = s.seed + 8 } end
+  local want = {}
+  for n in pairs(grads) do want[n] = g0[n]:clone() end
+  check(C.sao_attention_backward(ctx, x.cpu_desc, fp(x.q), fp(x.k), fp(x.v), fp(x.bias), u8p(x.mask), fp(out),
+                                 fp(lse), fp(dout), fp(want.dq), fp(want.dk), fp(want.dv), fp(want.dbias)))
+  local got = {}
+  with_mode(mode, impl, function()
+    local d = { q = dev(x.q), k = dev(x.k), v = dev(x.v), bias = dev(x.bias), mask = dev(x.mask), out = dev(out),
+                lse = dev(lse), dout = dev(dout) }
+    local gd = {}
+    for n in pairs(grads) do gd[n] = M.guarded(g0[n]) end
+    local function at_(t) return t and fp(t) + G or nil end
+    check(C.sao_cuda_attention_backward(ctx, x.cpu_desc, fp(d.q), fp(d.k), fp(d.v), fp(d.bias), u8p(d.mask),
+                                        fp(d.out), fp(d.lse), fp(d.dout), at_(gd.dq), at_(gd.dk), at_(gd.dv),
+                                        at_(gd.dbias)))
+    for n, t in pairs(gd) do got[n] = host(t) end
+  end)
+  return want, got
+end
+
+-- max |got - want| over the scale max |want|, after checking the guards; asserts <= tol
+function M.grad_err(label, want, got, tol)
+  local n, w, g = want:numel(), fp(want), fp(got)
+  for i = 0, G - 1 do
+    assert(at(g, i) == SENTINEL and at(g, G + n + i) == SENTINEL, label .. ": a guard float was written")
+  end
+  local amax, emax = 0, 0
+  for i = 0, n - 1 do
+    amax = math.max(amax, math.abs(w[i]))
+    emax = math.max(emax, math.abs(at(g, G + i) - w[i]))
+  end
+  local rel = amax > 0 and emax / amax or emax
+  if os.getenv("SAO_SPEC_VERBOSE") then print(string.format("%-70s %.3g of the scale %.3g", label, rel, amax)) end
+  assert(rel <= tol, string.format("%s: max abs error %.3g = %.3g of the scale > %.3g", label, emax, rel, tol))
+  return rel
+end
+
+-- Three forwards (fwd()) with the model's CUDA graphs on: one capture, then one replay, each equal
+-- to the eager result bit for bit. Leaves the graphs on.
+function M.graph_replays_eager(d, eager, fwd)
+  d:graphs(true)
+  local outs = {}
+  for i = 1, 3 do outs[i] = fwd() end
+  local st = d:graph_stats()
+  assert(st.why == nil, "no graph: " .. tostring(st.why))
+  assert(st.captures == 1 and st.replays == 1, string.format("captures %s, replays %s (want 1, 1)", st.captures, st.replays))
+  for i = 1, 3 do assert(eager:maxdiff(outs[i]) == 0, "forward " .. i .. " differs from the eager one") end
+end
+
+-- The dit_tiny fixture (2 heads of D=64 in self- and cross-attention): a constructor of the model
+-- with its weights loaded, and the fixture's inputs x, t, cross_attn_cond, global_cond.
+function M.dit_tiny()
+  local man = require("cjson").decode(io.open("spec/fixtures/dit_tiny.json"):read("*a"))
+  local fx = sao.load_safetensors("spec/fixtures/dit_tiny.safetensors")
+  local params = require("sao.fixtures").params(fx)
+  local function new_dit()
+    local d = require("sao.fixtures").new_dit(man.config)
+    d:load(params)
+    return d
+  end
+  return new_dit, fx["inputs/x"], fx["inputs/t"], fx["inputs/cross_attn_cond"], fx["inputs/global_cond"]
+end
+
+for k, v in pairs { U = U, G = G, SENTINEL = SENTINEL, bf16 = bf16, with_mode = with_mode, inputs = inputs, qkv_ptrs = qkv_ptrs,
          cpu_forward = cpu_forward, dev_forward = dev_forward, at = at, compare = compare, mask_37 = mask_37,
-         mask_late = mask_late }
+         mask_late = mask_late } do M[k] = v end
+return M
