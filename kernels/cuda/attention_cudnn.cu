@@ -185,16 +185,20 @@ void build(const sao_cudnn_api *a, cudnnHandle_t h, const sao_attn_geo *g, int d
     b.set(graph, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &h, w);
     b.finalize(graph, w);
 
+    // the heuristics' list (mode A), or the fallback mode's when A has none
     w = "engine heuristics";
-    cudnnBackendDescriptor_t heur = b.make(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, w);
-    cudnnBackendHeurMode_t mode = CUDNN_HEUR_MODE_A;
-    b.set(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &graph, w);
-    b.set(heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode, w);
-    b.finalize(heur, w);
+    cudnnBackendDescriptor_t heur = NULL;
     int64_t count = 0;
-    if (b.st == CUDNN_STATUS_SUCCESS)
-        b.fail(a->cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &count,
-                                           NULL), "engine heuristics (count)");
+    const cudnnBackendHeurMode_t modes[2] = {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK};
+    for (int m = 0; m < 2 && count == 0 && b.st == CUDNN_STATUS_SUCCESS; m++) {
+        heur = b.make(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, w);
+        b.set(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &graph, w);
+        b.set(heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &modes[m], w);
+        b.finalize(heur, w);
+        if (b.st == CUDNN_STATUS_SUCCESS)
+            b.fail(a->cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0,
+                                               &count, NULL), "engine heuristics (count)");
+    }
     if (count > 16) count = 16;
     std::vector<cudnnBackendDescriptor_t> cfgs;
     for (int64_t i = 0; i < count && b.st == CUDNN_STATUS_SUCCESS; i++)
@@ -203,9 +207,10 @@ void build(const sao_cudnn_api *a, cudnnHandle_t h, const sao_attn_geo *g, int d
     if (b.st == CUDNN_STATUS_SUCCESS && count > 0)
         b.fail(a->cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, count,
                                            &got, cfgs.data()), "engine heuristics (results)");
+    if (got > count) got = count;
     if (b.st == CUDNN_STATUS_SUCCESS && got <= 0)
-        snprintf(p->why, sizeof p->why, "cuDNN %zu's heuristics offer no engine for this %s graph",
-                 a->cudnnGetVersion(), DIR_NAMES[dir]);
+        snprintf(p->why, sizeof p->why, "cuDNN %zu's heuristics (modes A and fallback) offer no engine for this %s "
+                 "graph", a->cudnnGetVersion(), DIR_NAMES[dir]);
 
     // each configuration's engine and whether its numerical notes say nondeterministic (atomics)
     std::vector<bool> nondet;
