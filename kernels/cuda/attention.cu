@@ -738,14 +738,14 @@ extern "C" int sao_cuda_attention_backward(sao_ctx *ctx, const struct sao_attn_d
         sao_cuda_check_ptr(ctx, op, "dq", dq) || sao_cuda_check_ptr(ctx, op, "dk", dk) ||
         sao_cuda_check_ptr(ctx, op, "dv", dv) || sao_cuda_check_ptr(ctx, op, "dbias", dbias))
         return -1;
-    if (attn_impl == IMPL_CUDNN && sao_cuda_gemm_precision(-1) == SAO_GEMM_BF16 && !bias && !key_mask && !dbias) {
+    bool bf16 = sao_cuda_gemm_precision(-1) == SAO_GEMM_BF16;
+    if (attn_impl == IMPL_CUDNN && bf16 && !bias && !key_mask && !dbias) {
         int rc = sao_cuda_sdpa_backward(ctx, op, &g, q, k, v, out, lse, dout, dq, dk, dv);
         if (rc <= 0) return rc;   // 1: cuDNN does not take it; the kernels below do
     }
     // bf16 mode: the bf16 tensor-core flash backward (attention_mma_bwd.cu), bias and key mask too;
     // a dbias keeps the fp32 flash kernels below (their dQ block owns dbias rows across the batch)
-    if (!dbias && (attn_impl == IMPL_AUTO || attn_impl == IMPL_CUDNN) && sao_cuda_gemm_precision(-1) == SAO_GEMM_BF16 &&
-        sao_cuda_attn_mma_fits(&g))
+    if (!dbias && (attn_impl == IMPL_AUTO || attn_impl == IMPL_CUDNN) && bf16 && sao_cuda_attn_mma_fits(&g))
         return sao_cuda_attn_mma_backward(ctx, op, &g, q, k, v, bias, key_mask, out, lse, dout, dq, dk, dv);
     if (!dbias && tensor_core_path(&g, bias, key_mask)) {
         if (g.G == 1) return tc_backward(ctx, op, &g, q, k, v, out, lse, dout, dq, dk, dv);
