@@ -6,7 +6,8 @@
 #   make test      deps + build, then every spec (busted on LuaJIT); ends with "N passed, N failed, N skipped"
 #   make test-gpu  the GPU-tagged specs only (skipped, and counted as such, without a GPU)
 #   make test-gpu-emu  the GPU specs on a CPU emulation of the CUDA backend (spec/support/cuda_emu;
-#                  slow: about an hour on 2 cores; no GPU or CUDA toolkit needed)
+#                  slow: about an hour on 2 cores; no GPU or CUDA toolkit needed; EMU_SCHED=reverse
+#                  or shuffle:SEED runs every kernel's threads in another order, exposing races)
 #   make bench     benchmarks as JSON lines (bench/*.lua)
 #   make install PREFIX=/usr/local
 #

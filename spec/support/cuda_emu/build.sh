@@ -20,9 +20,15 @@ for f in "$ROOT"/kernels/cuda/*.cu; do
   g++ $CXXF -c "$OUT/src/$n.cpp" -o "$OUT/obj/$n.o" & pids="$pids $!"
 done
 g++ $CXXF -c "$HERE/emu.cpp" -o "$OUT/obj/emu_runtime.o" & pids="$pids $!"
+luajit "$HERE/rewrite.lua" "$HERE/selftest.cu" "$OUT/src/selftest.cpp"
+g++ $CXXF -c "$OUT/src/selftest.cpp" -o "$OUT/selftest.o" & pids="$pids $!"
 g++ $CXXF -c "$HERE/cudnn_emu.cpp" -o "$OUT/obj/emu_cudnn.o" & pids="$pids $!"
 g++ $CXXF -c "$HERE/cudnn_graph_emu.cpp" -o "$OUT/obj/emu_cudnn_graph.o" & pids="$pids $!"
 for p in $pids; do wait "$p"; done   # any failed compile stops the build here
 g++ -shared -o "$OUT/libsao_cuda.so" "$OUT"/obj/*.o -L"$LIB" -lsao -Wl,-rpath,"$LIB" \
   -Wl,--no-undefined -Wl,--version-script="$ROOT/kernels/cuda/backend.map" -lpthread
+# the emulator's own check: its thread orders (EMU_SCHED) expose racy kernels (selftest.cu)
+g++ -o "$OUT/emu_selftest" "$OUT/selftest.o" "$OUT/obj/emu_runtime.o" -lpthread
+"$OUT/emu_selftest" > "$OUT/emu_selftest.log" 2>&1 || { cat "$OUT/emu_selftest.log"; echo "build.sh: the emulator's self-test failed" >&2; exit 1; }
+tail -1 "$OUT/emu_selftest.log"
 echo "built $OUT/libsao_cuda.so (SAO_CUDA_LIB=$OUT/libsao_cuda.so runs the CUDA specs on it)"

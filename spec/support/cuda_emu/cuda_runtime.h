@@ -68,8 +68,12 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s = 0);
 cudaError_t cudaEventSynchronize(cudaEvent_t e);
 cudaError_t cudaEventDestroy(cudaEvent_t e);
 cudaError_t cudaPointerGetAttributes(cudaPointerAttributes *a, const void *p);
-cudaError_t emu_func_attr();
-template <class T> cudaError_t cudaFuncSetAttribute(T *, cudaFuncAttribute, int) { return emu_func_attr(); }
+// a kernel's dynamic shared memory limit (cudaFuncAttributeMaxDynamicSharedMemorySize): 48 KB until
+// raised, at most the device's opt-in maximum; a launch asking for more fails as on a GPU
+cudaError_t emu_func_attr(const void *kernel, cudaFuncAttribute a, int value);
+template <class T> cudaError_t cudaFuncSetAttribute(T *k, cudaFuncAttribute a, int v) {
+    return emu_func_attr(reinterpret_cast<const void *>(k), a, v);
+}
 
 bool emu_is_device(const void *p);
 struct emu_dev_access { emu_dev_access(); ~emu_dev_access(); };   // arena readable while alive
@@ -82,7 +86,6 @@ extern dim3 blockDim, gridDim;
 #define __global__
 #define __device__
 #define __host__
-#define __shared__ static
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 void __syncthreads();
@@ -92,14 +95,17 @@ template <class T> T __shfl_sync(unsigned, T v, int src) { return (T)emu_shfl((d
 template <class T> T __shfl_xor_sync(unsigned, T v, int m) { return (T)emu_shfl((double)v, 1, m); }
 template <class T> T __shfl_down_sync(unsigned, T v, int o) { return (T)emu_shfl((double)v, 2, o); }
 void *emu_dyn_smem();
+// the block's region for the static __shared__ array declared at `site` (rewrite.lua numbers them):
+// allocated NaN-filled on the block's first request, the same for every thread of the block
+void *emu_static_smem(const char *site, size_t bytes);
 struct emu_cfg { dim3 g, b; size_t smem; cudaStream_t st; };
 inline emu_cfg emu_config(dim3 g, dim3 b, size_t smem = 0, cudaStream_t st = 0) { return {g, b, smem, st}; }
 // queues (or, while its stream captures, records) one launch; the closure holds the arguments as
 // evaluated at the launch, as CUDA copies kernel parameters then
-void emu_submit(const emu_cfg &c, std::function<void()> body);
+void emu_submit(const emu_cfg &c, const void *kernel, std::function<void()> body);
 template <class F, class... A> void emu_launch_t(F f, emu_cfg c, A... a) {
     auto args = std::make_tuple(a...);
-    emu_submit(c, [f, args]() { std::apply(f, args); });
+    emu_submit(c, reinterpret_cast<const void *>(f), [f, args]() { std::apply(f, args); });
 }
 inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((unsigned long long)a * b) >> 32); }
 inline unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return u; }

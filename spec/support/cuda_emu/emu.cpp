@@ -10,6 +10,7 @@
 static char *arena;
 static size_t used;
 static const size_t ARENA = (size_t)8 << 30;
+static const int SMEM_DEFAULT = 48 * 1024, SMEM_OPTIN = 232448;   // dynamic shared memory: an H100 / H200's limits
 static int access_depth;
 long long emu_bytes_h2d, emu_bytes_d2h, emu_launches, emu_gemms;
 
@@ -33,6 +34,7 @@ static bool host_range(const void *p, size_t n) { return n == 0 || (!emu_is_devi
 }
 
 
+#include <map>
 #include <set>
 #include <vector>
 static int no_device() { const char *s = getenv("EMU_NO_DEVICE"); return s && *s && *s != '0'; }
@@ -105,7 +107,12 @@ cudaError_t cudaEventSynchronize(cudaEvent_t) { return unsafe(); }
 cudaError_t cudaEventDestroy(cudaEvent_t e) { delete e; return 0; }
 cudaError_t cudaDeviceSynchronize() { return unsafe(); }
 cudaError_t cudaStreamSynchronize(cudaStream_t) { return unsafe(); }
-cudaError_t emu_func_attr() { return 0; }
+static std::map<const void *, int> smem_limit;   // kernel -> its raised dynamic shared memory limit
+cudaError_t emu_func_attr(const void *kernel, cudaFuncAttribute a, int value) {
+    if (a != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 || value > SMEM_OPTIN) return last_error = cudaErrorInvalidValue;
+    smem_limit[kernel] = value;
+    return 0;
+}
 
 cudaError_t cudaMalloc(void **p, size_t n) {
     if (capturing) return unsafe();
@@ -157,7 +164,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int d) {
     p->totalGlobalMem = ARENA; p->major = 9; p->minor = 0;
     return 0;
 }
-cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr, int) { *v = 232448; return 0; }
+cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr, int) { *v = SMEM_OPTIN; return 0; }
 cudaError_t cudaPointerGetAttributes(cudaPointerAttributes *a, const void *p) {
     if (capturing) return unsafe();
     a->type = emu_is_device(p) ? cudaMemoryTypeDevice : pinned.count((void *)p) ? cudaMemoryTypeHost : cudaMemoryTypeUnregistered;
@@ -192,6 +199,58 @@ double emu_shfl(double v, int mode, int arg) {
     return r;
 }
 void *emu_dyn_smem() { return dyn.data(); }
+// static __shared__ arrays: one region per declaration site and block, NaN-filled at the block's
+// first request (a GPU's shared memory holds garbage, never the previous block's values)
+struct static_smem { const char *site; size_t bytes; std::vector<double> mem; };
+static std::vector<static_smem> statics;
+void *emu_static_smem(const char *site, size_t bytes) {
+    for (auto &s : statics)
+        if (!strcmp(s.site, site)) {
+            if (s.bytes != bytes) { fprintf(stderr, "emu: __shared__ %s: %zu bytes, then %zu\n", site, s.bytes, bytes); abort(); }
+            return s.mem.data();
+        }
+    statics.push_back({site, bytes, std::vector<double>(bytes / 8 + 1)});
+    memset(statics.back().mem.data(), 0xff, statics.back().mem.size() * 8);
+    return statics.back().mem.data();
+}
+
+// The order fibers run in (EMU_SCHED, read at each launch): "forward" (the default: blocks, and the
+// threads of a block between barriers, in index order), "reverse" (both backwards) or
+// "shuffle[:SEED]" (the blocks in a random order per launch, the threads in a fresh random order in
+// every round between barriers; SEED 1 by default, the stream goes on from launch to launch). A
+// kernel whose result depends on the order (two threads touching the same word between barriers,
+// lanes of a warp without a __syncwarp, blocks writing what other blocks read) gives other bits
+// under another order: spec/cuda_sched_spec.lua runs the kernels under each and compares.
+enum { SCHED_FORWARD, SCHED_REVERSE, SCHED_SHUFFLE };
+static int sched_mode;
+static uint64_t sched_state, sched_seed;
+static void sched_read() {
+    const char *s = getenv("EMU_SCHED");
+    if (!s || !*s || !strcmp(s, "forward")) { sched_mode = SCHED_FORWARD; return; }
+    if (!strcmp(s, "reverse")) { sched_mode = SCHED_REVERSE; return; }
+    if (!strncmp(s, "shuffle", 7) && (s[7] == 0 || s[7] == ':')) {
+        uint64_t seed = s[7] ? strtoull(s + 8, NULL, 10) : 1;
+        if (sched_mode != SCHED_SHUFFLE || seed != sched_seed) sched_state = seed * 0x9E3779B97F4A7C15ull + 1;
+        sched_mode = SCHED_SHUFFLE; sched_seed = seed;
+        return;
+    }
+    fprintf(stderr, "emu: EMU_SCHED=%s: not forward, reverse or shuffle[:SEED]\n", s);
+    abort();
+}
+static uint64_t sched_next() {   // splitmix64
+    uint64_t z = (sched_state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+// order[0..n) = the indices in the mode's order (a fresh permutation each call when shuffling)
+static void sched_order(std::vector<uint32_t> &order, size_t n) {
+    order.resize(n);
+    for (size_t i = 0; i < n; i++) order[i] = (uint32_t)(sched_mode == SCHED_REVERSE ? n - 1 - i : i);
+    if (sched_mode == SCHED_SHUFFLE)
+        for (size_t i = n; i > 1; i--) std::swap(order[i - 1], order[sched_next() % i]);
+}
+int emu_sched_mode() { return sched_mode; }
 
 static void emu_run(dim3 g, dim3 b, size_t smem, const std::function<void()> &f) {
     if (g.x == 0 || g.y == 0 || g.z == 0 || b.x * b.y * b.z == 0 || b.x * b.y * b.z > 1024) {
@@ -199,15 +258,20 @@ static void emu_run(dim3 g, dim3 b, size_t smem, const std::function<void()> &f)
         abort();
     }
     emu_launches++;
+    sched_read();
     emu_dev_access acc;
     gridDim = g; blockDim = b; cur_fn = &f;
     nthr = (int)(b.x * b.y * b.z);
     fibs.resize(nthr);
     while ((int)stacks.size() < nthr) stacks.push_back((char *)malloc(STACK));
-    for (unsigned bz = 0; bz < g.z; bz++)
-    for (unsigned by = 0; by < g.y; by++)
-    for (unsigned bx = 0; bx < g.x; bx++) {
+    static std::vector<uint32_t> blocks, thr;
+    size_t nblk = (size_t)g.x * g.y * g.z;
+    sched_order(blocks, nblk);
+    for (size_t bi = 0; bi < nblk; bi++) {
+        size_t lb = blocks[bi];
+        unsigned bx = (unsigned)(lb % g.x), by = (unsigned)(lb / g.x % g.y), bz = (unsigned)(lb / g.x / g.y);
         blockIdx = {bx, by, bz};
+        statics.clear();
         dyn.assign(smem / 8 + 1, 0.0);
         memset(dyn.data(), 0xff, dyn.size() * 8);   // NaN: reads of unwritten shared memory show
         for (int i = 0; i < nthr; i++) {
@@ -218,7 +282,9 @@ static void emu_run(dim3 g, dim3 b, size_t smem, const std::function<void()> &f)
             makecontext(&F.uc, tramp, 0);
         }
         for (;;) {
-            for (int i = 0; i < nthr; i++) {
+            sched_order(thr, (size_t)nthr);
+            for (int k = 0; k < nthr; k++) {
+                int i = (int)thr[k];
                 if (fibs[i].state != RUN) continue;
                 cur = i;
                 threadIdx = {fibs[i].x, fibs[i].y, fibs[i].z};
@@ -244,8 +310,16 @@ static void emu_run(dim3 g, dim3 b, size_t smem, const std::function<void()> &f)
 }
 
 
-void emu_submit(const emu_cfg &c, std::function<void()> body) {
+void emu_submit(const emu_cfg &c, const void *kernel, std::function<void()> body) {
     if (c.g.x == 0 || c.g.y == 0 || c.g.z == 0) { last_error = cudaErrorInvalidValue; return; }
+    auto lim = smem_limit.find(kernel);
+    int most = lim == smem_limit.end() ? SMEM_DEFAULT : lim->second;
+    if (c.smem > (size_t)most) {   // as a GPU refuses it: the launch does not run, the error is the launch's
+        fprintf(stderr, "emu: a launch asks for %zu bytes of dynamic shared memory, the kernel's limit is %d "
+                "(cudaFuncSetAttribute(..., cudaFuncAttributeMaxDynamicSharedMemorySize, ...) raises it)\n", c.smem, most);
+        last_error = cudaErrorInvalidValue;
+        return;
+    }
     emu_cfg cc = c;
     cudaError_t e = enqueue(c.st, [cc, body]() { emu_run(cc.g, cc.b, cc.smem, body); });
     if (e) last_error = e;
