@@ -17,9 +17,12 @@
 #                     one "gpu_check" status line after each benchmark (rc, seconds, lines)
 #   gpu-bench.log     the benchmarks' whole output (stdout and stderr)
 #   kit-info.txt      how the kit was made (commit, flags, Debian packages)
+#   sanitize-TOOL.txt compute-sanitizer's report per tool, when GPU_CHECK_SANITIZE asks for it
 #
 # Environment: OUT; GPU_CHECK_BUDGET (s, default 520), GPU_CHECK_TEST_S (cap for the spec run,
-# default 200), GPU_CHECK_BENCH_S (cap per benchmark, default 260), GPU_CHECK_KEEP_ROOT=1 keeps
+# default 200), GPU_CHECK_BENCH_S (cap per benchmark, default 260), GPU_CHECK_SANITIZE (tools of
+# compute-sanitizer to run on the kernel specs after them, e.g. "memcheck racecheck"; none by
+# default) with GPU_CHECK_SANITIZE_S (cap per tool, default 120), GPU_CHECK_KEEP_ROOT=1 keeps
 # .gpu/root afterwards (it is removed by default: unpacked, .gpu/ would be too big to carry).
 # Nothing is installed outside the repository: the kit's libraries are found through their
 # RUNPATHs, so no LD_LIBRARY_PATH is set for them (one is set only for CUDA libraries that
@@ -240,6 +243,30 @@ main() {
       *) record specs "rc $rc: ${summary:-no summary} ($(($(now) - t0))s)" ;;
     esac
   fi
+
+  # ---- compute-sanitizer on the kernel specs (opt-in: GPU_CHECK_SANITIZE="memcheck racecheck") ----
+  # The emulation checks races by thread order (spec/cuda_sched_spec.lua) but cannot see an
+  # out-of-bounds read inside the device arena; compute-sanitizer sees both on the real kernels.
+  # Slow (10x to 100x), so off by default: each tool gets at most GPU_CHECK_SANITIZE_S (120) and
+  # runs the op and attention specs; its report goes to sanitize-TOOL.txt.
+  for tool in ${GPU_CHECK_SANITIZE:-}; do
+    san=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null | head -1)
+    t=$(min "${GPU_CHECK_SANITIZE_S:-120}" $(($(left) - 60)))
+    if [ -z "$san" ]; then record "sanitize $tool" "SKIPPED (no compute-sanitizer)"; continue; fi
+    if [ "$t" -lt 30 ]; then record "sanitize $tool" "SKIPPED (no time left)"; continue; fi
+    note "compute-sanitizer --tool $tool (timeout ${t}s)"
+    t0=$(now)
+    timeout -k 10 "$t" "$san" --tool "$tool" --error-exitcode 97 --print-limit 50 \
+      busted --lua=luajit -o TAP spec/cuda_ops_spec.lua spec/cuda_flash_spec.lua > "$OUT/sanitize-$tool.txt" 2>&1
+    rc=$?
+    tail -n 15 "$OUT/sanitize-$tool.txt"
+    case "$rc" in
+      0) record "sanitize $tool" "ok ($(($(now) - t0))s)" ;;
+      97) record "sanitize $tool" "ERRORS (see sanitize-$tool.txt)" ;;
+      124|137) record "sanitize $tool" "TIMED OUT after ${t}s" ;;
+      *) record "sanitize $tool" "rc $rc (see sanitize-$tool.txt)" ;;
+    esac
+  done
 
   # ---- the GPU benchmarks -------------------------------------------------------------------
   found=0

@@ -92,17 +92,12 @@ attn_fwd_mma(sao_attn_geo g, const float *q, const float *k, const float *v, con
     float *Ss = (float *)(base + plan.s), *Os = (float *)(base + plan.o), *inv = (float *)(base + plan.inv);
     bf16 *Ps = (bf16 *)(base + plan.p);
 
-    long long h, b;
-    const long long t0 = mma_block_tile(g.T, MQ, g.H, &h, &b);
-    const long long kh = h / g.G;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const float *kb = k + b * g.sk[0] + kh * g.sk[1], *vb = v + b * g.sv[0] + kh * g.sv[1];
-    const uint8_t *mb = mask ? mask + b * g.M : NULL;
-
-    // this lane's softmax row (two lanes per row) and half of the row's keys / output dims
-    const int row = warp * 16 + (lane >> 1), half = lane & 1;
-    const long long t = t0 + row;
-    const float *brow = bias && t < g.T ? bias + (h * g.T + t) * g.M : NULL;
+    // the block's tile; this lane's softmax row (two lanes per row), half of its keys / output dims
+    const mma_qtile at = mma_qtile_at(g, MQ, k, v, bias, mask);
+    const long long t0 = at.t0, h = at.h, b = at.b, t = at.t;
+    const int lane = at.lane, warp = at.warp, row = at.row, half = at.half;
+    const float *kb = at.kb, *vb = at.vb, *brow = at.brow;
+    const uint8_t *mb = at.mb;
     float *orow = Os + row * FP;
     float *Sw = Ss + warp * 16 * SPITCH;
     bf16 *Pw = Ps + warp * 16 * PPITCH;

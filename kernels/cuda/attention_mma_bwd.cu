@@ -222,17 +222,12 @@ attn_bwd_mma_dq(sao_attn_geo g, const float *q, const float *k, const float *v, 
     float *Ss = (float *)(base + plan.s), *dPs = (float *)(base + plan.dp), *dQs = (float *)(base + plan.acc);
     float *Ls = (float *)(base + plan.ls), *Drs = (float *)(base + plan.dr);
 
-    long long h, b;
-    const long long t0 = mma_block_tile(g.T, BT, g.H, &h, &b);
-    const long long kh = h / g.G;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const float *kb = k + b * g.sk[0] + kh * g.sk[1], *vb = v + b * g.sv[0] + kh * g.sv[1];
-    const uint8_t *mb = mask ? mask + b * g.M : NULL;
-
-    // this lane's query row (two lanes per row) and half of the key tile
-    const int row = warp * 16 + (lane >> 1), half = lane & 1;
-    const long long t = t0 + row;
-    const float *brow = bias && t < g.T ? bias + (h * g.T + t) * g.M : NULL;
+    // the block's tile; this lane's query row (two lanes per row) and half of the key tile
+    const mma_qtile at = mma_qtile_at(g, BT, k, v, bias, mask);
+    const long long t0 = at.t0, h = at.h, b = at.b;
+    const int lane = at.lane, warp = at.warp, row = at.row, half = at.half;
+    const float *kb = at.kb, *vb = at.vb, *brow = at.brow;
+    const uint8_t *mb = at.mb;
     float *Sw = Ss + warp * 16 * SPITCH, *dPw = dPs + warp * 16 * SPITCH, *dQw = dQs + warp * 16 * FP;
     bf16 *dSw = (bf16 *)dPw;   // in place
 

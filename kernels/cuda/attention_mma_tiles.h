@@ -33,6 +33,34 @@ __device__ static inline long long mma_block_tile(long long n, int rows, long lo
     return (blk % tiles) * rows;
 }
 
+// A query-tile block's coordinates (the forward's and the dQ kernel's: one block per (b, h, tile of
+// `rows` queries), 16 rows per warp, two lanes per row): the tile's first query t0, head h, its K/V
+// head kh, batch b; K and V of that head (kb, vb), the batch row's key mask (mb, NULL without one);
+// this lane's row of the tile, its half of the keys, its query t and the bias row (NULL without a
+// bias or past T).
+struct mma_qtile {
+    long long t0, h, kh, b, t;
+    int lane, warp, row, half;
+    const float *kb, *vb, *brow;
+    const uint8_t *mb;
+};
+__device__ static inline mma_qtile mma_qtile_at(const sao_attn_geo &g, int rows, const float *k, const float *v,
+                                                const float *bias, const uint8_t *mask) {
+    mma_qtile q;
+    q.t0 = mma_block_tile(g.T, rows, g.H, &q.h, &q.b);
+    q.kh = q.h / g.G;
+    q.lane = threadIdx.x & 31;
+    q.warp = threadIdx.x >> 5;
+    q.kb = k + q.b * g.sk[0] + q.kh * g.sk[1];
+    q.vb = v + q.b * g.sv[0] + q.kh * g.sv[1];
+    q.mb = mask ? mask + q.b * g.M : NULL;
+    q.row = q.warp * 16 + (q.lane >> 1);
+    q.half = q.lane & 1;
+    q.t = q.t0 + q.row;
+    q.brow = bias && q.t < g.T ? bias + (q.h * g.T + q.t) * g.M : NULL;
+    return q;
+}
+
 // n rows [r0, r0 + n) of a strided fp32 block (row stride rs; rows past `rows` zero) rounded into
 // bf16 rows of pitch D + 8, by the whole block, coalesced along each row.
 __device__ static inline void mma_load_rows(bf16 *dst, const float *base, long long rs, long long r0, long long rows,

@@ -42,6 +42,7 @@ static cudaError_t last_error;
 cudaError_t cudaGetLastError() { cudaError_t e = last_error; last_error = 0; return e; }
 const char *cudaGetErrorString(cudaError_t e) {
     switch (e) {
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorMemoryAllocation: return "out of memory";
     case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
@@ -311,7 +312,14 @@ static void emu_run(dim3 g, dim3 b, size_t smem, const std::function<void()> &f)
 
 
 void emu_submit(const emu_cfg &c, const void *kernel, std::function<void()> body) {
-    if (c.g.x == 0 || c.g.y == 0 || c.g.z == 0) { last_error = cudaErrorInvalidValue; return; }
+    const dim3 &g = c.g, &b = c.b;
+    if (g.x == 0 || g.y == 0 || g.z == 0 || g.x > 2147483647u || g.y > 65535 || g.z > 65535 || b.x == 0 || b.y == 0 ||
+        b.z == 0 || b.x > 1024 || b.y > 1024 || b.z > 64 || (unsigned long long)b.x * b.y * b.z > 1024) {
+        // as a GPU refuses it: the launch does not run, the error is the launch's
+        fprintf(stderr, "emu: invalid launch configuration: grid (%u,%u,%u) block (%u,%u,%u)\n", g.x, g.y, g.z, b.x, b.y, b.z);
+        last_error = cudaErrorInvalidConfiguration;
+        return;
+    }
     auto lim = smem_limit.find(kernel);
     int most = lim == smem_limit.end() ? SMEM_DEFAULT : lim->second;
     if (c.smem > (size_t)most) {   // as a GPU refuses it: the launch does not run, the error is the launch's

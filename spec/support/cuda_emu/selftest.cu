@@ -130,6 +130,17 @@ int main() {
         printf("emu selftest: %-34s %s: %s (errors %d, then %d)\n", "dynamic shared memory over 48 KB", "limit",
                ok ? "ok" : "FAILED", refused, raised);
     }
+    {   // a grid beyond CUDA's limits (y above 65535) is refused at the launch, not run
+        float *d;
+        cudaMalloc((void **)&d, 16 * sizeof(float));
+        cudaGetLastError();
+        block_writes<<<dim3(1, 65536), 32>>>(d, 1);
+        cudaError_t e = cudaGetLastError();
+        bool ok = e == cudaErrorInvalidConfiguration;
+        checks++;
+        if (!ok) failures++;
+        printf("emu selftest: %-34s %s: %s (error %d)\n", "grid y above 65535", "limit", ok ? "ok" : "FAILED", e);
+    }
     printf("emu selftest: %d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;
 }
