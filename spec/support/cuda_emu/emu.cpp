@@ -251,7 +251,6 @@ static void sched_order(std::vector<uint32_t> &order, size_t n) {
     if (sched_mode == SCHED_SHUFFLE)
         for (size_t i = n; i > 1; i--) std::swap(order[i - 1], order[sched_next() % i]);
 }
-int emu_sched_mode() { return sched_mode; }
 
 static void emu_run(dim3 g, dim3 b, size_t smem, const std::function<void()> &f) {
     if (g.x == 0 || g.y == 0 || g.z == 0 || b.x * b.y * b.z == 0 || b.x * b.y * b.z > 1024) {
