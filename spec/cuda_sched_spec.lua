@@ -6,8 +6,8 @@
 -- the __syncwarp they need, blocks reading what other blocks write) that the forward order happens
 -- to resolve the right way then gives other bits, which a GPU would give some of the time. Each
 -- workload below runs the model paths through their device kernels (the DiT's training pass in
--- each attention path and precision, T5 with relative bias and padding, the VAE on the GEMM
--- convolutions, the attention backward with dbias, a training run with the fused AdamW, EMA and
+-- each attention path and precision, T5 with relative bias and padding, the VAE on both
+-- convolution paths, the attention backward with dbias, a training run with the fused AdamW, EMA and
 -- clipping, generation with the device sampler RNG) under each order and compares every output
 -- bit for bit with the forward order's. The emulator's own self-test (build.sh, selftest.cu)
 -- checks that these orders do expose racy kernels. On a real GPU the orders cannot be chosen: the
@@ -177,6 +177,12 @@ describe("CUDA kernels give the same bits whichever order the emulation runs the
     assert.is_true(order_independent("dit bf16 auto", { precision = "bf16" }, dit_pass(false)) > 30)
   end)
 
+  emu_it("the DiT training pass: bf16 through cuDNN's fused SDPA (the bf16 packing around the emulation's cuDNN)", function()
+    local runs = sao.cuda.sdpa()
+    assert.is_true(order_independent("dit bf16 cudnn", { precision = "bf16", attention = "cudnn" }, dit_pass(false)) > 30)
+    assert.is_true(sao.cuda.sdpa() > runs, "cuDNN's SDPA did not run")
+  end)
+
   emu_it("attention forward and backward with bias, key mask, grouped heads and odd sizes (dbias too)", function()
     local s = { B = 2, H = 4, Hkv = 2, T = 37, M = 29, D = 32, bias = true, mask = attn.mask_37, seed = 91 }
     local x = attn.inputs(s)
@@ -204,15 +210,17 @@ describe("CUDA kernels give the same bits whichever order the emulation runs the
     end
   end)
 
-  emu_it("the VAE on the GEMM convolutions: encode (mean) and decode", function()
+  emu_it("the VAE: encode (mean) and decode, on the GEMM convolutions and through cuDNN", function()
     local man = cjson.decode(io.open("spec/fixtures/oobleck_tiny.json"):read("*a"))
     local fx = sao.load_safetensors("spec/fixtures/oobleck_tiny.safetensors")
     local p = {}
     for k, v in pairs(fx) do if k:match("^encoder%.") or k:match("^decoder%.") then p[k] = v end end
     local vae = sao.vae.new(man.config):load(p):to("cuda")
-    assert.equal(2, order_independent("vae", { conv = "gemm" }, function()
-      return { z = vae:encode(fx["inputs/audio"], { sample = false }), audio = vae:decode(fx["inputs/latent"]) }
-    end))
+    for _, conv in ipairs { "gemm", "cudnn" } do
+      assert.equal(2, order_independent("vae " .. conv, { conv = conv }, function()
+        return { z = vae:encode(fx["inputs/audio"], { sample = false }), audio = vae:decode(fx["inputs/latent"]) }
+      end))
+    end
   end)
 
   emu_it("three training steps: the fused AdamW with EMA and clipping, fp32 and bf16", function()
