@@ -113,14 +113,8 @@ local function order_independent(label, settings, work)
 end
 
 -- ---- the workloads ---------------------------------------------------------------------------------
-local dit_man = cjson.decode(io.open("spec/fixtures/dit_tiny.json"):read("*a"))
-local dit_params = require("sao.fixtures").params(sao.load_safetensors("spec/fixtures/dit_tiny.safetensors"))
-local dcfg = dit_man.config
-local function new_dit()
-  local d = require("sao.fixtures").new_dit(dcfg)
-  d:load(dit_params)
-  return d
-end
+local new_dit = attn.dit_tiny()   -- the dit_tiny fixture's model, weights loaded
+local dcfg = cjson.decode(io.open("spec/fixtures/dit_tiny.json"):read("*a")).config
 
 local B, T, L = 2, 12, 5
 -- the DiT's training pass on the device: output, input gradients and every weight gradient
