@@ -89,6 +89,21 @@ main() {
     echo "kit: $(head -2 "$KIT/kit-info.txt" | tr '\n' ' ')"
   fi
   COMMIT=$(sed -n 's/^commit: //p' "$KIT/kit-info.txt" 2>/dev/null)
+  # the kit's binaries against the C sources beside them (the Lua code and specs run from this tree)
+  KIT_SOURCES=$(sed -n 's/^sources: \([0-9a-f]*\).*/\1/p' "$KIT/kit-info.txt" 2>/dev/null)
+  TREE_SOURCES=$(sh bench/kit_sources.sh 2>/dev/null)
+  if [ ! -f "$KIT/kit-info.txt" ]; then
+    :   # no kit: reported below
+  elif [ -z "$KIT_SOURCES" ]; then
+    echo "WARNING: the kit does not say which sources it was built from (an older gpu_kit.sh)"
+    record kit "WARNING: sources unknown"
+  elif [ "$KIT_SOURCES" != "$TREE_SOURCES" ]; then
+    echo "WARNING: STALE KIT: built from sources $KIT_SOURCES, this tree's are $TREE_SOURCES:" \
+      "its libraries do not match the Lua code and specs here (run sh bench/gpu_kit.sh right before the call)"
+    record kit "STALE (sources $KIT_SOURCES, tree $TREE_SOURCES)"
+  else
+    echo "kit sources: $KIT_SOURCES, the same as this tree's"
+  fi
   {
     printf '{"gpu_check":"start","gpu":%s,"gpu_info":%s,"date":%s,"kit_commit":%s}\n' \
       "$(json_str "$GPU")" "$(json_str "$GPU_INFO")" "$(json_str "$(date -u '+%Y-%m-%dT%H:%M:%SZ')")" \

@@ -69,6 +69,7 @@ for try in 1 2 3 4; do
   say "sources changed during the build: building again"
 done
 [ -f "$OBJ/libsao_cuda.so" ] || die "make built no libsao_cuda.so (CUDA not detected?)"
+SOURCES=$(sh bench/kit_sources.sh)   # what the binaries were built from (gpu_check.sh compares)
 
 rm -rf "$KIT"
 mkdir -p "$KIT/build" "$KIT/bin" "$KIT/xz"
@@ -250,6 +251,7 @@ case "$why" in true*) ;; *) die "the kit's CUDA backend does not load: $why" ;; 
 {
   echo "made: $(date -u '+%Y-%m-%dT%H:%M:%SZ') on $(uname -n) ($(. /etc/os-release && echo "$PRETTY_NAME"))"
   echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)"
+  echo "sources: $SOURCES (sh bench/kit_sources.sh)"
   echo "working tree changes (git status --porcelain): $(git status --porcelain 2>/dev/null | tr '\n' ';')"
   echo "nvcc: $( (command -v nvcc >/dev/null && nvcc --version || /usr/local/cuda/bin/nvcc --version) | tail -1)"
   echo "OPT: $OPT_KIT"
