@@ -17,35 +17,18 @@ local sao = require "sao"
 local cjson = require "cjson"
 local gpu = require "support.gpu"
 local attn = require "support.attncmp"
-local cmp = require "support.devcmp"
 
-pcall(ffi.cdef, "int setenv(const char *, const char *, int); int unsetenv(const char *);")
 pcall(ffi.cdef, "int memcmp(const void *a, const void *b, size_t n);")
 
 local ORDERS = { "reverse", "shuffle:5" }
 
-local function emulated()
-  local d = gpu.has_gpu and sao.cuda.devices()[1]
-  return d and d.name:match("emulator") ~= nil
-end
-
 -- busted's `it` on the emulation; pending elsewhere (no GPU, or a real one: orders cannot be set)
 local function emu_it(name, f)
-  if emulated() then
+  if gpu.emulated() then
     it(name, f)
   else
     pending(name .. (gpu.has_gpu and " (a real GPU: EMU_SCHED needs the emulation)" or " (no CUDA device: skipped)"))
   end
-end
-
--- runs f with the environment variable `name` set to `value`, then restores what it was
-local function with_env(name, value, f)
-  local was = os.getenv(name)
-  ffi.C.setenv(name, value, 1)
-  local ok, res = pcall(f)
-  if was then ffi.C.setenv(name, was, 1) else ffi.C.unsetenv(name) end
-  if not ok then error(res, 0) end
-  return res
 end
 
 -- Runs f under every setting of `settings` (sao.cuda precision and attention_impl, conv backend),
@@ -90,7 +73,7 @@ end
 -- order, and asserts the same bits each time; returns how many values were compared.
 local function order_independent(label, settings, work)
   local run = function(order)
-    return with_env("EMU_SCHED", order, function() return flatten(with_settings(settings, work)) end)
+    return gpu.with_env({ EMU_SCHED = order }, function() return flatten(with_settings(settings, work)) end)
   end
   local want = run("forward")
   local names = {}

@@ -31,7 +31,6 @@ local A = require "support.attncmp"
 local U, with_mode, inputs, cpu_forward, dev_forward, compare = A.U, A.with_mode, A.inputs, A.cpu_forward,
   A.dev_forward, A.compare
 
-ffi.cdef [[ int setenv(const char *name, const char *value, int overwrite); int unsetenv(const char *name); ]]
 
 local cases = {
   { name = "T=37 M=53, 4 heads on 2 K/V heads, D=64", B = 2, H = 4, Hkv = 2, T = 37, M = 53, D = 64, seed = 110 },
@@ -57,25 +56,17 @@ local function forward(s, x, impl, mode)
   return o, l, ran() - before
 end
 
-local function emulated()
-  local d = sao.cuda.devices()[1]
-  return d and d.name:match("emulator") ~= nil
-end
-
 -- The emulation's fake cuDNN takes switches from the environment (spec/support/cuda_emu/README.md),
--- read when a shape's plan is built. Runs f with `vars` set, unsetting them after; on a real GPU the
--- test is pending (true: the caller returns).
+-- read when a shape's plan is built. Runs f with `vars` set (gpu.with_env); on a real GPU the test
+-- is pending (true: the caller returns).
 local function emu_env(vars, f)
-  if not emulated() then
+  if not gpu.emulated() then
     local names = {}
     for k in pairs(vars) do names[#names + 1] = k end
     pending("needs the emulation's fake cuDNN (" .. table.concat(names, ", ") .. ")")
     return
   end
-  for k, v in pairs(vars) do ffi.C.setenv(k, v, 1) end
-  local ok, err = pcall(f)
-  for k in pairs(vars) do ffi.C.unsetenv(k) end
-  if not ok then error(err, 0) end
+  gpu.with_env(vars, f)
   return true
 end
 

@@ -1,6 +1,7 @@
 -- spec/support/gpu.lua — what the CUDA specs share: whether a device is usable, a test that runs
 -- only with one (reported as pending, never as passed, without), the error a machine without a
 -- usable GPU gives, and a model of the same shapes with every weight scaled.
+local ffi = require "ffi"
 local sao = require "sao"
 
 local M = {}
@@ -16,6 +17,30 @@ function M.it(it_, pending_)
   return function(name, f)
     if M.has_gpu then it_(name, f) else pending_(name .. " (no CUDA device: skipped)") end
   end
+end
+
+--- Whether device 0 is the CPU emulation of the backend (spec/support/cuda_emu), whose switches
+--- (EMU_SCHED, the fake cuDNN's EMU_*) some specs use.
+function M.emulated()
+  local d = M.has_gpu and sao.cuda.devices()[1]
+  return d and d.name:match("emulator") ~= nil or false
+end
+
+pcall(ffi.cdef, "int setenv(const char *, const char *, int); int unsetenv(const char *);")
+--- Runs f with the environment variables of `vars` (name -> value) set, then gives them back the
+--- values they had (unset if they had none); returns f's result, raises its error again.
+function M.with_env(vars, f)
+  local was = {}
+  for k, v in pairs(vars) do
+    was[k] = os.getenv(k)
+    ffi.C.setenv(k, v, 1)
+  end
+  local ok, res = pcall(f)
+  for k in pairs(vars) do
+    if was[k] then ffi.C.setenv(k, was[k], 1) else ffi.C.unsetenv(k) end
+  end
+  if not ok then error(res, 0) end
+  return res
 end
 
 --- The message (a Lua pattern) a machine without a usable GPU gives: by build, or a CUDA build
