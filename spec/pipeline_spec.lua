@@ -226,6 +226,37 @@ describe("eval stage", function()
     assert.equal(2, scored)
   end)
 
+  it("adds the CLAP score of every file against its prompt when a CLAP service is set", function()
+    local fake = require "spec.support.fake"
+    local srv = fake.start()
+    -- every audio embeds to e1; a prompt embeds by its hash, except the first sample's prompt: e1
+    local first
+    for _, r in ipairs(eval.groups { out = out, run = "a", reference_clips = 0 }[1].items) do first = first or r.prompt end
+    local e1 = { 1, 0, 0, 0, 0, 0, 0, 0 }
+    srv:configure { clap = { dim = 8, audio = e1, text = { [first] = e1 } } }
+    local m = eval.run { out = out, run = "a", quiet = true, reference_clips = 1, clap_url = srv.url }
+    assert.matches("CLAP score from " .. srv.url:gsub("%p", "%%%0"), m.settings.clap)
+    local n = 0
+    for _, r in ipairs(m.samples) do
+      assert.is_number(r.clap_score, r.file)
+      assert.is_true(r.clap_score >= -1 and r.clap_score <= 1)
+      if r.prompt == first then assert.near(1, r.clap_score, 1e-9) end
+      n = n + 1
+    end
+    assert.equal(5, n)
+    local g1 = {}
+    for _, r in ipairs(m.samples) do if r.group == m.groups[1].name then g1[#g1 + 1] = r.clap_score end end
+    assert.equal(2, m.groups[1].features.clap_score.n)
+    assert.near((g1[1] + g1[2]) / 2, m.groups[1].features.clap_score.mean, 1e-12)
+    srv:stop()
+    -- a service that does not answer: the scores stop with a note, the rest of the evaluation goes on
+    local dead = "http://127.0.0.1:" .. fake.dead_port()
+    local m2 = eval.run { out = out, run = "a", quiet = true, reference_clips = 1, clap_url = dead }
+    assert.matches("CLAP score stopped", m2.notes[1])
+    assert.is_nil(m2.samples[1].clap_score)
+    assert.is_number(m2.samples[1].centroid_hz)
+  end)
+
   it("explains that there is nothing to score", function()
     local empty = clipset.tmpdir()
     assert.error_matches(function() eval.run { out = empty, quiet = true } end, "no samples under")

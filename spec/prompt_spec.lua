@@ -106,6 +106,16 @@ describe("trap variant", function()
     assert.truthy(t:find("lo%-fi"), t)
     assert.truthy(t:find("80 BPM", 1, true), t)
   end)
+
+  it("is chosen by tags by category, not by a confidence field alone", function()
+    -- instrumental clips carry bpm_confidence too (the dataset stage writes it), and an empty Tags list
+    local clip = { Song = "x", Artist = "y", Tags = {}, Instruments = { "Piano" }, tempo = 120, key = "A",
+      mode = "Minor", bpm_confidence = 0.9, key_strength = 0.9 }
+    assert.equal("instrumental", prompt.facts(clip).style)
+    clip.Tags = { instruments = { "808" }, moods = { "dark" }, genres = { "trap" } }
+    assert.equal("trap", prompt.facts(clip).style)
+    assert.equal("trap", prompt.facts({ moods = { "dark" } }).style)
+  end)
 end)
 
 describe("prompt checks", function()

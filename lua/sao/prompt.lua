@@ -265,7 +265,7 @@ function M.facts(meta, opts)
   local style = opts.style
   local cat = type(meta.Tags) == "table" and not meta.Tags[1] and next(meta.Tags) and meta.Tags or meta.tags_by_category
   if not style or style == "auto" then
-    style = (cat or meta.moods or meta.genres or meta.bpm_confidence) and "trap" or "instrumental"
+    style = (cat or meta.moods or meta.genres) and "trap" or "instrumental"
   end
   local f = { style = style, is_facts = true }
   local tempo = num(meta.tempo) or num(meta.bpm)

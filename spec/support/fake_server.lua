@@ -3,11 +3,11 @@
 --   luajit spec/support/fake_server.lua DIR      prints "listening PORT PID" and serves until killed
 --
 -- It simulates an OpenAI-compatible LLM server, the Spotify Web API (client-credentials token,
--- search, audio-features, audio-analysis) and Last.fm, and plays scripted faults. The spec talks to
--- it through files in DIR (see spec/support/fake.lua): DIR/config.json is re-read whenever its
--- "version" changes (which also resets the per-route counters), and every request is appended
--- to DIR/log.jsonl (time, method, path, query, headers, body) before it is answered, so a spec
--- counts requests server-side.
+-- search, audio-features, audio-analysis), Last.fm and a CLAP embedding service (sao.clap's
+-- /embed), and plays scripted faults. The spec talks to it through files in DIR (see
+-- spec/support/fake.lua): DIR/config.json is re-read whenever its "version" changes (which also
+-- resets the per-route counters), and every request is appended to DIR/log.jsonl (time, method,
+-- path, query, headers, body) before it is answered, so a spec counts requests server-side.
 --
 -- config.json:
 --   { "version": 1,
@@ -17,7 +17,17 @@
 --     "spotify": { "client_id": "..", "client_secret": "..", "token_ttl": 3600,
 --                  "features": 403 | "ok", "analysis": 403 | "ok",
 --                  "tracks": [ {"artist","song","id","features"={..},"analysis"={..}} ] },
---     "lastfm":  { "api_key": "..", "tracks": [ {"artist","song","tags"=[[name,count],..]} ] } }
+--     "lastfm":  { "api_key": "..", "tracks": [ {"artist","song","tags"=[[name,count],..]} ] },
+--     "clap":    { "dim": 8, "key": "..", "model": "..", "single": true,
+--                  "text": { "<text>": [..] }, "audio": [..] } }
+-- clap (POST /embed, the contract of docs/clap.md): {"text": [..]} or {"audio": [base64 WAV, ..],
+--   "sample_rate": n} -> {"embeddings": [[..], ..]} ({"embedding": [..]} for one input when
+--   "single" is set). A text's vector is clap.text[text] when given, else dim numbers in [-1, 1)
+--   from a hash of the string. An audio's vector is clap.audio when given, else what the server
+--   read from the 16-bit PCM WAV, padded with zeros (or cut) to dim:
+--   [rms, zero crossings per frame, peak, frames, sample rate, channels, bits] (mono mean, x/32768).
+--   401 when "key" is set and the Bearer token differs; 404 when "model" is set and the request
+--   names another; 400 for a body outside the contract (sample_rate not the WAV's, not PCM16, ..).
 -- behaviour: { status=200, headers={..}, body=".." | json=.., delay=s (before anything is sent),
 --              trickle=s (pause between chunks of `chunk` bytes), content_length=n (a lie: the
 --              body is truncated), close=true (hang up without answering), pass=true (let the
@@ -207,21 +217,31 @@ end
 local function json_reply(status, t, headers) return { status = status, json = t, headers = headers } end
 
 -- simulators ---------------------------------------------------------------------------------
+-- Base64 (RFC 4648) decoding: characters outside the alphabet are skipped, "=" ends the data.
+-- Sizable inputs (WAV files for the CLAP simulator) go through a byte table and an FFI buffer.
 local b64chars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+local b64val = {}
+for i = 1, 64 do b64val[b64chars:byte(i)] = i - 1 end
 local function b64decode(s)
-  s = s:gsub("[^%w%+/=]", "")
-  local out, bits, nbits = {}, 0, 0
-  for i = 1, #s do
-    local c = s:sub(i, i)
-    if c == "=" then break end
-    bits = bit.bor(bit.lshift(bits, 6), b64chars:find(c, 1, true) - 1)
-    nbits = nbits + 6
-    if nbits >= 8 then
-      nbits = nbits - 8
-      out[#out + 1] = string.char(bit.band(bit.rshift(bits, nbits), 0xff))
+  local n = #s
+  local out = ffi.new("uint8_t[?]", math.floor(n * 3 / 4) + 3)
+  local p = ffi.cast("const uint8_t *", s)
+  local bits, nbits, k = 0, 0, 0
+  for i = 0, n - 1 do
+    local c = p[i]
+    if c == 61 then break end                   -- "="
+    local v = b64val[c]
+    if v then
+      bits = bit.bor(bit.lshift(bit.band(bits, 0xffff), 6), v)
+      nbits = nbits + 6
+      if nbits >= 8 then
+        nbits = nbits - 8
+        out[k] = bit.band(bit.rshift(bits, nbits), 0xff)
+        k = k + 1
+      end
     end
   end
-  return table.concat(out)
+  return ffi.string(out, k)
 end
 
 local function openai(req)
@@ -356,8 +376,112 @@ local function lastfm(req)
   return json_reply(400, { error = 3, message = "Invalid Method - No method with that name in this package" })
 end
 
+-- CLAP embedding service -------------------------------------------------------------------
+local function le(s, i, n)                      -- unsigned little-endian integer of n bytes at i
+  local v = 0
+  for j = n - 1, 0, -1 do v = v * 256 + s:byte(i + j) end
+  return v
+end
+
+-- Reads a RIFF/WAVE file with 16-bit PCM samples; returns the facts the default audio
+-- embedding is made of, or nil and why.
+local function wav_facts(s)
+  if #s < 12 or s:sub(1, 4) ~= "RIFF" or s:sub(9, 12) ~= "WAVE" then return nil, "not a RIFF/WAVE file" end
+  local fmt, data_at, data_len
+  local i = 13
+  while i + 7 <= #s do
+    local id, size = s:sub(i, i + 3), le(s, i + 4, 4)
+    local at = i + 8
+    if id == "fmt " and size >= 16 then
+      fmt = { tag = le(s, at, 2), channels = le(s, at + 2, 2), rate = le(s, at + 4, 4), bits = le(s, at + 14, 2) }
+      if fmt.tag == 0xFFFE and size >= 26 then fmt.tag = le(s, at + 24, 2) end  -- WAVE_FORMAT_EXTENSIBLE
+    elseif id == "data" then
+      data_at, data_len = at, math.min(size, #s - at + 1)
+    end
+    i = at + size + size % 2
+  end
+  if not fmt then return nil, "no fmt chunk" end
+  if not data_at then return nil, "no data chunk" end
+  if fmt.tag ~= 1 or fmt.bits ~= 16 then
+    return nil, ("expected 16-bit PCM, got format %d with %d bits"):format(fmt.tag, fmt.bits)
+  end
+  local ch = fmt.channels
+  local frames = math.floor(data_len / (2 * ch))
+  local x = ffi.new("int16_t[?]", math.max(1, frames * ch))
+  ffi.copy(x, ffi.cast("const char *", s) + data_at - 1, frames * ch * 2)
+  local sum2, peak, crossings, prev = 0, 0, 0, nil
+  for f = 0, frames - 1 do
+    local v = 0
+    for c = 0, ch - 1 do v = v + x[f * ch + c] end
+    v = v / ch / 32768
+    sum2 = sum2 + v * v
+    if math.abs(v) > peak then peak = math.abs(v) end
+    local pos = v >= 0
+    if prev ~= nil and pos ~= prev then crossings = crossings + 1 end
+    prev = pos
+  end
+  return { rms = frames > 0 and math.sqrt(sum2 / frames) or 0, zcr = frames > 1 and crossings / (frames - 1) or 0,
+    peak = peak, frames = frames, rate = fmt.rate, channels = ch, bits = fmt.bits }
+end
+
+-- dim numbers in [-1, 1) from a string (a hash, then a Lehmer stream).
+local function text_vector(s, dim)
+  local h = 7
+  for j = 1, #s do h = (h * 31 + s:byte(j)) % 2147483647 end
+  if h == 0 then h = 1 end
+  local v = {}
+  for k = 1, dim do
+    h = (h * 48271) % 2147483647
+    v[k] = h / 2147483647 * 2 - 1
+  end
+  return v
+end
+
+local function fit(v, dim)
+  local out = {}
+  for k = 1, dim do out[k] = v[k] or 0 end
+  return out
+end
+
+local function clap(req)
+  local c = cfg.clap or {}
+  local dim = c.dim or 8
+  local function bad(msg) return json_reply(400, { error = { message = msg, type = "invalid_request" } }) end
+  if c.key and req.headers["authorization"] ~= "Bearer " .. c.key then
+    return json_reply(401, { error = { message = "invalid API key", type = "unauthorized" } })
+  end
+  if req.method ~= "POST" then return json_reply(405, { error = "POST only" }) end
+  local ok, body = pcall(cjson.decode, req.body)
+  if not ok or type(body) ~= "table" then return bad("the body is not a JSON object") end
+  if c.model and type(body.model) == "string" and body.model ~= c.model then
+    return json_reply(404, { error = { message = ("model '%s' not found"):format(body.model) } })
+  end
+  local text, audio = body.text, body.audio
+  if (text == nil) == (audio == nil) then return bad("give exactly one of \"text\" and \"audio\"") end
+  local inputs = text or audio
+  if type(inputs) ~= "table" or #inputs == 0 then return bad("inputs must be a non-empty array") end
+  local out = {}
+  for i, s in ipairs(inputs) do
+    if type(s) ~= "string" then return bad(("input %d is not a string"):format(i - 1)) end
+    if text then
+      out[i] = (c.text and c.text[s]) or text_vector(s, dim)
+    else
+      if type(body.sample_rate) ~= "number" then return bad("audio needs \"sample_rate\"") end
+      local f, why = wav_facts(b64decode(s))
+      if not f then return bad(("audio %d: %s"):format(i - 1, why)) end
+      if f.rate ~= body.sample_rate then
+        return bad(("audio %d: the WAV is at %d Hz but sample_rate says %s"):format(i - 1, f.rate, tostring(body.sample_rate)))
+      end
+      out[i] = c.audio or fit({ f.rms, f.zcr, f.peak, f.frames, f.rate, f.channels, f.bits }, dim)
+    end
+  end
+  if c.single and #out == 1 then return json_reply(200, { embedding = out[1], model = c.model }) end
+  return json_reply(200, { embeddings = out, model = c.model })
+end
+
 local function simulate(req)
   local p = req.path
+  if p:match("/embed$") then return clap(req) end
   if p:match("/chat/completions$") or p:match("/embeddings$") then return openai(req) end
   if p:match("/api/token$") or p:match("^/v1/search$") or p:match("^/v1/audio%-") then return spotify(req) end
   if p:match("^/2%.0/?$") then return lastfm(req) end

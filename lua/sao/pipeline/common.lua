@@ -29,6 +29,28 @@ function M.list(v, numbers)
   return out
 end
 
+--- A stage's settings: `defaults` overlaid with `opts` (the recipe's, strings from the command
+--- line), each converted to its default's type (numbers; booleans from 1/true/yes/on). Keys with
+--- dashes are read as underscores; unknown keys are kept as they are (other stages' options). A
+--- number that does not parse raises "<stage>: --key expects a number, got 'x'".
+function M.settings(defaults, opts, stage)
+  local cfg = {}
+  for k, v in pairs(defaults) do cfg[k] = v end
+  for k, v in pairs(opts or {}) do
+    local key = tostring(k):gsub("%-", "_")
+    local d = defaults[key]
+    if type(d) == "number" and type(v) == "string" then
+      local n = tonumber(v)
+      if not n then error(stage .. ": --" .. key:gsub("_", "-") .. " expects a number, got '" .. v .. "'", 0) end
+      v = n
+    elseif type(d) == "boolean" and type(v) == "string" then
+      v = (v == "1" or v == "true" or v == "yes" or v == "on")
+    end
+    cfg[key] = v
+  end
+  return cfg
+end
+
 local fs = require "sao.fs"
 M.shell_quote, M.exists, M.read, M.write_atomic, M.mkdir_p, M.ls = fs.quote, fs.exists, fs.read, fs.write_atomic,
                                                                   fs.mkdir_p, fs.ls

@@ -77,20 +77,7 @@ M.PITCH_NAMES = PITCH
 --- Reads options as the recipe passes them (strings from the command line) into a config table
 -- with the types of M.defaults. Unknown keys are kept as they are (other stages' options).
 function M.config(opts)
-  local cfg = {}
-  for k, v in pairs(M.defaults) do cfg[k] = v end
-  for k, v in pairs(opts or {}) do
-    local key = tostring(k):gsub("%-", "_")
-    local d = M.defaults[key]
-    if type(d) == "number" and type(v) == "string" then
-      local n = tonumber(v)
-      if not n then error("dataset: --" .. key:gsub("_", "-") .. " expects a number, got '" .. v .. "'", 0) end
-      v = n
-    elseif type(d) == "boolean" and type(v) == "string" then
-      v = (v == "1" or v == "true" or v == "yes" or v == "on")
-    end
-    cfg[key] = v
-  end
+  local cfg = require("sao.pipeline.common").settings(M.defaults, opts, "dataset")
   for _, chk in ipairs {
     { "render_mode", { notes = 1, full = 1 } }, { "mix", { mean = 1, sum = 1 } },
     { "peak_guard", { limit = 1, reduce = 1, report = 1 } }, { "loudness", { bs1770 = 1, ebur128 = 1, pyloudnorm = 1 } },
@@ -562,6 +549,8 @@ local function outputs_present(ds, rec)
   for _, o in ipairs(rec.outputs) do if not exists(ds .. "/" .. o) then return false end end
   return true
 end
+-- shared with the trap recipe's dataset stage (sao.pipeline.beats)
+M.read_jsonl, M.glob, M.outputs_present = read_jsonl, glob, outputs_present
 
 -- ---- the stage ----------------------------------------------------------------------------------------
 

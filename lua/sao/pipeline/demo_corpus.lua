@@ -36,6 +36,24 @@ local function degree_pitch(tonic, scale, d, oct)
   return 12 * (oct + 1) + tonic + scale[i + 1] + 12 * up
 end
 
+--- Helpers shared with the trap demo beats (sao.pipeline.demo_beats).
+M.rng, M.degree_pitch = rng, degree_pitch
+
+--- Adds the instruments insts[name] (in `names` order) that have notes to song.instruments, their
+--- notes sorted by start time, then pitch.
+function M.collect(song, insts, names)
+  for _, name in ipairs(names) do
+    local inst = insts[name]
+    if #inst.notes > 0 then
+      table.sort(inst.notes, function(a, b)
+        if a.start ~= b.start then return a.start < b.start end
+        return a.pitch < b.pitch
+      end)
+      song.instruments[#song.instruments + 1] = inst
+    end
+  end
+end
+
 local function triad(tonic, scale, d, oct)
   return { degree_pitch(tonic, scale, d, oct), degree_pitch(tonic, scale, d + 2, oct),
            degree_pitch(tonic, scale, d + 4, oct) }
@@ -227,16 +245,7 @@ function M.song(i)
       bar = bar + 1
     end
   end
-  for _, name in ipairs(names) do
-    local inst = insts[name]
-    if #inst.notes > 0 then
-      table.sort(inst.notes, function(a, b)
-        if a.start ~= b.start then return a.start < b.start end
-        return a.pitch < b.pitch
-      end)
-      song.instruments[#song.instruments + 1] = inst
-    end
-  end
+  M.collect(song, insts, names)
   song.markers = {}
   local b = 1
   for _, sec in ipairs(spec.sections) do

@@ -25,7 +25,8 @@ local M = {}
 
 M.VERSION = 1
 M.TOLERANCES = { 0.02, 0.04 }
-M.FEATURES = { "centroid_hz", "flatness", "hp_ratio", "transient_sharpness", "onset_rate", "rms_db", "lufs" }
+M.FEATURES = { "centroid_hz", "flatness", "hp_ratio", "transient_sharpness", "onset_rate", "rms_db", "lufs",
+  "clap_score" }   -- clap_score: cosine of the CLAP audio and prompt embeddings, when a service is set
 
 local function finite(x)
   if type(x) ~= "number" or x ~= x or x == math.huge or x == -math.huge then return nil end
@@ -210,11 +211,7 @@ function M.groups(opts)
       if #items >= nref then break end
       if (e.status == "ok" or e.status == "heldout") and e.audio then
         local ok, m = pcall(cjson.decode, common.read(out .. "/dataset/clips/" .. e.clip .. ".json") or "")
-        local ref = sample.reference(e.prompt or "")
-        if ok and type(m) == "table" then
-          ref.bpm = tonumber(m.tempo) or ref.bpm
-          if type(m.key) == "string" and m.key ~= "" then ref.key, ref.mode = m.key, m.mode or ref.mode end
-        end
+        local ref = sample.clip_reference(e.prompt, ok and m or nil)
         items[#items + 1] = { path = out .. "/dataset/clips/" .. e.audio, file = e.audio, prompt = e.prompt,
           reference = ref, source = e.status == "heldout" and "heldout" or "train" }
       end
@@ -307,7 +304,8 @@ fine-tuning: they only show that the pipeline runs end to end.</div>]])
   end
   w("</table>")
   w("<p class=small>Tempo: ", esc(metrics.settings.tempo_estimator), ". Key: ", esc(metrics.settings.key_estimator),
-    ". Features: ", esc(metrics.settings.features), ". Feature columns are group means.</p>")
+    ". Features: ", esc(metrics.settings.features), ". ", esc(metrics.settings.clap),
+    ". Feature columns are group means.</p>")
   -- plots
   local tp = M.tempo_plot(metrics)
   if tp then w('<h2>Tempo</h2><img alt="estimated vs prompted BPM" src="', plot.data_uri(tp), '">') end
@@ -397,6 +395,27 @@ function M.run(opts)
       key_estimator = "sao.analysis.key, preset bgate (Essentia KeyExtractor defaults); MIREX weights as mir_eval",
       features = "sao.dsp.features at the file's rate (44.1 kHz; librosa would resample to 22.05 kHz)" },
   }
+  -- the CLAP prompt score (DSP_SPEC §3.10.7) needs a CLAP embedding service (docs/clap.md)
+  local clap = require("sao.clap").from_env { url = opts.clap_url ~= true and opts.clap_url or nil,
+                                              model = opts.clap_model, cache_dir = out .. "/cache/http" }
+  metrics.settings.clap = clap and ("CLAP score from " .. clap:describe()) or
+    "no CLAP service (SAO_CLAP_URL): CLAP score not computed"
+  local function clap_score(row, it)
+    if not clap or not it.prompt then return end
+    local ok, v = pcall(function()
+      local audio, sr = sao.audio.load(it.path)
+      local score = clap:score(audio, sr, it.prompt)
+      audio:free()
+      return score
+    end)
+    if ok then row.clap_score = finite(v); return end
+    local msg = tostring(v):gsub("^[^:]*%.lua:%d+: ", "")
+    row.notes = (row.notes and (row.notes .. "; ") or "") .. "clap: " .. msg
+    if msg:match("running%?") or msg:match("connect") then   -- the service is down: stop asking
+      metrics.notes[#metrics.notes + 1] = "CLAP score stopped: " .. msg
+      clap = nil
+    end
+  end
   local total = 0
   for _, g in ipairs(groups) do total = total + #g.items end
   local bar = progress.new { total = total, label = "eval", unit = "files", quiet = quiet }
@@ -409,6 +428,7 @@ function M.run(opts)
         row = { reference = it.reference or {}, notes = "unreadable: " .. tostring(row):gsub("^[^:]*%.lua:%d+: ", "") }
         bar:print("eval: " .. it.path .. ": " .. row.notes)
       end
+      if ok then clap_score(row, it) end
       row.group, row.file, row.prompt, row.cfg_scale, row.source = g.name, it.file, it.prompt, it.cfg_scale, it.source
       row.link = rel_link(it.path, eval_dir)
       rows[#rows + 1] = row

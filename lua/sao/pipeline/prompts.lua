@@ -2,7 +2,8 @@
 -- OUT/dataset/clips that has none (sao.prompt.stage does the work; docs/prompts.md).
 --
 -- Recipe options used: out, force, seed, style ("instrumental" | "trap" | "auto"), no_llm,
--- llm_url, llm_model, retries, shots, temperature.
+-- llm_url, llm_model, retries, shots, temperature, confident (trap: the confidence a BPM or key
+-- needs to be stated, default 0.70).
 local prompt = require "sao.prompt"
 
 local M = {}
@@ -16,7 +17,7 @@ function M.run(opts)
   return prompt.stage((opts.out or "out") .. "/dataset/clips", {
     force = flag(opts.force), seed = tonumber(opts.seed) or 0, style = opts.style, llm = llm,
     llm_opts = llm_opts, retries = tonumber(opts.retries), shots = tonumber(opts.shots),
-    temperature = tonumber(opts.temperature),
+    temperature = tonumber(opts.temperature), confident = tonumber(opts.confident), quiet = flag(opts.quiet),
   })
 end
 

@@ -39,6 +39,7 @@ end
 function M.reference(prompt)
   local ref = {}
   local bpm = tostring(prompt):match("(%d+%.?%d*)%s*[Bb][Pp][Mm]")
+    or tostring(prompt):lower():match("(%d+%.?%d*)%s+beats per minute")
   ref.bpm = tonumber(bpm)
   for _, pat in ipairs { "([A-G][#b]?)%s+([Mm]ajor)", "([A-G][#b]?)%s+([Mm]inor)", "([A-G][#b]?)%s+([Mm]aj)", "([A-G][#b]?)%s+([Mm]in)" } do
     local k, m = tostring(prompt):match(pat)
@@ -46,6 +47,18 @@ function M.reference(prompt)
       ref.key, ref.mode = k, (m:lower():sub(1, 3) == "min") and "Minor" or "Major"
       break
     end
+  end
+  return ref
+end
+
+--- The reference of a dataset clip: what its prompt states, made exact from the clip's JSON (the
+--- prompt may round a BPM); a fact the prompt leaves out (the trap writer drops an unsure BPM or
+--- key) stays out, since the model was not asked for it.
+function M.clip_reference(prompt, meta)
+  local ref = M.reference(prompt or "")
+  if type(meta) == "table" then
+    if ref.bpm then ref.bpm = tonumber(meta.tempo) or ref.bpm end
+    if ref.key and type(meta.key) == "string" and meta.key ~= "" then ref.key, ref.mode = meta.key, meta.mode or ref.mode end
   end
   return ref
 end
@@ -77,19 +90,15 @@ function M.prompts(opts, num)
   for _, e in ipairs(require("sao.latents").read_index(root .. "/cache/latents")) do
     if e.status == "heldout" and e.prompt and not seen[e.prompt] and #out < num then
       seen[e.prompt] = true
-      local ref = M.reference(e.prompt)
-      local meta = common.read(root .. "/dataset/clips/" .. e.clip .. ".json")
-      local ok, m = pcall(cjson.decode, meta or "")
-      if ok and type(m) == "table" then
-        ref.bpm = tonumber(m.tempo) or ref.bpm
-        if type(m.key) == "string" and m.key ~= "" then ref.key, ref.mode = m.key, m.mode or ref.mode end
-      end
+      local ok, m = pcall(cjson.decode, common.read(root .. "/dataset/clips/" .. e.clip .. ".json") or "")
+      local ref = M.clip_reference(e.prompt, ok and m or nil)
       out[#out + 1] = { prompt = e.prompt, source = "heldout", clip = e.clip, reference = ref }
     end
   end
   if #out > 0 then return out end
-  for i = 1, math.min(num, #M.DEMO_PROMPTS) do
-    out[i] = { prompt = M.DEMO_PROMPTS[i], source = "demo", reference = M.reference(M.DEMO_PROMPTS[i]) }
+  local demo = type(opts.demo_prompts) == "table" and opts.demo_prompts or M.DEMO_PROMPTS
+  for i = 1, math.min(num, #demo) do
+    out[i] = { prompt = demo[i], source = "demo", reference = M.reference(demo[i]) }
   end
   return out
 end

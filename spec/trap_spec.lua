@@ -1,0 +1,92 @@
+-- recipes/trap.lua: its command line (--help, typos refused with exit 2 before any work), and the
+-- whole recipe end to end on one demo beat with the tiny random model: segments, tags, trap-style
+-- prompts, latents, a short training run, samples and the evaluation report.
+local fs = require "sao.fs"
+local ojson = require "sao.ojson"
+local shell = require "support.shell"
+
+local function run(args)
+  local out, err = os.tmpname(), os.tmpname()
+  local ok, _, code = os.execute("env -u SAO_LLM_URL -u SAO_CLAP_URL ./sao recipes/trap.lua " .. args ..
+                                 " >" .. out .. " 2>" .. err .. " </dev/null")
+  if type(ok) == "number" then code = ok / 256 end
+  local o, e = fs.read(out), fs.read(err)
+  os.remove(out); os.remove(err)
+  return code, o, e
+end
+
+describe("recipes/trap.lua", function()
+  it("lists its stages and options with --help", function()
+    local code, out = run("--help")
+    assert.equal(0, code)
+    for _, stage in ipairs { "dataset", "tag", "prompts", "encode", "train", "sample", "eval" } do
+      assert.truthy(out:find("\n  " .. stage .. " ", 1, true), stage)
+    end
+    for _, opt in ipairs { "--beats", "--segments", "--tagger", "--clap-url", "--confident" } do
+      assert.truthy(out:find(opt, 1, true), opt)
+    end
+  end)
+
+  it("refuses an unknown option and an unknown stage before doing anything", function()
+    local dir = shell.tmpdir()
+    os.remove(dir)
+    local code, out, err = run("--out " .. dir .. " --segmnets 3")
+    assert.equal(2, code)
+    assert.matches("trap: unknown option %-%-segmnets", err)
+    assert.equal("", out)
+    code, _, err = run("--out " .. dir .. " --stages dataset,tags")
+    assert.equal(2, code)
+    assert.matches("unknown stage 'tags' %(stages: dataset, tag, prompts, encode, train, sample, eval%)", err)
+    assert.is_false(fs.exists(dir))
+  end)
+
+  it("a failing stage says why in one line and exits 1", function()
+    local dir = shell.tmpdir()
+    local code, _, err = run("--out " .. dir .. " --stages dataset --beats " .. dir .. "/none")
+    assert.equal(1, code)
+    assert.matches("trap: stage dataset failed: dataset: .*/none: not a folder", err)
+    os.execute("rm -rf " .. shell.q(dir))
+  end)
+
+  it("runs end to end on a demo beat with the tiny model", function()
+    local dir = shell.tmpdir()
+    local code, out, err = run("--out " .. dir .. " --demo-count 1 --model tiny --steps 2 --batch 2 --frames 32 " ..
+      "--checkpoint-every 2 --sample-steps 2 --seconds 2 --num-demos 2 --cfg-scales 4 --reference-clips 2 --quiet")
+    assert.equal(0, code, err)
+    for _, st in ipairs { "dataset", "tag", "prompts", "encode", "train", "sample", "eval" } do
+      assert.truthy(out:find("[" .. st .. "] running", 1, true), st)
+    end
+    -- two segments of the demo beat, tagged from audio features, with trap prompts
+    local clips = {}
+    for _, n in ipairs { 1, 2 } do
+      local m = ojson.read(dir .. "/dataset/clips/beats/Night Shift/Night Shift_s" .. n .. ".json")
+      assert.is_table(m, "segment " .. n)
+      clips[n] = m
+      assert.is_true(m.duration >= 20 and m.duration <= 35)
+      assert.equal("features", m.tag_source)
+      assert.is_true(#m.Tags.genres == 1)
+      assert.is_string(m.prompt)
+      assert.equal("template", m.prompt_source)
+      assert.matches("beat", m.prompt:lower() .. " beat")   -- a beat, instrumental or track
+      -- the BPM is stated only when the estimate is confident
+      if m.bpm_confidence < 0.7 then assert.falsy(m.prompt:find("BPM", 1, true)) end
+    end
+    assert.is_true(clips[2].start >= clips[1].start + clips[1].duration)
+    assert.is_true(fs.exists(dir .. "/dataset/tags.json"))
+    -- training, samples, evaluation
+    assert.is_true(fs.exists(dir .. "/runs/main/export/model.safetensors"))
+    local metrics = ojson.read(dir .. "/eval/metrics.json")
+    assert.is_table(metrics)
+    assert.is_true(#metrics.samples >= 2)
+    assert.matches("no CLAP service", metrics.settings.clap)
+    for _, s in ipairs(metrics.samples) do
+      if s.group ~= "reference (dataset clips)" then
+        assert.matches("^A .* beat", s.prompt)   -- the recipe's trap demo prompts (nothing held out)
+      end
+      assert.is_number(s.centroid_hz)
+      assert.is_number(s.hp_ratio)
+    end
+    assert.is_true(fs.exists(dir .. "/eval/report.html"))
+    os.execute("rm -rf " .. shell.q(dir))
+  end)
+end)
