@@ -31,7 +31,7 @@ recipe.main {
     reencode holdout encode_seed max_seconds steps batch accum frames lr weight_decay clip cfg_dropout
     checkpoint_every keep log_every demo_every train_seed lora_rank lora_alpha lora_targets prompt prompts
     cfg_scales sample_steps seconds sample_seed sampler frames_sample num_demos baseline weights samples
-    negative_prompt reference_clips tempo_tolerances soundfont device precision]],
+    negative_prompt reference_clips memorization tempo_tolerances soundfont device precision]],
   extra_options = { require("sao.pipeline.dataset").defaults },
   usage = {
     "usage: sao recipes/instrumental.lua [--out DIR] [--stages a,b,c] [--midi DIR]",
@@ -44,6 +44,6 @@ recipe.main {
     "                   --steps N --batch B --lr X --frames F --lora-rank R --checkpoint-every N --config F.lua",
     "                   --prompts FILE --prompt TEXT --cfg-scales 4,7 --sample-steps N --seconds S --baseline",
     "                   --negative-prompt TEXT (what CFG steers the samples away from)",
-    "                   --samples DIR --reference-clips N",
+    "                   --samples DIR --reference-clips N --memorization N",
   },
 }

@@ -38,7 +38,7 @@ recipe.main {
     reencode holdout encode_seed max_seconds steps batch accum frames lr weight_decay clip cfg_dropout
     checkpoint_every keep log_every demo_every train_seed lora_rank lora_alpha lora_targets prompt prompts
     demo_prompts cfg_scales sample_steps seconds sample_seed sampler frames_sample num_demos baseline weights
-    samples negative_prompt reference_clips tempo_tolerances device precision]],
+    samples negative_prompt reference_clips memorization tempo_tolerances device precision]],
   extra_options = { require("sao.pipeline.beats").defaults },
   usage = {
     "usage: sao recipes/trap.lua [--out DIR] [--stages a,b,c] [--beats DIR]",
@@ -49,6 +49,6 @@ recipe.main {
     "  prompts:         --llm-url URL --llm-model NAME --no-llm --confident 0.7 (docs/prompts.md)",
     "  encode/train/sample/eval (docs/training.md): --model tiny|sao-1.0|DIR --run NAME --device cpu|cuda",
     "                   --steps N --batch B --lr X --lora-rank R --prompts FILE --prompt TEXT --cfg-scales 4,7",
-    "                   --sample-steps N --seconds S --baseline --samples DIR --reference-clips N",
+    "                   --sample-steps N --seconds S --baseline --samples DIR --reference-clips N --memorization N",
   },
 }

@@ -97,7 +97,7 @@ describe("dataset stage of the trap recipe", function()
     beat(src .. "/Tiny.wav", 90, 8, 3)                               -- too short
     os.execute("cp " .. shell.q(src .. "/Rain.flac") .. " " .. shell.q(src .. "/Rain copy.flac"))
     shell.write(src .. "/broken.wav", "RIFF not really a wav file")
-    s1 = beats.run { out = out, beats = src, segment_min = 10, segment_max = 20, quiet = true }
+    s1 = beats.run { out = out, beats = src, segment_min = 10, segment_max = 20, jobs = 2, quiet = true }
   end)
   teardown(function() os.execute("rm -rf " .. shell.q(root)) end)
 
@@ -105,6 +105,7 @@ describe("dataset stage of the trap recipe", function()
     assert.same({ "clips/Producer A/Night Shift/Night Shift_s1.json", "clips/Producer A/Night Shift/Night Shift_s2.json",
                   "clips/beats/Rain copy/Rain copy_s1.json" }, clips_of(out))
     assert.equal(3, s1.clips)
+    assert.equal(2, s1.jobs)   -- built by two worker processes
     local prev_stop = 0
     for i = 1, 2 do
       local m = ojson.read(out .. "/dataset/clips/Producer A/Night Shift/Night Shift_s" .. i .. ".json")
@@ -195,7 +196,8 @@ describe("dataset stage of the trap recipe", function()
     local o2 = root .. "/sharded"
     local n = 0
     for i = 1, 2 do
-      local s = beats.run { out = o2, beats = src, segment_min = 10, segment_max = 20, shard = i .. "/2", quiet = true }
+      local s = beats.run { out = o2, beats = src, segment_min = 10, segment_max = 20, shard = i .. "/2", jobs = 1,
+                            quiet = true }
       assert.equal(4, s.files)   -- Rain copy is gone
       for _ in io.lines(o2 .. "/dataset/manifest." .. i .. "of2.jsonl") do n = n + 1 end
     end

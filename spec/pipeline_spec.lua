@@ -214,6 +214,18 @@ describe("eval stage", function()
     local html = common.read(out .. "/eval/report.html")
     assert.truthy(html:find("<html", 1, true))
     assert.truthy(html:find("step-6", 1, true))
+    -- memorization: every sample of the two sample groups against the training clips
+    local mrep = m.memorization
+    assert.is_table(mrep)
+    assert.is_true(mrep.training_clips >= 2)
+    assert.same({ "step-6", "step-0 (base)" }, { mrep.groups[1].name, mrep.groups[2].name })
+    assert.equal(2, mrep.groups[1].summary.n)
+    for _, x in ipairs(mrep.groups[1].items) do
+      assert.is_true(x.timbre >= -1 and x.timbre <= 1)
+      assert.matches("^%a+/%a+/", x.timbre_match)   -- a training clip, relative to dataset/clips
+    end
+    assert.truthy(html:find("<h2>Memorization</h2>", 1, true))
+    assert.is_nil(eval.run { out = out, run = "a", quiet = true, reference_clips = 0, memorization = 0 }.memorization)
     -- the 3 s clips are click tracks at 120 BPM: their rows score the tempo right
     local scored = 0
     for _, r in ipairs(m.samples) do

@@ -21,9 +21,10 @@
 --      exactly, at 44.1 kHz), `duration`,
 --      `seconds_start`/`seconds_total` (whole seconds), bpm, bpm_confidence, key, mode,
 --      key_strength, lufs, peak; `Tags` stays empty until the `tag` stage fills it.
--- Manifest, journal and resume as the instrumental dataset stage (sao.pipeline.dataset): one line
--- per source file in OUT/dataset/manifest.jsonl; a killed run loses only the beat in flight; a
--- beat whose bytes and settings are unchanged and whose outputs exist is not redone.
+-- Manifest, journal, resume and worker processes (--jobs N, default one per core) as the
+-- instrumental dataset stage (sao.pipeline.dataset): one line per source file in
+-- OUT/dataset/manifest.jsonl; a killed run loses only the beats in flight; a beat whose bytes and
+-- settings are unchanged and whose outputs exist is not redone.
 local sao = require "sao"
 local corpus = require "sao.corpus"
 local dataset = require "sao.pipeline.dataset"
@@ -47,6 +48,7 @@ M.defaults = {
   target_lufs = "off",        -- "off" (levels as mastered) | a number: each segment normalised to it
   silence_db = -50, silence_chunk = 0.01,
   shard = "1/1", limit = 0, retry_failed = false, quiet = false,
+  jobs = 0,                   -- beats built in parallel by worker processes; 0: one per core
   demo_count = 4,             -- demo beats composed when no --beats is given
 }
 
@@ -80,7 +82,8 @@ function M.config(opts)
   return cfg
 end
 
-local function fingerprint(cfg)
+--- The hash of the settings that shape a beat's segments (a resumed run compares it).
+function M.fingerprint(cfg)
   local s = ojson.encode(ojson.object({ version = M.VERSION, segments = cfg.segments, min = cfg.segment_min,
     max = cfg.segment_max, align = cfg.align, seed = cfg.segment_seed, sr = cfg.sample_rate,
     lufs = cfg.target_lufs, silence_db = cfg.silence_db, chunk = cfg.silence_chunk },
@@ -237,6 +240,9 @@ function M.build_beat(item, cfg, ds, fp)
   return finish("kept", n_out < cfg.segments and ("%d of %d segments fit"):format(n_out, cfg.segments) or nil)
 end
 
+-- the worker processes' entry (sao.pipeline.dataset.worker with cfg.builder)
+function M.build_item(item, cfg, ds, _, fp) return M.build_beat(item, cfg, ds, fp) end
+
 -- ---- the folder ---------------------------------------------------------------------------------
 
 --- The beats under dir: {items (every file, with status kept/skipped), kept}. Same content:
@@ -283,7 +289,7 @@ local function log(cfg, ...)
 end
 
 --- The stage. Returns a summary {files, kept, built, done_before, failed, skipped, clips,
---- clip_seconds, seconds, manifest, demo}.
+--- clip_seconds, seconds, manifest, demo, jobs (worker processes used; 1: built here)}.
 function M.run(opts)
   local cfg = M.config(opts)
   local ds = cfg.out .. "/dataset"
@@ -299,12 +305,13 @@ function M.run(opts)
   local c = M.ingest(dir, function(_, i, n) ibar.total = n; ibar:update(i) end)
   ibar:finish()
 
+  if cfg.shard_n == 1 then dataset.clean_work(ds) end
   local mname = cfg.shard_n > 1 and ("manifest.%dof%d.jsonl"):format(cfg.shard_i, cfg.shard_n) or "manifest.jsonl"
   local mpath = ds .. "/" .. mname
   local jpath = mpath:gsub("%.jsonl$", ".journal.jsonl")
   local prev = dataset.read_jsonl(mpath, {})
-  dataset.read_jsonl(jpath, prev)
-  local fp = fingerprint(cfg)
+  for _, j in ipairs(dataset.glob(dataset.journal_glob(ds, cfg))) do dataset.read_jsonl(j, prev) end
+  local fp = M.fingerprint(cfg)
   local records, todo, done_before = {}, {}, 0
   for _, it in ipairs(c.items) do
     if corpus.shard_of(it.source, cfg.shard_n) ~= cfg.shard_i then
@@ -331,8 +338,20 @@ function M.run(opts)
       #c.items, #c.kept, cfg.shard_i, cfg.shard_n, #todo, done_before)
 
   local bar = progress.new { total = #todo, label = "dataset", unit = "beats", quiet = cfg.quiet }
-  local journal = #todo > 0 and assert(io.open(jpath, "ab")) or nil
+  local jobs = cfg.jobs > 0 and cfg.jobs or sao.threads()
+  local parallel = jobs > 1 and #todo > 1
+  local journal = #todo > 0 and not parallel and assert(io.open(jpath, "ab")) or nil
   local built = 0
+  if parallel then
+    -- worker processes (the instrumental stage's machinery), one beat at a time each
+    cfg.jobs, cfg.builder = jobs, "sao.pipeline.beats"
+    for src, rec in pairs(dataset.build_parallel(todo, cfg, ds, nil, fp, bar)) do
+      records[src] = rec
+      built = built + 1
+    end
+    cfg.builder = nil
+    todo = {}
+  end
   for _, it in ipairs(todo) do
     bar:start(it.artist .. "/" .. it.title)
     local ok, rec = xpcall(M.build_beat, debug.traceback, it, cfg, ds, fp)
@@ -358,7 +377,8 @@ function M.run(opts)
 
   local lines = {}
   local s = { files = #c.items, kept = 0, built = built, done_before = done_before, failed = 0, skipped = 0,
-              clips = 0, clip_seconds = 0, reasons = {}, manifest = mpath, demo = is_demo }
+              clips = 0, clip_seconds = 0, reasons = {}, manifest = mpath, demo = is_demo,
+              jobs = parallel and jobs or 1 }
   for _, it in ipairs(c.items) do
     local r = records[it.source]
     if r then
@@ -378,7 +398,7 @@ function M.run(opts)
     end
   end
   fs.write_atomic(mpath, table.concat(lines, "\n") .. (#lines > 0 and "\n" or ""))
-  os.remove(jpath)
+  for _, j in ipairs(dataset.glob(dataset.journal_glob(ds, cfg))) do os.remove(j) end
   -- segments an earlier run wrote for a beat that is no longer kept (its file removed or now a
   -- duplicate of another): removed, so that later stages do not train on them
   local live = {}

@@ -549,8 +549,17 @@ local function outputs_present(ds, rec)
   for _, o in ipairs(rec.outputs) do if not exists(ds .. "/" .. o) then return false end end
   return true
 end
+--- Removes the work folders of parallel runs that were killed (their parent process is gone).
+function M.clean_work(ds)
+  pcall(require("ffi").cdef, "int kill(int pid, int sig);")
+  for _, w in ipairs(glob(ds .. "/.work-*")) do
+    local pid = tonumber(w:match("%.work%-(%d+)$"))
+    if pid and require("ffi").C.kill(pid, 0) ~= 0 then rm_rf(w) end
+  end
+end
+
 -- shared with the trap recipe's dataset stage (sao.pipeline.beats)
-M.read_jsonl, M.glob, M.outputs_present = read_jsonl, glob, outputs_present
+M.read_jsonl, M.glob, M.outputs_present, M.journal_glob = read_jsonl, glob, outputs_present, journal_glob
 
 -- ---- the stage ----------------------------------------------------------------------------------------
 
@@ -603,14 +612,7 @@ function M.run(opts)
   local c = corpus.ingest(dir, { on_item = function(_, i, n) ibar.total = n; ibar:update(i) end })
   ibar:finish()
 
-  -- work folders of parallel runs that were killed (their parent process is gone)
-  if cfg.shard_n == 1 then
-    pcall(require("ffi").cdef, "int kill(int pid, int sig);")
-    for _, w in ipairs(glob(ds .. "/.work-*")) do
-      local pid = tonumber(w:match("%.work%-(%d+)$"))
-      if pid and require("ffi").C.kill(pid, 0) ~= 0 then rm_rf(w) end
-    end
-  end
+  if cfg.shard_n == 1 then M.clean_work(ds) end
 
   -- what earlier runs did: the manifest, then any journals a killed run left
   local mpath = ds .. "/" .. manifest_name(cfg)
@@ -796,6 +798,8 @@ function M.build_parallel(todo, cfg, ds, settings, fp, bar)
 end
 
 --- A worker process: claims songs from work/todo.json and builds them (see build_parallel).
+--- cfg.builder names another stage module whose build_item(item, cfg, ds, nil, fp) and
+--- fingerprint(cfg) are used instead (the trap recipe's beats).
 function M.worker(work, journal_path, w)
   local f = assert(io.open(work .. "/todo.json", "rb"))
   local job = cjson.decode(f:read("*a"))
@@ -804,15 +808,21 @@ function M.worker(work, journal_path, w)
   for k, v in pairs(cfg) do if v == cjson.null then cfg[k] = nil end end
   sao.threads(1)   -- one core per worker: the parallelism is across songs
   local ds = cfg.out .. "/dataset"
-  local sf = cfg.soundfont or require("sao.synth").default_soundfont()
-  local settings = render_settings(cfg, sf)
-  local fp = fingerprint(settings, sf)
+  local build, settings, fp = M.build_song, nil, nil
+  if cfg.builder then
+    local B = require(cfg.builder)
+    build, fp = B.build_item, B.fingerprint(cfg)
+  else
+    local sf = cfg.soundfont or require("sao.synth").default_soundfont()
+    settings = render_settings(cfg, sf)
+    fp = fingerprint(settings, sf)
+  end
   local journal = assert(io.open(journal_path, "ab"))
   local ffi = require "ffi"
   pcall(ffi.cdef, "int mkdir(const char *path, unsigned int mode);")
   for i, it in ipairs(job.items) do
     if ffi.C.mkdir(work .. "/claims/" .. i, 493) == 0 then
-      local ok, rec = xpcall(M.build_song, debug.traceback, it, cfg, ds, settings, fp)
+      local ok, rec = xpcall(build, debug.traceback, it, cfg, ds, settings, fp)
       if not ok then
         rm_rf(ds .. "/clips/" .. it.artist_dir .. "/" .. it.song_dir)
         rec = ojson.object({ source = it.source, status = "failed",

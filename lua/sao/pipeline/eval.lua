@@ -13,7 +13,11 @@
 -- scale (sao.analysis.key, Essentia KeyExtractor defaults) against the prompt's key: exact
 -- accuracy, MIREX weighted score (mir_eval's fifth-above rule, and the symmetric variant),
 -- relation histogram, 24x24 confusion matrix; features at the native 44.1 kHz (sao.dsp.features):
--- spectral centroid, flatness, H/P ratio, transient sharpness, onset rate, RMS, LUFS.
+-- spectral centroid, flatness, H/P ratio, transient sharpness, onset rate, RMS, LUFS; the CLAP
+-- score against the prompt when a CLAP service is set (SAO_CLAP_URL, docs/clap.md); and
+-- memorization (sao.memorization): each sample's nearest training clip by chroma and by timbre,
+-- against thresholds from pairs of different training songs (--memorization N training clips,
+-- default 200; 0: off).
 local cjson = require "cjson"
 local sao = require "sao"
 local plot = require "sao.plot"
@@ -348,12 +352,42 @@ fine-tuning: they only show that the pipeline runs end to end.</div>]])
       w("</table>")
     end
   end
+  -- memorization
+  local mrep = metrics.memorization
+  if mrep then
+    w("<h2>Memorization</h2><p class=small>", esc(mrep.method), ". ", mrep.training_clips, " training clips, ",
+      mrep.pairs, " pairs; thresholds: chroma ", fmt(mrep.thresholds.chroma, "%.3f"), ", timbre ",
+      fmt(mrep.thresholds.timbre, "%.3f"), ".</p>")
+    w("<table><tr><th class=l>group</th><th>n</th><th>chroma mean</th><th>median</th><th>max</th><th>above</th>",
+      "<th>timbre mean</th><th>median</th><th>max</th><th>above</th></tr>")
+    for _, g in ipairs(mrep.groups) do
+      local c, t = g.summary.chroma, g.summary.timbre
+      w("<tr><td class=l>", esc(g.name), "</td><td>", g.summary.n, "</td><td>", fmt(c.mean, "%.3f"), "</td><td>",
+        fmt(c.median, "%.3f"), "</td><td>", fmt(c.max, "%.3f"), "</td><td>", c.above, "</td><td>", fmt(t.mean, "%.3f"),
+        "</td><td>", fmt(t.median, "%.3f"), "</td><td>", fmt(t.max, "%.3f"), "</td><td>", t.above, "</td></tr>")
+    end
+    w("</table>")
+    for _, g in ipairs(mrep.groups) do
+      w("<h3>Closest to the training audio: ", esc(g.name), "</h3><table><tr><th class=l>sample</th><th>chroma</th>",
+        "<th class=l>nearest (chroma)</th><th>lag (beats)</th><th>timbre</th><th class=l>nearest (timbre)</th><th>flag</th></tr>")
+      for i = 1, math.min(5, #g.items) do
+        local x = g.items[i]
+        local ref = x.chroma_match and rel_link(metrics.out .. "/dataset/clips/" .. x.chroma_match, eval_dir)
+        w("<tr><td class=l>", esc(x.file), "</td><td>", fmt(x.chroma, "%.3f"), "</td><td class=l>",
+          ref and ('<audio controls preload="none" src="' .. esc(ref) .. '"></audio><br><span class=small>' ..
+                   esc(x.chroma_match) .. "</span>") or "–",
+          "</td><td>", fmt(x.chroma_lag_beats), "</td><td>", fmt(x.timbre, "%.3f"), "</td><td class=l>",
+          esc(x.timbre_match or "–"), "</td><td>", x.flagged and "listen" or "", "</td></tr>")
+      end
+      w("</table>")
+    end
+  end
   -- per file
   w("<h2>Files</h2>")
   for _, g in ipairs(metrics.groups) do
     w("<h3>", esc(g.name), "</h3><table><tr><th class=l>audio</th><th class=l>prompt</th><th>cfg</th><th>ref BPM</th>",
       "<th>est BPM</th><th>Acc1 4%</th><th>Acc2 4%</th><th>ref key</th><th>est key</th><th>relation</th>",
-      "<th>centroid</th><th>flatness</th><th>LUFS</th><th class=l>notes</th></tr>")
+      "<th>centroid</th><th>flatness</th><th>H/P</th><th>transients</th><th>LUFS</th><th>CLAP</th><th class=l>notes</th></tr>")
     for _, s in ipairs(metrics.samples) do
       if s.group == g.name then
         local r = s.reference
@@ -362,14 +396,62 @@ fine-tuning: they only show that the pipeline runs end to end.</div>]])
           fmt(r.bpm, "%.0f"), "</td><td>", fmt(s.bpm, "%.1f"), "</td><td>", fmt(s.acc1_4pct), "</td><td>", fmt(s.acc2_4pct),
           "</td><td>", r.key and esc(r.key .. " " .. (r.mode or "")) or "–", "</td><td>",
           s.key and esc(s.key .. " " .. s.scale) or "–", "</td><td>", fmt(s.key_relation), "</td><td>",
-          fmt(s.centroid_hz, "%.0f"), "</td><td>", fmt(s.flatness, "%.3f"), "</td><td>", fmt(s.lufs, "%.1f"),
-          "</td><td class=l>", esc(s.notes or ""), "</td></tr>")
+          fmt(s.centroid_hz, "%.0f"), "</td><td>", fmt(s.flatness, "%.2e"), "</td><td>", fmt(s.hp_ratio, "%.3f"),
+          "</td><td>", fmt(s.transient_sharpness, "%.3g"), "</td><td>", fmt(s.lufs, "%.1f"), "</td><td>",
+          fmt(s.clap_score, "%.3f"), "</td><td class=l>", esc(s.notes or ""), "</td></tr>")
       end
     end
     w("</table>")
   end
   w("</body></html>\n")
   return table.concat(h)
+end
+
+--- Memorization (sao.memorization, DSP_SPEC §3.10.8): the nearest training clip of every sample
+--- (up to `max_train` training clips, the encode stage's "ok" entries, taken in a fixed spread
+--- over the list), thresholds from pairs of different training songs. Returns the report table
+--- of metrics.json, or nil with no training clips.
+function M.memorization(out, groups, max_train, log)
+  local mem = require "sao.memorization"
+  local train = {}
+  for _, e in ipairs(require("sao.latents").read_index(out .. "/cache/latents")) do
+    if e.status == "ok" and e.audio then
+      train[#train + 1] = { path = out .. "/dataset/clips/" .. e.audio, song = tostring(e.clip):match("^(.*)/[^/]+$") or e.clip,
+                            name = e.clip }
+    end
+  end
+  if #train == 0 or max_train <= 0 then return nil end
+  table.sort(train, function(a, b) return a.name < b.name end)
+  if #train > max_train then   -- an even spread over the sorted list: every part of the corpus
+    local picked = {}
+    for i = 1, max_train do picked[i] = train[math.floor((i - 1) * #train / max_train) + 1] end
+    train = picked
+  end
+  log(("eval: memorization: features of %d training clips"):format(#train))
+  local set = mem.prepare(train)
+  local rep = { training_clips = #set.clips, pairs = set.pairs, thresholds = set.thresholds, groups = {},
+    method = "nearest training clip by beat-synchronous chroma (best mean cosine over lags, >= 8 beats) and by " ..
+             "standardised 40-band log-mel mean/std (cosine); thresholds = quantile " .. set.thresholds.quantile ..
+             " of pairs of different training songs" }
+  for _, g in ipairs(groups) do
+    if g.kind == "samples" then
+      local items = {}
+      for _, it in ipairs(g.items) do items[#items + 1] = { path = it.path, name = it.file } end
+      local r = mem.analyse(set, items)
+      local rows = {}
+      local prefix = #(out .. "/dataset/clips/")
+      local function rel(path) return path and path:sub(prefix + 1) or nil end
+      for _, x in ipairs(r.items) do
+        rows[#rows + 1] = { file = x.name, flagged = x.flagged,
+          chroma = x.chroma.score, chroma_match = rel(x.chroma.match),
+          chroma_lag_beats = x.chroma.lag,
+          timbre = x.timbre.score, timbre_match = rel(x.timbre.match) }
+      end
+      table.sort(rows, function(a, b) return (a.chroma or -2) > (b.chroma or -2) end)
+      rep.groups[#rep.groups + 1] = { name = g.name, summary = r.summary, items = rows }
+    end
+  end
+  return rep
 end
 
 function M.run(opts)
@@ -451,6 +533,12 @@ function M.run(opts)
   if metrics.model.random_weights then
     metrics.warning = "The samples come from a model with random weights (the tiny test model): " ..
       "the metrics are meaningless as a measure of quality or prompt adherence."
+  end
+  local max_train = common.num(opts.memorization, 200)
+  if max_train > 0 then
+    local ok, rep = pcall(M.memorization, out, groups, max_train, log)
+    if ok then metrics.memorization = rep
+    else metrics.notes[#metrics.notes + 1] = "memorization: " .. tostring(rep):gsub("^[^:]*%.lua:%d+: ", "") end
   end
   for _, s in ipairs(metrics.samples) do s.ref_key_index, s.est_key_index = nil, nil end
   common.write_atomic(eval_dir .. "/metrics.json", cjson.encode(metrics))

@@ -1,0 +1,97 @@
+-- sao.memorization: the chroma and timbre similarities, thresholds from pairs of different songs,
+-- and the nearest training clip of a "generation" that copies a training clip (found, with its
+-- offset in beats), of one in another key (not flagged), and of an unrelated one.
+local sao = require "sao"
+local mem = require "sao.memorization"
+local shell = require "support.shell"
+
+local SR = 22050
+
+-- an additive chord progression + drums at `bpm`, as a WAV; returns its path
+local function song(dir, name, o)
+  local mg = sao.musicgen
+  local secs = o.secs or 24
+  local c = mg.chords { tonic = o.tonic, minor = o.minor, sr = SR, bpm = o.bpm, bars = math.ceil(secs * o.bpm / 240),
+                        seed = o.seed, progression = o.progression }
+  local d = mg.drums { bpm = o.bpm, seconds = secs, sr = SR, pattern = "rock", seed = o.seed }
+  local m = sao.audio.mix({ sao.audio.fit(c, d:size(2)), d }, { mode = "mean" })
+  local path = dir .. "/" .. name .. ".wav"
+  sao.audio.save(path, m, SR, { subtype = "float" })
+  return path
+end
+
+describe("sao.memorization", function()
+  local dir = shell.tmpdir()
+  local train, set
+  setup(function()
+    train = {}
+    local specs = {
+      { "A1", "A", { tonic = 0, minor = false, bpm = 110, seed = 1, progression = 1 } },
+      { "A2", "A", { tonic = 0, minor = false, bpm = 110, seed = 1, progression = 1, secs = 20 } },
+      { "B1", "B", { tonic = 7, minor = true, bpm = 90, seed = 2, progression = 2 } },
+      { "C1", "C", { tonic = 3, minor = false, bpm = 128, seed = 3, progression = 3 } },
+      { "D1", "D", { tonic = 10, minor = true, bpm = 100, seed = 4, progression = 4 } },
+    }
+    for _, s in ipairs(specs) do
+      train[#train + 1] = { path = song(dir, s[1], s[3]), song = s[2], name = s[1] }
+    end
+    set = mem.prepare(train)
+  end)
+  teardown(function() os.execute("rm -rf " .. shell.q(dir)) end)
+
+  it("a file is its own best match at lag 0, with similarity 1", function()
+    local f = set.clips[3]
+    local s, lag = mem.chroma_similarity(f, f)
+    assert.near(1, s, 1e-9)
+    assert.equal(0, lag)
+    -- columns are unit vectors; sequences shorter than the overlap give no score
+    local short = { chroma = f.chroma, n = 5 }
+    assert.is_nil(mem.chroma_similarity(short, f))
+    assert.is_true(f.beat_sync)
+  end)
+
+  it("calibrates thresholds on pairs of different songs only", function()
+    -- 5 clips, songs A A B C D: 10 pairs, one of them (A1, A2) the same song
+    assert.equal(9, set.pairs)
+    assert.equal(9, #set.pair_scores.timbre)
+    assert.is_number(set.thresholds.chroma)
+    assert.is_true(set.thresholds.chroma < 0.999)
+    -- the quantile lies within the pair scores
+    local lo, hi = math.huge, -math.huge
+    for _, v in ipairs(set.pair_scores.chroma) do lo, hi = math.min(lo, v), math.max(hi, v) end
+    assert.is_true(set.thresholds.chroma >= lo and set.thresholds.chroma <= hi)
+  end)
+
+  it("finds the training clip a generation copies, and its offset in beats", function()
+    local a = sao.audio.load(train[3].path)
+    local beat = 60 / 90
+    local copy = sao.audio.slice(a, math.floor(6 * beat * SR + 0.5), math.floor(14 * SR))   -- from beat 6, 14 s
+    local p = dir .. "/copy.wav"
+    sao.audio.save(p, copy, SR, { subtype = "float" })
+    -- the same progression a fifth up: another key, not a copy
+    local other = song(dir, "fifth", { tonic = 2, minor = true, bpm = 90, seed = 2, progression = 2, secs = 14 })
+    local rep = mem.analyse(set, { { path = p, name = "copy" }, { path = other, name = "fifth" } })
+    local c, f = rep.items[1], rep.items[2]
+    assert.equal(train[3].path, c.chroma.match)
+    assert.is_true(c.chroma.score > 0.98, c.chroma.score)
+    assert.is_true(math.abs(c.chroma.lag - 6) <= 1, "lag " .. tostring(c.chroma.lag))
+    assert.is_true(c.flagged)
+    assert.equal(train[3].path, c.timbre.match)
+    assert.is_true(f.chroma.score < c.chroma.score - 0.1, f.chroma.score)
+    assert.equal(2, rep.summary.n)
+    assert.equal(1, rep.summary.chroma.above)
+    assert.near(0.5, rep.summary.chroma.fraction_above, 1e-12)
+  end)
+
+  it("lists unreadable files instead of failing", function()
+    local bad = dir .. "/bad.wav"
+    shell.write(bad, "nope")
+    local rep = mem.analyse(set, { { path = bad } })
+    assert.equal(0, rep.summary.n)
+    assert.equal(1, #rep.skipped)
+    assert.matches("bad%.wav", rep.skipped[1].reason)
+    local s2 = mem.prepare({ train[1], { path = bad, song = "X" } })
+    assert.equal(1, #s2.clips)
+    assert.equal(1, #s2.skipped)
+  end)
+end)
