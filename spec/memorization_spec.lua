@@ -50,16 +50,23 @@ describe("sao.memorization", function()
     assert.is_true(f.beat_sync)
   end)
 
-  it("calibrates thresholds on pairs of different songs only", function()
-    -- 5 clips, songs A A B C D: 10 pairs, one of them (A1, A2) the same song
-    assert.equal(9, set.pairs)
-    assert.equal(9, #set.pair_scores.timbre)
-    assert.is_number(set.thresholds.chroma)
-    assert.is_true(set.thresholds.chroma < 0.999)
-    -- the quantile lies within the pair scores
-    local lo, hi = math.huge, -math.huge
-    for _, v in ipairs(set.pair_scores.chroma) do lo, hi = math.min(lo, v), math.max(hi, v) end
-    assert.is_true(set.thresholds.chroma >= lo and set.thresholds.chroma <= hi)
+  it("calibrates thresholds on each clip's nearest clip of another song", function()
+    -- 5 clips, songs A A B C D: every clip is a query; A1's nearest is never A2 (same song)
+    assert.equal(5, set.thresholds.queries)
+    assert.equal(5, #set.null.timbre)
+    assert.equal(5, #set.null.chroma)
+    local a1, best = set.clips[1], -math.huge
+    for j = 3, 5 do best = math.max(best, (mem.chroma_similarity(a1, set.clips[j]))) end
+    assert.near(best, set.null.chroma[1], 1e-12)
+    -- quantile 0.999 of 5 values lies between the two largest
+    local v = {}
+    for i, x in ipairs(set.null.chroma) do v[i] = x end
+    table.sort(v)
+    assert.is_true(set.thresholds.chroma >= v[4] and set.thresholds.chroma <= v[5])
+    -- a shorter query has its own (higher or equal) threshold, cached per length
+    local t8 = mem.chroma_threshold(set, 8)
+    assert.is_true(t8 >= set.thresholds.chroma - 1e-9)
+    assert.equal(t8, mem.chroma_threshold(set, 8))
   end)
 
   it("finds the training clip a generation copies, and its offset in beats", function()

@@ -1,21 +1,24 @@
 -- sao.memorization — does a fine-tune reproduce its training audio? (DSP_SPEC §3.10.8, our own
 -- definition). For every generation, its nearest training clip under two similarities:
---   chroma     the best mean cosine between the beat-synchronous 12-bin chroma sequences of the
+--   chroma     the best mean cosine between the beat-synchronous, centred 12-bin chroma sequences of the
 --              two files over all time lags with at least `min_overlap` (8) beats in common: the
 --              same notes in the same order at some offset (a copied melody or chord loop);
 --   timbre     the cosine of clip-level timbre vectors: mean and standard deviation of 40 log-mel
 --              bands, each dimension standardised over the training clips (so that "everything is
 --              loud at low frequencies" does not make all files alike).
--- A threshold per similarity is calibrated on pairs of training clips from *different* songs (the
--- `quantile`, 0.999, of their similarities): a generation above it is closer to some training
--- clip than different songs of the corpus are to each other, and is worth a listen.
+-- A threshold per similarity is calibrated on the training set itself: each training clip's
+-- similarity to its nearest clip of a *different* song, and the `quantile` (0.999) of those (for
+-- chroma with the query clips cut to the generation's number of beats, since short queries score
+-- higher by chance). A generation above it is closer to some training clip than the corpus's songs
+-- are to each other, and is worth a listen.
 --
 --   local mem = require "sao.memorization"
 --   local train = mem.prepare({ {path = "a.wav", song = "Artist/Song"}, ... })
 --   local rep = mem.analyse(train, { {path = "gen1.wav", name = "..."}, ... })
 --   -- rep.thresholds, rep.items[i] = {path, chroma = {score, match, lag}, timbre = {...}, flagged}
 -- Features of one file: a chroma sequence (chroma_stft, n_fft 4096, hop 2048, pooled between the
--- beats of sao.analysis.tempo, else over 0.5 s windows; every column L2-normalised) and the timbre
+-- beats of sao.analysis.tempo, else over 0.5 s windows; every column centred and L2-normalised)
+-- and the timbre
 -- vector. Pure Lua over FFI arrays: 500 clips x 16 generations take a few seconds.
 local ffi = require "ffi"
 local sao = require "sao"
@@ -25,7 +28,7 @@ local M = {}
 M.N_FFT, M.HOP = 4096, 2048
 M.MIN_OVERLAP = 8
 M.QUANTILE = 0.999
-M.MAX_PAIRS = 4000          -- training pairs drawn for the thresholds (all of them when fewer)
+M.MAX_QUERIES = 200         -- training clips whose nearest other-song clip calibrates the thresholds
 
 -- ---- features ---------------------------------------------------------------------------------------
 
@@ -39,14 +42,20 @@ local function pool(src, T, bounds)
     local a, b = bounds[j], math.min(bounds[j + 1], T)
     if b > a then
       local base = kept * 12
-      local norm = 0
+      local norm, mean = 0, 0
       for c = 0, 11 do
         local s = 0
         for t = a, b - 1 do s = s + src[c * T + t] end
         out[base + c] = s
-        norm = norm + s * s
+        mean = mean + s / 12
       end
-      if norm > 0 then
+      -- centred: a flat column (noise, a dense cluster) carries no pitch content and must not look
+      -- like every other flat column (chroma vectors are non-negative, so raw cosines are all high)
+      for c = 0, 11 do
+        out[base + c] = out[base + c] - mean
+        norm = norm + out[base + c] ^ 2
+      end
+      if norm > 1e-12 * (mean * mean * 12 + 1e-30) then
         norm = math.sqrt(norm)
         for c = 0, 11 do out[base + c] = out[base + c] / norm end
         kept = kept + 1
@@ -151,9 +160,10 @@ local function quantile(list, q)
 end
 
 --- prepare(clips, opts) -> training set: features of every clip ({path, song, ...}: song tells
---- which clips come from the same piece), the timbre statistics, and the thresholds calibrated on
---- pairs of different songs (opts.quantile, opts.max_pairs, opts.seed). Unreadable clips are
---- skipped and listed in .skipped.
+--- which clips come from the same piece), the timbre statistics, and the thresholds: the
+--- opts.quantile (0.999) of the training clips' similarities to their nearest clip of another song
+--- (up to opts.max_queries clips, 200, as queries; set.null keeps the values). Unreadable clips
+--- are skipped and listed in .skipped.
 function M.prepare(clips, opts)
   opts = opts or {}
   local set = { clips = {}, skipped = {} }
@@ -179,36 +189,60 @@ function M.prepare(clips, opts)
   end
   set.mean, set.std = mean, std
   for _, f in ipairs(set.clips) do f.z = standardise(f.timbre, mean, std) end
-  -- pairs of different songs: all of them, or max_pairs drawn with a fixed generator
-  local pairs_ = {}
-  local total = 0
-  for i = 1, n do for j = i + 1, n do if set.clips[i].song ~= set.clips[j].song then total = total + 1 end end end
-  local max_pairs = opts.max_pairs or M.MAX_PAIRS
-  if total <= max_pairs then
-    for i = 1, n do for j = i + 1, n do
-      if set.clips[i].song ~= set.clips[j].song then pairs_[#pairs_ + 1] = { i, j } end
-    end end
-  else
-    local r = sao.musicgen.rng(opts.seed or 1)
-    local guard = 0
-    while #pairs_ < max_pairs and guard < max_pairs * 20 do
-      guard = guard + 1
-      local i, j = r:int(1, n), r:int(1, n)
-      if i ~= j and set.clips[i].song ~= set.clips[j].song then pairs_[#pairs_ + 1] = { i, j } end
-    end
-  end
+  -- the null distribution: each training clip's nearest clip of another song. Up to max_queries
+  -- clips (an even spread) are the queries; their nearest-neighbour scores give the thresholds.
+  local queries = {}
+  local maxq = opts.max_queries or M.MAX_QUERIES
+  for k = 1, math.min(n, maxq) do queries[k] = math.floor((k - 1) * n / math.min(n, maxq)) + 1 end
+  set.queries = queries
+  set.by_length = {}
+  set.quantile = opts.quantile or M.QUANTILE
   local cs, ts = {}, {}
-  for _, p in ipairs(pairs_) do
-    local a, b = set.clips[p[1]], set.clips[p[2]]
-    local c = M.chroma_similarity(a, b)
-    if c then cs[#cs + 1] = c end
-    ts[#ts + 1] = cosine(a.z, b.z)
+  for _, i in ipairs(queries) do
+    local a = set.clips[i]
+    local bc, bt
+    for j, b in ipairs(set.clips) do
+      if j ~= i and b.song ~= a.song then
+        local c = M.chroma_similarity(a, b)
+        if c and (not bc or c > bc) then bc = c end
+        local t = cosine(a.z, b.z)
+        if not bt or t > bt then bt = t end
+      end
+    end
+    if bc then cs[#cs + 1] = bc end
+    if bt then ts[#ts + 1] = bt end
   end
-  local q = opts.quantile or M.QUANTILE
-  set.pairs = #pairs_
-  set.thresholds = { chroma = quantile(cs, q), timbre = quantile(ts, q), quantile = q, pairs = #pairs_ }
-  set.pair_scores = { chroma = cs, timbre = ts }
+  set.null = { chroma = cs, timbre = ts }
+  set.thresholds = { chroma = quantile(cs, set.quantile), timbre = quantile(ts, set.quantile), quantile = set.quantile,
+                     queries = #ts }
   return set
+end
+
+--- chroma_threshold(set, n) -> the chroma threshold for a query of n beat columns: as the
+--- full-length one, with each query clip cut to n columns (from its middle). A short query has
+--- fewer columns to average and more lags to pick the best from, so it scores higher by chance
+--- than a whole clip does; its threshold is calibrated at its own length.
+function M.chroma_threshold(set, n)
+  if set.by_length[n] ~= nil then return set.by_length[n] or nil end
+  local vals = {}
+  for _, i in ipairs(set.queries) do
+    local a = set.clips[i]
+    local q = a
+    if a.n > n then
+      q = { chroma = ffi.cast("double *", a.chroma) + math.floor((a.n - n) / 2) * 12, n = n }
+    end
+    local best
+    for j, b in ipairs(set.clips) do
+      if j ~= i and b.song ~= a.song then
+        local v = M.chroma_similarity(q, b)
+        if v and (not best or v > best) then best = v end
+      end
+    end
+    if best then vals[#vals + 1] = best end
+  end
+  local th = quantile(vals, set.quantile)
+  set.by_length[n] = th or false
+  return th
 end
 
 --- nearest(set, f) -> {chroma = {score, match (training path), lag (beats)}, timbre = {score, match}}
@@ -241,8 +275,10 @@ function M.analyse(set, items, opts)
       audio:free()
       local nn = M.nearest(set, f)
       local row = { path = it.path, name = it.name or it.path, chroma = nn.chroma, timbre = nn.timbre, flagged = false }
+      nn.chroma.threshold = M.chroma_threshold(set, f.n)
+      nn.timbre.threshold = set.thresholds.timbre
       for _, k in ipairs { "chroma", "timbre" } do
-        local s, th = nn[k].score, set.thresholds[k]
+        local s, th = nn[k].score, nn[k].threshold
         if s then vals[k][#vals[k] + 1] = s end
         if s and th and s > th then above[k] = above[k] + 1; row.flagged = true end
       end

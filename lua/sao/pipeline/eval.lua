@@ -16,7 +16,7 @@
 -- spectral centroid, flatness, H/P ratio, transient sharpness, onset rate, RMS, LUFS; the CLAP
 -- score against the prompt when a CLAP service is set (SAO_CLAP_URL, docs/clap.md); and
 -- memorization (sao.memorization): each sample's nearest training clip by chroma and by timbre,
--- against thresholds from pairs of different training songs (--memorization N training clips,
+-- against thresholds from the training clips' nearest other songs (--memorization N training clips,
 -- default 200; 0: off).
 local cjson = require "cjson"
 local sao = require "sao"
@@ -356,7 +356,7 @@ fine-tuning: they only show that the pipeline runs end to end.</div>]])
   local mrep = metrics.memorization
   if mrep then
     w("<h2>Memorization</h2><p class=small>", esc(mrep.method), ". ", mrep.training_clips, " training clips, ",
-      mrep.pairs, " pairs; thresholds: chroma ", fmt(mrep.thresholds.chroma, "%.3f"), ", timbre ",
+      mrep.thresholds.queries, " as queries; thresholds (whole clips): chroma ", fmt(mrep.thresholds.chroma, "%.3f"), ", timbre ",
       fmt(mrep.thresholds.timbre, "%.3f"), ".</p>")
     w("<table><tr><th class=l>group</th><th>n</th><th>chroma mean</th><th>median</th><th>max</th><th>above</th>",
       "<th>timbre mean</th><th>median</th><th>max</th><th>above</th></tr>")
@@ -369,14 +369,15 @@ fine-tuning: they only show that the pipeline runs end to end.</div>]])
     w("</table>")
     for _, g in ipairs(mrep.groups) do
       w("<h3>Closest to the training audio: ", esc(g.name), "</h3><table><tr><th class=l>sample</th><th>chroma</th>",
-        "<th class=l>nearest (chroma)</th><th>lag (beats)</th><th>timbre</th><th class=l>nearest (timbre)</th><th>flag</th></tr>")
+        "<th class=l>nearest (chroma)</th><th>threshold</th><th>lag (beats)</th><th>timbre</th><th class=l>nearest (timbre)</th><th>flag</th></tr>")
       for i = 1, math.min(5, #g.items) do
         local x = g.items[i]
         local ref = x.chroma_match and rel_link(metrics.out .. "/dataset/clips/" .. x.chroma_match, eval_dir)
         w("<tr><td class=l>", esc(x.file), "</td><td>", fmt(x.chroma, "%.3f"), "</td><td class=l>",
           ref and ('<audio controls preload="none" src="' .. esc(ref) .. '"></audio><br><span class=small>' ..
                    esc(x.chroma_match) .. "</span>") or "–",
-          "</td><td>", fmt(x.chroma_lag_beats), "</td><td>", fmt(x.timbre, "%.3f"), "</td><td class=l>",
+          "</td><td>", fmt(x.chroma_threshold, "%.3f"), "</td><td>", fmt(x.chroma_lag_beats), "</td><td>",
+          fmt(x.timbre, "%.3f"), "</td><td class=l>",
           esc(x.timbre_match or "–"), "</td><td>", x.flagged and "listen" or "", "</td></tr>")
       end
       w("</table>")
@@ -429,10 +430,11 @@ function M.memorization(out, groups, max_train, log)
   end
   log(("eval: memorization: features of %d training clips"):format(#train))
   local set = mem.prepare(train)
-  local rep = { training_clips = #set.clips, pairs = set.pairs, thresholds = set.thresholds, groups = {},
+  local rep = { training_clips = #set.clips, thresholds = set.thresholds, groups = {},
     method = "nearest training clip by beat-synchronous chroma (best mean cosine over lags, >= 8 beats) and by " ..
              "standardised 40-band log-mel mean/std (cosine); thresholds = quantile " .. set.thresholds.quantile ..
-             " of pairs of different training songs" }
+             " of the training clips' similarity to their nearest clip of another song (chroma: at each " ..
+             "sample's length in beats)" }
   for _, g in ipairs(groups) do
     if g.kind == "samples" then
       local items = {}
@@ -443,7 +445,7 @@ function M.memorization(out, groups, max_train, log)
       local function rel(path) return path and path:sub(prefix + 1) or nil end
       for _, x in ipairs(r.items) do
         rows[#rows + 1] = { file = x.name, flagged = x.flagged,
-          chroma = x.chroma.score, chroma_match = rel(x.chroma.match),
+          chroma = x.chroma.score, chroma_match = rel(x.chroma.match), chroma_threshold = x.chroma.threshold,
           chroma_lag_beats = x.chroma.lag,
           timbre = x.timbre.score, timbre_match = rel(x.timbre.match) }
       end
