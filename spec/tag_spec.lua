@@ -70,6 +70,38 @@ describe("tag stage without CLAP (audio features)", function()
     assert.equal(1, t.counts.genres["boom bap"])
   end)
 
+  it("clusters the distinct tags in T5 space and reports the silhouette", function()
+    local c = ojson.read(out .. "/dataset/tag_clusters.json")
+    assert.is_table(c)
+    assert.equal(5, c.k)
+    local n, seen = 0, {}
+    for _, g in ipairs(c.clusters) do
+      assert.equal(g.size, #g.members)
+      n = n + g.size
+      for _, m in ipairs(g.members) do assert.is_nil(seen[m]); seen[m] = true end
+    end
+    assert.equal(c.tags, n)
+    -- every distinct tag of tags.json is in one cluster
+    local t = ojson.read(out .. "/dataset/tags.json")
+    local distinct = {}
+    for _, cat in ipairs { "instruments", "moods", "genres" } do
+      for name in pairs(t.counts[cat]) do distinct[name] = true end
+    end
+    for name in pairs(distinct) do assert.is_true(seen[name], name) end
+    assert.is_true(c.silhouette >= -1 and c.silhouette <= 1)
+    assert.matches("RANDOM weights", c.encoder)
+    assert.equal(c.silhouette, s.tag_clusters.silhouette)
+  end)
+
+  it("says when there are too few tags to cluster", function()
+    local model = require("sao.pipeline.common").load_model { model = "tiny", quiet = true }
+    local res, why = tag.clusters({ "808", "dark", "trap" }, 5, model)
+    assert.is_nil(res)
+    assert.equal("3 distinct tags: too few for 5 clusters", why)
+    local ok = tag.clusters({ "808", "dark", "trap", "piano" }, 2, model)
+    assert.equal(2, #ok.clusters)
+  end)
+
   it("keeps tags on a re-run and redoes them with --force", function()
     local p = out .. "/dataset/clips/beats/Hard/Hard_s1.json"
     local m = ojson.read(p)

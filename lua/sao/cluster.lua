@@ -424,9 +424,9 @@ end
 
 -- ---- report -------------------------------------------------------------------------------------
 
---- Per cluster, for reports: { cluster = c, size =, members = {names...}, distances = {...} },
---- members sorted by Euclidean distance to the cluster's center (nearest first; ties by row
---- order). centers may be nil (then the mean of the members); X may be nil (then members keep
+--- Per cluster, for reports: { cluster = c, size =, members = {names...}, distances = {...},
+--- rows = {row numbers} }, members sorted by Euclidean distance to the cluster's center (nearest
+--- first; ties by row order; distances and rows in the same order). centers may be nil (then the mean of the members); X may be nil (then members keep
 --- row order and distances is empty). names may be nil (then row numbers). Clusters are
 --- 1 .. max(#centers, largest label); labels must be whole numbers >= 1.
 function M.describe(labels, names, centers, X)

@@ -17,7 +17,9 @@
 -- unless --force. A clip that fails (unreadable audio, a service error for that request) is named
 -- and left untagged; the next run retries it. A CLAP service that cannot be reached stops the
 -- stage at once (no silent switch of tagger half way through a dataset).
--- Writes OUT/dataset/tags.json: how often each tag was chosen, per category.
+-- Writes OUT/dataset/tags.json: how often each tag was chosen, per category; and
+-- OUT/dataset/tag_clusters.json: StableBeaT's tag analysis — the distinct tags embedded by the
+-- model's T5, k-means with --tag-clusters 5 groups, the silhouette (their value: 0.095); 0: none.
 local sao = require "sao"
 local ojson = require "sao.ojson"
 local fs = require "sao.fs"
@@ -69,6 +71,47 @@ function M.features_tags(audio, sr, meta)
   return tags, { sub_ratio = sub_ratio, high_ratio = high_ratio, centroid_hz = centroid, onset_rate = f.onset_rate }
 end
 
+--- Tag analysis (StableBeaT's, DSP_SPEC §3.10.9): every distinct tag of the dataset embedded by
+--- SAO's own text encoder (T5, mean over the prompt's tokens), k-means (k-means++, 100 restarts,
+--- seed 0) and the mean silhouette (Euclidean). tags: list of names; model: a loaded SAO model
+--- (its T5). Returns {k, tags, silhouette, clusters = {{size, members (nearest the centre first)}},
+--- encoder}, or nil and why when there are too few tags.
+function M.clusters(tags, k, model)
+  if #tags < k + 1 then
+    return nil, ("%d distinct tags: too few for %d clusters"):format(#tags, k)
+  end
+  local emb, mask = model.t5:encode(tags)                 -- [B, L, D], [B, L]
+  local shape = emb:shape()
+  local L, D = shape[2], shape[3]
+  local e, m = emb:contiguous():data(), mask:contiguous():data()
+  local X = {}
+  for b = 0, #tags - 1 do
+    local row, n = {}, 0
+    for d = 1, D do row[d] = 0 end
+    for t = 0, L - 1 do
+      if m[b * L + t] ~= 0 then
+        n = n + 1
+        local base = (b * L + t) * D
+        for d = 1, D do row[d] = row[d] + e[base + d - 1] end
+      end
+    end
+    for d = 1, D do row[d] = row[d] / math.max(n, 1) end
+    X[b + 1] = row
+  end
+  emb:free(); mask:free()
+  local cluster = require "sao.cluster"
+  local r = cluster.kmeans(X, k, { restarts = 100, seed = 0 })
+  local sil = cluster.silhouette(X, r.labels)
+  local groups = {}
+  for _, g in ipairs(cluster.describe(r.labels, tags, r.centers, X)) do
+    groups[#groups + 1] = ojson.object({ size = g.size, members = ojson.array(g.members) }, { "size", "members" })
+  end
+  table.sort(groups, function(a, b) return a.size > b.size end)
+  return ojson.object({ k = k, tags = #tags, silhouette = sil, inertia = r.inertia, clusters = groups,
+    encoder = model.random and "T5 with RANDOM weights (tiny test model): the clusters mean nothing" or "T5 (t5-base)" },
+    { "k", "tags", "silhouette", "inertia", "encoder", "clusters" })
+end
+
 local function has_tags(t)
   local tags = t.Tags
   if type(tags) ~= "table" then return false end
@@ -86,7 +129,8 @@ local function tag_k(v)
 end
 
 --- The stage. opts: out, tagger (auto|clap|features), clap_url, clap_model, tag_k, min_similarity,
---- force, quiet. Returns {clips, tagged, kept, failed, source = "clap"|"features", counts}.
+--- force, quiet, tag_clusters (k, default 5; 0: no tag analysis), model, model_seed. Returns
+--- {clips, tagged, kept, failed, source = "clap"|"features", counts, tag_clusters}.
 function M.run(opts)
   local out = opts.out or "out"
   local dir = out .. "/dataset/clips"
@@ -191,6 +235,29 @@ function M.run(opts)
   end
   if fs.exists(out .. "/dataset") then ojson.write(out .. "/dataset/tags.json", summary, { indent = 2 }) end
   log("tag: %d clips: %d tagged now (%s), %d had tags, %d failed", s.clips, s.tagged, source, s.kept, s.failed)
+
+  -- the tag analysis: distinct tags of every category, clustered in T5 space
+  local k = common.num(opts.tag_clusters, 5)
+  if k > 0 and s.clips > 0 then
+    local names, seen = {}, {}
+    for _, c in ipairs(M.TAG_KEYS) do
+      for t in pairs(s.counts[c]) do if not seen[t] then seen[t] = true; names[#names + 1] = t end end
+    end
+    table.sort(names)
+    local okm, res, why = pcall(function()
+      local model = common.load_model { model = opts.model, model_seed = opts.model_seed, quiet = true }
+      return M.clusters(names, k, model)
+    end)
+    if not okm then res, why = nil, tostring(res):gsub("^[^:]*%.lua:%d+: ", "") end
+    if res then
+      ojson.write(out .. "/dataset/tag_clusters.json", res, { indent = 2 })
+      s.tag_clusters = res
+      log("tag: %d tags in %d clusters, silhouette %.3f (%s) -> %s/dataset/tag_clusters.json", res.tags, k,
+          res.silhouette, res.encoder, out)
+    else
+      log("tag: no tag clusters: %s", why)
+    end
+  end
   return s
 end
 
