@@ -26,6 +26,7 @@ recipe.main {
   -- what the prompts and sample stages use unless told otherwise
   defaults = {
     style = "trap",
+    sample_profile = "stablebeat",   -- StableBeaT's demo settings (200 steps, CFG 7, 47 s, peak 1.0)
     demo_prompts = {
       "A dark, menacing trap beat at 140 BPM in C# minor, with booming 808s, rolling hi-hats and a piano melody",
       "A melancholic, emotional rap beat at 86 BPM in A minor, using plucked guitar, synth bells and vinyl crackle",
@@ -37,7 +38,8 @@ recipe.main {
     min_similarity llm_url llm_model no_llm temperature shots style retries seed confident log
     reencode holdout encode_seed max_seconds steps batch accum frames lr weight_decay clip cfg_dropout
     checkpoint_every keep log_every demo_every train_seed lora_rank lora_alpha lora_targets prompt prompts
-    demo_prompts cfg_scales sample_steps seconds sample_seed sampler frames_sample num_demos baseline weights
+    demo_prompts cfg_scales sample_steps seconds sample_seed sampler sigma_min sigma_max peak_db sample_profile
+    frames_sample num_demos baseline weights
     samples negative_prompt reference_clips memorization tempo_tolerances device precision]],
   extra_options = { require("sao.pipeline.beats").defaults },
   usage = {
@@ -50,5 +52,7 @@ recipe.main {
     "  encode/train/sample/eval (docs/training.md): --model tiny|sao-1.0|DIR --run NAME --device cpu|cuda",
     "                   --steps N --batch B --lr X --lora-rank R --prompts FILE --prompt TEXT --cfg-scales 4,7",
     "                   --sample-steps N --seconds S --baseline --samples DIR --reference-clips N --memorization N",
+    "                   --sample-profile stablebeat (default: 200 steps, CFG 7, sigma 0.01-100, 47 s, peak 0 dBFS)",
+    "                   --sigma-min X --sigma-max X --peak-db X",
   },
 }

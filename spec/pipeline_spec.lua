@@ -194,8 +194,29 @@ describe("sample stage", function()
     assert.is_true(a:maxdiff(b) > 1e-6)
   end)
 
+  it("takes a profile's settings, the noise range and a peak level", function()
+    local d = sample.defaults({ random = false }, "stablebeat")
+    assert.same({ 7 }, d.cfg_scales)
+    assert.same({ 200, 47, 0.01, 100, 0 }, { d.steps, d.seconds, d.sigma_min, d.sigma_max, d.peak_db })
+    local t = sample.defaults({ random = true }, "stablebeat")   -- the tiny model keeps its quick steps
+    assert.same({ 8, 4, 0.01, 7 }, { t.steps, t.seconds, t.sigma_min, t.cfg_scales[1] })
+    assert.error_matches(function() sample.defaults({ random = true }, "stablebeet") end,
+      "unknown %-%-sample%-profile 'stablebeet' %(profiles: stablebeat%)")
+    local w = sample.run { out = out, model = "tiny", quiet = true, run = "prof", sample_profile = "stablebeat",
+                           sample_steps = 2, seconds = 1, prompts = { "A dark trap beat at 140 BPM" }, peak_db = "-3" }
+    local r = w[1].records[1]
+    assert.same({ 7, 0.01, 100, -3 }, { r.cfg_scale, r.sigma_min, r.sigma_max, r.peak_db })
+    local a = sao.audio.load(w[1].dir .. "/" .. r.file)
+    assert.near(-3, sao.audio.stats(a).peak_db, 1e-3)
+    -- another noise range gives another sample from the same seed
+    local w2 = sample.run { out = out, model = "tiny", quiet = true, run = "prof2", cfg_scales = "7", sample_steps = 2,
+                            seconds = 1, prompts = { "A dark trap beat at 140 BPM" }, peak_db = "-3" }
+    assert.is_true(a:maxdiff(sao.audio.load(w2[1].dir .. "/" .. w2[1].records[1].file)) > 1e-4)
+  end)
+
   it("reads the prompt and its BPM, key and mode", function()
     assert.same({ bpm = 120, key = "A#", mode = "Major" }, sample.reference("Rock in the key of A# Major at 120 BPM"))
+    assert.same({ bpm = 86 }, sample.reference("A lo-fi beat at 86 beats per minute"))
     assert.same({ bpm = 90.5, key = "Eb", mode = "Minor" }, sample.reference("eb? no: Eb minor groove, 90.5 bpm"))
     assert.same({}, sample.reference("ambient drone"))
     assert.error_matches(function() sample.prompts({ prompts = out .. "/nope.txt" }, 4) end, "no such file")

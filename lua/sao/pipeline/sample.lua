@@ -5,6 +5,7 @@
 --
 --   sao recipes/instrumental.lua --stages sample [--run main] [--prompts FILE | --prompt TEXT]
 --       [--cfg-scales 4,7] [--sample-steps 100] [--seconds 30] [--num-demos 4] [--baseline]
+--       [--sigma-min 0.3 --sigma-max 500] [--peak-db 0] [--sample-profile stablebeat]
 --
 -- Prompts: --prompt TEXT, --prompts FILE (one per line, '#' comments), opts.prompts (a Lua list);
 -- otherwise the prompts of the held-out clips (encode stage), otherwise M.DEMO_PROMPTS (in the
@@ -26,13 +27,36 @@ M.DEMO_PROMPTS = {
   "Warm jazz ballad in the key of F Major at 75 BPM, with saxophone, piano and double bass",
 }
 
+--- Sampling profiles a recipe can name (--sample-profile): the settings a published fine-tune used
+--- for its demos. stablebeat: the StableBeaT card (200 steps, CFG 7, sigma 0.01-100, 47 s, output
+--- peak-normalised to 1.0).
+M.PROFILES = {
+  stablebeat = { cfg_scales = { 7 }, steps = 200, seconds = 47, sigma_min = 0.01, sigma_max = 100, peak_db = 0 },
+}
+
 --- Defaults: SAO's demo settings (SAO_SPEC §8.8: dpmpp-3m-sde, 100 steps; CFG 4 and 7 as the
---- seed) and, for the tiny random model, a few quick steps.
-function M.defaults(model)
+--- seed) and, for the tiny random model, a few quick steps; a profile's values on top (for the
+--- tiny model all but its steps and length).
+function M.defaults(model, profile)
+  local d
   if model.random then
-    return { cfg_scales = { 4, 7 }, steps = 8, seconds = 4, num = 4, sampler = "dpmpp-3m-sde", seed = 1 }
+    d = { cfg_scales = { 4, 7 }, steps = 8, seconds = 4, num = 4, sampler = "dpmpp-3m-sde", seed = 1 }
+  else
+    d = { cfg_scales = { 4, 7 }, steps = 100, seconds = 30, num = 4, sampler = "dpmpp-3m-sde", seed = 1 }
   end
-  return { cfg_scales = { 4, 7 }, steps = 100, seconds = 30, num = 4, sampler = "dpmpp-3m-sde", seed = 1 }
+  if profile then
+    local p = M.PROFILES[profile]
+    if not p then
+      local names = {}
+      for n in pairs(M.PROFILES) do names[#names + 1] = n end
+      table.sort(names)
+      error(("sample: unknown --sample-profile '%s' (profiles: %s)"):format(profile, table.concat(names, ", ")), 0)
+    end
+    for k, v in pairs(p) do
+      if not (model.random and (k == "steps" or k == "seconds")) then d[k] = v end
+    end
+  end
+  return d
 end
 
 --- BPM, key and mode stated in a prompt ("... in the key of A# Major at 120 BPM") -> {bpm=, key=, mode=}.
@@ -140,16 +164,22 @@ function M.generate_set(model, items, dir, o)
         file = name .. ".wav", prompt = it.prompt, source = it.source, clip = it.clip, reference = it.reference,
         cfg_scale = cfg, seed = o.seed + i - 1, steps = o.steps, seconds = seconds, frames = frames,
         sampler = o.sampler, step = o.step, weights = o.weights, model = model.name, random_weights = model.random,
-        negative_prompt = o.negative_prompt,
+        negative_prompt = o.negative_prompt, sigma_min = o.sigma_min, sigma_max = o.sigma_max, peak_db = o.peak_db,
       }
       if common.exists(wav) and common.exists(js) then
         bar:skip(1)
       else
         bar:start(name)
         local audio, info = model:generate { prompt = it.prompt, seconds = seconds, steps = o.steps, cfg_scale = cfg,
-          seed = rec.seed, frames = frames, sampler = o.sampler, negative_prompt = o.negative_prompt, progress = false }
+          seed = rec.seed, frames = frames, sampler = o.sampler, negative_prompt = o.negative_prompt, progress = false,
+          sigma_min = o.sigma_min, sigma_max = o.sigma_max }
         rec.sampling_s = info.sampling_s
         local a = audio:select(1, 1):contiguous()
+        if o.peak_db then   -- as StableBeaT's demos: the peak at 1.0 (0 dBFS) or at the level asked
+          local n = sao.audio.peak_normalize(a, o.peak_db)
+          a:free()
+          a = n
+        end
         sao.audio.save(wav, a, sr)
         a:free(); audio:free()
         common.write_atomic(js, cjson.encode(rec))
@@ -164,8 +194,10 @@ function M.generate_set(model, items, dir, o)
 end
 
 local function settings(opts, model)
-  local d = M.defaults(model)
+  local d = M.defaults(model, opts.sample_profile ~= true and opts.sample_profile or nil)
   return {
+    sigma_min = common.num(opts.sigma_min, d.sigma_min), sigma_max = common.num(opts.sigma_max, d.sigma_max),
+    peak_db = common.num(opts.peak_db, d.peak_db),
     cfg_scales = common.list(opts.cfg_scales, true) or d.cfg_scales,
     steps = common.num(opts.sample_steps, d.steps), seconds = common.num(opts.seconds, d.seconds),
     seed = common.num(opts.sample_seed, d.seed), sampler = opts.sampler or d.sampler,
