@@ -3,6 +3,7 @@
 #   make deps      install the Debian packages sao needs (apt-get; quiet when all are present)
 #   make           build ./sao and build/libsao.so (CUDA backend too when nvcc is found; CUDA=0: CPU only)
 #   make run       deps + build + the instrumental recipe on its embedded default
+#   make run-trap  deps + build + the trap recipe on its demo beats
 #   make test      deps + build, then every spec (busted on LuaJIT); ends with "N passed, N failed, N skipped"
 #   make test-gpu  the GPU-tagged specs only (skipped, and counted as such, without a GPU)
 #   make test-gpu-emu  the GPU specs on a CPU emulation of the CUDA backend (spec/support/cuda_emu;
@@ -74,7 +75,7 @@ $(shell mkdir -p $(BUILD))
 $(file > $(BUILD)/.flags,$(FLAGS_NOW))
 endif
 
-.PHONY: all deps run test test-gpu test-gpu-emu bench install clean
+.PHONY: all deps run run-trap test test-gpu test-gpu-emu bench install clean
 all: sao $(BUILD)/sao_cdef.h $(CUDA_LIB)
 
 $(BUILD)/%.o: %.c $(HEADERS) $(BUILD)/.flags
@@ -120,6 +121,9 @@ deps:
 
 run: deps all
 	./sao recipes/instrumental.lua
+
+run-trap: deps all
+	./sao recipes/trap.lua
 
 test: deps all
 	@sh spec/run.sh
