@@ -216,6 +216,26 @@ describe("dataset stage of the trap recipe", function()
     assert.has_error(function() beats.config { segments = "x" } end, "dataset: --segments expects a number, got 'x'")
   end)
 
+  it("reads compressed beats (mp3, ogg) and names them by file", function()
+    local d2, o4 = root .. "/compressed", root .. "/compressed_out"
+    fs.mkdir_p(d2)
+    beat(d2 .. "/tmp.wav", 140, 22, 4, 48000, 2)
+    local a, sr = sao.audio.load(d2 .. "/tmp.wav")
+    sao.audio.save(d2 .. "/Loop.mp3", a, sr, { format = "mp3" })
+    sao.audio.save(d2 .. "/Vol.2.ogg", a, sr, { format = "ogg" })
+    os.remove(d2 .. "/tmp.wav")
+    local s = beats.run { out = o4, beats = d2, segment_min = 10, segment_max = 20, segments = 1, jobs = 1, quiet = true }
+    assert.equal(2, s.kept)
+    assert.same({ "clips/beats/Loop/Loop_s1.json", "clips/beats/Vol.2/Vol.2_s1.json" }, clips_of(o4))
+    for _, j in ipairs(clips_of(o4)) do
+      local m = ojson.read(o4 .. "/dataset/" .. j)
+      local info = sao.audio.info(o4 .. "/dataset/" .. m.path)
+      assert.same({ SR, 2 }, { info.sample_rate, info.channels })
+      assert.is_true(m.duration >= 10 and m.duration <= 20)
+      assert.is_true(sao.analysis.tempo_match(m.bpm, 140, 0.04) or sao.analysis.tempo_match(m.bpm, 70, 0.04), m.bpm)
+    end
+  end)
+
   it("normalises each segment's loudness when asked", function()
     local o3 = root .. "/loud"
     beats.run { out = o3, beats = src, segment_min = 10, segment_max = 20, target_lufs = "-14", quiet = true }
