@@ -432,3 +432,13 @@ describe("sao.clap against a loopback CLAP service", function()
     assert.has_error(function() clap.tag_from_embedding({ 1, 0, 0 }, te) end)
   end)
 end)
+
+describe("sao.clap.VOCAB and the prompt writer", function()
+  it("every curated tag has words in the trap prompt writer", function()
+    local prompt = require "sao.prompt"
+    for cat, list in pairs(clap.VOCAB) do
+      for _, tag in ipairs(list) do assert.is_true(prompt.knows(cat, tag), cat .. ": " .. tag) end
+    end
+    assert.is_false(prompt.knows("instruments", "kazoo"))
+  end)
+end)

@@ -102,7 +102,8 @@ local GENRES = {
   ["dubstep"] = "dubstep", ["drum and bass"] = "drum and bass", ["dnb"] = "drum and bass",
   ["trip hop"] = "trip-hop", ["downtempo"] = "downtempo", ["lo fi"] = "lo-fi", ["lofi"] = "lo-fi",
   ["hip hop"] = "hip hop", ["hiphop"] = "hip hop", ["rap"] = "rap", ["trap"] = "trap", ["drill"] = "drill",
-  ["boom bap"] = "boom bap", ["phonk"] = "phonk", ["cloud rap"] = "cloud rap",
+  ["boom bap"] = "boom bap", ["phonk"] = "phonk", ["cloud rap"] = "cloud rap", ["lo fi hip hop"] = "lo-fi hip hop",
+  ["pop rap"] = "pop rap", ["grime"] = "grime", ["jersey club"] = "jersey club", ["rage"] = "rage",
   ["reggae"] = "reggae", ["ska"] = "ska", ["dub"] = "dub", ["latin"] = "latin", ["salsa"] = "salsa",
   ["bossa nova"] = "bossa nova", ["samba"] = "samba", ["tango"] = "tango", ["flamenco"] = "flamenco",
   ["celtic"] = "celtic", ["world"] = "world music", ["video game music"] = "video game",
@@ -131,6 +132,7 @@ local MOOD_GROUPS = {
   emotional = { "emotional", "moving", "soulful" },
   menacing = { "menacing", "ominous", "threatening" },
   hard = { "hard", "gritty", "heavy" },
+  triumphant = { "triumphant", "victorious", "anthemic" },
 }
 local MOODS = {
   happy = "happy", cheerful = "happy", joyful = "happy", feelgood = "happy", ["feel good"] = "happy",
@@ -144,7 +146,8 @@ local MOODS = {
   beautiful = "beautiful", party = "fun", fun = "fun", playful = "fun", sexy = "sensual", sensual = "sensual",
   mysterious = "mysterious", eerie = "mysterious", haunting = "mysterious", peaceful = "peaceful",
   serene = "peaceful", emotional = "emotional", soulful = "emotional", menacing = "menacing",
-  ominous = "menacing", hard = "hard", gritty = "hard",
+  ominous = "menacing", hard = "hard", gritty = "hard", triumphant = "triumphant", victorious = "triumphant",
+  anthemic = "triumphant",
 }
 
 local ENERGY_HIGH = { "energetic", "driving", "high-energy", "punchy", "powerful", "lively" }
@@ -187,6 +190,14 @@ local INSTRUMENT_SYNONYMS = {
   ["vocal chops"] = { "vocal chops", "chopped vocal samples" },
   ["sample"] = { "samples", "a chopped sample" },
   ["vinyl crackle"] = { "vinyl crackle", "dusty vinyl texture" },
+  ["brass"] = { "brass stabs", "a brass section", "horns" },
+  ["organ"] = { "organ", "church organ chords", "organ stabs" },
+  ["plucks"] = { "synth plucks", "plucky synths" },
+  ["sub bass"] = { "sub bass", "deep sub bass" },
+  ["percussion"] = { "percussion", "hand percussion" },
+  ["marimba"] = { "marimba", "a marimba melody" },
+  ["violin"] = { "violin", "a violin melody", "strings" },
+  ["saxophone"] = { "saxophone", "sax licks" },
 }
 
 -- Generic GM-style names made readable: "Lead 1 (square)" → "square lead", "Electric Bass (finger)"
@@ -204,6 +215,15 @@ end
 
 local function norm_tag(t)
   return (tostring(t):lower():gsub("[%-_]", " "):gsub("%s+", " "):gsub("^ ", ""):gsub(" $", ""))
+end
+
+--- knows(category, tag) -> true when the writer has words for the tag: "instruments" (producer
+--- synonyms), "moods" or "genres"; other tags are written as they are.
+function M.knows(category, tag)
+  if category == "instruments" then return INSTRUMENT_SYNONYMS[tostring(tag):lower()] ~= nil end
+  if category == "moods" then return MOODS[norm_tag(tag)] ~= nil end
+  if category == "genres" then return GENRES[norm_tag(tag)] ~= nil end
+  return false
 end
 
 -- Splits listener tags into genres and mood groups (in tag order, deduplicated).
