@@ -68,6 +68,7 @@ describe("tag stage without CLAP (audio features)", function()
     assert.equal(2, t.counts.instruments["808"])
     assert.equal(2, t.counts.genres.trap)
     assert.equal(1, t.counts.genres["boom bap"])
+    assert.equal("\137PNG\r\n\26\n", fs.read(out .. "/dataset/tags.png"):sub(1, 8))
   end)
 
   it("clusters the distinct tags in T5 space and reports the silhouette", function()

@@ -225,6 +225,7 @@ local GLYPHS = {
   [":"] = "...|.#.|...|.#.|...", ["%"] = "#.#|..#|.#.|#..|#.#", ["/"] = "..#|..#|.#.|#..|#..",
   ["("] = ".#.|#..|#..|#..|.#.", [")"] = ".#.|..#|..#|..#|.#.", ["="] = "...|###|...|###|...",
   ["_"] = "...|...|...|...|###", [","] = "...|...|...|.#.|#..", ["#"] = "#.#|###|#.#|###|#.#",
+  ["&"] = ".#.|#.#|.#.|#.#|.##", ["'"] = ".#.|.#.|...|...|...",
   [" "] = "...|...|...|...|...",
 }
 
@@ -402,6 +403,44 @@ function M.chart(o)
       cv:text(L + pw - w - 8, y, name, black)
       y = y + 14
     end
+  end
+  return cv:png()
+end
+
+--- Horizontal bar chart; returns PNG bytes. o: width (640), title, sections = {{title =, items =
+--- {{label, value}, ...}}, ...} (bars in the given order; one colour per section), or items alone.
+--- The longest bar spans the plot; each bar ends with its value.
+function M.bars(o)
+  local sections = o.sections or { { items = o.items or {} } }
+  local W, row, scale = o.width or 640, 14, 2
+  local n = 0
+  for _, s in ipairs(sections) do n = n + #s.items + (s.title and 1 or 0) + 1 end
+  local H = 16 + (o.title and 22 or 0) + n * row
+  local cv = M.canvas(W, H)
+  local black = { 20, 20, 20 }
+  local y = 8
+  if o.title then cv:text(8, y, o.title, black, scale); y = y + 22 end
+  local labw, vmax = 0, 0
+  for _, s in ipairs(sections) do
+    for _, it in ipairs(s.items) do
+      labw = math.max(labw, M.text_width(tostring(it[1]), scale))
+      if finite(it[2]) then vmax = math.max(vmax, it[2]) end
+    end
+  end
+  local x0 = 12 + labw + 8
+  local span = W - x0 - 60
+  for k, s in ipairs(sections) do
+    local c = s.color or M.palette[(k - 1) % #M.palette + 1]
+    if s.title then cv:text(8, y, s.title, black, scale); y = y + row end
+    for _, it in ipairs(s.items) do
+      cv:text(12, y, tostring(it[1]), black, scale)
+      local v = finite(it[2]) and it[2] or 0
+      local w = vmax > 0 and math.max(1, math.floor(span * v / vmax + 0.5)) or 1
+      cv:fill(x0, y, w, 10, c)
+      cv:text(x0 + w + 6, y, M.label(v), black, scale)
+      y = y + row
+    end
+    y = y + row
   end
   return cv:png()
 end

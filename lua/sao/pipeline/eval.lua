@@ -352,6 +352,22 @@ fine-tuning: they only show that the pipeline runs end to end.</div>]])
       w("</table>")
     end
   end
+  -- the dataset's tags (the trap recipe's tag stage): counts as bars, the T5 tag clusters
+  local ds = metrics.out .. "/dataset"
+  local tags_png = common.read(ds .. "/tags.png")
+  if tags_png then
+    w('<h2>Dataset tags</h2><img alt="tag counts" src="', plot.data_uri(tags_png), '">')
+    local okc, tc = pcall(cjson.decode, common.read(ds .. "/tag_clusters.json") or "")
+    if okc and type(tc) == "table" and type(tc.clusters) == "table" then
+      w("<p>", #tc.clusters, " clusters of ", tc.tags, " tags in T5 space, silhouette ", fmt(tc.silhouette, "%.3f"),
+        " (StableBeaT: 0.095). ", esc(tc.encoder or ""), "</p><table><tr><th>size</th><th class=l>members (nearest ",
+        "the centre first)</th></tr>")
+      for _, g in ipairs(tc.clusters) do
+        w("<tr><td>", g.size, "</td><td class=l>", esc(table.concat(g.members, ", ")), "</td></tr>")
+      end
+      w("</table>")
+    end
+  end
   -- memorization
   local mrep = metrics.memorization
   if mrep then

@@ -17,7 +17,8 @@
 -- unless --force. A clip that fails (unreadable audio, a service error for that request) is named
 -- and left untagged; the next run retries it. A CLAP service that cannot be reached stops the
 -- stage at once (no silent switch of tagger half way through a dataset).
--- Writes OUT/dataset/tags.json: how often each tag was chosen, per category; and
+-- Writes OUT/dataset/tags.json: how often each tag was chosen, per category (and tags.png, the
+-- same as bars); and
 -- OUT/dataset/tag_clusters.json: StableBeaT's tag analysis — the distinct tags embedded by the
 -- model's T5, k-means with --tag-clusters 5 groups, the silhouette (their value: 0.095); 0: none.
 local sao = require "sao"
@@ -232,8 +233,24 @@ function M.run(opts)
     local o = ojson.object({}, names)
     for _, t in ipairs(names) do o[t] = s.counts[c][t] end
     summary.counts[c] = o
+    s.ranked = s.ranked or {}
+    s.ranked[c] = names
   end
-  if fs.exists(out .. "/dataset") then ojson.write(out .. "/dataset/tags.json", summary, { indent = 2 }) end
+  if fs.exists(out .. "/dataset") then
+    ojson.write(out .. "/dataset/tags.json", summary, { indent = 2 })
+    -- the same counts as a bar chart, one section per category (the 15 most frequent tags each)
+    local sections = {}
+    for _, c in ipairs(M.TAG_KEYS) do
+      local items = {}
+      for _, t in ipairs(s.ranked[c]) do
+        if #items < 15 then items[#items + 1] = { t, summary.counts[c][t] } end
+      end
+      sections[#sections + 1] = { title = c, items = items }
+    end
+    local plot = require "sao.plot"
+    plot.write(out .. "/dataset/tags.png", plot.bars { title = ("tags of %d clips (%s)"):format(s.clips, source),
+                                                         sections = sections })
+  end
   log("tag: %d clips: %d tagged now (%s), %d had tags, %d failed", s.clips, s.tagged, source, s.kept, s.failed)
 
   -- the tag analysis: distinct tags of every category, clustered in T5 space
