@@ -6,6 +6,7 @@
 --   recipe.main {
 --     name = "trap", out = "out/trap", arg = arg,
 --     stages = { { name = "dataset", module = "sao.pipeline.beats", what = "..." }, ... },
+--                                          -- or { name =, what =, run = function(opts) ... end }
 --     options = "out stages ...",          -- option names the stages read (besides `extra_options`)
 --     extra_options = { require("sao.pipeline.beats").defaults },   -- tables whose keys are options
 --     defaults = { style = "trap" },       -- option values the recipe sets unless the user does
@@ -86,10 +87,10 @@ function M.main(spec)
   local missing = 0
   for _, s in ipairs(spec.stages) do
     if wanted[s.name] then
-      if package.searchpath(s.module, package.path) then
+      if s.run or package.searchpath(s.module, package.path) then
         print(string.format("[%s] running", s.name))
         -- SAO_TRACEBACK=1 adds the Lua traceback to a failing stage's line
-        local ok, err = xpcall(function() require(s.module).run(opts) end, function(e)
+        local ok, err = xpcall(function() (s.run or require(s.module).run)(opts) end, function(e)
           return os.getenv("SAO_TRACEBACK") and debug.traceback(tostring(e), 2) or tostring(e)
         end)
         if not ok then die(("%s: stage %s failed: %s"):format(spec.name, s.name, err), 1) end
