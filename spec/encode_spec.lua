@@ -120,6 +120,35 @@ describe("latent loader", function()
     assert.is_true(starts[#starts] > starts[1])           -- not always the same crop
   end)
 
+  it("with seconds = 'source', conditions on the clip's place in the file it was cut from", function()
+    -- as the trap recipe's segments: Alpha_02 starts 61 s into a 180 s beat; the others carry nothing
+    local src = {}
+    for i, e in ipairs(entries) do
+      src[i] = {}
+      for k, v in pairs(e) do src[i][k] = v end
+      if e.clip == "Band/Alpha/Alpha_02" then src[i].source_start, src[i].source_total = 61, 180 end
+    end
+    local ld = latents.loader(src, { model = model, cache_dir = cache, batch = 2, frames = 64, seed = 3, seconds = "source" })
+    local seen = 0
+    for _ = 1, 6 do
+      local b = ld:next()
+      for i = 1, 2 do
+        local off = b.offsets[i]
+        if b.clips[i] == "Band/Alpha/Alpha_02" then
+          assert.equal(math.floor(61 + off * 256 / 44100), b.seconds_start[i])
+          assert.equal(180, b.seconds_total[i])
+          seen = seen + 1
+        else
+          assert.equal(math.floor(off * 256 / 44100), b.seconds_start[i])
+          assert.equal(files[b.clips[i]].info.seconds_total, b.seconds_total[i])
+        end
+      end
+    end
+    assert.is_true(seen > 0)
+    assert.has_error(function() latents.loader(src, { model = model, cache_dir = cache, seconds = "song" }) end,
+      "latents.loader: seconds must be 'clip' or 'source', got 'song'")
+  end)
+
   it("zero-pads clips shorter than the crop, with seconds_start 0", function()
     local ld = loader(1, 128)                             -- Beta_01 has 87 frames
     local seen = false

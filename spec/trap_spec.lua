@@ -51,7 +51,8 @@ describe("recipes/trap.lua", function()
   it("runs end to end on a demo beat with the tiny model", function()
     local dir = shell.tmpdir()
     local code, out, err = run("--out " .. dir .. " --demo-count 1 --model tiny --steps 2 --batch 2 --frames 32 " ..
-      "--checkpoint-every 2 --sample-steps 2 --seconds 2 --num-demos 2 --cfg-scales 4 --reference-clips 2 --quiet")
+      "--checkpoint-every 2 --sample-steps 2 --seconds 2 --num-demos 2 --cfg-scales 4 --reference-clips 2 " ..
+      "--seconds-cond source --quiet")
     assert.equal(0, code, err)
     for _, st in ipairs { "dataset", "tag", "prompts", "encode", "train", "sample", "eval" } do
       assert.truthy(out:find("[" .. st .. "] running", 1, true), st)
@@ -73,6 +74,16 @@ describe("recipes/trap.lua", function()
     end
     assert.is_true(clips[2].start >= clips[1].start + clips[1].duration)
     assert.is_true(fs.exists(dir .. "/dataset/tags.json"))
+    -- the segments' place in their beat reaches the latent index, and the run conditions on it
+    local n = 0
+    for _, e in ipairs(require("sao.latents").read_index(dir .. "/cache/latents")) do
+      local m = clips[tonumber(e.clip:match("_s(%d)$"))]
+      assert.equal(m.seconds_start, e.source_start)
+      assert.equal(m.seconds_total, e.source_total)
+      n = n + 1
+    end
+    assert.equal(2, n)
+    assert.equal("source", dofile(dir .. "/runs/main/config.lua").seconds)
     -- training, samples, evaluation
     assert.is_true(fs.exists(dir .. "/runs/main/export/model.safetensors"))
     local metrics = ojson.read(dir .. "/eval/metrics.json")

@@ -198,12 +198,21 @@ Loader.__index = Loader
 
 --- entries: cache entries (index lines: need `file` and `seconds_total`; `clip` and `prompt` are
 --- reported); opts: model (its number conditioners, VAE ratio and sample rate are used),
---- cache_dir (where `file` lives), batch (1), frames (the model's window), seed (0).
+--- cache_dir (where `file` lives), batch (1), frames (the model's window), seed (0), seconds:
+--- "clip" (default, upstream's rule for the files as given: seconds_start = the crop's start in the
+--- clip, seconds_total = the clip's length) or "source" (the clip's place in the file it was cut
+--- from, where the entry has it: seconds_start = source_start + the crop's start, seconds_total =
+--- source_total; the trap recipe's segments carry both).
 function M.loader(entries, opts)
   opts = opts or {}
   if #entries == 0 then error("latents.loader: no encoded clips (run the encode stage first)", 2) end
   local model = opts.model or error("latents.loader: opts.model is required", 2)
+  local seconds = opts.seconds or "clip"
+  if seconds ~= "clip" and seconds ~= "source" then
+    error("latents.loader: seconds must be 'clip' or 'source', got '" .. tostring(seconds) .. "'", 2)
+  end
   local self = setmetatable({
+    seconds = seconds,
     entries = entries, cache_dir = opts.cache_dir or ".", batch = opts.batch or 1,
     frames = opts.frames or model:window_frames(), seed = opts.seed or 0, epoch = 0, pos = 0,
     ratio = model.c.ratio, sr = model:sample_rate(), ss = model.cond.seconds_start, st = model.cond.seconds_total,
@@ -248,6 +257,10 @@ function Loader:next()
     out.offsets[i] = off
     out.seconds_start[i] = math.floor(off * self.ratio / self.sr)
     out.seconds_total[i] = e.seconds_total or c.info.seconds_total
+    if self.seconds == "source" and e.source_total then
+      out.seconds_start[i] = math.floor((e.source_start or 0) + off * self.ratio / self.sr)
+      out.seconds_total[i] = e.source_total
+    end
     out.clips[i] = e.clip
     out.prompts[i] = e.prompt or c.info.prompt
   end

@@ -104,6 +104,10 @@ function M.run(opts)
       bar:skip(1)
     else
       e.prompt = meta.prompt
+      -- where the clip sits in its source (the trap recipe's segments carry it): for training with
+      -- --seconds source
+      if type(meta.seconds_start) == "number" then e.source_start = meta.seconds_start end
+      if type(meta.seconds_total) == "number" then e.source_total = meta.seconds_total end
       e.split = held[it.song] and "heldout" or "train"
       e.audio = audio:sub(#clips_dir + 2)
       local size = latents.file_size(audio)

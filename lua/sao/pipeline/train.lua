@@ -88,6 +88,11 @@ function M.resolve(opts, model, model_id, run_dir)
   cfg.optimizer.weight_decay = n(opts.weight_decay, cfg.optimizer.weight_decay)
   cfg.optimizer.clip = n(opts.clip, cfg.optimizer.clip)
   cfg.demo.every = n(opts.demo_every, cfg.demo.every)
+  if opts.seconds_cond and opts.seconds_cond ~= true then cfg.seconds = opts.seconds_cond end
+  cfg.seconds = cfg.seconds or "clip"
+  if cfg.seconds ~= "clip" and cfg.seconds ~= "source" then
+    error("train: --seconds-cond must be 'clip' or 'source', got '" .. tostring(cfg.seconds) .. "'", 0)
+  end
   if opts.lora_rank then
     cfg.lora = cfg.lora or {}
     cfg.lora.rank = n(opts.lora_rank)
@@ -257,7 +262,7 @@ function M.run(opts)
   if not common.exists(sched) then common.write_atomic(sched, M.schedule_text(cfg.schedule)) end
 
   local loader = latents.loader(entries, { model = model, cache_dir = cache_dir, batch = cfg.batch,
-    frames = cfg.frames, seed = cfg.seed })
+    frames = cfg.frames, seed = cfg.seed, seconds = cfg.seconds })
   local function optimizer_copy()
     local o = {}
     for k, v in pairs(cfg.optimizer) do o[k] = v end
