@@ -26,13 +26,13 @@ recipe.main {
   },
   -- options the stages read, besides the dataset stage's (its defaults' keys); anything else is a
   -- typo, refused before any work starts
-  options = [[midi quiet model model_seed run config force strict_metadata strict
-    spotify lastfm llm_url llm_model no_llm temperature shots style retries seed key_source log dropped_dir
-    reencode holdout encode_seed max_seconds steps batch accum frames lr weight_decay clip cfg_dropout
-    checkpoint_every keep log_every demo_every train_seed seconds_cond lora_rank lora_alpha lora_targets prompt prompts
-    cfg_scales sample_steps seconds sample_seed sampler sigma_min sigma_max peak_db sample_profile frames_sample
-    num_demos baseline weights samples
-    negative_prompt reference_clips memorization tempo_tolerances soundfont device precision clap_url clap_model]],
+  options = [[midi quiet model model_seed run config force strict_metadata strict spotify lastfm llm_url llm_model
+    no_llm temperature shots style retries seed key_source log dropped_dir reencode holdout encode_seed
+    max_seconds steps batch accum frames lr weight_decay clip cfg_dropout checkpoint_every keep log_every
+    demo_every train_seed seconds_cond lora_rank lora_alpha lora_targets prompt prompts cfg_scales
+    sample_steps seconds sample_seed sampler sigma_min sigma_max peak_db sample_profile eval_set
+    eval_repeats eval_limit frames_sample num_demos baseline weights samples negative_prompt
+    reference_clips memorization tempo_tolerances soundfont device precision clap_url clap_model]],
   extra_options = { require("sao.pipeline.dataset").defaults },
   usage = {
     "usage: sao recipes/instrumental.lua [--out DIR] [--stages a,b,c] [--midi DIR]",
@@ -45,6 +45,8 @@ recipe.main {
     "                   --steps N --batch B --lr X --frames F --lora-rank R --checkpoint-every N --config F.lua",
     "                   --prompts FILE --prompt TEXT --cfg-scales 4,7 --sample-steps N --seconds S --baseline",
     "                   --negative-prompt TEXT (what CFG steers the samples away from)",
+    "                   --eval-set tempo|key (the seed's evaluation grids: 36 BPM prompts, 24 keys x 4 genres x 8)",
+    "                   --eval-repeats R --eval-limit N",
     "                   --samples DIR --reference-clips N --memorization N",
   },
 }

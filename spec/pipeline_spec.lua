@@ -214,6 +214,37 @@ describe("sample stage", function()
     assert.is_true(a:maxdiff(sao.audio.load(w2[1].dir .. "/" .. w2[1].records[1].file)) > 1e-4)
   end)
 
+  it("builds the seed's evaluation grids of tempo and key prompts", function()
+    local t = sample.eval_set("tempo")
+    assert.equal(36, #t)
+    assert.equal("A rock song at 75 BPM", t[1].prompt)
+    assert.same({ bpm = 160 }, t[36].reference)
+    local k = sample.eval_set("key")
+    assert.equal(768, #k)                                   -- 4 genres x 24 keys x 8
+    local keys = {}
+    for _, it in ipairs(k) do
+      local name = it.reference.key .. " " .. it.reference.mode
+      keys[name] = (keys[name] or 0) + 1
+    end
+    local n = 0
+    for _, c in pairs(keys) do n = n + 1; assert.equal(32, c) end
+    assert.equal(24, n)
+    local few = sample.eval_set("key", 1, 24)               -- an even spread: both modes, all genres
+    assert.equal(24, #few)
+    assert.same({ key = "C", mode = "Major" }, few[1].reference)
+    assert.equal("An electronic song in the key of G# Minor", few[24].prompt)
+    assert.error_matches(function() sample.eval_set("timbre") end, "unknown %-%-eval%-set 'timbre' %(tempo, key%)")
+    -- through the stage: one file per grid prompt, each with its reference
+    local w = sample.run { out = out, model = "tiny", quiet = true, run = "grid", cfg_scales = "7", sample_steps = 2,
+                           seconds = 1, eval_set = "tempo", eval_limit = "3" }
+    local recs = w[1].records
+    assert.equal(3, #recs)
+    for _, r in ipairs(recs) do
+      assert.equal("eval-tempo", r.source)
+      assert.is_number(r.reference.bpm)
+    end
+  end)
+
   it("reads the prompt and its BPM, key and mode", function()
     assert.same({ bpm = 120, key = "A#", mode = "Major" }, sample.reference("Rock in the key of A# Major at 120 BPM"))
     assert.same({ bpm = 86 }, sample.reference("A lo-fi beat at 86 beats per minute"))

@@ -6,8 +6,10 @@
 --   sao recipes/instrumental.lua --stages sample [--run main] [--prompts FILE | --prompt TEXT]
 --       [--cfg-scales 4,7] [--sample-steps 100] [--seconds 30] [--num-demos 4] [--baseline]
 --       [--sigma-min 0.3 --sigma-max 500] [--peak-db 0] [--sample-profile stablebeat]
+--       [--eval-set tempo|key [--eval-repeats R] [--eval-limit N]]
 --
--- Prompts: --prompt TEXT, --prompts FILE (one per line, '#' comments), opts.prompts (a Lua list);
+-- Prompts: --eval-set tempo|key (the seed's evaluation grids, M.eval_set), --prompt TEXT,
+-- --prompts FILE (one per line, '#' comments), opts.prompts (a Lua list);
 -- otherwise the prompts of the held-out clips (encode stage), otherwise M.DEMO_PROMPTS (in the
 -- seed's evaluation style: genre, key and mode, BPM). --baseline also samples the base model
 -- (before fine-tuning) into samples/step-0 for an A/B comparison. With no checkpoint in the run
@@ -87,6 +89,42 @@ function M.clip_reference(prompt, meta)
   return ref
 end
 
+--- The seed's evaluation grids (DSP_SPEC §1.5): "tempo" = genres rock and jazz x 75..160 BPM in
+--- steps of 5 (36 prompts); "key" = 4 genres x 24 keys x `repeats` (8: 768 generations, as the
+--- seed). Each prompt is generated once per repeat with its own seed. limit (optional) keeps an even
+--- spread of that many. Returns the prompt list of M.prompts.
+M.EVAL_GENRES = { tempo = { "rock", "jazz" }, key = { "rock", "jazz", "pop", "electronic" } }
+function M.eval_set(name, repeats, limit)
+  local list = {}
+  local function a(word) return (word:match("^[aeiou]") and "An " or "A ") .. word end
+  if name == "tempo" then
+    for _, g in ipairs(M.EVAL_GENRES.tempo) do
+      for bpm = 75, 160, 5 do
+        for _ = 1, repeats or 1 do list[#list + 1] = ("%s song at %d BPM"):format(a(g), bpm) end
+      end
+    end
+  elseif name == "key" then
+    local names = { "C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B" }
+    for _, g in ipairs(M.EVAL_GENRES.key) do
+      for _, mode in ipairs { "Major", "Minor" } do
+        for _, k in ipairs(names) do
+          for _ = 1, repeats or 8 do list[#list + 1] = ("%s song in the key of %s %s"):format(a(g), k, mode) end
+        end
+      end
+    end
+  else
+    error("sample: unknown --eval-set '" .. tostring(name) .. "' (tempo, key)", 0)
+  end
+  if limit and limit > 0 and limit < #list then
+    local picked = {}
+    for i = 1, limit do picked[i] = list[math.floor((i - 1) * #list / limit) + 1] end
+    list = picked
+  end
+  local out = {}
+  for i, p in ipairs(list) do out[i] = { prompt = p, source = "eval-" .. name, reference = M.reference(p) } end
+  return out
+end
+
 local function read_lines(path)
   local out = {}
   for line in io.lines(path) do
@@ -105,6 +143,9 @@ function M.prompts(opts, num)
     given = read_lines(given)
   end
   if opts.prompt and opts.prompt ~= true then given = { opts.prompt } end
+  if opts.eval_set and opts.eval_set ~= true then
+    return M.eval_set(opts.eval_set, common.num(opts.eval_repeats, nil), common.num(opts.eval_limit, nil))
+  end
   if given then
     for _, p in ipairs(given) do out[#out + 1] = { prompt = p, source = "given", reference = M.reference(p) } end
     return out
@@ -158,7 +199,8 @@ function M.generate_set(model, items, dir, o)
   local bar = progress.new { total = total, label = "sample", unit = "clips", quiet = o.quiet }
   for i, it in ipairs(items) do
     for _, cfg in ipairs(o.cfg_scales) do
-      local name = string.format("%02d_%s_cfg%s", i, common.slug(it.prompt, 40), tostring(cfg))
+      local name = string.format("%0" .. math.max(2, #tostring(#items)) .. "d_%s_cfg%s", i, common.slug(it.prompt, 40),
+                                 tostring(cfg))
       local wav, js = dir .. "/" .. name .. ".wav", dir .. "/" .. name .. ".json"
       local rec = {
         file = name .. ".wav", prompt = it.prompt, source = it.source, clip = it.clip, reference = it.reference,
