@@ -202,7 +202,9 @@ Loader.__index = Loader
 --- "clip" (default, upstream's rule for the files as given: seconds_start = the crop's start in the
 --- clip, seconds_total = the clip's length) or "source" (the clip's place in the file it was cut
 --- from, where the entry has it: seconds_start = source_start + the crop's start, seconds_total =
---- source_total; the trap recipe's segments carry both).
+--- source_total; the trap recipe's segments carry both); rank, world (data parallel: the global
+--- batch is world x batch clips in the same order on every rank, and this rank loads its `batch`
+--- of them, rank 0 the first; the cursor and the crops are those of the global batch).
 function M.loader(entries, opts)
   opts = opts or {}
   if #entries == 0 then error("latents.loader: no encoded clips (run the encode stage first)", 2) end
@@ -211,8 +213,10 @@ function M.loader(entries, opts)
   if seconds ~= "clip" and seconds ~= "source" then
     error("latents.loader: seconds must be 'clip' or 'source', got '" .. tostring(seconds) .. "'", 2)
   end
+  local world, rank = opts.world or 1, opts.rank or 0
+  if rank < 0 or rank >= world then error(("latents.loader: rank %d outside 0..%d"):format(rank, world - 1), 2) end
   local self = setmetatable({
-    seconds = seconds,
+    seconds = seconds, world = world, rank = rank,
     entries = entries, cache_dir = opts.cache_dir or ".", batch = opts.batch or 1,
     frames = opts.frames or model:window_frames(), seed = opts.seed or 0, epoch = 0, pos = 0,
     ratio = model.c.ratio, sr = model:sample_rate(), ss = model.cond.seconds_start, st = model.cond.seconds_total,
@@ -236,18 +240,25 @@ function Loader:next()
   local n, F = #self.entries, self.frames
   local z, embs = nil, {}
   local out = { seconds_start = {}, seconds_total = {}, offsets = {}, clips = {}, prompts = {} }
-  for i = 1, self.batch do
+  -- the global batch's clips in order; this rank keeps its `batch` of them (rank 0 the first)
+  local mine = {}
+  for g = 0, self.batch * self.world - 1 do
     if self.pos >= n then
       self.epoch, self.pos = self.epoch + 1, 0
       self.order = require("sao.data").permutation(n, self.seed, self.epoch)
     end
     local draw = self.epoch * n + self.pos
     self.pos = self.pos + 1
-    local e = self.entries[self.order[self.pos]]
+    if math.floor(g / self.batch) == self.rank then
+      mine[#mine + 1] = { e = self.entries[self.order[self.pos]], draw = draw }
+    end
+  end
+  for i, m in ipairs(mine) do
+    local e = m.e
     local c = M.load(self.cache_dir .. "/" .. e.file)
     local L = c.latents:size(2)
     if not z then z = sao.zeros(self.batch, c.latents:size(1), F) end
-    local off = self:crop_start(L, draw)
+    local off = self:crop_start(L, m.draw)
     local len = math.min(F, L - off)
     local dst, src = z:select(1, i):narrow(2, 1, len), c.latents:narrow(2, off + 1, len)
     dst:copy_(src)

@@ -107,11 +107,12 @@ end
 --- its update of the new weights is fused in too (info.ema is then the decay it used; a skipped
 --- step updates neither). cfg.stochastic_rounding: the bf16 copies of the weights that a GPU run
 --- keeps (dit:keep_bf16) are rounded stochastically (Philox, seed cfg.sr_seed or 0) instead of to
---- nearest; the fp32 weights are unchanged either way.
-function AdamW:step(ema)
+--- nearest; the fp32 weights are unchanged either way. `lr`, when given, replaces the schedule's
+--- for this step (a data-parallel run uses rank 0's on every rank).
+function AdamW:step(ema, lr)
   local cfg = self.cfg
   local norm = self.norm_fn and self.norm_fn() or M.grad_norm(self.grads)
-  local info = { grad_norm = norm, lr = self:lr() }
+  local info = { grad_norm = norm, lr = lr or self:lr() }
   if norm ~= norm or norm == math.huge then
     info.skipped = true
     return info

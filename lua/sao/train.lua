@@ -92,6 +92,14 @@ function M.new(cfg)
   local self = setmetatable({ cfg = cfg }, Trainer)
   local device = train_device(cfg)
   self.device = device
+  -- data parallel (cfg.comm, a sao.comm group): every rank trains on its part of the global batch
+  -- of world x batch clips; gradients, loss and learning rate are averaged / shared each step
+  self.comm = cfg.comm
+  self.rank, self.world = cfg.comm and cfg.comm:rank() or 0, cfg.comm and cfg.comm:world() or 1
+  if self.comm and device then
+    error("train: data-parallel training on GPUs needs the NCCL backend, which is not built yet " ..
+          "(train on one GPU, or on the CPU with several processes)", 2)
+  end
   cfg.optimizer = cfg.optimizer or {}
   local oc = cfg.optimizer
   oc.lr = oc.lr or 5e-5
@@ -142,6 +150,9 @@ function M.new(cfg)
     self.grads = {}
     for k in pairs(self.params) do self.grads[k] = all[k] end
   end
+  self.grad_names = {}
+  for k in pairs(self.grads) do self.grad_names[#self.grad_names + 1] = k end
+  table.sort(self.grad_names)   -- the same order on every rank of a data-parallel run
   oc.schedule = cfg.schedule
   self.opt = optim.adamw(self.params, self.grads, oc, device)
   if device and not cfg.lora then
@@ -156,12 +167,19 @@ function M.new(cfg)
   self.nparams = cfg.dit:parameter_count()
   self.plan = self:memory_plan()
   if device then self.plan.device = self:device_plan(mem0) end
-  if not cfg.quiet then io.stderr:write(self:plan_text()) end
+  if not cfg.quiet and self.rank == 0 then io.stderr:write(self:plan_text()) end
   if cfg.run_dir then
     mkdir_p(cfg.run_dir)
     self.log_path = cfg.run_dir .. "/log.jsonl"
   end
   return self
+end
+
+--- Floats in all trained gradients (what a data-parallel exchange carries per rank).
+function Trainer:grad_floats()
+  local n = 0
+  for _, k in ipairs(self.grad_names) do n = n + self.grads[k]:numel() end
+  return n
 end
 
 --- Bytes of each part of the training state, planned up front (llm.c style).
@@ -280,7 +298,7 @@ function Trainer:plan_text()
 end
 
 function Trainer:log(rec)
-  if self.log_path then
+  if self.log_path and self.rank == 0 then
     local f = assert(io.open(self.log_path, "a"))
     f:write(cjson.encode(rec), "\n")
     f:close()
@@ -325,20 +343,27 @@ function Trainer:step()
   local t0 = now()
   self.tr:zero_grad()
   local total, B = 0, cfg.batch
+  local W, first = self.world, self.rank * cfg.batch   -- this rank's rows of the global batch
   for micro = 1, cfg.accum do
     local batch = cfg.data:next()
     local x0 = batch.latents
     -- a disjoint Philox range per micro-batch; fixed_noise draws the same t and noise every step
-    -- (for overfitting one batch)
+    -- (for overfitting one batch). t, noise and dropout are drawn for the global batch (W x B) and
+    -- each rank takes its rows: the same numbers as one process training on the whole batch.
     local counter = ((cfg.fixed_noise and 0 or self.step_n) * cfg.accum + (micro - 1)) * 1000003
-    local t = draw_t(B, cfg.seed, counter)
-    local noise = sao.randn { x0:shape(), seed = cfg.seed, offset = counter + 1 }
+    local t = draw_t(B * W, cfg.seed, counter)
+    local noise = sao.randn { { B * W, x0:size(2), x0:size(3) }, seed = cfg.seed, offset = counter + 1 }
+    if W > 1 then
+      local tn, nn = t:narrow(1, first + 1, B):contiguous(), noise:narrow(1, first + 1, B):contiguous()
+      t:free(); noise:free()
+      t, noise = tn, nn
+    end
     local cross = batch.cross
     if cross and cfg.cfg_dropout > 0 then
-      local u = sao.rand { { B }, seed = cfg.seed + 1, offset = counter, dtype = "f64" }:totable()
+      local u = sao.rand { { B * W }, seed = cfg.seed + 1, offset = counter, dtype = "f64" }:totable()
       local dropped
       for i = 1, B do
-        if u[i] < cfg.cfg_dropout then
+        if u[first + i] < cfg.cfg_dropout then
           if not dropped then cross = cross:clone(); dropped = true end
           cross[i] = 0
         end
@@ -347,8 +372,20 @@ function Trainer:step()
     local loss = self.tr:vloss(x0, noise, t, cross, batch.global, { dloss = 1 / cfg.accum })
     total = total + loss / cfg.accum
   end
+  local lr
+  if self.comm then
+    -- one exchange: the mean gradient, the mean loss, and rank 0's learning rate (its schedule,
+    -- hot-swapped or not, is the run's: the others contribute 0 to the mean of world x lr)
+    local extra = sao.tensor { total, self.rank == 0 and self.opt:lr() * W or 0 }
+    local list = {}
+    for _, k in ipairs(self.grad_names) do list[#list + 1] = self.grads[k] end
+    list[#list + 1] = extra
+    self.comm:allreduce_mean(list)
+    total, lr = extra[1], extra[2]
+    extra:free()
+  end
   -- AdamW and the EMA of the new weights in one fused pass (a skipped step updates neither)
-  local info = self.opt:step(self.ema)
+  local info = self.opt:step(self.ema, lr)
   if not info.skipped and total ~= total then info.skipped = true end
   if info.skipped then
     io.stderr:write(string.format("[train] step %d: non-finite loss/gradient (loss %s, |g| %s): step skipped\n",
@@ -356,7 +393,7 @@ function Trainer:step()
   end
   self.step_n = self.step_n + 1
   local dt = now() - t0
-  local samples = B * cfg.accum
+  local samples = B * cfg.accum * W
   -- MFU against cfg.peak_flops: forward+backward ~ 6 * params * tokens
   local flops = 6 * self.nparams * samples * (cfg.frames + 1)
   local rec = { step = self.step_n, loss = total, grad_norm = info.grad_norm, lr = info.lr, ms = dt * 1000,
@@ -364,7 +401,7 @@ function Trainer:step()
     mfu = cfg.peak_flops and flops / dt / cfg.peak_flops or nil }
   if self.step_n % cfg.log_every == 0 then
     self:log(rec)
-    if not cfg.quiet then
+    if not cfg.quiet and self.rank == 0 then
       io.stderr:write(string.format("step %6d | loss %.6f | |g| %.3e | lr %.3e | %7.1f ms | %.2f samples/s%s\n",
         rec.step, rec.loss, rec.grad_norm, rec.lr, rec.ms, rec.samples_per_s,
         rec.mfu and string.format(" | MFU %.1f%%", rec.mfu * 100) or ""))
@@ -383,7 +420,7 @@ function Trainer:step()
     end
   end
   if cfg.checkpoint_every and cfg.run_dir and self.step_n % cfg.checkpoint_every == 0 then self:save() end
-  if cfg.demo and cfg.demo.every and cfg.demo.fn and self.step_n % cfg.demo.every == 0 then
+  if cfg.demo and cfg.demo.every and cfg.demo.fn and self.step_n % cfg.demo.every == 0 and self.rank == 0 then
     cfg.demo.fn(self, self.step_n)
   end
   return rec
@@ -394,6 +431,7 @@ end
 --- so a killed run leaves either the whole checkpoint or none (plus a .partial folder, removed
 --- by the next save).
 function Trainer:save(dir)
+  if self.rank ~= 0 then return nil end   -- data parallel: every rank holds the same state; rank 0 writes it
   local final = dir or ((self.cfg.run_dir or ".") .. "/checkpoints/step-" .. self.step_n)
   dir = final .. ".partial"
   fs.rm_rf(dir)

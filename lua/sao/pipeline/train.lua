@@ -240,6 +240,43 @@ local function demo_model(opts, trainer)
   return m
 end
 
+-- ---- data parallel: worker processes ----------------------------------------------------------------
+-- `--nproc N`: this process is rank 0; it starts N - 1 copies of the stage (`sao -e ...worker`),
+-- each a rank with its part of every global batch, joined by a sao.comm group file. Rank 0 alone
+-- writes logs, checkpoints, demos and the export; every rank holds the same weights.
+local ffi = require "ffi"
+pcall(ffi.cdef, "int kill(int pid, int sig); int getpid(void);")
+
+local function spawn_workers(opts, nproc, comm_path, dir)
+  common.mkdir_p(dir)
+  local o = {}
+  for k, v in pairs(opts) do if type(v) ~= "table" and type(v) ~= "function" then o[k] = v end end
+  common.write_atomic(dir .. "/opts.json", require("cjson").encode(o))
+  local exe = os.getenv("SAO_BIN") or (require("sao.ffi").root .. "/sao")
+  local pids = {}
+  for r = 1, nproc - 1 do
+    local code = ("require('sao.pipeline.train').worker(%q, %d, %q)"):format(dir .. "/opts.json", r, comm_path)
+    local cmd = ("%s -e %s > %s 2>&1 & echo $!"):format(common.shell_quote(exe), common.shell_quote(code),
+      common.shell_quote(("%s/rank%d.log"):format(dir, r)))
+    local p = io.popen(cmd)
+    pids[r] = tonumber(p:read("*l"))
+    p:close()
+  end
+  return pids
+end
+
+local function alive(pid) return pid and ffi.C.kill(pid, 0) == 0 end
+
+--- A worker rank of a data-parallel run (started by rank 0; see spawn_workers).
+function M.worker(opts_path, rank, comm_path)
+  local text = common.read(opts_path)
+  if not text then error("train.worker: " .. opts_path .. ": cannot read", 0) end
+  local opts = require("cjson").decode(text)
+  for k, v in pairs(opts) do if v == require("cjson").null then opts[k] = nil end end
+  opts._rank, opts._comm, opts.quiet = rank, comm_path, true
+  return M.run(opts)
+end
+
 function M.run(opts)
   opts = opts or {}
   local quiet = common.flag(opts.quiet)
@@ -254,15 +291,23 @@ function M.run(opts)
       "/index.jsonl (run the encode stage with the same --model)", 0)
   end
   common.mkdir_p(run_dir)
+  local rank = opts._rank or 0
+  local nproc = rank == 0 and common.num(opts.nproc, 1) or nil
   local cfg = M.resolve(opts, model, model_id, run_dir)
   cfg.data = { cache = cache_dir, clips = #entries, split = "train" }
-  common.write_atomic(run_dir .. "/config.lua", "-- sao train config (resolved); edit and re-run to change it\nreturn " ..
-    common.serialize(cfg) .. "\n")
   local sched = run_dir .. "/schedule.lua"
-  if not common.exists(sched) then common.write_atomic(sched, M.schedule_text(cfg.schedule)) end
+  if rank == 0 then
+    common.write_atomic(run_dir .. "/config.lua", "-- sao train config (resolved); edit and re-run to change it\nreturn " ..
+      common.serialize(cfg) .. "\n")
+    if not common.exists(sched) then common.write_atomic(sched, M.schedule_text(cfg.schedule)) end
+  end
+  local group
+  if opts._comm then group = require("sao.comm").open(opts._comm, rank) end
+  local world = group and group:world() or nproc
+  if world > 1 then sao.threads(math.max(1, math.floor(sao.threads() / world))) end   -- the cores, shared
 
   local loader = latents.loader(entries, { model = model, cache_dir = cache_dir, batch = cfg.batch,
-    frames = cfg.frames, seed = cfg.seed, seconds = cfg.seconds })
+    frames = cfg.frames, seed = cfg.seed, seconds = cfg.seconds, rank = rank, world = world })
   local function optimizer_copy()
     local o = {}
     for k, v in pairs(cfg.optimizer) do o[k] = v end
@@ -272,21 +317,43 @@ function M.run(opts)
     context = model.t5.max_length + 2, optimizer = optimizer_copy(), schedule_file = sched, ema = cfg.ema,
     cfg_dropout = cfg.cfg_dropout, seed = cfg.seed, accum = cfg.accum, run_dir = run_dir, quiet = true,
     keep_checkpoints = cfg.keep, precision = opts.precision ~= true and opts.precision or nil,
-    log_every = cfg.log_every, lora = cfg.lora and { rank = cfg.lora.rank, alpha = cfg.lora.alpha, targets = cfg.lora.targets } }
-  local ck = common.latest_checkpoint(run_dir)
+    log_every = cfg.log_every, lora = cfg.lora and { rank = cfg.lora.rank, alpha = cfg.lora.alpha, targets = cfg.lora.targets },
+    comm = group }
+  local ck = opts._checkpoint and { dir = opts._checkpoint, step = opts._checkpoint_step } or common.latest_checkpoint(run_dir)
   local trainer
   if ck then
-    trim_log(run_dir .. "/log.jsonl", ck.step)
+    if rank == 0 then trim_log(run_dir .. "/log.jsonl", ck.step) end
     trainer = sao.train.resume(ck.dir, tcfg)
     -- config.lua wins over the optimiser settings saved in the checkpoint (the optimiser re-reads them)
     for k, v in pairs(cfg.optimizer) do trainer.cfg.optimizer[k] = v end
     trainer:log { step = trainer.step_n, event = "resumed", from = ck.dir }
-    log(string.format("train: resumed %s from %s", run_dir, ck.dir))
+    if rank == 0 then log(string.format("train: resumed %s from %s", run_dir, ck.dir)) end
   else
-    os.remove(run_dir .. "/log.jsonl")
+    if rank == 0 then os.remove(run_dir .. "/log.jsonl") end
     trainer = sao.train.new(tcfg)
     trainer:log { step = 0, event = "started", clips = #entries, model = model.name, batch = cfg.batch,
       frames = cfg.frames, lora = cfg.lora and cfg.lora.rank or nil }
+  end
+  local workers, ddp_dir
+  if rank == 0 and world > 1 and trainer.device then
+    error("train: --nproc on a GPU needs the NCCL backend, which is not built yet (train on one GPU, or on " ..
+          "the CPU with several processes)", 0)
+  end
+  if rank == 0 and world > 1 then
+    -- the group (a gradient's floats + loss + lr per rank), then the other ranks, which resume from
+    -- the same checkpoint (or start fresh) and join at the first step's exchange
+    local tag = tostring(ffi.C.getpid())
+    ddp_dir = run_dir .. "/.ddp-" .. tag
+    group = require("sao.comm").create(require("sao.comm").default_path(tag), world, trainer:grad_floats() + 2,
+                                       { timeout = common.num(opts.comm_timeout, 600) })
+    opts._checkpoint, opts._checkpoint_step = ck and ck.dir or nil, ck and ck.step or nil
+    workers = spawn_workers(opts, world, group.path, ddp_dir)
+    for r, pid in pairs(workers) do group:set_pid(r, pid) end
+    opts._checkpoint, opts._checkpoint_step = nil, nil
+    trainer.comm, trainer.rank, trainer.world = group, 0, world
+    trainer.cfg.comm = group
+    log(string.format("train: data parallel over %d processes (%d thread(s) each), global batch %d", world,
+      sao.threads(), cfg.batch * world))
   end
   if model.random then
     log("train: the TINY model with random weights (no SAO checkpoint found): this run exercises the " ..
@@ -296,36 +363,60 @@ function M.run(opts)
     run_dir, #entries, cfg.batch, cfg.frames, cfg.lora and ("LoRA rank " .. cfg.lora.rank) or "full DiT",
     trainer.step_n, cfg.steps, sao.threads()))
 
-  local bar = progress.new { total = cfg.steps, label = "train", unit = "steps", quiet = quiet }
+  local bar = progress.new { total = cfg.steps, label = "train", unit = "steps", quiet = quiet or rank ~= 0 }
   if trainer.step_n > 0 then bar:skip(math.min(trainer.step_n, cfg.steps)) end
   local demo
   local last_saved = ck and ck.step or -1
-  while trainer.step_n < cfg.steps do
-    bar:start()
-    local r = trainer:step()
-    if r.step % cfg.log_every == 0 then
-      bar:print(string.format("step %6d | loss %.6f | |g| %.3e | lr %.3e | %7.1f ms | %.2f samples/s%s",
-        r.step, r.loss, r.grad_norm or 0 / 0, r.lr or 0 / 0, r.ms, r.samples_per_s, r.skipped and " | skipped" or ""))
+  local ok, err = pcall(function()
+    while trainer.step_n < cfg.steps do
+      bar:start()
+      local r = trainer:step()
+      if r.step % cfg.log_every == 0 and rank == 0 then
+        bar:print(string.format("step %6d | loss %.6f | |g| %.3e | lr %.3e | %7.1f ms | %.2f samples/s%s",
+          r.step, r.loss, r.grad_norm or 0 / 0, r.lr or 0 / 0, r.ms, r.samples_per_s, r.skipped and " | skipped" or ""))
+      end
+      bar:advance(1, string.format("loss %.4f", r.loss))
+      local n = trainer.step_n
+      if cfg.checkpoint_every > 0 and n % cfg.checkpoint_every == 0 and rank == 0 then
+        trainer:save()
+        last_saved = n
+        prune(run_dir, cfg.keep)
+        M.plot_loss(run_dir)
+      end
+      if cfg.demo.every and cfg.demo.every > 0 and n % cfg.demo.every == 0 and rank == 0 then
+        local sample = require "sao.pipeline.sample"
+        if demo and trainer.device then bind_demo(demo, trainer) end
+        demo = demo or demo_model(opts, trainer)
+        local d = cfg.demo
+        local items = sample.prompts({ out = out, prompts = d.prompts }, d.num or 4)
+        sample.generate_set(demo, items, run_dir .. "/samples/step-" .. n, { cfg_scales = d.cfg_scales, steps = d.steps,
+          seconds = d.seconds, seed = 1, sampler = d.sampler or "dpmpp-3m-sde", step = n, weights = "ema", quiet = quiet })
+      end
     end
-    bar:advance(1, string.format("loss %.4f", r.loss))
-    local n = trainer.step_n
-    if cfg.checkpoint_every > 0 and n % cfg.checkpoint_every == 0 then
-      trainer:save()
-      last_saved = n
-      prune(run_dir, cfg.keep)
-      M.plot_loss(run_dir)
+  end)
+  if not ok then
+    -- a failing rank breaks the group, so the others stop at their next exchange instead of waiting
+    if group then group:abort() end
+    if workers then
+      for _, pid in pairs(workers) do if alive(pid) then ffi.C.kill(pid, 15) end end
+      for r in pairs(workers) do
+        local text = common.read(("%s/rank%d.log"):format(ddp_dir, r)) or ""
+        if text:match("%S") then io.stderr:write(("train: rank %d said:\n%s\n"):format(r, text)) end
+      end
     end
-    if cfg.demo.every and cfg.demo.every > 0 and n % cfg.demo.every == 0 then
-      local sample = require "sao.pipeline.sample"
-      if demo and trainer.device then bind_demo(demo, trainer) end
-      demo = demo or demo_model(opts, trainer)
-      local d = cfg.demo
-      local items = sample.prompts({ out = out, prompts = d.prompts }, d.num or 4)
-      sample.generate_set(demo, items, run_dir .. "/samples/step-" .. n, { cfg_scales = d.cfg_scales, steps = d.steps,
-        seconds = d.seconds, seed = 1, sampler = d.sampler or "dpmpp-3m-sde", step = n, weights = "ema", quiet = quiet })
-    end
+    error(err, 0)
   end
   bar:finish()
+  if rank ~= 0 then return { run_dir = run_dir, step = trainer.step_n, rank = rank, trainer = trainer } end
+  if workers then
+    -- the other ranks finish the same steps; they have nothing left to write
+    for _, pid in pairs(workers) do
+      local t0 = progress.now()
+      while alive(pid) and progress.now() - t0 < 60 do require("sao.http").sleep(0.02) end
+    end
+    os.remove(group.path)
+    require("sao.fs").rm_rf(ddp_dir)
+  end
   if last_saved ~= trainer.step_n then
     trainer:save()
     prune(run_dir, cfg.keep)

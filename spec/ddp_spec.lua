@@ -1,0 +1,127 @@
+-- Data-parallel training on one machine: the shared-file group (sao.comm: all-reduce, barrier,
+-- errors, a rank that dies), and the train stage with --nproc 2 against one process with the same
+-- global batch (the same losses and weights up to float rounding), resume, and rank 0 alone
+-- writing the run's files.
+local sao = require "sao"
+local comm = require "sao.comm"
+local fs = require "sao.fs"
+local clipset = require "support.clipset"
+local shell = require "support.shell"
+local train = require "sao.pipeline.train"
+
+local function losses(path)
+  local t = {}
+  for _, r in ipairs(train.read_log(path)) do if not r.event then t[#t + 1] = r end end
+  return t
+end
+
+describe("sao.comm", function()
+  local path = comm.default_path("spec-" .. tostring(os.time()))
+  teardown(function() os.remove(path) end)
+
+  it("averages tensors across processes, bit-identically on every rank", function()
+    local g = comm.create(path, 2, 8)
+    assert.same({ 0, 2, 8 }, { g:rank(), g:world(), g:capacity() })
+    local out = os.tmpname()
+    -- rank 1 in another process: its values, then what it holds after the exchange
+    local child = ([[local sao = require "sao"; local g = require("sao.comm").open(%q, 1)
+      local a, b = sao.tensor { 3, 5, 0.1 }, sao.tensor { { -1, 7 } }
+      g:allreduce_mean { a, b }
+      local f = io.open(%q, "w"); f:write(string.format("%%.9g %%.9g %%.9g %%.9g %%.9g", a[1], a[2], a[3], b[1][1], b[1][2])); f:close()]])
+      :format(path, out)
+    local pid = tonumber(shell.capture("./sao -e " .. shell.q(child) .. " >/dev/null 2>&1 & echo $!"))
+    g:set_pid(1, pid)
+    local a, b = sao.tensor { 1, 1, 0.2 }, sao.tensor { { 1, 1 } }
+    g:allreduce_mean { a, b }
+    assert.same({ 2, 3 }, { a[1], a[2] })
+    assert.near(0.15, a[3], 1e-7)
+    assert.same({ 0, 4 }, { b[1][1], b[1][2] })
+    for _ = 1, 200 do if fs.exists(out) and #fs.read(out) > 0 then break end shell.sleep_ms(10) end
+    local mine = string.format("%.9g %.9g %.9g %.9g %.9g", a[1], a[2], a[3], b[1][1], b[1][2])
+    assert.equal(mine, fs.read(out))
+    os.remove(out)
+  end)
+
+  it("refuses what does not fit or is not f32 on the host, and a bad rank", function()
+    local g = comm.create(path, 1, 4)
+    assert.error_matches(function() g:allreduce_mean { sao.zeros(5) } end,
+      "5 floats do not fit the group's 4 per rank")
+    assert.error_matches(function() g:allreduce_mean { sao.zeros(2):to("f64") } end, "tensor 1 is f64, not f32")
+    local t = sao.tensor { 1, 2 }
+    g:allreduce_mean { t }                                       -- one rank: nothing to do
+    assert.same({ 1, 2 }, { t[1], t[2] })
+    assert.error_matches(function() comm.open(path, 1) end, "rank 1 outside 1..0")
+    assert.error_matches(function() comm.open(path .. "-none", 1) end, "cannot open")
+  end)
+
+  it("a waiting rank learns at once that another rank's process is gone", function()
+    local g = comm.create(path, 2, 4, { timeout = 30 })
+    local pid = tonumber(shell.capture("sh -c 'exit 0' & echo $!"))
+    shell.sleep_ms(100)
+    g:set_pid(1, pid)
+    local t0 = os.time()
+    assert.error_matches(function() g:barrier() end, "rank 1 %(process %d+%) has exited")
+    assert.is_true(os.time() - t0 < 5)
+    assert.error_matches(function() g:barrier() end, "the group is broken")
+  end)
+end)
+
+describe("train stage with --nproc", function()
+  local out = clipset.tmpdir()
+  clipset.write(out, "Band/Alpha/Alpha_01", { seconds = 3, bpm = 120, key = "A", mode = "Minor" })
+  clipset.write(out, "Band/Alpha/Alpha_02", { seconds = 3, bpm = 120, key = "C", mode = "Major", hz = 262 })
+  clipset.write(out, "Other/Beta/Beta_01", { seconds = 2, bpm = 90, key = "G", mode = "Major", hz = 196 })
+  require("sao.pipeline.encode").run { out = out, model = "tiny", quiet = true }
+  local function topts(run, o)
+    local t = { out = out, model = "tiny", quiet = true, run = run, frames = 32, checkpoint_every = 2, log_every = 1 }
+    for k, v in pairs(o) do t[k] = v end
+    return t
+  end
+  local one, two
+  setup(function()
+    one = train.run(topts("one", { steps = 4, batch = 2 }))
+    two = train.run(topts("two", { steps = 4, batch = 1, nproc = 2 }))
+  end)
+
+  it("two processes of batch 1 train as one process of batch 2", function()
+    local la, lb = losses(out .. "/runs/one/log.jsonl"), losses(out .. "/runs/two/log.jsonl")
+    assert.equal(4, #la)
+    assert.equal(4, #lb)   -- rank 0 alone writes the log: one line per step
+    for i = 1, 4 do
+      assert.equal(i, lb[i].step)
+      assert.near(la[i].loss, lb[i].loss, 1e-6 * math.abs(la[i].loss))
+      assert.near(la[i].grad_norm, lb[i].grad_norm, 1e-6 * la[i].grad_norm)
+      assert.near(la[i].lr, lb[i].lr, 1e-6 * la[i].lr)
+    end
+    local worst = 0
+    for k, t in pairs(one.trainer.params) do worst = math.max(worst, t:maxdiff(two.trainer.params[k])) end
+    assert.is_true(worst < 1e-5, "weights differ by " .. worst)
+    -- rank 0's files only; the work folder and the group file are gone
+    assert.is_true(fs.exists(out .. "/runs/two/checkpoints/step-4/state.json"))
+    assert.is_true(fs.exists(out .. "/runs/two/export/model.safetensors"))
+    assert.equal("", shell.capture("ls -a " .. shell.q(out .. "/runs/two") .. " | grep '^.ddp' || true"))
+  end)
+
+  it("a two-process run continued from its checkpoint matches the uninterrupted one", function()
+    train.run(topts("three", { steps = 2, batch = 1, nproc = 2 }))
+    local r = train.run(topts("three", { steps = 4, batch = 1, nproc = 2 }))
+    local la, lb = losses(out .. "/runs/two/log.jsonl"), losses(out .. "/runs/three/log.jsonl")
+    assert.equal(4, #lb)
+    for i = 1, 4 do assert.equal(la[i].loss, lb[i].loss) end
+    for k, t in pairs(two.trainer.params) do assert.equal(0, t:maxdiff(r.trainer.params[k]), k) end
+  end)
+
+  it("stops at once, with the rank's own words, when a rank cannot start", function()
+    local bad = out .. "/badsao"
+    shell.write(bad, "#!/bin/sh\nexec ./sao -e 'error([[no GPU here]])'\n")
+    os.execute("chmod +x " .. shell.q(bad))
+    local t0 = os.time()
+    local code, _, err = shell.sh("SAO_BIN=" .. shell.q(bad) .. " ./sao -e " .. shell.q(
+      ("require('sao.pipeline.train').run { out = %q, model = 'tiny', quiet = true, run = 'bad', steps = 2, batch = 1, " ..
+       "frames = 32, nproc = 2 }"):format(out)))
+    assert.are_not.equal(0, code)
+    assert.matches("rank 1 %(process %d+%) has exited", err)
+    assert.matches("train: rank 1 said:.-no GPU here", err)
+    assert.is_true(os.time() - t0 < 20)
+  end)
+end)
