@@ -403,6 +403,8 @@ function M.run(opts)
         local text = common.read(("%s/rank%d.log"):format(ddp_dir, r)) or ""
         if text:match("%S") then io.stderr:write(("train: rank %d said:\n%s\n"):format(r, text)) end
       end
+      os.remove(group.path)
+      require("sao.fs").rm_rf(ddp_dir)
     end
     error(err, 0)
   end
