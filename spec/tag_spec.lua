@@ -78,6 +78,7 @@ describe("tag stage without CLAP (audio features)", function()
     local n, seen = 0, {}
     for _, g in ipairs(c.clusters) do
       assert.equal(g.size, #g.members)
+      assert.equal(g.members[1], g.name)
       n = n + g.size
       for _, m in ipairs(g.members) do assert.is_nil(seen[m]); seen[m] = true end
     end

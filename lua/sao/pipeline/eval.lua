@@ -360,10 +360,11 @@ fine-tuning: they only show that the pipeline runs end to end.</div>]])
     local okc, tc = pcall(cjson.decode, common.read(ds .. "/tag_clusters.json") or "")
     if okc and type(tc) == "table" and type(tc.clusters) == "table" then
       w("<p>", #tc.clusters, " clusters of ", tc.tags, " tags in T5 space, silhouette ", fmt(tc.silhouette, "%.3f"),
-        " (StableBeaT: 0.095). ", esc(tc.encoder or ""), "</p><table><tr><th>size</th><th class=l>members (nearest ",
-        "the centre first)</th></tr>")
+        " (StableBeaT: 0.095). ", esc(tc.encoder or ""), "</p><table><tr><th class=l>cluster</th><th>size</th>",
+        "<th class=l>members (nearest the centre first)</th></tr>")
       for _, g in ipairs(tc.clusters) do
-        w("<tr><td>", g.size, "</td><td class=l>", esc(table.concat(g.members, ", ")), "</td></tr>")
+        w("<tr><td class=l>", esc(g.name or ""), "</td><td>", g.size, "</td><td class=l>",
+          esc(table.concat(g.members, ", ")), "</td></tr>")
       end
       w("</table>")
     end

@@ -105,7 +105,9 @@ function M.clusters(tags, k, model)
   local sil = cluster.silhouette(X, r.labels)
   local groups = {}
   for _, g in ipairs(cluster.describe(r.labels, tags, r.centers, X)) do
-    groups[#groups + 1] = ojson.object({ size = g.size, members = ojson.array(g.members) }, { "size", "members" })
+    -- named after the member nearest its centre (StableBeaT named its five clusters by hand)
+    groups[#groups + 1] = ojson.object({ name = g.members[1], size = g.size, members = ojson.array(g.members) },
+                                       { "name", "size", "members" })
   end
   table.sort(groups, function(a, b) return a.size > b.size end)
   return ojson.object({ k = k, tags = #tags, silhouette = sil, inertia = r.inertia, clusters = groups,
