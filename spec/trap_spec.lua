@@ -90,6 +90,12 @@ describe("recipes/trap.lua", function()
     assert.is_table(metrics)
     assert.is_true(#metrics.samples >= 2)
     assert.matches("no CLAP service", metrics.settings.clap)
+    -- the segments' BPM was measured by the estimator that scores them: the report says so
+    local said = false
+    for _, n in ipairs(metrics.notes) do said = said or n:find("same estimator", 1, true) ~= nil end
+    local stated = 0
+    for _, c in ipairs(clips) do if c.prompt:find("BPM", 1, true) then stated = stated + 1 end end
+    assert.equal(stated > 0, said)
     for _, s in ipairs(metrics.samples) do
       if s.group ~= "reference (dataset clips)" then
         assert.matches("^A .* beat", s.prompt)   -- the recipe's trap demo prompts (nothing held out)

@@ -217,11 +217,16 @@ function M.groups(opts)
         local ok, m = pcall(cjson.decode, common.read(out .. "/dataset/clips/" .. e.clip .. ".json") or "")
         local ref = sample.clip_reference(e.prompt, ok and m or nil)
         items[#items + 1] = { path = out .. "/dataset/clips/" .. e.audio, file = e.audio, prompt = e.prompt,
-          reference = ref, source = e.status == "heldout" and "heldout" or "train" }
+          reference = ref, source = e.status == "heldout" and "heldout" or "train",
+          -- a tempo from the audio itself (beats; MIDI songs whose file said nothing): the same estimator
+          self_tempo = ok and type(m) == "table" and m.tempo_source ~= "midi" or nil }
       end
     end
     if #items > 0 then
-      groups[#groups + 1] = { name = "reference (dataset clips)", kind = "reference", dir = out .. "/dataset/clips", items = items }
+      local self_n = 0
+      for _, it in ipairs(items) do if it.self_tempo and it.reference.bpm then self_n = self_n + 1 end end
+      groups[#groups + 1] = { name = "reference (dataset clips)", kind = "reference", dir = out .. "/dataset/clips",
+        items = items, self_tempo = self_n }
     end
   end
   return groups
@@ -538,6 +543,11 @@ function M.run(opts)
     end
     local s = M.summarize(rows, tolerances)
     s.name, s.kind, s.dir, s.step = g.name, g.kind, g.dir, g.step
+    if g.self_tempo and g.self_tempo > 0 then
+      metrics.notes[#metrics.notes + 1] = ("%s: the reference BPM of %d of its clips was measured on the audio by the " ..
+        "same estimator (no MIDI tempo): their tempo accuracy shows that the estimate is stable, not that it is " ..
+        "right"):format(g.name, g.self_tempo)
+    end
     metrics.groups[#metrics.groups + 1] = s
     if g.kind == "samples" then
       local f = common.read(g.items[1].path:gsub("%.wav$", ".json"))
