@@ -34,7 +34,7 @@ recipe.main {
       "An energetic, aggressive trap beat at 150 BPM in F minor, with brass stabs, 808s and skittering hi-hats",
     },
   },
-  options = [[beats quiet model model_seed run config force strict tagger clap_url clap_model tag_k tag_clusters
+  options = [[beats quiet model model_seed run config force strict tagger clap_url clap_model tag_k tag_clusters tag_batch
     min_similarity llm_url llm_model no_llm temperature shots style retries seed confident log reencode
     holdout encode_seed max_seconds steps batch accum frames lr weight_decay clip cfg_dropout
     checkpoint_every keep log_every demo_every train_seed seconds_cond nproc comm_timeout lora_rank lora_alpha lora_targets
@@ -47,7 +47,7 @@ recipe.main {
     "  dataset options: --segments 2 --segment-min 20 --segment-max 35 --align beats|none --segment-seed N",
     "                   --target-lufs off|-14 --shard i/n --limit N --retry-failed 1 (docs/trap.md)",
     "  tag options:     --tagger auto|clap|features --clap-url URL --tag-k 3,1,2 (instruments, genres, moods)",
-    "                   --min-similarity X --force --tag-clusters 5 (T5 tag analysis; 0: none)",
+    "                   --min-similarity X --force --tag-clusters 5 (T5 tag analysis; 0: none) --tag-batch 8",
     "  prompts:         --llm-url URL --llm-model NAME --no-llm --confident 0.7 (docs/prompts.md)",
     "  encode/train/sample/eval (docs/training.md): --model tiny|sao-1.0|DIR --run NAME --device cpu|cuda",
     "                   --steps N --batch B --lr X --lora-rank R --prompts FILE --prompt TEXT --cfg-scales 4,7",

@@ -289,6 +289,19 @@ describe("sao.clap against a loopback CLAP service", function()
     assert.equal("audio 0: the WAV is at 48000 Hz but sample_rate says 44100", cjson.decode(res.body).error.message)
   end)
 
+  it("embeds several clips at once, one request each, answers in order", function()
+    srv:configure { clap = { dim = 8 } }
+    srv:mark()
+    local list = {}
+    for i, secs in ipairs { 0.5, 1.0, 0.25 } do list[i] = { sig.sine(440, 44100, secs, 0.3, 2), 44100 } end
+    local vecs = client():embed_audios(list)
+    assert.same({ 24000, 48000, 12000 }, { vecs[1][4], vecs[2][4], vecs[3][4] })   -- frames at 48 kHz
+    assert.equal(3, #srv:requests("/embed"))
+    local res = client():tag_many(list, { k = 1 })
+    assert.equal(3, #res)
+    for _, r in ipairs(res) do assert.equal(1, #r.tags.instruments) end
+  end)
+
   it("accepts a single {embedding} reply for one input", function()
     srv:configure { clap = { dim = 4, single = true, audio = { 0.5, 0.5, 0.5, 0.5 } } }
     local c = client()

@@ -221,15 +221,33 @@ describe("tag stage with a CLAP service (the loopback fake)", function()
     local o2 = shell.tmpdir()
     write_clip(o2, "beats/A/A_s1", { bpm = 140, secs = 4 })
     write_clip(o2, "beats/B/B_s1", { bpm = 140, secs = 4 })
-    local s = tag.run { out = o2, clap_url = srv.url, quiet = true }
+    local s = tag.run { out = o2, clap_url = srv.url, quiet = true, tag_batch = 1 }
     assert.equal(1, s.failed)
     assert.equal(1, s.tagged)
     assert.same({}, ojson.read(o2 .. "/dataset/clips/beats/A/A_s1.json").Tags)
     -- the next run retries it
-    local s2 = tag.run { out = o2, clap_url = srv.url, quiet = true }
+    local s2 = tag.run { out = o2, clap_url = srv.url, quiet = true, tag_batch = 1 }
     assert.equal(1, s2.tagged)
     assert.equal(1, s2.kept)
     assert.equal("clap", ojson.read(o2 .. "/dataset/clips/beats/B/B_s1.json").tag_source)
     os.execute("rm -rf " .. shell.q(o2))
+  end)
+
+  it("sends a group of clips at once, and isolates a bad clip of the group", function()
+    srv:configure { clap = { dim = 8 } }
+    local o3 = shell.tmpdir()
+    for _, n in ipairs { "A", "B", "C" } do write_clip(o3, "beats/" .. n .. "/" .. n .. "_s1", { bpm = 140, secs = 3 }) end
+    srv:mark()
+    local s = tag.run { out = o3, clap_url = srv.url, quiet = true, tag_clusters = 0 }
+    assert.equal(3, s.tagged)
+    local audio = 0
+    for _, r in ipairs(srv:requests("/embed")) do if r.body:find('"audio"', 1, true) then audio = audio + 1 end end
+    assert.equal(3, audio)
+    -- B unreadable: the group fails, then clip by clip: A and C tagged, B named
+    shell.write(o3 .. "/dataset/clips/beats/B/B_s1.wav", "not audio")
+    local s2 = tag.run { out = o3, clap_url = srv.url, quiet = true, force = true, tag_clusters = 0 }
+    assert.equal(2, s2.tagged)
+    assert.equal(1, s2.failed)
+    os.execute("rm -rf " .. shell.q(o3))
   end)
 end)

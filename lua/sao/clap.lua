@@ -329,13 +329,27 @@ local function wav_bytes(x)
   return bytes
 end
 
---- embed_audio(audio, sr) -> vector: prepare(), then one request with a 16-bit 48 kHz WAV.
-function Client:embed_audio(audio, sr)
+local function audio_body(self, audio, sr)
   local x = M.prepare(audio, sr)
   local wav = wav_bytes(x)
   x:free()
-  local body = { model = self.model, audio = { http.base64(wav) }, sample_rate = M.SAMPLE_RATE }
-  return self:post({ body }, { 1 }, "audio")[1][1]
+  return { model = self.model, audio = { http.base64(wav) }, sample_rate = M.SAMPLE_RATE }
+end
+
+--- embed_audio(audio, sr) -> vector: prepare(), then one request with a 16-bit 48 kHz WAV.
+function Client:embed_audio(audio, sr)
+  return self:post({ audio_body(self, audio, sr) }, { 1 }, "audio")[1][1]
+end
+
+--- embed_audios({{audio, sr}, ...}) -> list of vectors: one request per clip, all in flight at
+--- once (up to the http client's `parallel`), so a service on a GPU is kept busy. Any failure
+--- raises (the caller retries clip by clip to find the bad one).
+function Client:embed_audios(list)
+  local bodies, ns = {}, {}
+  for i, it in ipairs(list) do bodies[i], ns[i] = audio_body(self, it[1], it[2]), 1 end
+  local out = {}
+  for i, l in ipairs(self:post(bodies, ns, "audio")) do out[i] = l[1] end
+  return out
 end
 
 --- tag_embeddings(vocab = clap.VOCAB) -> {category = {{tag=, emb=}, ..}}: every tag's text
@@ -390,6 +404,19 @@ function Client:tag(audio, sr, opts)
   local emb = self:embed_audio(audio, sr)
   local tags, scores = M.tag_from_embedding(emb, tag_embs, opts)
   return tags, scores, emb
+end
+
+--- tag_many({{audio, sr}, ...}, opts) -> list of {tags =, scores =, emb =}: tag() for several clips
+--- with their audio embedded concurrently (embed_audios).
+function Client:tag_many(list, opts)
+  opts = opts or {}
+  local tag_embs = self:tag_embeddings(opts.vocab)
+  local out = {}
+  for i, emb in ipairs(self:embed_audios(list)) do
+    local tags, scores = M.tag_from_embedding(emb, tag_embs, opts)
+    out[i] = { tags = tags, scores = scores, emb = emb }
+  end
+  return out
 end
 
 --- score(audio, sr, text) -> the CLAP prompt score: cosine(audio embedding, text embedding).

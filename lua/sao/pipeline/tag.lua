@@ -132,7 +132,8 @@ local function tag_k(v)
 end
 
 --- The stage. opts: out, tagger (auto|clap|features), clap_url, clap_model, tag_k, min_similarity,
---- force, quiet, tag_clusters (k, default 5; 0: no tag analysis), model, model_seed. Returns
+--- force, quiet, tag_clusters (k, default 5; 0: no tag analysis), model, model_seed, tag_batch
+--- (CLAP clips in flight together, default 8). Returns
 --- {clips, tagged, kept, failed, source = "clap"|"features", counts, tag_clusters}.
 function M.run(opts)
   local out = opts.out or "out"
@@ -171,54 +172,93 @@ function M.run(opts)
   local s = { clips = 0, tagged = 0, kept = 0, failed = 0, source = source, counts = {} }
   for _, c in ipairs(M.TAG_KEYS) do s.counts[c] = {} end
   local bar = progress.new { total = #files, label = "tag", unit = "clips", quiet = quiet }
+
+  -- the tags (and the CLAP scores) into a clip's JSON
+  local function store(item, tags, scores)
+    local meta = item.meta
+    local T = ojson.object({}, M.TAG_KEYS)
+    for _, c in ipairs(M.TAG_KEYS) do T[c] = ojson.array(tags[c] or {}) end
+    meta.Tags, meta.tag_source = T, source
+    if scores then
+      local best = ojson.object({}, M.TAG_KEYS)
+      for _, c in ipairs(M.TAG_KEYS) do
+        local l = ojson.array {}
+        for i = 1, math.min(5, #(scores[c] or {})) do
+          l[i] = ojson.object({ tag = scores[c][i].tag,
+            similarity = math.floor(scores[c][i].similarity * 1e4 + 0.5) / 1e4 }, { "tag", "similarity" })
+        end
+        best[c] = l
+      end
+      meta.tag_scores = best
+    end
+    ojson.write(item.path, meta, { indent = 2 })
+  end
+  local function failed(item, err)
+    s.failed = s.failed + 1
+    bar:print(("tag: %s: %s"):format(item.path, tostring(err):gsub("^.-:%d+: ", "")))
+  end
+  -- one clip on its own (the features tagger; a CLAP clip of a group that failed)
+  local function one(item)
+    local ok, err = pcall(function()
+      local audio, sr = sao.audio.load(item.wav)
+      local tags, scores
+      if client then
+        tags, scores = client:tag(audio, sr, { k = k, min_similarity = min_sim })
+      else
+        tags = M.features_tags(audio, sr, item.meta)
+      end
+      audio:free()
+      store(item, tags, scores)
+    end)
+    if ok then s.tagged = s.tagged + 1 else failed(item, err) end
+  end
+  -- CLAP: a group of clips embedded concurrently; if anything in it fails, clip by clip
+  local function group(items)
+    local ok = pcall(function()
+      local list = {}
+      for i, it in ipairs(items) do
+        local audio, sr = sao.audio.load(it.wav)
+        list[i] = { audio, sr }
+      end
+      local res = client:tag_many(list, { k = k, min_similarity = min_sim })
+      for _, a in ipairs(list) do a[1]:free() end
+      for i, it in ipairs(items) do store(it, res[i].tags, res[i].scores) end
+    end)
+    if ok then
+      s.tagged = s.tagged + #items
+    else
+      for _, it in ipairs(items) do one(it) end
+    end
+  end
+
+  local gsize = client and math.max(1, common.num(opts.tag_batch, 8)) or 1
+  local pending, metas = {}, {}
+  local function flush()
+    if #pending == 0 then return end
+    bar:start(pending[1].meta.path)
+    if #pending > 1 then group(pending) else one(pending[1]) end
+    bar:advance(#pending)
+    pending = {}
+  end
   for _, path in ipairs(files) do
     local meta = ojson.read(path)
     if type(meta) == "table" and meta.path then
       s.clips = s.clips + 1
+      metas[#metas + 1] = meta
       if has_tags(meta) and not common.flag(opts.force) then
         s.kept = s.kept + 1
         bar:skip(1)
       else
-        bar:start(meta.path)
-        local wav = out .. "/dataset/" .. meta.path
-        local ok, err = pcall(function()
-          local audio, sr = sao.audio.load(wav)
-          local tags, scores
-          if client then
-            tags, scores = client:tag(audio, sr, { k = k, min_similarity = min_sim })
-          else
-            tags = M.features_tags(audio, sr, meta)
-          end
-          audio:free()
-          local T = ojson.object({}, M.TAG_KEYS)
-          for _, c in ipairs(M.TAG_KEYS) do T[c] = ojson.array(tags[c] or {}) end
-          meta.Tags, meta.tag_source = T, source
-          if scores then
-            local best = ojson.object({}, M.TAG_KEYS)
-            for _, c in ipairs(M.TAG_KEYS) do
-              local l = ojson.array {}
-              for i = 1, math.min(5, #(scores[c] or {})) do
-                l[i] = ojson.object({ tag = scores[c][i].tag,
-                  similarity = math.floor(scores[c][i].similarity * 1e4 + 0.5) / 1e4 }, { "tag", "similarity" })
-              end
-              best[c] = l
-            end
-            meta.tag_scores = best
-          end
-          ojson.write(path, meta, { indent = 2 })
-        end)
-        if ok then
-          s.tagged = s.tagged + 1
-        else
-          s.failed = s.failed + 1
-          bar:print(("tag: %s: %s"):format(path, tostring(err):gsub("^.-:%d+: ", "")))
-        end
-        bar:advance(1)
+        pending[#pending + 1] = { path = path, meta = meta, wav = out .. "/dataset/" .. meta.path }
+        if #pending >= gsize then flush() end
       end
-      for _, c in ipairs(M.TAG_KEYS) do
-        for _, t in ipairs(type(meta.Tags) == "table" and type(meta.Tags[c]) == "table" and meta.Tags[c] or {}) do
-          s.counts[c][t] = (s.counts[c][t] or 0) + 1
-        end
+    end
+  end
+  flush()
+  for _, meta in ipairs(metas) do
+    for _, c in ipairs(M.TAG_KEYS) do
+      for _, t in ipairs(type(meta.Tags) == "table" and type(meta.Tags[c]) == "table" and meta.Tags[c] or {}) do
+        s.counts[c][t] = (s.counts[c][t] or 0) + 1
       end
     end
   end
