@@ -68,7 +68,8 @@ describe("recipes/trap.lua", function()
       assert.is_true(#m.Tags.genres == 1)
       assert.is_string(m.prompt)
       assert.equal("template", m.prompt_source)
-      assert.matches("beat", m.prompt:lower() .. " beat")   -- a beat, instrumental or track
+      local lp = m.prompt:lower()
+      assert.truthy(lp:find("beat", 1, true) or lp:find("instrumental", 1, true) or lp:find("track", 1, true), m.prompt)
       -- the BPM is stated only when the estimate is confident
       if m.bpm_confidence < 0.7 then assert.falsy(m.prompt:find("BPM", 1, true)) end
     end
