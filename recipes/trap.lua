@@ -53,6 +53,7 @@ recipe.main {
     "                   --steps N --batch B --lr X --lora-rank R --prompts FILE --prompt TEXT --cfg-scales 4,7",
     "                   --sample-steps N --seconds S --baseline --samples DIR --reference-clips N --memorization N",
     "                   --sample-profile stablebeat (default: 200 steps, CFG 7, sigma 0.01-100, 47 s, peak 0 dBFS)",
-    "                   --sigma-min X --sigma-max X --peak-db X",
+    "                   --sigma-min X --sigma-max X --peak-db X --seconds-cond clip|source --nproc N",
+    "                   --jobs N (dataset workers) --demo-count N (demo beats without --beats)",
   },
 }
