@@ -92,14 +92,8 @@ function M.new(cfg)
   local self = setmetatable({ cfg = cfg }, Trainer)
   local device = train_device(cfg)
   self.device = device
-  -- data parallel (cfg.comm, a sao.comm group): every rank trains on its part of the global batch
-  -- of world x batch clips; gradients, loss and learning rate are averaged / shared each step
-  self.comm = cfg.comm
-  self.rank, self.world = cfg.comm and cfg.comm:rank() or 0, cfg.comm and cfg.comm:world() or 1
-  if self.comm and device then
-    error("train: data-parallel training on GPUs needs the NCCL backend, which is not built yet " ..
-          "(train on one GPU, or on the CPU with several processes)", 2)
-  end
+  self.rank, self.world = 0, 1
+  if cfg.comm then self:attach(cfg.comm) end
   cfg.optimizer = cfg.optimizer or {}
   local oc = cfg.optimizer
   oc.lr = oc.lr or 5e-5
@@ -172,6 +166,19 @@ function M.new(cfg)
     mkdir_p(cfg.run_dir)
     self.log_path = cfg.run_dir .. "/log.jsonl"
   end
+  return self
+end
+
+--- Joins a data-parallel group (a sao.comm): from the next step this trainer trains on its rank's
+--- part of the global batch of world x batch clips, and gradients, loss and learning rate are
+--- averaged / shared at every step. Host training only (GPUs would need NCCL, not built yet).
+function Trainer:attach(comm)
+  if self.device then
+    error("train: data-parallel training on GPUs needs the NCCL backend, which is not built yet " ..
+          "(train on one GPU, or on the CPU with several processes)", 2)
+  end
+  self.comm, self.cfg.comm = comm, comm
+  self.rank, self.world = comm:rank(), comm:world()
   return self
 end
 

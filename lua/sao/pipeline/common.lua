@@ -55,6 +55,18 @@ local fs = require "sao.fs"
 M.shell_quote, M.exists, M.read, M.write_atomic, M.mkdir_p, M.ls = fs.quote, fs.exists, fs.read, fs.write_atomic,
                                                                   fs.mkdir_p, fs.ls
 
+--- The sao executable that worker processes run: $SAO_BIN, the source tree's ./sao, or the
+--- installed one (PREFIX/bin/sao beside PREFIX/share/sao), else "sao" on the PATH.
+function M.sao_binary()
+  local env = os.getenv("SAO_BIN")
+  if env and env ~= "" then return env end
+  local root = require("sao.ffi").root
+  for _, c in ipairs { root .. "/sao", root .. "/../../bin/sao" } do
+    if fs.exists(c) then return c end
+  end
+  return "sao"
+end
+
 --- The model of a stage: opts.model ("tiny", "sao-1.0", a checkpoint folder; nil: SAO 1.0 when
 --- its weights are there, else the tiny random model), random weights drawn with opts.model_seed.
 --- Returns the model and its cache identity (sao.latents.model_id).

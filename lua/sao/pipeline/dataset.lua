@@ -567,15 +567,6 @@ local function log(cfg, ...)
   if not cfg.quiet then io.stderr:write(string.format(...), "\n") end
 end
 
-local function find_sao_binary()
-  local env = os.getenv("SAO_BIN")
-  if env and env ~= "" then return env end
-  local root = require("sao.ffi").root
-  for _, c in ipairs { root .. "/sao", root .. "/../../bin/sao" } do
-    if exists(c) then return c end
-  end
-  return "sao"
-end
 
 --- Prepares the corpus folder: cfg.midi, or the demo corpus written under OUT/demo_midi.
 -- Returns the folder, and for the demo a description of what is in it.
@@ -736,7 +727,7 @@ function M.build_parallel(todo, cfg, ds, settings, fp, bar)
   local list = {}
   for i, it in ipairs(todo) do list[i] = it end
   M.write_atomic(work .. "/todo.json", cjson.encode { items = list, cfg = cfg })
-  local exe = find_sao_binary()
+  local exe = require("sao.pipeline.common").sao_binary()
   local pids = {}
   for w = 1, jobs do
     local journal = ("%s/%s.journal.w%d-%d.jsonl"):format(ds, tag, w, pid)

@@ -252,7 +252,7 @@ local function spawn_workers(opts, nproc, comm_path, dir)
   local o = {}
   for k, v in pairs(opts) do if type(v) ~= "table" and type(v) ~= "function" then o[k] = v end end
   common.write_atomic(dir .. "/opts.json", require("cjson").encode(o))
-  local exe = os.getenv("SAO_BIN") or (require("sao.ffi").root .. "/sao")
+  local exe = common.sao_binary()
   local pids = {}
   for r = 1, nproc - 1 do
     local code = ("require('sao.pipeline.train').worker(%q, %d, %q)"):format(dir .. "/opts.json", r, comm_path)
@@ -335,6 +335,10 @@ function M.run(opts)
       frames = cfg.frames, lora = cfg.lora and cfg.lora.rank or nil }
   end
   local workers, ddp_dir
+  local function ddp_cleanup()
+    os.remove(group.path)
+    require("sao.fs").rm_rf(ddp_dir)
+  end
   if rank == 0 and world > 1 and trainer.device then
     error("train: --nproc on a GPU needs the NCCL backend, which is not built yet (train on one GPU, or on " ..
           "the CPU with several processes)", 0)
@@ -350,8 +354,7 @@ function M.run(opts)
     workers = spawn_workers(opts, world, group.path, ddp_dir)
     for r, pid in pairs(workers) do group:set_pid(r, pid) end
     opts._checkpoint, opts._checkpoint_step = nil, nil
-    trainer.comm, trainer.rank, trainer.world = group, 0, world
-    trainer.cfg.comm = group
+    trainer:attach(group)
     log(string.format("train: data parallel over %d processes (%d thread(s) each), global batch %d", world,
       sao.threads(), cfg.batch * world))
   end
@@ -403,8 +406,7 @@ function M.run(opts)
         local text = common.read(("%s/rank%d.log"):format(ddp_dir, r)) or ""
         if text:match("%S") then io.stderr:write(("train: rank %d said:\n%s\n"):format(r, text)) end
       end
-      os.remove(group.path)
-      require("sao.fs").rm_rf(ddp_dir)
+      ddp_cleanup()
     end
     error(err, 0)
   end
@@ -416,8 +418,7 @@ function M.run(opts)
       local t0 = progress.now()
       while alive(pid) and progress.now() - t0 < 60 do require("sao.http").sleep(0.02) end
     end
-    os.remove(group.path)
-    require("sao.fs").rm_rf(ddp_dir)
+    ddp_cleanup()
   end
   if last_saved ~= trainer.step_n then
     trainer:save()
