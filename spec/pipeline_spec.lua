@@ -277,6 +277,14 @@ describe("eval stage", function()
       assert.matches("^%a+/%a+/", x.timbre_match)   -- a training clip, relative to dataset/clips
     end
     assert.truthy(html:find("<h2>Memorization</h2>", 1, true))
+    -- the same rows as CSV: a header, one line per file
+    local csv = common.read(out .. "/eval/samples.csv")
+    local lines = {}
+    for l in csv:gmatch("[^\n]+") do lines[#lines + 1] = l end
+    assert.equal(table.concat(eval.CSV_COLUMNS, ","), lines[1])
+    assert.equal(#m.samples + 1, #lines)
+    local row = eval.csv({ { group = "g", file = 'a "b", c', acc1_4pct = true, clap_score = 0.5, reference = {} } })
+    assert.equal('g,"a ""b"", c",,,,,,1,,,,,,,,,,,,0.5\n', row:match("\n(.*)$"))
     assert.is_nil(eval.run { out = out, run = "a", quiet = true, reference_clips = 0, memorization = 0 }.memorization)
     -- the 3 s clips are click tracks at 120 BPM: their rows score the tempo right
     local scored = 0

@@ -1,6 +1,6 @@
 -- sao.pipeline.eval — the `eval` stage: how well generations follow their prompts (DSP_SPEC §1.5,
--- §3.10), written to OUT/eval/metrics.json and OUT/eval/report.html (self-contained: tables,
--- embedded PNG plots, <audio> players linking the WAVs).
+-- §3.10), written to OUT/eval/metrics.json, OUT/eval/samples.csv (one row per file) and
+-- OUT/eval/report.html (self-contained: tables, embedded PNG plots, <audio> players linking the WAVs).
 --
 --   sao recipes/instrumental.lua --stages eval [--run main] [--samples DIR] [--reference-clips 8]
 --
@@ -430,6 +430,37 @@ fine-tuning: they only show that the pipeline runs end to end.</div>]])
   return table.concat(h)
 end
 
+M.CSV_COLUMNS = { "group", "file", "prompt", "cfg_scale", "ref_bpm", "ref_key", "bpm", "acc1_4pct", "acc2_4pct",
+  "key", "scale", "key_relation", "centroid_hz", "flatness", "hp_ratio", "transient_sharpness", "onset_rate",
+  "rms_db", "lufs", "clap_score" }
+
+--- One row per scored file (the per-file table of the report, StableBeaT's metric columns among
+--- them) as CSV (RFC 4180 quoting), for a spreadsheet.
+function M.csv(rows)
+  local function cell(v)
+    if v == nil then return "" end
+    if type(v) == "boolean" then return v and "1" or "0" end
+    if type(v) == "number" then return string.format("%.10g", v) end
+    local s = tostring(v)
+    if s:find('[,"\r\n]') then s = '"' .. s:gsub('"', '""') .. '"' end
+    return s
+  end
+  local out = { table.concat(M.CSV_COLUMNS, ",") }
+  for _, r in ipairs(rows) do
+    local ref = r.reference or {}
+    local vals = {}
+    for i, c in ipairs(M.CSV_COLUMNS) do
+      local v
+      if c == "ref_bpm" then v = ref.bpm
+      elseif c == "ref_key" then v = ref.key and (ref.key .. " " .. (ref.mode or "")) or nil
+      else v = r[c] end
+      vals[i] = cell(v)
+    end
+    out[#out + 1] = table.concat(vals, ",")
+  end
+  return table.concat(out, "\n") .. "\n"
+end
+
 --- Memorization (sao.memorization, DSP_SPEC §3.10.8): the nearest training clip of every sample
 --- (up to `max_train` training clips, the encode stage's "ok" entries, taken in a fixed spread
 --- over the list), thresholds from pairs of different training songs. Returns the report table
@@ -571,6 +602,7 @@ function M.run(opts)
   end
   for _, s in ipairs(metrics.samples) do s.ref_key_index, s.est_key_index = nil, nil end
   common.write_atomic(eval_dir .. "/metrics.json", cjson.encode(metrics))
+  common.write_atomic(eval_dir .. "/samples.csv", M.csv(metrics.samples))
   common.write_atomic(eval_dir .. "/report.html", M.report_html(metrics, eval_dir, run_dir))
   for _, g in ipairs(metrics.groups) do
     log(string.format("eval: %-28s n=%-3d tempo Acc1 4%% %s Acc2 4%% %s | key exact %s MIREX %s", g.name, g.n,
