@@ -312,28 +312,7 @@ function M.run(opts)
   local prev = dataset.read_jsonl(mpath, {})
   for _, j in ipairs(dataset.glob(dataset.journal_glob(ds, cfg))) do dataset.read_jsonl(j, prev) end
   local fp = M.fingerprint(cfg)
-  local records, todo, done_before = {}, {}, 0
-  for _, it in ipairs(c.items) do
-    if corpus.shard_of(it.source, cfg.shard_n) ~= cfg.shard_i then
-      -- another shard's beat
-    elseif it.status ~= "kept" then
-      records[it.source] = ojson.object({ source = it.source, status = it.status, reason = it.reason, kind = it.kind,
-                                          outputs = ojson.array {}, hash = it.hash }, RECORD_KEYS)
-    else
-      local r = prev[it.source]
-      local same = r and r.hash == it.hash and r.fingerprint == fp
-      if same and ((r.status == "kept" and dataset.outputs_present(ds, r)) or
-                   (r.status ~= "kept" and not cfg.retry_failed)) then
-        records[it.source] = r
-        done_before = done_before + 1
-      else
-        todo[#todo + 1] = it
-      end
-    end
-  end
-  if cfg.limit > 0 and #todo > cfg.limit then
-    for i = #todo, cfg.limit + 1, -1 do todo[i] = nil end
-  end
+  local records, todo, done_before = dataset.plan_work(c.items, prev, ds, cfg, fp, RECORD_KEYS)
   log(cfg, "dataset: %d files, %d beats after de-duplication; this run (shard %d/%d): %d to build, %d done before",
       #c.items, #c.kept, cfg.shard_i, cfg.shard_n, #todo, done_before)
 

@@ -558,6 +558,36 @@ function M.clean_work(ds)
   end
 end
 
+--- What a run has to build (shared with the trap recipe's sao.pipeline.beats): for this shard's
+--- items (corpus order), the records of those not kept at ingest and of those an earlier run
+--- finished with the same bytes (hash) and settings (fingerprint fp) — kept with every output
+--- on disk, or skipped/failed unless cfg.retry_failed — and the list of the others to build, cut
+--- to cfg.limit. Returns records (by source), todo, done_before.
+function M.plan_work(items, prev, ds, cfg, fp, record_keys)
+  local records, todo, done_before = {}, {}, 0
+  for _, it in ipairs(items) do
+    if corpus.shard_of(it.source, cfg.shard_n) ~= cfg.shard_i then
+      -- another shard's file: its line is in that shard's manifest
+    elseif it.status ~= "kept" then
+      records[it.source] = ojson.object({ source = it.source, status = it.status, reason = it.reason,
+        kind = it.kind, outputs = ojson.array {}, hash = it.hash }, record_keys)
+    else
+      local r = prev[it.source]
+      local same = r and r.hash == it.hash and r.fingerprint == fp
+      if same and ((r.status == "kept" and outputs_present(ds, r)) or (r.status ~= "kept" and not cfg.retry_failed)) then
+        records[it.source] = r
+        done_before = done_before + 1
+      else
+        todo[#todo + 1] = it
+      end
+    end
+  end
+  if cfg.limit and cfg.limit > 0 and #todo > cfg.limit then
+    for i = #todo, cfg.limit + 1, -1 do todo[i] = nil end
+  end
+  return records, todo, done_before
+end
+
 -- shared with the trap recipe's dataset stage (sao.pipeline.beats)
 M.read_jsonl, M.glob, M.outputs_present, M.journal_glob = read_jsonl, glob, outputs_present, journal_glob
 
@@ -617,30 +647,7 @@ function M.run(opts)
   end
   local settings = render_settings(cfg, sf)
   local fp = fingerprint(settings, sf)
-  local records, todo, done_before = {}, {}, 0
-  for _, it in ipairs(c.items) do
-    if corpus.shard_of(it.source, cfg.shard_n) ~= cfg.shard_i then
-      -- another shard's file: its line is in that shard's manifest
-    elseif it.status ~= "kept" then
-      records[it.source] = ojson.object({ source = it.source, status = it.status, reason = it.reason,
-        kind = it.kind, outputs = ojson.array {}, hash = it.hash }, RECORD_KEYS)
-    else
-      local r = prev[it.source]
-      local same = r and r.hash == it.hash and r.fingerprint == fp
-      if same and r.status == "kept" and outputs_present(ds, r) then
-        records[it.source] = r
-        done_before = done_before + 1
-      elseif same and r.status ~= "kept" and not cfg.retry_failed then
-        records[it.source] = r
-        done_before = done_before + 1
-      else
-        todo[#todo + 1] = it
-      end
-    end
-  end
-  if cfg.limit and cfg.limit > 0 and #todo > cfg.limit then
-    for i = #todo, cfg.limit + 1, -1 do todo[i] = nil end
-  end
+  local records, todo, done_before = M.plan_work(c.items, prev, ds, cfg, fp, RECORD_KEYS)
   log(cfg, "dataset: %d files, %d songs after de-duplication; this run (shard %d/%d): %d to build, %d done before",
       #c.items, #c.kept, cfg.shard_i, cfg.shard_n, #todo, done_before)
 
