@@ -52,11 +52,7 @@ M.defaults = {
   demo_count = 4,             -- demo beats composed when no --beats is given
 }
 
-local function round(x, d)
-  if x == nil or x ~= x or x == math.huge or x == -math.huge then return nil end
-  local m = 10 ^ (d or 0)
-  return math.floor(x * m + 0.5) / m
-end
+local round = dataset.round
 
 local function free(t) if t and t.free then t:free() end end
 

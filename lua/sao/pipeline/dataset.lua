@@ -65,11 +65,13 @@ M.defaults = {
 local fs = require "sao.fs"
 local q, exists, mkdir_p, rm_rf = fs.quote, fs.exists, fs.mkdir_p, fs.rm_rf
 
+-- x rounded to d decimals for the JSON files; nil for nil, NaN and infinities
 local function round(x, d)
   if x == nil or x ~= x or x == math.huge or x == -math.huge then return nil end
   local m = 10 ^ (d or 0)
   return math.floor(x * m + 0.5) / m
 end
+M.round = round
 
 local PITCH = { [0] = "C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B" }
 M.PITCH_NAMES = PITCH
