@@ -102,6 +102,20 @@ describe("train stage with --nproc", function()
     assert.equal("", shell.capture("ls -a " .. shell.q(out .. "/runs/two") .. " | grep '^.ddp' || true"))
   end)
 
+  it("LoRA: the adapters' gradients are exchanged the same way", function()
+    local a = train.run(topts("lora1", { steps = 3, batch = 2, lora_rank = 4 }))
+    local b = train.run(topts("lora2", { steps = 3, batch = 1, lora_rank = 4, nproc = 2 }))
+    local la, lb = losses(out .. "/runs/lora1/log.jsonl"), losses(out .. "/runs/lora2/log.jsonl")
+    for i = 1, 3 do assert.near(la[i].loss, lb[i].loss, 1e-6 * math.abs(la[i].loss)) end
+    local n = 0
+    for k, t in pairs(a.trainer.params) do
+      assert.matches("lora_[AB]", k)
+      assert.is_true(t:maxdiff(b.trainer.params[k]) < 1e-6, k)
+      n = n + 1
+    end
+    assert.is_true(n > 0)
+  end)
+
   it("a two-process run continued from its checkpoint matches the uninterrupted one", function()
     train.run(topts("three", { steps = 2, batch = 1, nproc = 2 }))
     local r = train.run(topts("three", { steps = 4, batch = 1, nproc = 2 }))
