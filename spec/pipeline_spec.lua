@@ -329,6 +329,23 @@ describe("eval stage", function()
     assert.is_number(m2.samples[1].centroid_hz)
   end)
 
+  it("says when a reference BPM came from the estimator itself, not when the MIDI file agreed", function()
+    local path = out .. "/dataset/clips/Band/Alpha/Alpha_01.json"
+    local saved = common.read(path)
+    local m = cjson.decode(saved)
+    m.tempo_source = "midi+audio"
+    common.write_atomic(path, cjson.encode(m))
+    local ref
+    for _, g in ipairs(eval.groups { out = out, run = "a", reference_clips = 3 }) do
+      if g.kind == "reference" then ref = g end
+    end
+    local flags = {}
+    for _, it in ipairs(ref.items) do flags[(it.file:gsub("%.wav$", ""))] = it.self_tempo or false end
+    assert.is_false(flags["Band/Alpha/Alpha_01"])             -- the file's tempo, confirmed by the audio
+    assert.is_true(flags["Band/Alpha/Alpha_02"])              -- no tempo_source: measured on the audio
+    common.write_atomic(path, saved)
+  end)
+
   it("explains that there is nothing to score", function()
     local empty = clipset.tmpdir()
     assert.error_matches(function() eval.run { out = empty, quiet = true } end, "no samples under")

@@ -219,7 +219,7 @@ function M.groups(opts)
         items[#items + 1] = { path = out .. "/dataset/clips/" .. e.audio, file = e.audio, prompt = e.prompt,
           reference = ref, source = e.status == "heldout" and "heldout" or "train",
           -- a tempo from the audio itself (beats; MIDI songs whose file said nothing): the same estimator
-          self_tempo = ok and type(m) == "table" and m.tempo_source ~= "midi" or nil }
+          self_tempo = ok and type(m) == "table" and (m.tempo_source == nil or m.tempo_source == "audio") or nil }
       end
     end
     if #items > 0 then
