@@ -51,8 +51,9 @@ end
 local function key_index(tonic, minor) return tonic + (minor and 12 or 0) + 1 end
 
 --- Scores one audio file against its reference {bpm, key, mode}. Returns a row (numbers may be
---- nil where undefined, with `notes` saying why).
-function M.score_file(path, ref, tolerances)
+--- nil where undefined, with `notes` saying why). with_audio (optional): function(audio, sr, row)
+--- called before the audio is freed (the CLAP score uses the same decoded audio).
+function M.score_file(path, ref, tolerances, with_audio)
   tolerances = tolerances or M.TOLERANCES
   ref = ref or {}
   local row, notes = { reference = ref }, {}
@@ -95,8 +96,9 @@ function M.score_file(path, ref, tolerances)
       notes[#notes + 1] = "reference key '" .. tostring(ref.key) .. "' unreadable"
     end
   end
-  audio:free()
   if #notes > 0 then row.notes = table.concat(notes, "; ") end
+  if with_audio then with_audio(audio, sr, row) end
+  audio:free()
   return row
 end
 
@@ -223,10 +225,8 @@ function M.groups(opts)
       end
     end
     if #items > 0 then
-      local self_n = 0
-      for _, it in ipairs(items) do if it.self_tempo and it.reference.bpm then self_n = self_n + 1 end end
       groups[#groups + 1] = { name = "reference (dataset clips)", kind = "reference", dir = out .. "/dataset/clips",
-        items = items, self_tempo = self_n }
+        items = items }
     end
   end
   return groups
@@ -537,14 +537,9 @@ function M.run(opts)
                                               model = opts.clap_model, cache_dir = out .. "/cache/http" }
   metrics.settings.clap = clap and ("CLAP score from " .. clap:describe()) or
     "no CLAP service (SAO_CLAP_URL): CLAP score not computed"
-  local function clap_score(row, it)
+  local function clap_score(it, audio, sr, row)
     if not clap or not it.prompt then return end
-    local ok, v = pcall(function()
-      local audio, sr = sao.audio.load(it.path)
-      local score = clap:score(audio, sr, it.prompt)
-      audio:free()
-      return score
-    end)
+    local ok, v = pcall(clap.score, clap, audio, sr, it.prompt)
     if ok then row.clap_score = finite(v); return end
     local msg = tostring(v):gsub("^[^:]*%.lua:%d+: ", "")
     row.notes = (row.notes and (row.notes .. "; ") or "") .. "clap: " .. msg
@@ -560,12 +555,12 @@ function M.run(opts)
     local rows = {}
     for _, it in ipairs(g.items) do
       bar:start(it.file)
-      local ok, row = pcall(M.score_file, it.path, it.reference, tolerances)
+      local ok, row = pcall(M.score_file, it.path, it.reference, tolerances,
+                            function(audio, sr, r) clap_score(it, audio, sr, r) end)
       if not ok then
         row = { reference = it.reference or {}, notes = "unreadable: " .. tostring(row):gsub("^[^:]*%.lua:%d+: ", "") }
         bar:print("eval: " .. it.path .. ": " .. row.notes)
       end
-      if ok then clap_score(row, it) end
       row.group, row.file, row.prompt, row.cfg_scale, row.source = g.name, it.file, it.prompt, it.cfg_scale, it.source
       row.link = rel_link(it.path, eval_dir)
       rows[#rows + 1] = row
@@ -574,10 +569,12 @@ function M.run(opts)
     end
     local s = M.summarize(rows, tolerances)
     s.name, s.kind, s.dir, s.step = g.name, g.kind, g.dir, g.step
-    if g.self_tempo and g.self_tempo > 0 then
+    local self_n = 0
+    for _, it in ipairs(g.items) do if it.self_tempo and it.reference.bpm then self_n = self_n + 1 end end
+    if self_n > 0 then
       metrics.notes[#metrics.notes + 1] = ("%s: the reference BPM of %d of its clips was measured on the audio by the " ..
         "same estimator (no MIDI tempo): their tempo accuracy shows that the estimate is stable, not that it is " ..
-        "right"):format(g.name, g.self_tempo)
+        "right"):format(g.name, self_n)
     end
     metrics.groups[#metrics.groups + 1] = s
     if g.kind == "samples" then
