@@ -104,10 +104,10 @@ function M.eval_set(name, repeats, limit)
       end
     end
   elseif name == "key" then
-    local names = { "C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B" }
     for _, g in ipairs(M.EVAL_GENRES.key) do
       for _, mode in ipairs { "Major", "Minor" } do
-        for _, k in ipairs(names) do
+        for tonic = 0, 11 do
+          local k = sao.analysis.key_name(tonic)
           for _ = 1, repeats or 8 do list[#list + 1] = ("%s song in the key of %s %s"):format(a(g), k, mode) end
         end
       end
@@ -136,6 +136,9 @@ end
 
 --- The prompt list of a run: {{prompt=, source=, clip=, reference={bpm, key, mode}}, ...}.
 function M.prompts(opts, num)
+  if opts.eval_set and opts.eval_set ~= true then
+    return M.eval_set(opts.eval_set, common.num(opts.eval_repeats, nil), common.num(opts.eval_limit, nil))
+  end
   local out = {}
   local given = opts.prompts
   if type(given) == "string" then
@@ -143,9 +146,6 @@ function M.prompts(opts, num)
     given = read_lines(given)
   end
   if opts.prompt and opts.prompt ~= true then given = { opts.prompt } end
-  if opts.eval_set and opts.eval_set ~= true then
-    return M.eval_set(opts.eval_set, common.num(opts.eval_repeats, nil), common.num(opts.eval_limit, nil))
-  end
   if given then
     for _, p in ipairs(given) do out[#out + 1] = { prompt = p, source = "given", reference = M.reference(p) } end
     return out
