@@ -22,7 +22,7 @@
 --   silhouette s_i = (b_i - a_i) / max(a_i, b_i); a_i = mean distance to the other members of
 --             i's cluster, b_i = lowest mean distance to another cluster's members; s_i = 0 in a
 --             singleton cluster (and where a_i = b_i = 0); the score is the mean of s_i.
--- The random numbers come from a private 32-bit LCG seeded by opts.seed (no math.random), so a
+-- The random numbers come from sao.lcg (a 32-bit LCG, pure Lua) seeded by opts.seed (no math.random), so a
 -- seed gives the same result on every machine.
 local ffi = require "ffi"
 
@@ -33,22 +33,9 @@ local floor, sqrt, log, huge = math.floor, math.sqrt, math.log, math.huge
 local dbl = ffi.typeof("double[?]")
 local i32 = ffi.typeof("int32_t[?]")
 
--- ---- random numbers (same LCG as sao.musicgen's rng) ----------------------------------------
+-- ---- random numbers: sao.lcg (pure Lua), the generator of sao.musicgen --------------------------
 
-local Rng = {}
-Rng.__index = Rng
-
-local function rng(seed)
-  return setmetatable({ x = (floor(seed) * 2654435761 + 12345) % 4294967296 }, Rng)
-end
-function Rng:next()                 -- uniform in [0, 1)
-  self.x = (1664525 * self.x + 1013904223) % 4294967296
-  return self.x / 4294967296
-end
-function Rng:index(n)               -- uniform in 0 .. n-1
-  return floor(self:next() * n)
-end
-
+local rng = require("sao.lcg").new
 M.rng = rng
 
 -- ---- input ------------------------------------------------------------------------------------
@@ -118,7 +105,7 @@ end
 local function init_pp(X, n, d, k, w, r)
   local C, closest, cand, cum = w.C, w.closest, w.cand, w.cum
   local trials = 2 + floor(log(k))
-  local first = r:index(n)
+  local first = r:int(0, n - 1)
   ffi.copy(C, X + first * d, d * 8)
   local pot = 0
   for i = 0, n - 1 do
@@ -161,7 +148,7 @@ local function init_random(X, n, d, k, w, r)
   local perm = w.cum            -- reuse as an index scratch
   for i = 0, n - 1 do perm[i] = i end
   for c = 0, k - 1 do
-    local j = c + r:index(n - c)
+    local j = c + r:int(0, n - c - 1)
     perm[c], perm[j] = perm[j], perm[c]
     ffi.copy(w.C + c * d, X + perm[c] * d, d * 8)
   end

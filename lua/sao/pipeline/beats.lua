@@ -103,7 +103,7 @@ end
 
 --- plan(t0, t1, beat_times, o) -> list of {start, stop, aligned}: o.segments segments inside
 --- [t0, t1] (seconds), one per equal part, lengths in [o.min, o.max] drawn from o.rng (a
---- sao.musicgen.rng), ends snapped to beat_times when given. Fewer segments when the stretch is
+--- sao.lcg generator), ends snapped to beat_times when given. Fewer segments when the stretch is
 --- short (none below o.min).
 function M.plan(t0, t1, beat_times, o)
   local L = t1 - t0
@@ -193,7 +193,7 @@ function M.build_beat(item, cfg, ds, fp)
   rec.tempo = ojson.object({ bpm = round(whole.bpm, 2), confidence = round(whole.confidence, 3) }, { "bpm", "confidence" })
   rec.key = ojson.object({ value = whole.key, strength = round(whole.strength, 3) }, { "value", "strength" })
 
-  local rng = require("sao.musicgen").rng((tonumber(item.hash:sub(1, 8), 16) + cfg.segment_seed) % 2147483647)
+  local rng = require("sao.lcg").new((tonumber(item.hash:sub(1, 8), 16) + cfg.segment_seed) % 2147483647)
   local plan = M.plan(b0 / sr, b1 / sr, whole.beats, { segments = cfg.segments, min = cfg.segment_min,
                       max = cfg.segment_max, rng = rng })
   fs.mkdir_p(dir)
