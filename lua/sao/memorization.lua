@@ -159,6 +159,28 @@ local function quantile(list, q)
   return t[lo] + (t[hi] - t[lo]) * (pos - lo)
 end
 
+-- Each query clip's best chroma similarity to a clip of another song, the query cut to its middle
+-- n beat columns (nil: whole): the null distribution of the chroma threshold.
+local function null_chroma(set, n)
+  local vals = {}
+  for _, i in ipairs(set.queries) do
+    local a = set.clips[i]
+    local q = a
+    if n and a.n > n then
+      q = { chroma = ffi.cast("double *", a.chroma) + math.floor((a.n - n) / 2) * 12, n = n }
+    end
+    local best
+    for j, b in ipairs(set.clips) do
+      if j ~= i and b.song ~= a.song then
+        local v = M.chroma_similarity(q, b)
+        if v and (not best or v > best) then best = v end
+      end
+    end
+    if best then vals[#vals + 1] = best end
+  end
+  return vals
+end
+
 --- prepare(clips, opts) -> training set: features of every clip ({path, song, ...}: song tells
 --- which clips come from the same piece), the timbre statistics, and the thresholds: the
 --- opts.quantile (0.999) of the training clips' similarities to their nearest clip of another song
@@ -197,21 +219,19 @@ function M.prepare(clips, opts)
   set.queries = queries
   set.by_length = {}
   set.quantile = opts.quantile or M.QUANTILE
-  local cs, ts = {}, {}
+  local ts = {}
   for _, i in ipairs(queries) do
     local a = set.clips[i]
-    local bc, bt
+    local bt
     for j, b in ipairs(set.clips) do
       if j ~= i and b.song ~= a.song then
-        local c = M.chroma_similarity(a, b)
-        if c and (not bc or c > bc) then bc = c end
         local t = cosine(a.z, b.z)
         if not bt or t > bt then bt = t end
       end
     end
-    if bc then cs[#cs + 1] = bc end
     if bt then ts[#ts + 1] = bt end
   end
+  local cs = null_chroma(set, nil)
   set.null = { chroma = cs, timbre = ts }
   set.thresholds = { chroma = quantile(cs, set.quantile), timbre = quantile(ts, set.quantile), quantile = set.quantile,
                      queries = #ts }
@@ -224,23 +244,7 @@ end
 --- than a whole clip does; its threshold is calibrated at its own length.
 function M.chroma_threshold(set, n)
   if set.by_length[n] ~= nil then return set.by_length[n] or nil end
-  local vals = {}
-  for _, i in ipairs(set.queries) do
-    local a = set.clips[i]
-    local q = a
-    if a.n > n then
-      q = { chroma = ffi.cast("double *", a.chroma) + math.floor((a.n - n) / 2) * 12, n = n }
-    end
-    local best
-    for j, b in ipairs(set.clips) do
-      if j ~= i and b.song ~= a.song then
-        local v = M.chroma_similarity(q, b)
-        if v and (not best or v > best) then best = v end
-      end
-    end
-    if best then vals[#vals + 1] = best end
-  end
-  local th = quantile(vals, set.quantile)
+  local th = quantile(null_chroma(set, n), set.quantile)
   set.by_length[n] = th or false
   return th
 end
