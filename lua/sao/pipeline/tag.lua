@@ -265,6 +265,7 @@ function M.run(opts)
   bar:finish()
   local summary = ojson.object({ clips = s.clips, tagger = source, counts = ojson.object({}, M.TAG_KEYS) },
                                { "clips", "tagger", "counts" })
+  local sections = {}   -- the same counts as a bar chart, one section per category (its 15 most frequent)
   for _, c in ipairs(M.TAG_KEYS) do
     local names = {}
     for t in pairs(s.counts[c]) do names[#names + 1] = t end
@@ -275,20 +276,12 @@ function M.run(opts)
     local o = ojson.object({}, names)
     for _, t in ipairs(names) do o[t] = s.counts[c][t] end
     summary.counts[c] = o
-    s.ranked = s.ranked or {}
-    s.ranked[c] = names
+    local items = {}
+    for i = 1, math.min(15, #names) do items[i] = { names[i], o[names[i]] } end
+    sections[#sections + 1] = { title = c, items = items }
   end
   if fs.exists(out .. "/dataset") then
     ojson.write(out .. "/dataset/tags.json", summary, { indent = 2 })
-    -- the same counts as a bar chart, one section per category (the 15 most frequent tags each)
-    local sections = {}
-    for _, c in ipairs(M.TAG_KEYS) do
-      local items = {}
-      for _, t in ipairs(s.ranked[c]) do
-        if #items < 15 then items[#items + 1] = { t, summary.counts[c][t] } end
-      end
-      sections[#sections + 1] = { title = c, items = items }
-    end
     local plot = require "sao.plot"
     plot.write(out .. "/dataset/tags.png", plot.bars { title = ("tags of %d clips (%s)"):format(s.clips, source),
                                                          sections = sections })
