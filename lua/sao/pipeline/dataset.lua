@@ -591,7 +591,7 @@ function M.plan_work(items, prev, ds, cfg, fp, record_keys)
 end
 
 -- shared with the trap recipe's dataset stage (sao.pipeline.beats)
-M.read_jsonl, M.glob, M.outputs_present, M.journal_glob = read_jsonl, glob, outputs_present, journal_glob
+M.read_jsonl, M.glob, M.journal_glob = read_jsonl, glob, journal_glob
 
 -- ---- the stage ----------------------------------------------------------------------------------------
 
