@@ -1,5 +1,5 @@
-/* comm.c — collectives over a shared file for data-parallel training on one machine
- * (sao_comm.h has the contract).
+/* comm.c — the data-parallel group (sao_comm.h has the contract): the tensor lists every transport
+ * shares, and the file transport for the ranks of one machine (comm_tcp.c has the TCP one).
  *
  * File layout (mapped by every rank):
  *   header   magic, world, capacity, then three 64-bit counters used with atomic builtins:
@@ -10,8 +10,7 @@
  * The barrier is a counting barrier with a generation number: the last rank to arrive resets
  * `arrived` and bumps `generation`; the others wait for the generation to change (spinning a
  * little, then sleeping in growing steps up to 1 ms). */
-#include "internal.h"
-#include "sao_comm.h"
+#include "comm_internal.h"
 #include <errno.h>
 #include <signal.h>
 #include <fcntl.h>
@@ -34,17 +33,16 @@ typedef struct {
     uint64_t pad[2];
 } comm_header;
 
-struct sao_comm {
-    int rank, world;
-    int64_t capacity;
-    double timeout_s;
+typedef struct {
     size_t size;
     comm_header *h;
     int64_t *pids;
     float *slots;
-};
+} file_group;
 
-static double mono_now(void) {
+static const comm_ops file_ops;
+
+double comm_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
@@ -54,22 +52,41 @@ static size_t file_size(int world, int64_t capacity) {
     return sizeof(comm_header) + (size_t)world * sizeof(int64_t) + (size_t)world * (size_t)capacity * sizeof(float);
 }
 
+sao_comm *comm_new(sao_ctx *ctx, const char *op, const comm_ops *ops, int rank, int world, int64_t capacity,
+                   double timeout_s) {
+    sao_comm *c = calloc(1, sizeof *c);
+    if (!c) return sao_err_null(ctx, op, "out of memory");
+    c->ops = ops;
+    c->rank = rank;
+    c->world = world;
+    c->capacity = capacity;
+    c->timeout_s = timeout_s > 0 ? timeout_s : 600;
+    return c;
+}
+
+/* ---- the file transport -------------------------------------------------------------------------- */
+
+#define FG(c) ((file_group *)(c)->t)
+
 static sao_comm *map_group(sao_ctx *ctx, const char *op, const char *path, int fd, size_t size, int rank,
                            double timeout_s) {
     void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     close(fd);
     if (p == MAP_FAILED) return sao_err_null(ctx, op, "%s: mmap of %zu bytes failed: %s", path, size, strerror(errno));
-    sao_comm *c = calloc(1, sizeof *c);
-    if (!c) { munmap(p, size); return sao_err_null(ctx, op, "out of memory"); }
-    c->h = p;
-    c->rank = rank;
-    c->world = (int)c->h->world;
-    c->pids = (int64_t *)((char *)p + sizeof(comm_header));
-    c->slots = (float *)(c->pids + c->world);
-    __atomic_store_n(&c->pids[rank], (int64_t)getpid(), __ATOMIC_RELEASE);
-    c->capacity = c->h->capacity;
-    c->size = size;
-    c->timeout_s = timeout_s > 0 ? timeout_s : 600;
+    file_group *g = calloc(1, sizeof *g);
+    comm_header *h = p;
+    sao_comm *c = g ? comm_new(ctx, op, &file_ops, rank, (int)h->world, h->capacity, timeout_s) : NULL;
+    if (!c) {
+        free(g);
+        munmap(p, size);
+        return g ? NULL : sao_err_null(ctx, op, "out of memory");
+    }
+    g->h = h;
+    g->pids = (int64_t *)((char *)p + sizeof(comm_header));
+    g->slots = (float *)(g->pids + c->world);
+    g->size = size;
+    c->t = g;
+    __atomic_store_n(&g->pids[rank], (int64_t)getpid(), __ATOMIC_RELEASE);
     return c;
 }
 
@@ -94,7 +111,7 @@ sao_comm *sao_comm_create(sao_ctx *ctx, const char *path, int world, int64_t cap
     }
     sao_comm *c = map_group(ctx, op, path, fd, size, 0, timeout_s);
     if (!c) return NULL;
-    __atomic_store_n(&c->h->magic, COMM_MAGIC, __ATOMIC_RELEASE);   /* ready for the others */
+    __atomic_store_n(&FG(c)->h->magic, COMM_MAGIC, __ATOMIC_RELEASE);   /* ready for the others */
     return c;
 }
 
@@ -120,66 +137,63 @@ sao_comm *sao_comm_open(sao_ctx *ctx, const char *path, int rank, double timeout
     return map_group(ctx, op, path, fd, size, rank, timeout_s);
 }
 
-int sao_comm_rank(const sao_comm *c) { return c->rank; }
-int sao_comm_world(const sao_comm *c) { return c->world; }
-int64_t sao_comm_capacity(const sao_comm *c) { return c->capacity; }
-
 int sao_comm_set_pid(sao_ctx *ctx, sao_comm *c, int rank, int64_t pid) {
     if (rank < 0 || rank >= c->world) return sao_err(ctx, "comm.set_pid", "rank %d outside 0..%d", rank, c->world - 1);
-    __atomic_store_n(&c->pids[rank], pid, __ATOMIC_RELEASE);
+    if (c->ops != &file_ops) return 0;   /* tcp: a closed connection says a rank is gone */
+    __atomic_store_n(&FG(c)->pids[rank], pid, __ATOMIC_RELEASE);
     return 0;
 }
 
 /* The first rank whose process is gone, or -1. */
-static int dead_rank(const sao_comm *c) {
-    for (int r = 0; r < c->world; r++) {
-        int64_t pid = __atomic_load_n(&c->pids[r], __ATOMIC_ACQUIRE);
+static int dead_rank(const file_group *g, int world) {
+    for (int r = 0; r < world; r++) {
+        int64_t pid = __atomic_load_n(&g->pids[r], __ATOMIC_ACQUIRE);
         if (pid > 0 && kill((pid_t)pid, 0) != 0 && errno == ESRCH) return r;
     }
     return -1;
 }
 
-void sao_comm_abort(sao_comm *c) {
-    if (c) __atomic_store_n(&c->h->broken, 1, __ATOMIC_RELEASE);
-}
+static void file_abort(sao_comm *c) { __atomic_store_n(&FG(c)->h->broken, 1, __ATOMIC_RELEASE); }
 
-int sao_comm_barrier(sao_ctx *ctx, sao_comm *c) {
+static int file_barrier(sao_ctx *ctx, sao_comm *c) {
     const char *op = "comm.barrier";
-    if (__atomic_load_n(&c->h->broken, __ATOMIC_ACQUIRE))
+    file_group *g = FG(c);
+    comm_header *h = g->h;
+    if (__atomic_load_n(&h->broken, __ATOMIC_ACQUIRE))
         return sao_err(ctx, op, "rank %d: the group is broken (another rank failed)", c->rank);
     if (c->world == 1) return 0;
-    uint64_t gen = __atomic_load_n(&c->h->generation, __ATOMIC_ACQUIRE);
-    uint64_t n = __atomic_add_fetch(&c->h->arrived, 1, __ATOMIC_ACQ_REL);
+    uint64_t gen = __atomic_load_n(&h->generation, __ATOMIC_ACQUIRE);
+    uint64_t n = __atomic_add_fetch(&h->arrived, 1, __ATOMIC_ACQ_REL);
     if (n == (uint64_t)c->world) {
-        __atomic_store_n(&c->h->arrived, 0, __ATOMIC_RELAXED);
-        __atomic_add_fetch(&c->h->generation, 1, __ATOMIC_ACQ_REL);
+        __atomic_store_n(&h->arrived, 0, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&h->generation, 1, __ATOMIC_ACQ_REL);
         return 0;
     }
-    double t0 = mono_now(), checked = t0;
+    double t0 = comm_now(), checked = t0;
     long sleep_ns = 1000;
     for (long spin = 0;; spin++) {
-        if (__atomic_load_n(&c->h->generation, __ATOMIC_ACQUIRE) != gen) return 0;
+        if (__atomic_load_n(&h->generation, __ATOMIC_ACQUIRE) != gen) return 0;
         if (spin < 2000) continue;
-        if (__atomic_load_n(&c->h->broken, __ATOMIC_ACQUIRE))
+        if (__atomic_load_n(&h->broken, __ATOMIC_ACQUIRE))
             return sao_err(ctx, op, "rank %d: the group is broken (another rank failed)", c->rank);
         if (sao_interrupt_pending()) {
-            sao_comm_abort(c);
+            file_abort(c);
             return sao_err(ctx, op, "rank %d: interrupted", c->rank);
         }
-        double now = mono_now(), waited = now - t0;
+        double now = comm_now(), waited = now - t0;
         if (now - checked > 0.2) {
             checked = now;
-            int r = dead_rank(c);
-            if (r >= 0 && __atomic_load_n(&c->h->generation, __ATOMIC_ACQUIRE) == gen) {
-                sao_comm_abort(c);
+            int r = dead_rank(g, c->world);
+            if (r >= 0 && __atomic_load_n(&h->generation, __ATOMIC_ACQUIRE) == gen) {
+                file_abort(c);
                 return sao_err(ctx, op, "rank %d: rank %d (process %lld) has exited", c->rank, r,
-                               (long long)c->pids[r]);
+                               (long long)g->pids[r]);
             }
         }
         if (waited > c->timeout_s) {
-            sao_comm_abort(c);
+            file_abort(c);
             return sao_err(ctx, op, "rank %d waited %.0f s for %d of %d ranks (did a process die?)", c->rank,
-                           waited, c->world - (int)__atomic_load_n(&c->h->arrived, __ATOMIC_ACQUIRE), c->world);
+                           waited, c->world - (int)__atomic_load_n(&h->arrived, __ATOMIC_ACQUIRE), c->world);
         }
         struct timespec ts = { 0, sleep_ns };
         nanosleep(&ts, NULL);
@@ -187,8 +201,106 @@ int sao_comm_barrier(sao_ctx *ctx, sao_comm *c) {
     }
 }
 
-int sao_comm_allreduce_mean(sao_ctx *ctx, sao_comm *c, sao_tensor *const *ts, int n) {
-    const char *op = "comm.allreduce";
+static float *slot(const sao_comm *c, int r) { return FG(c)->slots + (int64_t)r * c->capacity; }
+
+/* x[lo..hi) = the mean over the ranks' slots there, summed in rank order. */
+static void sum_slots(const sao_comm *c, float *x, int64_t lo, int64_t hi) {
+    const float inv = 1.0f / (float)c->world;
+    for (int64_t j = lo; j < hi; j++) {
+        float s = 0;
+        for (int r = 0; r < c->world; r++) s += slot(c, r)[j];
+        x[j] = s * inv;
+    }
+}
+
+/* Every rank's x into its slot, the barrier, the mean of [lo, hi) (or of every rank's shard: all),
+ * and a second barrier: nobody refills a slot before every rank has read it. */
+static int file_reduce(sao_ctx *ctx, sao_comm *c, float *x, int64_t n, int64_t lo, int64_t hi) {
+    memcpy(slot(c, c->rank), x, (size_t)n * sizeof(float));
+    if (file_barrier(ctx, c) != 0) return -1;
+    sum_slots(c, x, lo, hi);
+    return file_barrier(ctx, c);
+}
+
+static int file_allreduce(sao_ctx *ctx, sao_comm *c, float *x, int64_t n) { return file_reduce(ctx, c, x, n, 0, n); }
+
+static int file_reduce_scatter(sao_ctx *ctx, sao_comm *c, float *x, int64_t n) {
+    int64_t lo, hi;
+    sao_comm_shard(n, c->world, c->rank, &lo, &hi);
+    return file_reduce(ctx, c, x, n, lo, hi);
+}
+
+static int file_allgather(sao_ctx *ctx, sao_comm *c, float *x, int64_t n) {
+    int64_t lo, hi;
+    sao_comm_shard(n, c->world, c->rank, &lo, &hi);
+    memcpy(slot(c, c->rank) + lo, x + lo, (size_t)(hi - lo) * sizeof(float));
+    if (file_barrier(ctx, c) != 0) return -1;
+    for (int r = 0; r < c->world; r++) {
+        if (r == c->rank) continue;
+        sao_comm_shard(n, c->world, r, &lo, &hi);
+        memcpy(x + lo, slot(c, r) + lo, (size_t)(hi - lo) * sizeof(float));
+    }
+    return file_barrier(ctx, c);
+}
+
+/* In pieces of the slot's size when the bytes do not fit it. */
+static int file_broadcast(sao_ctx *ctx, sao_comm *c, void *buf, int64_t bytes, int root) {
+    const int64_t piece = c->capacity * (int64_t)sizeof(float);
+    if (bytes > 0 && piece == 0)
+        return sao_err(ctx, "comm.broadcast", "the group was created with capacity 0 (no room to carry bytes)");
+    for (int64_t off = 0; off < bytes; off += piece) {
+        int64_t k = bytes - off < piece ? bytes - off : piece;
+        if (c->rank == root) memcpy(slot(c, root), (char *)buf + off, (size_t)k);
+        if (file_barrier(ctx, c) != 0) return -1;
+        if (c->rank != root) memcpy((char *)buf + off, slot(c, root), (size_t)k);
+        if (file_barrier(ctx, c) != 0) return -1;
+    }
+    return 0;
+}
+
+static void file_close(sao_comm *c) {
+    file_group *g = FG(c);
+    munmap(g->h, g->size);
+    free(g);
+}
+
+static const comm_ops file_ops = {
+    .name = "file", .barrier = file_barrier, .allreduce_mean = file_allreduce,
+    .reduce_scatter_mean = file_reduce_scatter, .allgather = file_allgather, .broadcast = file_broadcast,
+    .abort = file_abort, .close = file_close,
+};
+
+/* ---- the group, over any transport --------------------------------------------------------------- */
+
+int sao_comm_rank(const sao_comm *c) { return c->rank; }
+int sao_comm_world(const sao_comm *c) { return c->world; }
+int64_t sao_comm_capacity(const sao_comm *c) { return c->capacity; }
+const char *sao_comm_transport(const sao_comm *c) { return c->ops->name; }
+
+void sao_comm_shard(int64_t total, int world, int rank, int64_t *lo, int64_t *hi) {
+    int64_t chunk = world > 0 ? (total + world - 1) / world : total;
+    int64_t a = (int64_t)rank * chunk, b = a + chunk;
+    *lo = a < total ? a : total;
+    *hi = b < total ? b : total;
+}
+
+void sao_comm_abort(sao_comm *c) {
+    if (!c) return;
+    c->broken = 1;
+    c->ops->abort(c);
+}
+
+int sao_comm_barrier(sao_ctx *ctx, sao_comm *c) {
+    if (c->broken) return sao_err(ctx, "comm.barrier", "rank %d: the group is broken (a collective failed)", c->rank);
+    int rc = c->ops->barrier(ctx, c);
+    if (rc != 0) c->broken = 1;
+    return rc;
+}
+
+typedef int (*flat_op)(sao_ctx *ctx, sao_comm *c, float *x, int64_t n);
+
+/* Checks the list, copies it into c->flat, runs the transport's op there and copies back. */
+static int run_flat(sao_ctx *ctx, sao_comm *c, const char *op, sao_tensor *const *ts, int n, flat_op fn) {
     int64_t total = 0;
     for (int i = 0; i < n; i++) {
         const sao_tensor *t = ts[i];
@@ -197,35 +309,66 @@ int sao_comm_allreduce_mean(sao_ctx *ctx, sao_comm *c, sao_tensor *const *ts, in
         SAO_HOST_ONLY(ctx, op, t);
         total += sao_tensor_numel(t);
     }
-    if (total > c->capacity)
+    if (c->capacity >= 0 && total > c->capacity)
         return sao_err(ctx, op, "%lld floats do not fit the group's %lld per rank (create it larger)",
                        (long long)total, (long long)c->capacity);
+    if (c->broken) return sao_err(ctx, op, "rank %d: the group is broken (a collective failed)", c->rank);
     if (c->world == 1) return 0;
-    float *mine = c->slots + (int64_t)c->rank * c->capacity;
+    if (total > c->flat_cap) {
+        float *p = realloc(c->flat, (size_t)total * sizeof(float));
+        if (!p) return sao_err(ctx, op, "out of memory for %lld floats", (long long)total);
+        c->flat = p;
+        c->flat_cap = total;
+    }
     int64_t off = 0;
     for (int i = 0; i < n; i++) {
         int64_t k = sao_tensor_numel(ts[i]);
-        memcpy(mine + off, sao_tensor_data(ts[i]), (size_t)k * sizeof(float));
+        memcpy(c->flat + off, sao_tensor_data(ts[i]), (size_t)k * sizeof(float));
         off += k;
     }
-    if (sao_comm_barrier(ctx, c) != 0) return -1;
-    const float inv = 1.0f / (float)c->world;
+    if (fn(ctx, c, c->flat, total) != 0) {
+        c->broken = 1;
+        c->ops->abort(c);
+        return -1;
+    }
     off = 0;
     for (int i = 0; i < n; i++) {
         int64_t k = sao_tensor_numel(ts[i]);
-        float *dst = sao_tensor_data(ts[i]);
-        for (int64_t j = 0; j < k; j++) {
-            float s = 0;
-            for (int r = 0; r < c->world; r++) s += c->slots[(int64_t)r * c->capacity + off + j];
-            dst[j] = s * inv;
-        }
+        memcpy(sao_tensor_data(ts[i]), c->flat + off, (size_t)k * sizeof(float));
         off += k;
     }
-    return sao_comm_barrier(ctx, c);   /* nobody refills a slot before every rank has read it */
+    return 0;
+}
+
+int sao_comm_allreduce_mean(sao_ctx *ctx, sao_comm *c, sao_tensor *const *ts, int n) {
+    return run_flat(ctx, c, "comm.allreduce", ts, n, c->ops->allreduce_mean);
+}
+
+int sao_comm_reduce_scatter_mean(sao_ctx *ctx, sao_comm *c, sao_tensor *const *ts, int n) {
+    return run_flat(ctx, c, "comm.reduce_scatter", ts, n, c->ops->reduce_scatter_mean);
+}
+
+int sao_comm_allgather(sao_ctx *ctx, sao_comm *c, sao_tensor *const *ts, int n) {
+    return run_flat(ctx, c, "comm.allgather", ts, n, c->ops->allgather);
+}
+
+int sao_comm_broadcast(sao_ctx *ctx, sao_comm *c, void *buf, int64_t bytes, int root) {
+    const char *op = "comm.broadcast";
+    if (root < 0 || root >= c->world) return sao_err(ctx, op, "root %d outside 0..%d", root, c->world - 1);
+    if (bytes < 0) return sao_err(ctx, op, "%lld bytes", (long long)bytes);
+    if (c->broken) return sao_err(ctx, op, "rank %d: the group is broken (a collective failed)", c->rank);
+    if (c->world == 1) return 0;
+    if (c->ops->broadcast(ctx, c, buf, bytes, root) != 0) {
+        c->broken = 1;
+        c->ops->abort(c);
+        return -1;
+    }
+    return 0;
 }
 
 void sao_comm_close(sao_comm *c) {
     if (!c) return;
-    munmap(c->h, c->size);
+    c->ops->close(c);
+    free(c->flat);
     free(c);
 }

@@ -28,6 +28,7 @@ sao_params *sao_dit_params(sao_dit *m) { return m->params; }
 const sao_dit_config *sao_dit_get_config(const sao_dit *m) { return &m->cfg; }
 
 int sao_dit_device(const sao_dit *m) { return m->device; }
+void sao_dit_weights_written(sao_dit *m) { m->bf16_stale = 1; }
 
 int64_t dit_device_layout(const sao_dit *m, int64_t *doff) {
     const int64_t align = 64;   /* floats: 256 B, cuBLASLt's preferred alignment */

@@ -102,6 +102,33 @@ describe("train stage with --nproc", function()
     assert.equal("", shell.capture("ls -a " .. shell.q(out .. "/runs/two") .. " | grep '^.ddp' || true"))
   end)
 
+  it("ZeRO-1 (the default): each rank keeps the moments of its shard; the checkpoint holds them whole", function()
+    local opt = two.trainer.opt
+    assert.is_truthy(opt.shard)
+    local total, kept = two.trainer:grad_floats(), 0
+    for _, m in pairs(opt.state.m) do kept = kept + m:numel() end
+    assert.equal(opt.shard.hi - opt.shard.lo, kept)
+    assert.is_true(kept <= math.ceil(total / 2))
+    assert.is_true(two.trainer.plan.adamw_moments <= one.trainer.plan.adamw_moments / 2 + 8)
+    local a = sao.load_safetensors(out .. "/runs/one/checkpoints/step-4/optim.safetensors")
+    local b = sao.load_safetensors(out .. "/runs/two/checkpoints/step-4/optim.safetensors")
+    local n = 0
+    for k, t in pairs(a) do
+      local scale = math.max(t:abs():max(), 1e-30)
+      assert.is_true(t:maxdiff(b[k]) <= 1e-4 * scale, k)
+      n = n + 1
+    end
+    assert.equal(2 * #two.trainer.grad_names, n)
+    -- zero = 0: every rank all-reduces the gradients and updates every weight; the same run
+    local flat = train.run(topts("flat", { steps = 4, batch = 1, nproc = 2, zero = 0 }))
+    assert.is_nil(flat.trainer.opt.shard)
+    local lz, lf = losses(out .. "/runs/two/log.jsonl"), losses(out .. "/runs/flat/log.jsonl")
+    for i = 1, 4 do assert.near(lz[i].loss, lf[i].loss, 1e-6 * math.abs(lz[i].loss)) end
+    local worst = 0
+    for k, t in pairs(flat.trainer.params) do worst = math.max(worst, t:maxdiff(two.trainer.params[k])) end
+    assert.is_true(worst < 1e-5, "weights differ by " .. worst)
+  end)
+
   it("LoRA: the adapters' gradients are exchanged the same way", function()
     local a = train.run(topts("lora1", { steps = 3, batch = 2, lora_rank = 4 }))
     local b = train.run(topts("lora2", { steps = 3, batch = 1, lora_rank = 4, nproc = 2 }))

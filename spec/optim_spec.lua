@@ -259,4 +259,67 @@ describe("fused optimiser step (sao_adamw_multi)", function()
     end
     assert.is_true(e1:decay(5) > 0)                              -- the last updates were lerps, not copies
   end)
+
+  it("ZeRO-1: shards updated apart and put together give the unsharded step's bits", function()
+    local comm = require "sao.comm"
+    local function setup()
+      local p, g = {}, {}
+      for i, n in ipairs(sizes) do
+        p["w" .. i] = sao.randn { { n }, seed = i }
+        g["w" .. i] = sao.randn { { n }, seed = 50 + i }
+      end
+      return p, g
+    end
+    local cfg = { lr = 1e-2, clip = 50, weight_decay = 0.1 }   -- clipped: the global norm is the shards' sum
+    local p0, g0 = setup()
+    local o0, e0 = sao.optim.adamw(p0, g0, cfg), sao.optim.ema(p0, { update_after_step = 1 })
+    local total = 0
+    for _, n in ipairs(sizes) do total = total + n end
+    local W, shards = 3, {}
+    for r = 0, W - 1 do
+      local p, g = setup()
+      local o = sao.optim.adamw(p, g, cfg)
+      o:set_shard(comm.shard(total, W, r))
+      shards[r + 1] = { p = p, o = o, e = sao.optim.ema(p, { update_after_step = 1 }) }
+    end
+    -- each shard keeps moments for its part only
+    local kept = 0
+    for _, sh in ipairs(shards) do for _, m in pairs(sh.o.state.m) do kept = kept + m:numel() end end
+    assert.equal(total, kept)
+    assert.is_nil(shards[3].o.state.m.w1)                        -- w1 lies wholly in the first shard
+    local full = o0:grad_sumsq()
+    local parts = 0
+    for _, sh in ipairs(shards) do parts = parts + sh.o:grad_sumsq() end
+    assert.near(full, parts, 1e-9 * full)
+    for _ = 1, 4 do
+      local info = o0:step(e0)
+      assert.is_true(info.clipped)
+      for _, sh in ipairs(shards) do sh.o:step(sh.e, nil, math.sqrt(full)) end
+    end
+    -- the owned elements of each shard's copy are the unsharded run's, bit for bit
+    local checked = 0
+    for r, sh in ipairs(shards) do
+      for k, t in pairs(p0) do
+        local a, b = sh.o:slice(k)
+        if a then
+          assert.equal(0, t:narrow(1, a + 1, b - a):maxdiff(sh.p[k]:narrow(1, a + 1, b - a)), k .. " rank " .. r - 1)
+          assert.equal(0, e0.shadow[k]:narrow(1, a + 1, b - a):maxdiff(sh.e.shadow[k]:narrow(1, a + 1, b - a)))
+          assert.equal(0, o0.state.m[k]:narrow(1, a + 1, b - a):maxdiff(sh.o.state.m[k]))
+          checked = checked + (b - a)
+        else
+          -- a tensor outside the shard is left alone
+          assert.is_true(t:maxdiff(sh.p[k]) > 0)
+        end
+      end
+    end
+    assert.equal(total, checked)
+    -- a checkpoint's whole moments load into a shard as its part
+    local sh = shards[3]
+    local m, v = {}, {}
+    for k in pairs(p0) do m["m/" .. k], v["v/" .. k] = o0.state.m[k], o0.state.v[k] end
+    for _, t in pairs(sh.o.state.m) do t:fill_(0) end
+    sh.o:load_moments(m, v)
+    local a, b = sh.o:slice("w5")
+    assert.equal(0, o0.state.m.w5:narrow(1, a + 1, b - a):maxdiff(sh.o.state.m.w5))
+  end)
 end)

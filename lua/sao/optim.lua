@@ -37,6 +37,15 @@ function M.grad_norm(grads)
   return math.sqrt(s)
 end
 
+--- A new tensor (where t lives) holding the elements [a, b) of t's flat view: a copy, so that t's
+--- memory can go.
+function M.slice_copy(t, a, b, device)
+  local z = sao.zeros(b - a)
+  if t:device() ~= "cpu" then z = z:to(device or "cuda") end
+  z:copy_(t:view(t:numel()):narrow(1, a + 1, b - a))
+  return z
+end
+
 local AdamW = {}
 AdamW.__index = AdamW
 
@@ -44,7 +53,8 @@ AdamW.__index = AdamW
 --- weight_decay, clip (max global norm or nil), schedule (function or nil)}. device: the GPU the
 --- params live on when they are device tensors ("cuda", the default, or "cuda:N").
 function M.adamw(params, grads, cfg, device)
-  local self = setmetatable({ params = params, grads = grads, cfg = cfg, state = { step = 0, m = {}, v = {} } }, AdamW)
+  local self = setmetatable({ params = params, grads = grads, cfg = cfg, device = device,
+    state = { step = 0, m = {}, v = {} } }, AdamW)
   self.names = {}
   for k in pairs(params) do
     if not grads[k] then error("adamw: no gradient for parameter '" .. k .. "'", 2) end
@@ -56,6 +66,75 @@ function M.adamw(params, grads, cfg, device)
     self.state.v[k] = zeros_like(params[k], device)
   end
   return self
+end
+
+--- ZeRO-1: from now on this optimiser keeps moments for, and updates, only the elements [lo, hi)
+--- (0-based, half-open) of the flat vector of all parameters in name order (a data-parallel rank's
+--- shard: sao.comm's shard of the same vector). The moments it holds are cut down to that range
+--- (a tensor outside it keeps none). The update of each element is the same as without a shard.
+function AdamW:set_shard(lo, hi)
+  if self.shard then error("adamw: already sharded", 2) end
+  local st, off = self.state, 0
+  self.shard = { lo = lo, hi = hi, slices = {} }
+  for _, k in ipairs(self.names) do
+    local p = self.params[k]
+    local n = p:numel()
+    local a, b = math.max(lo - off, 0), math.min(hi - off, n)
+    local full_m, full_v = st.m[k], st.v[k]
+    if a < b then
+      self.shard.slices[k] = { a = a, b = b, off = off }
+      st.m[k], st.v[k] = M.slice_copy(full_m, a, b, self.device), M.slice_copy(full_v, a, b, self.device)
+    else
+      st.m[k], st.v[k] = nil, nil
+    end
+    full_m:free(); full_v:free()
+    off = off + n
+  end
+end
+
+--- The elements [a, b) of tensor k that this optimiser updates, and k's offset in the flat vector;
+--- nil when it updates none of k. Without a shard: all of every tensor.
+function AdamW:slice(k)
+  if self.shard then
+    local s = self.shard.slices[k]
+    if s then return s.a, s.b, s.off end
+    return nil
+  end
+  local off = 0
+  for _, name in ipairs(self.names) do
+    if name == k then return 0, self.params[k]:numel(), off end
+    off = off + self.params[name]:numel()
+  end
+end
+
+--- Sets the moments of every tensor from full-size ones (a checkpoint's): m, v name -> tensor.
+function AdamW:load_moments(m, v)
+  for _, k in ipairs(self.names) do
+    local a, b = self:slice(k)
+    if a then
+      local n = self.params[k]:numel()
+      local function part(t)   -- a whole tensor keeps its shape; a sharded part is 1-d
+        if not self.shard then return t end
+        return t:view(n):narrow(1, a + 1, b - a)
+      end
+      self.state.m[k]:copy_(part(m["m/" .. k] or m[k]))
+      self.state.v[k]:copy_(part(v["v/" .. k] or v[k]))
+    end
+  end
+end
+
+--- Sum of squares of this optimiser's part of the gradients (its shard, or all of them).
+function AdamW:grad_sumsq()
+  local s, out = 0, ffi.new("double[1]")
+  for _, k in ipairs(self.names) do
+    local a, b = self:slice(k)
+    if a then
+      local g = self.grads[k]
+      sao.check(kernel(g, "sumsq")(sao.ctx, g:data() + a, b - a, out))
+      s = s + out[0]
+    end
+  end
+  return s
 end
 
 --- The learning rate the next step will use (schedule applied).
@@ -70,29 +149,32 @@ end
 -- tensor's place in the stochastic-rounding stream is the count of elements before it in name
 -- order (so every weight has its own numbers).
 function AdamW:lists(ema)
-  local groups, order, off = {}, {}, 0
+  local groups, order = {}, {}
   for _, k in ipairs(self.names) do
-    local p = self.params[k]
-    local dev = p:device()
-    local g = groups[dev]
-    if not g then
-      g = { p = p, items = {} }
-      groups[dev] = g
-      order[#order + 1] = g
+    local a, b, off = self:slice(k)
+    if a then
+      local p = self.params[k]
+      local dev = p:device()
+      local g = groups[dev]
+      if not g then
+        g = { p = p, items = {} }
+        groups[dev] = g
+        order[#order + 1] = g
+      end
+      g.items[#g.items + 1] = { k, a, b, off }
     end
-    g.items[#g.items + 1] = { k, off }
-    off = off + p:numel()
   end
   local st = self.state
   for _, g in ipairs(order) do
     g.n = #g.items
     g.list = ffi.new("sao_optim_tensor[?]", g.n)
     for i, it in ipairs(g.items) do
-      local k, e = it[1], g.list[i - 1]
-      local p = self.params[k]
-      e.param, e.grad, e.m, e.v = p:data(), self.grads[k]:data(), st.m[k]:data(), st.v[k]:data()
-      e.ema = ema and ema.shadow[k]:data() or nil
-      e.n, e.sr_offset = p:numel(), it[2]
+      local k, a, b, off = it[1], it[2], it[3], it[4]
+      local e = g.list[i - 1]
+      e.param, e.grad = self.params[k]:data() + a, self.grads[k]:data() + a
+      e.m, e.v = st.m[k]:data(), st.v[k]:data()
+      e.ema = ema and (ema.shadow[k]:data() + a) or nil
+      e.n, e.sr_offset = b - a, off + a
     end
   end
   return order
@@ -108,10 +190,12 @@ end
 --- step updates neither). cfg.stochastic_rounding: the bf16 copies of the weights that a GPU run
 --- keeps (dit:keep_bf16) are rounded stochastically (Philox, seed cfg.sr_seed or 0) instead of to
 --- nearest; the fp32 weights are unchanged either way. `lr`, when given, replaces the schedule's
---- for this step (a data-parallel run uses rank 0's on every rank).
-function AdamW:step(ema, lr)
+--- for this step (a data-parallel run uses rank 0's on every rank); `norm`, when given, is the
+--- global gradient norm (a sharded run's, summed over the ranks). A sharded optimiser
+--- (set_shard) updates its shard of the weights, moments and EMA only.
+function AdamW:step(ema, lr, norm)
   local cfg = self.cfg
-  local norm = self.norm_fn and self.norm_fn() or M.grad_norm(self.grads)
+  norm = norm or (self.norm_fn and self.norm_fn() or M.grad_norm(self.grads))
   local info = { grad_norm = norm, lr = lr or self:lr() }
   if norm ~= norm or norm == math.huge then
     info.skipped = true

@@ -93,7 +93,7 @@ function M.new(cfg)
   local device = train_device(cfg)
   self.device = device
   self.rank, self.world = 0, 1
-  if cfg.comm then self:attach(cfg.comm) end
+  if cfg.comm then self:attach(cfg.comm, cfg.nccl) end
   cfg.optimizer = cfg.optimizer or {}
   local oc = cfg.optimizer
   oc.lr = oc.lr or 5e-5
@@ -159,6 +159,8 @@ function M.new(cfg)
   self.step_n = 0
   self.last_schedule = cfg.schedule
   self.nparams = cfg.dit:parameter_count()
+  self.mem0 = mem0
+  if self.comm then self:shard_state() end
   self.plan = self:memory_plan()
   if device then self.plan.device = self:device_plan(mem0) end
   if not cfg.quiet and self.rank == 0 then io.stderr:write(self:plan_text()) end
@@ -171,15 +173,77 @@ end
 
 --- Joins a data-parallel group (a sao.comm): from the next step this trainer trains on its rank's
 --- part of the global batch of world x batch clips, and gradients, loss and learning rate are
---- averaged / shared at every step. Host training only (GPUs would need NCCL, not built yet).
-function Trainer:attach(comm)
-  if self.device then
-    error("train: data-parallel training on GPUs needs the NCCL backend, which is not built yet " ..
-          "(train on one GPU, or on the CPU with several processes)", 2)
-  end
+--- averaged / shared at every step. cfg.zero (default 1 when world > 1): ZeRO-1, each rank keeps
+--- AdamW's moments for its shard of the weights only (reduce-scatter of the gradients, the update of
+--- the shard, all-gather of the weights and the EMA); 0: every rank all-reduces the gradients and
+--- updates every weight. A GPU run exchanges device tensors through `nccl` (a sao.nccl
+--- communicator of the same ranks) when given, else through host copies over the group.
+function Trainer:attach(comm, nccl)
   self.comm, self.cfg.comm = comm, comm
+  self.nccl, self.cfg.nccl = nccl, nccl
   self.rank, self.world = comm:rank(), comm:world()
+  if self.cfg.zero == nil then self.cfg.zero = self.world > 1 and 1 or 0 end
+  if self.opt then
+    self:shard_state()
+    self.plan = self:memory_plan()
+    if self.device then self.plan.device = self:device_plan(self.mem0) end
+  end
   return self
+end
+
+-- ZeRO-1: this rank's shard of the flat vector of trained weights (name order).
+function Trainer:shard_state()
+  if self.world < 2 or (tonumber(self.cfg.zero) or 0) < 1 or self.opt.shard then return end
+  if self.device and self.cfg.optimizer.stochastic_rounding and not self.cfg.lora then
+    error("train: stochastic rounding of the bf16 weights with ZeRO-1 would round each rank's " ..
+          "gathered weights differently; use zero = 0 for it", 3)
+  end
+  local lo, hi = self.comm:shard(self:grad_floats())
+  self.opt:set_shard(lo, hi)
+end
+
+-- The trained tensors (or their gradients, or EMA copies) in name order: one flat vector for the
+-- group's collectives.
+function Trainer:list_of(map)
+  local list = {}
+  for _, k in ipairs(self.grad_names) do list[#list + 1] = map[k] end
+  return list
+end
+
+-- A collective over a list of tensors: on the GPU through NCCL when the run has it, else through
+-- host copies (a device list) or directly (a host one).
+function Trainer:exchange(op, list)
+  if #list == 0 then return end
+  if list[1]:device() == "cpu" then return self.comm[op](self.comm, list) end
+  if self.nccl then return self.nccl[op](self.nccl, list) end
+  local host = {}
+  for i, t in ipairs(list) do host[i] = t:to("cpu") end
+  self.comm[op](self.comm, host)
+  for i, t in ipairs(list) do
+    t:copy_(host[i])
+    host[i]:free()
+  end
+end
+
+--- Every rank's moments, full size on the host (name -> tensor): a collective when sharded (every
+--- rank calls it), the optimiser's own tensors otherwise.
+function Trainer:full_moments()
+  local st = self.opt.state
+  if not self.opt.shard then return st.m, st.v end
+  local m, v = {}, {}
+  for _, k in ipairs(self.grad_names) do
+    local p = self.params[k]
+    local n = p:numel()
+    m[k], v[k] = sao.zeros(p:shape()), sao.zeros(p:shape())
+    local a, b = self.opt:slice(k)
+    if a then
+      m[k]:view(n):narrow(1, a + 1, b - a):copy_(st.m[k])
+      v[k]:view(n):narrow(1, a + 1, b - a):copy_(st.v[k])
+    end
+  end
+  self.comm:allgather(self:list_of(m))
+  self.comm:allgather(self:list_of(v))
+  return m, v
 end
 
 --- Floats in all trained gradients (what a data-parallel exchange carries per rank).
@@ -198,7 +262,7 @@ function Trainer:memory_plan()
     parameters = base * 4,
     trainable = n_train * 4,
     gradients_and_activations = self.tr.bytes,     -- the DiT's gradient arena + activation plan
-    adamw_moments = n_train * 8,
+    adamw_moments = (self.opt and self.opt.shard and (self.opt.shard.hi - self.opt.shard.lo) or n_train) * 8,
     ema = self.ema and n_train * 4 or 0,
   }
   local total = 0
@@ -214,8 +278,12 @@ end
 --- The predicted peak adds them to what was allocated before; the first step measures it.
 function Trainer:device_plan(mem0)
   local function class(bytes) return tonumber(C.sao_cuda_size_class(bytes)) end
-  local per_tensor = 0
-  for _, t in pairs(self.params) do per_tensor = per_tensor + class(t:numel() * 4) end
+  local per_tensor, moments = 0, 0
+  for k, t in pairs(self.params) do
+    per_tensor = per_tensor + class(t:numel() * 4)
+    local a, b = self.opt:slice(k)   -- ZeRO-1: a rank's moments cover its shard only
+    if a then moments = moments + class((b - a) * 4) end
+  end
   local weights = 0
   if not mem0.dit_there then weights = class(tonumber(C.sao_dit_device_block_bytes(self.cfg.dit.h))) end
   local arenas = tonumber(C.sao_dit_train_device_bytes(self.tr.h))
@@ -274,7 +342,7 @@ function Trainer:device_plan(mem0)
     adapters = 2 * per_tensor + 2 * class(rows * self.cfg.dit.lora.rank * 4)
   end
   local d = {
-    weights = weights, arenas = arenas, adamw_moments = 2 * per_tensor, lora = adapters,
+    weights = weights, arenas = arenas, adamw_moments = 2 * moments, lora = adapters,
     ema = self.ema and per_tensor or 0, bf16_weights = mirror, bf16_scratch = scratch, attention_scratch = attn,
     gemm_workspace = mem0.workspace > 0 and 0 or class(32 * 2 ^ 20),   -- made by the first GEMM, kept
     before = mem0.allocated, peak_before = mem0.peak,
@@ -379,20 +447,35 @@ function Trainer:step()
     local loss = self.tr:vloss(x0, noise, t, cross, batch.global, { dloss = 1 / cfg.accum })
     total = total + loss / cfg.accum
   end
-  local lr
-  if self.comm then
-    -- one exchange: the mean gradient, the mean loss, and rank 0's learning rate (its schedule,
-    -- hot-swapped or not, is the run's: the others contribute 0 to the mean of world x lr)
-    local extra = sao.tensor { total, self.rank == 0 and self.opt:lr() * W or 0 }
-    local list = {}
-    for _, k in ipairs(self.grad_names) do list[#list + 1] = self.grads[k] end
-    list[#list + 1] = extra
-    self.comm:allreduce_mean(list)
-    total, lr = extra[1], extra[2]
+  local lr, norm, info
+  if self.comm and self.opt.shard then
+    -- ZeRO-1: the mean gradient of this rank's shard; then one small exchange: the mean loss, rank
+    -- 0's learning rate (its schedule, hot-swapped or not, is the run's: the others contribute 0 to
+    -- the mean of world x lr) and the gradient's squared norm (each rank's shard's, summed)
+    self:exchange("reduce_scatter_mean", self:list_of(self.grads))
+    local extra = sao.tensor { total, self.rank == 0 and self.opt:lr() * W or 0, self.opt:grad_sumsq() * W }
+    self.comm:allreduce_mean { extra }
+    total, lr, norm = extra[1], extra[2], math.sqrt(extra[3])
     extra:free()
+    info = self.opt:step(self.ema, lr, norm)
+    if not info.skipped then
+      -- every rank's updated shard of the weights and of their EMA, to every rank
+      self:exchange("allgather", self:list_of(self.params))
+      if self.ema then self:exchange("allgather", self:list_of(self.ema.shadow)) end
+      if self.device and not cfg.lora then C.sao_dit_weights_written(cfg.dit.h) end
+    end
+  else
+    if self.comm then
+      -- one exchange: the mean gradient, the mean loss, and rank 0's learning rate
+      local extra = sao.tensor { total, self.rank == 0 and self.opt:lr() * W or 0 }
+      self:exchange("allreduce_mean", self:list_of(self.grads))
+      self.comm:allreduce_mean { extra }
+      total, lr = extra[1], extra[2]
+      extra:free()
+    end
+    -- AdamW and the EMA of the new weights in one fused pass (a skipped step updates neither)
+    info = self.opt:step(self.ema, lr)
   end
-  -- AdamW and the EMA of the new weights in one fused pass (a skipped step updates neither)
-  local info = self.opt:step(self.ema, lr)
   if not info.skipped and total ~= total then info.skipped = true end
   if info.skipped then
     io.stderr:write(string.format("[train] step %d: non-finite loss/gradient (loss %s, |g| %s): step skipped\n",
@@ -438,7 +521,9 @@ end
 --- so a killed run leaves either the whole checkpoint or none (plus a .partial folder, removed
 --- by the next save).
 function Trainer:save(dir)
-  if self.rank ~= 0 then return nil end   -- data parallel: every rank holds the same state; rank 0 writes it
+  -- data parallel: every rank calls it (ZeRO-1 gathers the moments' shards); rank 0 writes
+  local m_full, v_full = self:full_moments()
+  if self.rank ~= 0 then return nil end
   local final = dir or ((self.cfg.run_dir or ".") .. "/checkpoints/step-" .. self.step_n)
   dir = final .. ".partial"
   fs.rm_rf(dir)
@@ -446,8 +531,8 @@ function Trainer:save(dir)
   sao.save_safetensors(dir .. "/model.safetensors", self.params, { format = "sao", step = self.step_n })
   if self.ema then sao.save_safetensors(dir .. "/ema.safetensors", self.ema.shadow) end
   local ms, vs = {}, {}
-  for k, t in pairs(self.opt.state.m) do ms["m/" .. k] = t end
-  for k, t in pairs(self.opt.state.v) do vs["v/" .. k] = t end
+  for k, t in pairs(m_full) do ms["m/" .. k] = t end
+  for k, t in pairs(v_full) do vs["v/" .. k] = t end
   for k, t in pairs(vs) do ms[k] = t end
   sao.save_safetensors(dir .. "/optim.safetensors", ms)
   local state = {
@@ -529,10 +614,7 @@ function M.resume(dir, cfg)
   self.step_n = state.step
   self.opt.state.step = state.optimizer_step
   local o = sao.load_safetensors(dir .. "/optim.safetensors")
-  for k in pairs(self.params) do
-    self.opt.state.m[k]:copy_(o["m/" .. k])
-    self.opt.state.v[k]:copy_(o["v/" .. k])
-  end
+  self.opt:load_moments(o, o)   -- a sharded optimiser takes its part
   if self.ema then
     local e = sao.load_safetensors(dir .. "/ema.safetensors")
     for k in pairs(self.params) do self.ema.shadow[k]:copy_(e[k]) end

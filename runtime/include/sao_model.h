@@ -102,6 +102,10 @@ int sao_dit_sync_host(sao_ctx *ctx, sao_dit *m);
  * round the weights at every call while they are handed out); on = -1: only asks. Returns the
  * previous setting. */
 int sao_dit_keep_bf16(sao_ctx *ctx, sao_dit *m, int on);
+/* Something other than the optimiser wrote the device weights in place (a data-parallel run's
+ * gather of the other ranks' updated shards): a bf16 copy kept by sao_dit_keep_bf16 is rounded
+ * anew from them before the next product. */
+void sao_dit_weights_written(sao_dit *m);
 /* The CUDA device holding the weights, or -1 (host). */
 int sao_dit_device(const sao_dit *m);
 

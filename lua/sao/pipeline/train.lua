@@ -318,7 +318,7 @@ function M.run(opts)
     cfg_dropout = cfg.cfg_dropout, seed = cfg.seed, accum = cfg.accum, run_dir = run_dir, quiet = true,
     keep_checkpoints = cfg.keep, precision = opts.precision ~= true and opts.precision or nil,
     log_every = cfg.log_every, lora = cfg.lora and { rank = cfg.lora.rank, alpha = cfg.lora.alpha, targets = cfg.lora.targets },
-    comm = group }
+    comm = group, zero = opts.zero ~= nil and common.num(opts.zero, 1) or nil }
   local ck = opts._checkpoint and { dir = opts._checkpoint, step = opts._checkpoint_step } or common.latest_checkpoint(run_dir)
   local trainer
   if ck then
@@ -344,11 +344,11 @@ function M.run(opts)
           "the CPU with several processes)", 0)
   end
   if rank == 0 and world > 1 then
-    -- the group (a gradient's floats + loss + lr per rank), then the other ranks, which resume from
+    -- the group (a gradient's floats, or loss + lr + |g|², per rank), then the other ranks, which resume from
     -- the same checkpoint (or start fresh) and join at the first step's exchange
     local tag = tostring(ffi.C.getpid())
     ddp_dir = run_dir .. "/.ddp-" .. tag
-    group = require("sao.comm").create(require("sao.comm").default_path(tag), world, trainer:grad_floats() + 2,
+    group = require("sao.comm").create(require("sao.comm").default_path(tag), world, trainer:grad_floats() + 3,
                                        { timeout = common.num(opts.comm_timeout, 600) })
     opts._checkpoint, opts._checkpoint_step = ck and ck.dir or nil, ck and ck.step or nil
     workers = spawn_workers(opts, world, group.path, ddp_dir)
@@ -369,7 +369,7 @@ function M.run(opts)
   local bar = progress.new { total = cfg.steps, label = "train", unit = "steps", quiet = quiet or rank ~= 0 }
   if trainer.step_n > 0 then bar:skip(math.min(trainer.step_n, cfg.steps)) end
   local demo
-  local last_saved = ck and ck.step or -1
+  local last_saved, saved_last = ck and ck.step or -1, false
   local ok, err = pcall(function()
     while trainer.step_n < cfg.steps do
       bar:start()
@@ -380,11 +380,13 @@ function M.run(opts)
       end
       bar:advance(1, string.format("loss %.4f", r.loss))
       local n = trainer.step_n
-      if cfg.checkpoint_every > 0 and n % cfg.checkpoint_every == 0 and rank == 0 then
-        trainer:save()
+      if cfg.checkpoint_every > 0 and n % cfg.checkpoint_every == 0 then
+        trainer:save()   -- every rank: ZeRO-1 gathers the optimiser's shards; rank 0 writes
         last_saved = n
-        prune(run_dir, cfg.keep)
-        M.plot_loss(run_dir)
+        if rank == 0 then
+          prune(run_dir, cfg.keep)
+          M.plot_loss(run_dir)
+        end
       end
       if cfg.demo.every and cfg.demo.every > 0 and n % cfg.demo.every == 0 and rank == 0 then
         local sample = require "sao.pipeline.sample"
@@ -395,6 +397,10 @@ function M.run(opts)
         sample.generate_set(demo, items, run_dir .. "/samples/step-" .. n, { cfg_scales = d.cfg_scales, steps = d.steps,
           seconds = d.seconds, seed = 1, sampler = d.sampler or "dpmpp-3m-sde", step = n, weights = "ema", quiet = quiet })
       end
+    end
+    if last_saved ~= trainer.step_n then
+      trainer:save()   -- every rank, as above
+      saved_last = true
     end
   end)
   if not ok then
@@ -420,10 +426,7 @@ function M.run(opts)
     end
     ddp_cleanup()
   end
-  if last_saved ~= trainer.step_n then
-    trainer:save()
-    prune(run_dir, cfg.keep)
-  end
+  if saved_last then prune(run_dir, cfg.keep) end
   M.plot_loss(run_dir)
   local exported = M.export(trainer, model, run_dir)
   log(string.format("train: at step %d; checkpoint %s/checkpoints/step-%d, export %s, loss curve %s/loss.png",
