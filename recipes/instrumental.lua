@@ -29,7 +29,7 @@ recipe.main {
   options = [[midi quiet model model_seed run config force strict_metadata strict spotify lastfm llm_url llm_model
     no_llm temperature shots style retries seed key_source log dropped_dir reencode holdout encode_seed
     max_seconds steps batch accum frames lr weight_decay clip cfg_dropout checkpoint_every keep log_every
-    demo_every train_seed seconds_cond nproc zero comm_timeout lora_rank lora_alpha lora_targets prompt prompts cfg_scales
+    demo_every train_seed seconds_cond nproc zero nnodes node_rank master comm_backend comm_timeout lora_rank lora_alpha lora_targets prompt prompts cfg_scales
     sample_steps seconds sample_seed sampler sigma_min sigma_max peak_db sample_profile eval_set
     eval_repeats eval_limit frames_sample num_demos baseline weights samples negative_prompt
     reference_clips memorization tempo_tolerances soundfont device precision clap_url clap_model]],

@@ -37,7 +37,7 @@ recipe.main {
   options = [[beats quiet model model_seed run config force strict tagger clap_url clap_model tag_k tag_clusters tag_batch
     min_similarity llm_url llm_model no_llm temperature shots style retries seed confident log reencode
     holdout encode_seed max_seconds steps batch accum frames lr weight_decay clip cfg_dropout
-    checkpoint_every keep log_every demo_every train_seed seconds_cond nproc zero comm_timeout lora_rank lora_alpha lora_targets
+    checkpoint_every keep log_every demo_every train_seed seconds_cond nproc zero nnodes node_rank master comm_backend comm_timeout lora_rank lora_alpha lora_targets
     prompt prompts demo_prompts cfg_scales sample_steps seconds sample_seed sampler sigma_min sigma_max
     peak_db sample_profile eval_set eval_repeats eval_limit frames_sample num_demos baseline weights
     samples negative_prompt reference_clips memorization tempo_tolerances device precision]],

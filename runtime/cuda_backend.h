@@ -21,6 +21,7 @@
 #include "sao_cuda.h"
 #include "sao_cuda_ops.h"
 #include "sao_cuda_attn.h"
+#include "sao_nccl.h"
 #include "cuda_glue.h"
 #include "dit_internal.h"
 
@@ -191,7 +192,20 @@
     /* sao_cuda_attn.h: the convolutions' path (cuDNN, loaded at run time, or GEMMs) */                  \
     PTR(const char *, sao_cuda_conv_backend, (sao_ctx *ctx, const char *want), (ctx, want))                \
     OWN(sao_cuda_cudnn_status)                                                                             \
-    OWN(sao_cuda_sdpa_status)
+    OWN(sao_cuda_sdpa_status)                                                                              \
+    /* sao_nccl.h: collectives over device tensors (NCCL, loaded at run time) */                           \
+    ERR(sao_nccl_ready, (sao_ctx *ctx, int dev, int *version), (ctx, dev, version))                        \
+    ERR(sao_nccl_unique_id, (sao_ctx *ctx, unsigned char id[128]), (ctx, id))                              \
+    PTR(sao_nccl *, sao_nccl_init, (sao_ctx *ctx, const unsigned char id[128], int world, int rank, int dev), \
+        (ctx, id, world, rank, dev))                                                                       \
+    ERR(sao_nccl_allreduce_mean, (sao_ctx *ctx, sao_nccl *c, sao_tensor *const *ts, int n), (ctx, c, ts, n)) \
+    ERR(sao_nccl_reduce_scatter_mean, (sao_ctx *ctx, sao_nccl *c, sao_tensor *const *ts, int n),            \
+        (ctx, c, ts, n))                                                                                   \
+    ERR(sao_nccl_allgather, (sao_ctx *ctx, sao_nccl *c, sao_tensor *const *ts, int n), (ctx, c, ts, n))    \
+    ERR(sao_nccl_broadcast, (sao_ctx *ctx, sao_nccl *c, sao_tensor *const *ts, int n, int root),            \
+        (ctx, c, ts, n, root))                                                                             \
+    OWN(sao_nccl_close)                                                                                    \
+    OWN(sao_nccl_abort)
 
 /* The table libsao_cuda.so fills: one pointer per entry point, typed from its declaration. */
 #define SAO_CUDA_FIELD_ERR(name, params, args) __typeof__(&name) fn_##name;

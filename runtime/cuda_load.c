@@ -156,6 +156,14 @@ int64_t sao_cuda_sdpa_status(int64_t *backwards, char *why, size_t why_size) {
     return tbl.fn_sao_cuda_sdpa_status(backwards, why, why_size);
 }
 
+/* A communicator exists only through the backend: without one there is nothing to free. */
+void sao_nccl_close(sao_nccl *c) {
+    if (c && loaded) tbl.fn_sao_nccl_close(c);
+}
+void sao_nccl_abort(sao_nccl *c) {
+    if (c && loaded) tbl.fn_sao_nccl_abort(c);
+}
+
 /* The allocator's rounding (both libraries use this one): 512 B steps up to 1 MiB, then four
  * classes per power of two. */
 size_t sao_cuda_size_class(size_t n) {

@@ -179,6 +179,20 @@ describe("training on CUDA #gpu", function()
     assert.tensor_near(on_gpu, b.cfg.dit:forward(x, t, cross, global), { abs = 1e-4 })
   end)
 
+  gpu_it("ZeRO-1 refuses stochastically rounded bf16 copies (each rank would round the gathered weights apart)", function()
+    local comm = require "sao.comm"
+    local path = comm.default_path("zero-sr-" .. tostring(os.time()))
+    local g = comm.create(path, 2, 0)   -- rank 0 of two; attaching exchanges nothing
+    assert.error_matches(function()
+      trainer { device = "cuda", precision = "bf16", comm = g, optimizer = { lr = 1e-3, stochastic_rounding = true } }
+    end, "use zero = 0")
+    local t = trainer { device = "cuda", precision = "bf16", comm = g, zero = 0,
+      optimizer = { lr = 1e-3, stochastic_rounding = true } }
+    assert.is_nil(t.opt.shard)
+    g:close()
+    os.remove(path)
+  end)
+
   gpu_it("resumes bit-exactly on the GPU", function()
     local dir = tmpdir()
     local a = trainer { device = "cuda", run_dir = dir }

@@ -166,3 +166,81 @@ describe("train stage with --nproc", function()
     assert.is_true(os.time() - t0 < 20)
   end)
 end)
+
+describe("train stage over TCP (--nnodes, --node-rank, --master)", function()
+  local out = clipset.tmpdir()
+  clipset.write(out, "Band/Alpha/Alpha_01", { seconds = 3, bpm = 120, key = "A", mode = "Minor" })
+  clipset.write(out, "Band/Alpha/Alpha_02", { seconds = 3, bpm = 120, key = "C", mode = "Major", hz = 262 })
+  clipset.write(out, "Other/Beta/Beta_01", { seconds = 2, bpm = 90, key = "G", mode = "Major", hz = 196 })
+  require("sao.pipeline.encode").run { out = out, model = "tiny", quiet = true }
+  local port = 20000 + (require("ffi").C.getpid() * 7 + os.time()) % 30000
+  local function topts(run, o)
+    local t = { out = out, model = "tiny", quiet = true, run = run, frames = 32, checkpoint_every = 2, log_every = 1 }
+    for k, v in pairs(o) do t[k] = v end
+    return t
+  end
+  -- the second machine: a process of its own, started first (it retries until rank 0 listens)
+  local function node1(dir, o, log)
+    local fields = {}
+    for k, v in pairs(topts(o.run, o)) do
+      fields[#fields + 1] = ("%s = %s"):format(k, type(v) == "string" and ("%q"):format(v) or tostring(v))
+    end
+    fields[#fields + 1] = ("out = %q"):format(dir)
+    local code = "require('sao.pipeline.train').run { " .. table.concat(fields, ", ") .. " }"
+    return tonumber(shell.capture("./sao -e " .. shell.q(code) .. " >" .. shell.q(log) .. " 2>&1 & echo $!"))
+  end
+  local function wait(pid)   -- for the second machine's process to end (at most 60 s)
+    for _ = 1, 3000 do
+      if require("ffi").C.kill(pid, 0) ~= 0 then return end
+      shell.sleep_ms(20)
+    end
+  end
+
+  it("two machines of two processes train as one process of the global batch", function()
+    local one = train.run(topts("one", { steps = 4, batch = 4 }))
+    local master = "127.0.0.1:" .. port
+    local o = { run = "nodes", steps = 4, batch = 1, nproc = 2, nnodes = 2, master = master }
+    local log = out .. "/node1.log"
+    o.node_rank = 1
+    local pid = node1(out, o, log)
+    o.node_rank = 0
+    local r = train.run(topts("nodes", o))
+    wait(pid)
+    local la, lb = losses(out .. "/runs/one/log.jsonl"), losses(out .. "/runs/nodes/log.jsonl")
+    assert.equal(4, #lb)
+    for i = 1, 4 do
+      assert.near(la[i].loss, lb[i].loss, 1e-6 * math.abs(la[i].loss))
+      assert.near(la[i].grad_norm, lb[i].grad_norm, 1e-5 * la[i].grad_norm)
+    end
+    local worst = 0
+    for k, t in pairs(one.trainer.params) do worst = math.max(worst, t:maxdiff(r.trainer.params[k])) end
+    assert.is_true(worst < 1e-5, "weights differ by " .. worst)
+    assert.equal("tcp", r.trainer.comm:transport())
+    assert.equal(4, r.trainer.comm:world())
+    assert.is_truthy(r.trainer.opt.shard)
+  end)
+
+  it("machines that would resume from different checkpoints stop with the reason", function()
+    -- the second machine's copy of the output folder lacks the run: not a shared file system
+    local other = out .. "/elsewhere"
+    os.execute("mkdir -p " .. shell.q(other .. "/cache") .. " && cp -r " .. shell.q(out .. "/cache/latents") .. " " ..
+      shell.q(other .. "/cache/"))
+    local master = "127.0.0.1:" .. (port + 1)
+    local o = { run = "nodes", steps = 6, batch = 1, nproc = 1, nnodes = 2, master = master, node_rank = 1,
+      comm_timeout = 20 }
+    local log = out .. "/node1b.log"
+    local pid = node1(other, o, log)
+    o.node_rank = 0
+    assert.has_error(function() train.run(topts("nodes", o)) end)
+    wait(pid)
+    assert.matches("shared file system", fs.read(log))
+  end)
+
+  it("refuses a layout it cannot run", function()
+    assert.error_matches(function() train.run(topts("x", { steps = 1, nnodes = 2 })) end, "needs %-%-master HOST:PORT")
+    assert.error_matches(function() train.run(topts("x", { steps = 1, nnodes = 2, node_rank = 2, master = "h:1" })) end,
+      "%-%-node%-rank 2: expected 0..1")
+    assert.error_matches(function() train.run(topts("x", { steps = 1, nnodes = 2, master = "nohost" })) end,
+      "expected HOST:PORT")
+  end)
+end)

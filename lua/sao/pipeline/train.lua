@@ -247,15 +247,17 @@ end
 local ffi = require "ffi"
 pcall(ffi.cdef, "int kill(int pid, int sig); int getpid(void);")
 
-local function spawn_workers(opts, nproc, comm_path, dir)
+local function spawn_workers(opts, dp, comm_addr, dir)
   common.mkdir_p(dir)
   local o = {}
   for k, v in pairs(opts) do if type(v) ~= "table" and type(v) ~= "function" then o[k] = v end end
   common.write_atomic(dir .. "/opts.json", require("cjson").encode(o))
   local exe = common.sao_binary()
   local pids = {}
-  for r = 1, nproc - 1 do
-    local code = ("require('sao.pipeline.train').worker(%q, %d, %q)"):format(dir .. "/opts.json", r, comm_path)
+  for l = 1, dp.nproc - 1 do
+    local r = dp.rank + l
+    local code = ("require('sao.pipeline.train').worker(%q, %d, %q, %d, %d)"):format(dir .. "/opts.json", r,
+      comm_addr, dp.world, l)
     local cmd = ("%s -e %s > %s 2>&1 & echo $!"):format(common.shell_quote(exe), common.shell_quote(code),
       common.shell_quote(("%s/rank%d.log"):format(dir, r)))
     local p = io.popen(cmd)
@@ -267,14 +269,54 @@ end
 
 local function alive(pid) return pid and ffi.C.kill(pid, 0) == 0 end
 
---- A worker rank of a data-parallel run (started by rank 0; see spawn_workers).
-function M.worker(opts_path, rank, comm_path)
+--- A worker rank of a data-parallel run (started by its machine's first rank; see spawn_workers).
+--- comm: the group file's path, or "tcp:HOST:PORT" (several machines).
+function M.worker(opts_path, rank, comm, world, local_rank)
   local text = common.read(opts_path)
   if not text then error("train.worker: " .. opts_path .. ": cannot read", 0) end
   local opts = require("cjson").decode(text)
   for k, v in pairs(opts) do if v == require("cjson").null then opts[k] = nil end end
-  opts._rank, opts._comm, opts.quiet = rank, comm_path, true
+  opts._rank, opts._comm, opts._world, opts._local_rank, opts.quiet = rank, comm, world, local_rank or rank, true
   return M.run(opts)
+end
+
+--- The data-parallel layout of this process from the options: {rank, world, nproc (this machine's
+--- processes), local_rank, nnodes, node_rank, master ("host:port" or nil), leader (this process
+--- starts its machine's others)}.
+function M.layout(opts)
+  local nproc = common.num(opts.nproc, 1)
+  local nnodes = common.num(opts.nnodes, 1)
+  local node = common.num(opts.node_rank, 0)
+  if nproc < 1 or nproc ~= math.floor(nproc) then error("train: --nproc " .. tostring(opts.nproc) .. ": expected a count >= 1", 0) end
+  if nnodes < 1 or nnodes ~= math.floor(nnodes) then error("train: --nnodes " .. tostring(opts.nnodes) .. ": expected a count >= 1", 0) end
+  if node < 0 or node >= nnodes or node ~= math.floor(node) then
+    error(("train: --node-rank %s: expected 0..%d (--nnodes %d)"):format(tostring(opts.node_rank), nnodes - 1, nnodes), 0)
+  end
+  local master = opts.master ~= true and opts.master or nil
+  if nnodes > 1 and not master then
+    error("train: --nnodes " .. nnodes .. " needs --master HOST:PORT (where the machine of --node-rank 0 listens)", 0)
+  end
+  if master and not tostring(master):match("^.+:%d+$") then
+    error("train: --master " .. tostring(master) .. ": expected HOST:PORT", 0)
+  end
+  local d = { nproc = nproc, nnodes = nnodes, node_rank = node, master = master, world = nproc * nnodes }
+  if opts._rank then
+    d.rank, d.world, d.local_rank, d.leader = opts._rank, opts._world or d.world, opts._local_rank or opts._rank, false
+  else
+    d.rank, d.local_rank, d.leader = node * nproc, 0, true
+  end
+  return d
+end
+
+-- The GPU of a data-parallel rank of a `--device cuda` run: its place on its machine, modulo the
+-- GPUs there (ranks share a GPU when there are fewer: then they exchange through host copies).
+local function rank_device(opts, dp)
+  local dev = opts.device ~= true and opts.device or nil
+  if not dev or dp.world < 2 or not tostring(dev):match("^cuda") then return dev end
+  local base = tonumber(tostring(dev):match("^cuda:(%d+)$")) or 0
+  local n = sao.C.sao_cuda_device_count()
+  if n < 1 then return dev end   -- the model load says why there is no GPU
+  return "cuda:" .. ((base + dp.local_rank) % n)
 end
 
 function M.run(opts)
@@ -284,15 +326,22 @@ function M.run(opts)
   local out = opts.out or "out"
   local run_dir = common.run_dir(opts)
   local cache_dir = out .. "/cache/latents"
-  local model, model_id = common.load_model(opts)
+  local dp = M.layout(opts)
+  local rank, world = dp.rank, dp.world
+  local dev = rank_device(opts, dp)
+  local mopts = opts
+  if dev ~= opts.device then
+    mopts = {}
+    for k, v in pairs(opts) do mopts[k] = v end
+    mopts.device = dev
+  end
+  local model, model_id = common.load_model(mopts)
   local entries = latents.select(latents.read_index(cache_dir), model_id, "train")
   if #entries == 0 then
     error("train: no encoded clips for model '" .. tostring(model.name) .. "' in " .. cache_dir ..
       "/index.jsonl (run the encode stage with the same --model)", 0)
   end
   common.mkdir_p(run_dir)
-  local rank = opts._rank or 0
-  local nproc = rank == 0 and common.num(opts.nproc, 1) or nil
   local cfg = M.resolve(opts, model, model_id, run_dir)
   cfg.data = { cache = cache_dir, clips = #entries, split = "train" }
   local sched = run_dir .. "/schedule.lua"
@@ -301,11 +350,58 @@ function M.run(opts)
       common.serialize(cfg) .. "\n")
     if not common.exists(sched) then common.write_atomic(sched, M.schedule_text(cfg.schedule)) end
   end
-  local group
-  if opts._comm then group = require("sao.comm").open(opts._comm, rank) end
-  local world = group and group:world() or nproc
-  if world > 1 then sao.threads(math.max(1, math.floor(sao.threads() / world))) end   -- the cores, shared
+  if dp.nproc > 1 then sao.threads(math.max(1, math.floor(sao.threads() / dp.nproc))) end   -- the cores, shared
 
+  -- ---- the data-parallel group: a file on one machine (rank 0 makes it once the trainer knows the
+  -- gradient's size), TCP between machines (every rank joins here, a machine's first rank after
+  -- starting its others); GPU ranks add an NCCL communicator when rank 0 finds one usable
+  local comm = require "sao.comm"
+  local timeout = common.num(opts.comm_timeout, 600)
+  local ck = opts._checkpoint and { dir = opts._checkpoint, step = opts._checkpoint_step } or common.latest_checkpoint(run_dir)
+  local group, nccl, workers, ddp_dir
+  local function start_workers(addr)
+    ddp_dir = run_dir .. "/.ddp-" .. tostring(ffi.C.getpid())
+    opts._checkpoint, opts._checkpoint_step = ck and ck.dir or nil, ck and ck.step or nil
+    workers = spawn_workers(opts, dp, addr, ddp_dir)
+    opts._checkpoint, opts._checkpoint_step = nil, nil
+  end
+  local function join_nccl()
+    if not (dev and group) then return end
+    local choice = "host"
+    if rank == 0 then
+      local want = opts.comm_backend ~= true and opts.comm_backend or "auto"
+      if want ~= "auto" and want ~= "nccl" and want ~= "host" then
+        error("train: --comm-backend " .. tostring(want) .. ": expected auto, nccl or host", 0)
+      end
+      local ok, why = true, nil
+      if want ~= "host" then ok, why = require("sao.nccl").available() end
+      if want == "nccl" and not ok then error("train: --comm-backend nccl: " .. tostring(why), 0) end
+      if want == "nccl" or (want == "auto" and ok and dp.nproc <= sao.C.sao_cuda_device_count()) then choice = "nccl" end
+    end
+    choice = group:broadcast_string(choice, 0)
+    if choice == "nccl" then nccl = require("sao.nccl").init(group, dev) end
+  end
+  if opts._comm then
+    if opts._comm:match("^tcp:") then
+      group = comm.tcp(opts._comm:sub(5), rank, world, { timeout = timeout })
+    else
+      group = comm.open(opts._comm, rank)
+    end
+  elseif world > 1 and dp.nnodes > 1 then
+    if dp.nproc > 1 then start_workers("tcp:" .. dp.master) end
+    group = comm.tcp(dp.master, rank, world, { timeout = timeout })
+  end
+  if group and dp.nnodes > 1 then
+    -- every machine reads the run folder: they must resume from the same checkpoint
+    local mine = ck and tostring(ck.step) or "none"
+    local first = group:broadcast_string(mine, 0)
+    if first ~= mine then
+      error(("train: rank %d: rank 0 starts from checkpoint %s but this machine's %s has %s: a run over several " ..
+        "machines needs its run folder on a shared file system (or the same checkpoints on each)"):format(rank,
+        first, run_dir, mine), 0)
+    end
+  end
+  if group then join_nccl() end
   local loader = latents.loader(entries, { model = model, cache_dir = cache_dir, batch = cfg.batch,
     frames = cfg.frames, seed = cfg.seed, seconds = cfg.seconds, rank = rank, world = world })
   local function optimizer_copy()
@@ -318,8 +414,7 @@ function M.run(opts)
     cfg_dropout = cfg.cfg_dropout, seed = cfg.seed, accum = cfg.accum, run_dir = run_dir, quiet = true,
     keep_checkpoints = cfg.keep, precision = opts.precision ~= true and opts.precision or nil,
     log_every = cfg.log_every, lora = cfg.lora and { rank = cfg.lora.rank, alpha = cfg.lora.alpha, targets = cfg.lora.targets },
-    comm = group, zero = opts.zero ~= nil and common.num(opts.zero, 1) or nil }
-  local ck = opts._checkpoint and { dir = opts._checkpoint, step = opts._checkpoint_step } or common.latest_checkpoint(run_dir)
+    comm = group, nccl = nccl, zero = opts.zero ~= nil and common.num(opts.zero, 1) or nil }
   local trainer
   if ck then
     if rank == 0 then trim_log(run_dir .. "/log.jsonl", ck.step) end
@@ -334,29 +429,31 @@ function M.run(opts)
     trainer:log { step = 0, event = "started", clips = #entries, model = model.name, batch = cfg.batch,
       frames = cfg.frames, lora = cfg.lora and cfg.lora.rank or nil }
   end
-  local workers, ddp_dir
   local function ddp_cleanup()
-    os.remove(group.path)
-    require("sao.fs").rm_rf(ddp_dir)
+    if group and group:transport() == "file" then os.remove(group.path) end
+    if ddp_dir then require("sao.fs").rm_rf(ddp_dir) end
   end
-  if rank == 0 and world > 1 and trainer.device then
-    error("train: --nproc on a GPU needs the NCCL backend, which is not built yet (train on one GPU, or on " ..
-          "the CPU with several processes)", 0)
-  end
-  if rank == 0 and world > 1 then
+  if dp.leader and world > 1 and dp.nnodes == 1 then
     -- the group (a gradient's floats, or loss + lr + |g|², per rank), then the other ranks, which resume from
     -- the same checkpoint (or start fresh) and join at the first step's exchange
-    local tag = tostring(ffi.C.getpid())
-    ddp_dir = run_dir .. "/.ddp-" .. tag
-    group = require("sao.comm").create(require("sao.comm").default_path(tag), world, trainer:grad_floats() + 3,
-                                       { timeout = common.num(opts.comm_timeout, 600) })
-    opts._checkpoint, opts._checkpoint_step = ck and ck.dir or nil, ck and ck.step or nil
-    workers = spawn_workers(opts, world, group.path, ddp_dir)
+    group = comm.create(comm.default_path(tostring(ffi.C.getpid())), world, trainer:grad_floats() + 3,
+                        { timeout = timeout })
+    start_workers(group.path)
     for r, pid in pairs(workers) do group:set_pid(r, pid) end
-    opts._checkpoint, opts._checkpoint_step = nil, nil
-    trainer:attach(group)
-    log(string.format("train: data parallel over %d processes (%d thread(s) each), global batch %d", world,
-      sao.threads(), cfg.batch * world))
+    local ok, err = pcall(join_nccl)
+    if not ok then
+      group:abort()
+      for _, pid in pairs(workers) do if alive(pid) then ffi.C.kill(pid, 15) end end
+      ddp_cleanup()
+      error(err, 0)
+    end
+    trainer:attach(group, nccl)
+  end
+  if world > 1 and rank == 0 then
+    log(string.format("train: data parallel over %d processes%s (%d thread(s) each%s), global batch %d%s", world,
+      dp.nnodes > 1 and (" on " .. dp.nnodes .. " machines") or "", sao.threads(),
+      dev and (", " .. dev .. (nccl and ", NCCL" or ", host copies")) or "", cfg.batch * world,
+      trainer.opt.shard and ", ZeRO-1" or ""))
   end
   if model.random then
     log("train: the TINY model with random weights (no SAO checkpoint found): this run exercises the " ..
@@ -417,15 +514,15 @@ function M.run(opts)
     error(err, 0)
   end
   bar:finish()
-  if rank ~= 0 then return { run_dir = run_dir, step = trainer.step_n, rank = rank, trainer = trainer } end
   if workers then
-    -- the other ranks finish the same steps; they have nothing left to write
+    -- this machine's other ranks finish the same steps; they have nothing left to write
     for _, pid in pairs(workers) do
       local t0 = progress.now()
       while alive(pid) and progress.now() - t0 < 60 do require("sao.http").sleep(0.02) end
     end
     ddp_cleanup()
   end
+  if rank ~= 0 then return { run_dir = run_dir, step = trainer.step_n, rank = rank, trainer = trainer } end
   if saved_last then prune(run_dir, cfg.keep) end
   M.plot_loss(run_dir)
   local exported = M.export(trainer, model, run_dir)
