@@ -9,6 +9,25 @@ local clipset = require "support.clipset"
 local shell = require "support.shell"
 local train = require "sao.pipeline.train"
 
+-- Three encoded clips of two songs (tiny model) in a new output folder.
+local function encoded_clips()
+  local out = clipset.tmpdir()
+  clipset.write(out, "Band/Alpha/Alpha_01", { seconds = 3, bpm = 120, key = "A", mode = "Minor" })
+  clipset.write(out, "Band/Alpha/Alpha_02", { seconds = 3, bpm = 120, key = "C", mode = "Major", hz = 262 })
+  clipset.write(out, "Other/Beta/Beta_01", { seconds = 2, bpm = 90, key = "G", mode = "Major", hz = 196 })
+  require("sao.pipeline.encode").run { out = out, model = "tiny", quiet = true }
+  return out
+end
+
+-- topts(run, o): the train stage's options for run `run` in `out`, o's on top.
+local function run_opts(out)
+  return function(run, o)
+    local t = { out = out, model = "tiny", quiet = true, run = run, frames = 32, checkpoint_every = 2, log_every = 1 }
+    for k, v in pairs(o) do t[k] = v end
+    return t
+  end
+end
+
 local function losses(path)
   local t = {}
   for _, r in ipairs(train.read_log(path)) do if not r.event then t[#t + 1] = r end end
@@ -67,16 +86,8 @@ describe("sao.comm", function()
 end)
 
 describe("train stage with --nproc", function()
-  local out = clipset.tmpdir()
-  clipset.write(out, "Band/Alpha/Alpha_01", { seconds = 3, bpm = 120, key = "A", mode = "Minor" })
-  clipset.write(out, "Band/Alpha/Alpha_02", { seconds = 3, bpm = 120, key = "C", mode = "Major", hz = 262 })
-  clipset.write(out, "Other/Beta/Beta_01", { seconds = 2, bpm = 90, key = "G", mode = "Major", hz = 196 })
-  require("sao.pipeline.encode").run { out = out, model = "tiny", quiet = true }
-  local function topts(run, o)
-    local t = { out = out, model = "tiny", quiet = true, run = run, frames = 32, checkpoint_every = 2, log_every = 1 }
-    for k, v in pairs(o) do t[k] = v end
-    return t
-  end
+  local out = encoded_clips()
+  local topts = run_opts(out)
   local one, two
   setup(function()
     one = train.run(topts("one", { steps = 4, batch = 2 }))
@@ -168,17 +179,9 @@ describe("train stage with --nproc", function()
 end)
 
 describe("train stage over TCP (--nnodes, --node-rank, --master)", function()
-  local out = clipset.tmpdir()
-  clipset.write(out, "Band/Alpha/Alpha_01", { seconds = 3, bpm = 120, key = "A", mode = "Minor" })
-  clipset.write(out, "Band/Alpha/Alpha_02", { seconds = 3, bpm = 120, key = "C", mode = "Major", hz = 262 })
-  clipset.write(out, "Other/Beta/Beta_01", { seconds = 2, bpm = 90, key = "G", mode = "Major", hz = 196 })
-  require("sao.pipeline.encode").run { out = out, model = "tiny", quiet = true }
+  local out = encoded_clips()
   local port = 20000 + (require("ffi").C.getpid() * 7 + os.time()) % 30000
-  local function topts(run, o)
-    local t = { out = out, model = "tiny", quiet = true, run = run, frames = 32, checkpoint_every = 2, log_every = 1 }
-    for k, v in pairs(o) do t[k] = v end
-    return t
-  end
+  local topts = run_opts(out)
   -- the second machine: a process of its own, started first (it retries until rank 0 listens)
   local function node1(dir, o, log)
     local fields = {}

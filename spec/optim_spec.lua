@@ -234,15 +234,17 @@ describe("fused optimiser step (sao_adamw_multi)", function()
     assert.error_matches(function() sao.check(C.sao_adamw_multi(ctx, list(a), #a, hyper(0, -1))) end, "1%-based")
   end)
 
-  it("AdamW:step(ema) equals a step and then the EMA update, first copies included", function()
-    local function setup()
-      local p, g = {}, {}
-      for i, n in ipairs(sizes) do
-        p["w" .. i] = sao.randn { { n }, seed = i }
-        g["w" .. i] = sao.randn { { n }, seed = 50 + i }
-      end
-      return p, g
+  -- named weights and gradients of the sizes above, the same numbers at every call
+  local function setup()
+    local p, g = {}, {}
+    for i, n in ipairs(sizes) do
+      p["w" .. i] = sao.randn { { n }, seed = i }
+      g["w" .. i] = sao.randn { { n }, seed = 50 + i }
     end
+    return p, g
+  end
+
+  it("AdamW:step(ema) equals a step and then the EMA update, first copies included", function()
     local p1, g1 = setup()
     local p2, g2 = setup()
     local o1, o2 = sao.optim.adamw(p1, g1, { lr = 1e-2 }), sao.optim.adamw(p2, g2, { lr = 1e-2 })
@@ -262,14 +264,6 @@ describe("fused optimiser step (sao_adamw_multi)", function()
 
   it("ZeRO-1: shards updated apart and put together give the unsharded step's bits", function()
     local comm = require "sao.comm"
-    local function setup()
-      local p, g = {}, {}
-      for i, n in ipairs(sizes) do
-        p["w" .. i] = sao.randn { { n }, seed = i }
-        g["w" .. i] = sao.randn { { n }, seed = 50 + i }
-      end
-      return p, g
-    end
     local cfg = { lr = 1e-2, clip = 50, weight_decay = 0.1 }   -- clipped: the global norm is the shards' sum
     local p0, g0 = setup()
     local o0, e0 = sao.optim.adamw(p0, g0, cfg), sao.optim.ema(p0, { update_after_step = 1 })

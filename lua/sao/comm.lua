@@ -58,12 +58,16 @@ function Comm:abort() C.sao_comm_abort(self.h) end
 --- Records the process id of a rank (rank 0, for the processes it starts).
 function Comm:set_pid(rank, pid) sao.check(C.sao_comm_set_pid(ctx, self.h, rank, pid), 2) end
 
+--- A Lua list of tensors as the C array the collectives take, and its length.
 local function tensor_list(list)
+  if type(list) ~= "table" then error("comm: expected a list of tensors, got " .. type(list), 3) end
   local n = #list
   local arr = ffi.new("sao_tensor *[?]", math.max(n, 1))
   for i, t in ipairs(list) do arr[i - 1] = sao.tensor_arg(t, "tensor " .. i) end
   return arr, n
 end
+
+M.tensor_list = tensor_list
 
 --- Replaces each tensor of the list by its mean over the ranks (one exchange for the whole list).
 function Comm:allreduce_mean(list)

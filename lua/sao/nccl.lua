@@ -105,13 +105,7 @@ local function handle(self)
   return self.h
 end
 
-local function tensor_list(list)
-  if type(list) ~= "table" then error("nccl: expected a list of tensors, got " .. type(list), 3) end
-  local n = #list
-  local arr = ffi.new("sao_tensor *[?]", math.max(n, 1))
-  for i, t in ipairs(list) do arr[i - 1] = sao.tensor_arg(t, "tensor " .. i) end
-  return arr, n
-end
+local tensor_list = require("sao.comm").tensor_list
 
 --- Replaces each tensor of the list by its mean over the ranks (one NCCL all-reduce for the list).
 function Nccl:allreduce_mean(list)
