@@ -106,6 +106,17 @@ describe("load_model and generate (tiny)", function()
     out["model.model.transformer.project_in.weight"] = sao.zeros(3, 3)
     sao.save_safetensors(dir .. "/model.safetensors", out)
     assert.error_matches(function() sao.load_model(dir, { quiet = true }) end, "project_in.weight")
+
+    -- parts = "t5": T5 alone, the (now broken) model.safetensors never read; the same embeddings
+    local t5only = sao.load_model(dir, { quiet = true, parts = "t5" })
+    assert.is_nil(t5only.dit)
+    assert.is_nil(t5only.vae)
+    local e1 = m.t5:encode { "dusty lo-fi drums" }
+    local e2 = t5only.t5:encode { "dusty lo-fi drums" }
+    assert.tensor_near(e1, e2, { abs = 1e-6 })
+    local tiny = sao.load_model("tiny", { quiet = true, parts = "t5" })
+    assert.equal(0, tiny.t5:encode({ "dusty lo-fi drums" }):maxdiff(e1))
+    assert.error_matches(function() sao.load_model("tiny", { quiet = true, parts = "vae" }) end, "parts 'vae'")
   end)
 end)
 

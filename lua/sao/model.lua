@@ -94,26 +94,37 @@ end
 M.random_params = random_params
 
 --- Builds a model from a config and, when `dir` holds weights, loads them; otherwise random.
+--- opts.parts = "t5": T5 alone (its tokenizer and encoder; no DiT, VAE or number conditioners, and
+--- the checkpoint's model.safetensors is not read): what a stage that only embeds text needs.
 local function build(cfg, where, dir, opts)
   local c = parse_config(cfg, where)
   local self = setmetatable({ config = cfg, c = c, name = opts.name or where }, Model)
+  local whole = opts.parts ~= "t5"
+  if opts.parts ~= nil and opts.parts ~= "t5" then
+    error("load_model: parts '" .. tostring(opts.parts) .. "': expected \"t5\" (or nothing: the whole model)", 3)
+  end
   local cond_dim = c.cond_dim
   local d = c.dit
-  self.dit = sao.dit.new { io_channels = d.io_channels, embed_dim = d.embed_dim, depth = d.depth, num_heads = d.num_heads,
-    cond_token_dim = d.cond_token_dim, global_cond_dim = d.global_cond_dim }
-  self.vae = sao.vae.new(c.pretransform)
-  local ss = sao.conditioning.number { output_dim = cond_dim, min_val = c.conds.seconds_start.config.min_val,
-    max_val = c.conds.seconds_start.config.max_val }
-  local st = sao.conditioning.number { output_dim = cond_dim, min_val = c.conds.seconds_total.config.min_val,
-    max_val = c.conds.seconds_total.config.max_val }
+  local ss, st
+  if whole then
+    self.dit = sao.dit.new { io_channels = d.io_channels, embed_dim = d.embed_dim, depth = d.depth, num_heads = d.num_heads,
+      cond_token_dim = d.cond_token_dim, global_cond_dim = d.global_cond_dim }
+    self.vae = sao.vae.new(c.pretransform)
+    ss = sao.conditioning.number { output_dim = cond_dim, min_val = c.conds.seconds_start.config.min_val,
+      max_val = c.conds.seconds_start.config.max_val }
+    st = sao.conditioning.number { output_dim = cond_dim, min_val = c.conds.seconds_total.config.min_val,
+      max_val = c.conds.seconds_total.config.max_val }
+  end
   local tcfg = c.conds.prompt.config
   local weights = dir and exists(dir .. "/model.safetensors") and (dir .. "/model.safetensors")
   if weights then
-    local t = sao.load_safetensors(weights)
-    self.dit:load(t, "model.model.")
-    self.vae:load(t, { prefix = "pretransform.model." })
-    ss:load(t, "conditioner.conditioners.seconds_start.")
-    st:load(t, "conditioner.conditioners.seconds_total.")
+    if whole then
+      local t = sao.load_safetensors(weights)
+      self.dit:load(t, "model.model.")
+      self.vae:load(t, { prefix = "pretransform.model." })
+      ss:load(t, "conditioner.conditioners.seconds_start.")
+      st:load(t, "conditioner.conditioners.seconds_total.")
+    end
     local t5dir = opts.t5 or (exists(dir .. "/t5-base/spiece.model") and dir .. "/t5-base") or find_dir("t5-base")
     if not t5dir then
       error("load_model: T5 weights not found: put t5-base's spiece.model and model.safetensors in " ..
@@ -123,10 +134,12 @@ local function build(cfg, where, dir, opts)
     self.random = false
   else
     local seed = opts.seed or 0
-    self.dit:load(random_params(self.dit:params(), seed + 1))
-    self.vae:init_random { seed = seed + 2 }
-    ss:load(random_params(ss:params(), seed + 3))
-    st:load(random_params(st:params(), seed + 4))
+    if whole then
+      self.dit:load(random_params(self.dit:params(), seed + 1))
+      self.vae:init_random { seed = seed + 2 }
+      ss:load(random_params(ss:params(), seed + 3))
+      st:load(random_params(st:params(), seed + 4))
+    end
     local tc = tcfg.t5_config or sao.t5.BASE
     local tok_path = opts.tokenizer or (sao.root .. "/checkpoints/tiny/spiece.model")
     local tok = sao.t5.tokenizer(tok_path)
@@ -134,7 +147,7 @@ local function build(cfg, where, dir, opts)
     self.t5 = sao.t5.from_parts(tok, enc, tcfg.max_length)
     self.random = true
   end
-  self.cond = sao.conditioning.new { t5 = self.t5, seconds_start = ss, seconds_total = st }
+  if whole then self.cond = sao.conditioning.new { t5 = self.t5, seconds_start = ss, seconds_total = st } end
   return self
 end
 
@@ -145,7 +158,8 @@ end
 --- "cuda:N": the DiT, the VAE and T5 run on that GPU; the tokenizer and sampler stay on the host),
 --- precision (on a GPU: "bf16", the default, "tf32" or "fp32": how the linear layers multiply,
 --- process-wide, see sao.cuda.precision), graphs (on a GPU: replay the sampler's DiT calls as
---- one CUDA graph each, dit:graphs; off by default).
+--- one CUDA graph each, dit:graphs; off by default), parts ("t5": T5 alone, the rest neither built
+--- nor read).
 function M.load(what, opts)
   opts = opts or {}
   local function notice(msg) if not opts.quiet then io.stderr:write("sao: " .. msg .. "\n") end end
@@ -166,7 +180,10 @@ function M.load(what, opts)
   end
   local function placed(m)
     m.device = device or "cpu"
-    if device then
+    if device and not m.dit then
+      m.t5:to(device)
+      notice("T5 runs on " .. device .. " (" .. sao.cuda.precision() .. " products)")
+    elseif device then
       m.dit:to(device)
       if opts.graphs then m.dit:graphs(true) end
       m.vae:to(device)

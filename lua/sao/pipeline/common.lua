@@ -75,7 +75,7 @@ function M.load_model(opts)
   local device = opts.device ~= true and opts.device or nil   -- --device cuda: the models run on that GPU
   local precision = opts.precision ~= true and opts.precision or nil
   local model = sao.load_model(opts.model, { seed = seed, quiet = M.flag(opts.quiet), device = device,
-    precision = precision })
+    precision = precision, parts = opts.parts })
   return model, require("sao.latents").model_id(model, { seed = seed })
 end
 

@@ -297,7 +297,7 @@ function M.run(opts)
     end
     table.sort(names)
     local okm, res, why = pcall(function()
-      local model = common.load_model { model = opts.model, model_seed = opts.model_seed, quiet = true }
+      local model = common.load_model { model = opts.model, model_seed = opts.model_seed, quiet = true, parts = "t5" }
       return M.clusters(names, k, model)
     end)
     if not okm then res, why = nil, tostring(res):gsub("^[^:]*%.lua:%d+: ", "") end
