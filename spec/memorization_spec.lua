@@ -101,4 +101,43 @@ describe("sao.memorization", function()
     assert.equal(1, #s2.clips)
     assert.equal(1, #s2.skipped)
   end)
+
+  it("keeps a training clip's features in its cache file and reuses them to the bit", function()
+    local cached = {}
+    for i, c in ipairs(train) do
+      cached[i] = { path = c.path, song = c.song, name = c.name, cache = dir .. "/cache-" .. c.name .. ".safetensors" }
+    end
+    local first = mem.prepare(cached)
+    assert.equal(0, first.cached)
+    for _, c in ipairs(cached) do assert.is_truthy(mem.load_features(c.cache)) end
+    -- the audio is no longer needed: the cached features stand for it
+    local moved = {}
+    for i, c in ipairs(cached) do moved[i] = { path = c.path, song = c.song, name = c.name, cache = c.cache } end
+    local second = mem.prepare(moved)
+    assert.equal(#train, second.cached)
+    assert.same(set.thresholds, second.thresholds)
+    for i, f in ipairs(second.clips) do
+      local g = set.clips[i]
+      assert.equal(g.n, f.n)
+      assert.equal(g.beat_sync, f.beat_sync)
+      for k = 0, g.n * 12 - 1 do assert.equal(g.chroma[k], f.chroma[k]) end
+      assert.same(g.timbre, f.timbre)
+    end
+    -- a file of another features version, or a broken one, is recomputed (and rewritten)
+    local old = mem.FEATURES_VERSION
+    mem.FEATURES_VERSION = old + 1
+    assert.is_nil(mem.load_features(cached[1].cache))
+    mem.FEATURES_VERSION = old
+    shell.write(cached[2].cache, "not safetensors")
+    assert.is_nil(mem.load_features(cached[2].cache))
+    local third = mem.prepare(cached)
+    assert.equal(#train - 1, third.cached)
+    assert.is_truthy(mem.load_features(cached[2].cache))
+    -- an item's own features (its audio decoded by the caller) give the decoded item's result
+    local f = mem.features(sao.audio.load(train[2].path))
+    local a = mem.analyse(set, { { path = train[2].path } })
+    local b = mem.analyse(set, { { path = "/nonexistent.wav", features = f } })
+    assert.same(a.items[1].chroma.score, b.items[1].chroma.score)
+    assert.same(a.items[1].timbre.score, b.items[1].timbre.score)
+  end)
 end)

@@ -285,6 +285,15 @@ describe("eval stage", function()
     assert.equal(#m.samples + 1, #lines)
     local row = eval.csv({ { group = "g", file = 'a "b", c', acc1_4pct = true, clap_score = 0.5, reference = {} } })
     assert.equal('g,"a ""b"", c",,,,,,1,,,,,,,,,,,,0.5\n', row:match("\n(.*)$"))
+    -- the training clips' features are cached by content: a second eval reads them and agrees
+    -- (one file per distinct content: clips with the same audio share it)
+    local n_cache = 0
+    for _ in io.popen("ls " .. out .. "/cache/memorization"):lines() do n_cache = n_cache + 1 end
+    assert.is_true(n_cache >= 2 and n_cache <= mrep.training_clips)
+    local again = eval.run { out = out, run = "a", quiet = true, reference_clips = 0 }.memorization
+    assert.equal(again.training_clips, again.features_cached)
+    assert.same(mrep.thresholds, again.thresholds)
+    assert.same(mrep.groups[1].items, again.groups[1].items)
     assert.is_nil(eval.run { out = out, run = "a", quiet = true, reference_clips = 0, memorization = 0 }.memorization)
     -- the 3 s clips are click tracks at 120 BPM: their rows score the tempo right
     local scored = 0

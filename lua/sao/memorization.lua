@@ -13,8 +13,11 @@
 -- are to each other, and is worth a listen.
 --
 --   local mem = require "sao.memorization"
---   local train = mem.prepare({ {path = "a.wav", song = "Artist/Song"}, ... })
---   local rep = mem.analyse(train, { {path = "gen1.wav", name = "..."}, ... })
+--   local train = mem.prepare({ {path = "a.wav", song = "Artist/Song", cache = "f.safetensors"}, ... })
+--   local rep = mem.analyse(train, { {path = "gen1.wav", name = "...", features = nil}, ... })
+-- A training clip's `cache` file keeps its features between runs (written when missing; one of
+-- another FEATURES_VERSION is recomputed); an item's `features` (from features() on audio the
+-- caller has decoded anyway) saves decoding it again.
 --   -- rep.thresholds, rep.items[i] = {path, chroma = {score, match, lag}, timbre = {...}, flagged}
 -- Features of one file: a chroma sequence (chroma_stft, n_fft 4096, hop 2048, pooled between the
 -- beats of sao.analysis.tempo, else over 0.5 s windows; every column centred and L2-normalised)
@@ -29,6 +32,7 @@ M.N_FFT, M.HOP = 4096, 2048
 M.MIN_OVERLAP = 8
 M.QUANTILE = 0.999
 M.MAX_QUERIES = 200         -- training clips whose nearest other-song clip calibrates the thresholds
+M.FEATURES_VERSION = 1      -- bump when features() changes: cached features of an older version are recomputed
 
 -- ---- features ---------------------------------------------------------------------------------------
 
@@ -106,6 +110,36 @@ function M.features(audio, sr)
   end
   mono:free()
   return { chroma = chroma, n = n, beat_sync = beat_sync, timbre = timbre }
+end
+
+--- Writes a file's features (features()) to path (safetensors, atomically), for M.load_features.
+function M.save_features(path, f)
+  local chroma = sao.zeros({ math.max(f.n, 1) * 12 }, "f64")
+  if f.n > 0 then ffi.copy(chroma:data(), f.chroma, f.n * 12 * 8) end
+  local timbre = sao.zeros({ #f.timbre }, "f64")
+  local td = timbre:data()
+  for i, v in ipairs(f.timbre) do td[i - 1] = v end
+  sao.save_safetensors(path, { chroma = chroma, timbre = timbre },
+    { version = M.FEATURES_VERSION, n = f.n, beat_sync = f.beat_sync and 1 or 0 })
+  chroma:free(); timbre:free()
+end
+
+--- The features saved by save_features, or nil when the file is missing, unreadable or of another
+--- FEATURES_VERSION.
+function M.load_features(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  f:close()
+  local ok, t, meta = pcall(sao.load_safetensors, path)
+  if not ok or not meta or tonumber(meta.version) ~= M.FEATURES_VERSION or not t.chroma or not t.timbre then return nil end
+  local n = tonumber(meta.n) or 0
+  if t.chroma:numel() ~= math.max(n, 1) * 12 then return nil end
+  local chroma = ffi.new("double[?]", math.max(n, 1) * 12)
+  ffi.copy(chroma, t.chroma:data(), n * 12 * 8)
+  local timbre = {}
+  local td = t.timbre:data()
+  for i = 1, t.timbre:numel() do timbre[i] = td[i - 1] end
+  return { chroma = chroma, n = n, beat_sync = meta.beat_sync == "1", timbre = timbre }
 end
 
 -- ---- similarities -----------------------------------------------------------------------------------
@@ -189,11 +223,18 @@ end
 function M.prepare(clips, opts)
   opts = opts or {}
   local set = { clips = {}, skipped = {} }
+  set.cached = 0
   for _, c in ipairs(clips) do
     local ok, err = pcall(function()
-      local audio, sr = sao.audio.load(c.path)
-      local f = M.features(audio, sr)
-      audio:free()
+      local f = c.cache and M.load_features(c.cache)
+      if f then
+        set.cached = set.cached + 1
+      else
+        local audio, sr = sao.audio.load(c.path)
+        f = M.features(audio, sr)
+        audio:free()
+        if c.cache then M.save_features(c.cache, f) end
+      end
       f.path, f.song, f.name = c.path, c.song or c.path, c.name or c.path
       set.clips[#set.clips + 1] = f
     end)
@@ -274,9 +315,12 @@ function M.analyse(set, items, opts)
   local above = { chroma = 0, timbre = 0 }
   for _, it in ipairs(items) do
     local ok, err = pcall(function()
-      local audio, sr = sao.audio.load(it.path)
-      local f = M.features(audio, sr)
-      audio:free()
+      local f = it.features
+      if not f then
+        local audio, sr = sao.audio.load(it.path)
+        f = M.features(audio, sr)
+        audio:free()
+      end
       local nn = M.nearest(set, f)
       local row = { path = it.path, name = it.name or it.path, chroma = nn.chroma, timbre = nn.timbre, flagged = false }
       nn.chroma.threshold = M.chroma_threshold(set, f.n)

@@ -468,10 +468,13 @@ end
 function M.memorization(out, groups, max_train, log)
   local mem = require "sao.memorization"
   local train = {}
+  local seen = {}   -- a clip encoded for several models (or seeds) is one training clip
   for _, e in ipairs(require("sao.latents").read_index(out .. "/cache/latents")) do
-    if e.status == "ok" and e.audio then
+    if e.status == "ok" and e.audio and not seen[e.clip] then
+      seen[e.clip] = true
       train[#train + 1] = { path = out .. "/dataset/clips/" .. e.audio, song = tostring(e.clip):match("^(.*)/[^/]+$") or e.clip,
-                            name = e.clip }
+                            name = e.clip,   -- features kept by the clip's content (the encode stage's hash)
+                            cache = e.audio_sha256 and (out .. "/cache/memorization/" .. e.audio_sha256 .. ".safetensors") }
     end
   end
   if #train == 0 or max_train <= 0 then return nil end
@@ -481,9 +484,10 @@ function M.memorization(out, groups, max_train, log)
     for i = 1, max_train do picked[i] = train[math.floor((i - 1) * #train / max_train) + 1] end
     train = picked
   end
-  log(("eval: memorization: features of %d training clips"):format(#train))
+  common.mkdir_p(out .. "/cache/memorization")
   local set = mem.prepare(train)
-  local rep = { training_clips = #set.clips, thresholds = set.thresholds, groups = {},
+  log(("eval: memorization: features of %d training clips (%d from the cache)"):format(#set.clips, set.cached))
+  local rep = { training_clips = #set.clips, features_cached = set.cached, thresholds = set.thresholds, groups = {},
     method = "nearest training clip by beat-synchronous chroma (best mean cosine over lags, >= 8 beats) and by " ..
              "standardised 40-band log-mel mean/std (cosine); thresholds = quantile " .. set.thresholds.quantile ..
              " of the training clips' similarity to their nearest clip of another song (chroma: at each " ..
@@ -491,7 +495,7 @@ function M.memorization(out, groups, max_train, log)
   for _, g in ipairs(groups) do
     if g.kind == "samples" then
       local items = {}
-      for _, it in ipairs(g.items) do items[#items + 1] = { path = it.path, name = it.file } end
+      for _, it in ipairs(g.items) do items[#items + 1] = { path = it.path, name = it.file, features = it.mem_features } end
       local r = mem.analyse(set, items)
       local rows = {}
       local prefix = #(out .. "/dataset/clips/")
@@ -550,13 +554,20 @@ function M.run(opts)
   end
   local total = 0
   for _, g in ipairs(groups) do total = total + #g.items end
+  local max_train = common.num(opts.memorization, 200)
   local bar = progress.new { total = total, label = "eval", unit = "files", quiet = quiet }
   for _, g in ipairs(groups) do
     local rows = {}
     for _, it in ipairs(g.items) do
       bar:start(it.file)
-      local ok, row = pcall(M.score_file, it.path, it.reference, tolerances,
-                            function(audio, sr, r) clap_score(it, audio, sr, r) end)
+      local ok, row = pcall(M.score_file, it.path, it.reference, tolerances, function(audio, sr, r)
+        clap_score(it, audio, sr, r)
+        -- the memorization check's features of a sample, while its audio is decoded
+        if g.kind == "samples" and max_train > 0 then
+          local okf, f = pcall(require("sao.memorization").features, audio, sr)
+          if okf then it.mem_features = f end
+        end
+      end)
       if not ok then
         row = { reference = it.reference or {}, notes = "unreadable: " .. tostring(row):gsub("^[^:]*%.lua:%d+: ", "") }
         bar:print("eval: " .. it.path .. ": " .. row.notes)
@@ -591,7 +602,6 @@ function M.run(opts)
     metrics.warning = "The samples come from a model with random weights (the tiny test model): " ..
       "the metrics are meaningless as a measure of quality or prompt adherence."
   end
-  local max_train = common.num(opts.memorization, 200)
   if max_train > 0 then
     local ok, rep = pcall(M.memorization, out, groups, max_train, log)
     if ok then metrics.memorization = rep
