@@ -203,45 +203,82 @@ static int file_barrier(sao_ctx *ctx, sao_comm *c) {
 
 static float *slot(const sao_comm *c, int r) { return FG(c)->slots + (int64_t)r * c->capacity; }
 
-/* x[lo..hi) = the mean over the ranks' slots there, summed in rank order. */
-static void sum_slots(const sao_comm *c, float *x, int64_t lo, int64_t hi) {
+/* Calls fn(arg, p, off, k) for every piece of the vector's elements [lo, hi) that lies in one
+ * tensor: k floats at p, which are elements off..off+k-1 of the vector. */
+typedef void (*piece_fn)(const sao_comm *c, const void *arg, float *p, int64_t off, int64_t k);
+static void each_piece(const sao_comm *c, const comm_vec *v, int64_t lo, int64_t hi, piece_fn fn, const void *arg) {
+    int64_t start = 0;
+    for (int i = 0; i < v->count && start < hi; i++) {
+        int64_t a = lo > start ? lo : start, b = hi < start + v->n[i] ? hi : start + v->n[i];
+        if (a < b) fn(c, arg, v->p[i] + (a - start), a, b - a);
+        start += v->n[i];
+    }
+}
+
+static void to_slot(const sao_comm *c, const void *arg, float *p, int64_t off, int64_t k) {
+    (void)arg;
+    memcpy(slot(c, c->rank) + off, p, (size_t)k * sizeof(float));
+}
+
+static void from_slot(const sao_comm *c, const void *arg, float *p, int64_t off, int64_t k) {
+    memcpy(p, slot(c, *(const int *)arg) + off, (size_t)k * sizeof(float));
+}
+
+/* p[0..k) = the mean over the ranks' slots at off..off+k, summed in rank order (0, then + rank 0's,
+ * + rank 1's, ...: the same additions whatever the blocking). Blocks of 4096 floats keep the
+ * partial sums in cache; the threads of this process share the blocks. */
+static void mean_of_slots(const sao_comm *c, const void *arg, float *p, int64_t off, int64_t k) {
+    (void)arg;
     const float inv = 1.0f / (float)c->world;
-    for (int64_t j = lo; j < hi; j++) {
-        float s = 0;
-        for (int r = 0; r < c->world; r++) s += slot(c, r)[j];
-        x[j] = s * inv;
+    const int64_t B = 4096, nb = (k + B - 1) / B;
+    #pragma omp parallel for schedule(static) if (k > 65536)
+    for (int64_t b = 0; b < nb; b++) {
+        int64_t a = b * B, e = a + B < k ? a + B : k;
+        float *restrict y = p + a;
+        for (int64_t j = 0; j < e - a; j++) y[j] = 0.0f;
+        for (int r = 0; r < c->world; r++) {
+            const float *restrict s = slot(c, r) + off + a;
+            for (int64_t j = 0; j < e - a; j++) y[j] += s[j];
+        }
+        for (int64_t j = 0; j < e - a; j++) y[j] *= inv;
     }
 }
 
-/* Every rank's x into its slot, the barrier, the mean of [lo, hi) (or of every rank's shard: all),
- * and a second barrier: nobody refills a slot before every rank has read it. */
-static int file_reduce(sao_ctx *ctx, sao_comm *c, float *x, int64_t n, int64_t lo, int64_t hi) {
-    memcpy(slot(c, c->rank), x, (size_t)n * sizeof(float));
+/* The collectives on the tensors themselves. Reductions: every rank's vector into its slot, the
+ * barrier, the mean of [lo, hi) (all of it, or this rank's shard) into the tensors, and a second
+ * barrier: nobody refills a slot before every rank has read it. All-gather: this rank's shard into
+ * its slot, the barrier, every other rank's shard out of its slot, the barrier. */
+static int file_vec(sao_ctx *ctx, sao_comm *c, int kind, const comm_vec *v) {
+    int64_t lo, hi, n = v->total;
+    sao_comm_shard(n, c->world, c->rank, &lo, &hi);
+    if (kind == COMM_ALLGATHER) {
+        each_piece(c, v, lo, hi, to_slot, NULL);
+        if (file_barrier(ctx, c) != 0) return -1;
+        for (int r = 0; r < c->world; r++) {
+            if (r == c->rank) continue;
+            int64_t a, b;
+            sao_comm_shard(n, c->world, r, &a, &b);
+            each_piece(c, v, a, b, from_slot, &r);
+        }
+        return file_barrier(ctx, c);
+    }
+    if (kind == COMM_ALLREDUCE) lo = 0, hi = n;
+    each_piece(c, v, 0, n, to_slot, NULL);
     if (file_barrier(ctx, c) != 0) return -1;
-    sum_slots(c, x, lo, hi);
+    each_piece(c, v, lo, hi, mean_of_slots, NULL);
     return file_barrier(ctx, c);
 }
 
-static int file_allreduce(sao_ctx *ctx, sao_comm *c, float *x, int64_t n) { return file_reduce(ctx, c, x, n, 0, n); }
-
+/* The flat forms (a transport's ops table has them all): one piece. */
+static int file_flat(sao_ctx *ctx, sao_comm *c, int kind, float *x, int64_t n) {
+    comm_vec v = { .p = &x, .n = &n, .count = 1, .total = n };
+    return file_vec(ctx, c, kind, &v);
+}
+static int file_allreduce(sao_ctx *ctx, sao_comm *c, float *x, int64_t n) { return file_flat(ctx, c, COMM_ALLREDUCE, x, n); }
 static int file_reduce_scatter(sao_ctx *ctx, sao_comm *c, float *x, int64_t n) {
-    int64_t lo, hi;
-    sao_comm_shard(n, c->world, c->rank, &lo, &hi);
-    return file_reduce(ctx, c, x, n, lo, hi);
+    return file_flat(ctx, c, COMM_REDUCE_SCATTER, x, n);
 }
-
-static int file_allgather(sao_ctx *ctx, sao_comm *c, float *x, int64_t n) {
-    int64_t lo, hi;
-    sao_comm_shard(n, c->world, c->rank, &lo, &hi);
-    memcpy(slot(c, c->rank) + lo, x + lo, (size_t)(hi - lo) * sizeof(float));
-    if (file_barrier(ctx, c) != 0) return -1;
-    for (int r = 0; r < c->world; r++) {
-        if (r == c->rank) continue;
-        sao_comm_shard(n, c->world, r, &lo, &hi);
-        memcpy(x + lo, slot(c, r) + lo, (size_t)(hi - lo) * sizeof(float));
-    }
-    return file_barrier(ctx, c);
-}
+static int file_allgather(sao_ctx *ctx, sao_comm *c, float *x, int64_t n) { return file_flat(ctx, c, COMM_ALLGATHER, x, n); }
 
 /* In pieces of the slot's size when the bytes do not fit it. */
 static int file_broadcast(sao_ctx *ctx, sao_comm *c, void *buf, int64_t bytes, int root) {
@@ -265,7 +302,7 @@ static void file_close(sao_comm *c) {
 }
 
 static const comm_ops file_ops = {
-    .name = "file", .barrier = file_barrier, .allreduce_mean = file_allreduce,
+    .name = "file", .vec = file_vec, .barrier = file_barrier, .allreduce_mean = file_allreduce,
     .reduce_scatter_mean = file_reduce_scatter, .allgather = file_allgather, .broadcast = file_broadcast,
     .abort = file_abort, .close = file_close,
 };
@@ -300,7 +337,7 @@ int sao_comm_barrier(sao_ctx *ctx, sao_comm *c) {
 typedef int (*flat_op)(sao_ctx *ctx, sao_comm *c, float *x, int64_t n);
 
 /* Checks the list, copies it into c->flat, runs the transport's op there and copies back. */
-static int run_flat(sao_ctx *ctx, sao_comm *c, const char *op, sao_tensor *const *ts, int n, flat_op fn) {
+static int run_flat(sao_ctx *ctx, sao_comm *c, const char *op, sao_tensor *const *ts, int n, int kind, flat_op fn) {
     int64_t total = 0;
     for (int i = 0; i < n; i++) {
         const sao_tensor *t = ts[i];
@@ -314,6 +351,23 @@ static int run_flat(sao_ctx *ctx, sao_comm *c, const char *op, sao_tensor *const
                        (long long)total, (long long)c->capacity);
     if (c->broken) return sao_err(ctx, op, "rank %d: the group is broken (a collective failed)", c->rank);
     if (c->world == 1) return 0;
+    if (c->ops->vec) {
+        float **p = malloc((size_t)(n > 0 ? n : 1) * sizeof *p);
+        int64_t *k = malloc((size_t)(n > 0 ? n : 1) * sizeof *k);
+        if (!p || !k) {
+            free(p), free(k);
+            return sao_err(ctx, op, "out of memory");
+        }
+        for (int i = 0; i < n; i++) p[i] = sao_tensor_data(ts[i]), k[i] = sao_tensor_numel(ts[i]);
+        comm_vec v = { .p = p, .n = k, .count = n, .total = total };
+        int rc = c->ops->vec(ctx, c, kind, &v);
+        free(p), free(k);
+        if (rc != 0) {
+            c->broken = 1;
+            c->ops->abort(c);
+        }
+        return rc;
+    }
     if (total > c->flat_cap) {
         float *p = realloc(c->flat, (size_t)total * sizeof(float));
         if (!p) return sao_err(ctx, op, "out of memory for %lld floats", (long long)total);
@@ -341,15 +395,15 @@ static int run_flat(sao_ctx *ctx, sao_comm *c, const char *op, sao_tensor *const
 }
 
 int sao_comm_allreduce_mean(sao_ctx *ctx, sao_comm *c, sao_tensor *const *ts, int n) {
-    return run_flat(ctx, c, "comm.allreduce", ts, n, c->ops->allreduce_mean);
+    return run_flat(ctx, c, "comm.allreduce", ts, n, COMM_ALLREDUCE, c->ops->allreduce_mean);
 }
 
 int sao_comm_reduce_scatter_mean(sao_ctx *ctx, sao_comm *c, sao_tensor *const *ts, int n) {
-    return run_flat(ctx, c, "comm.reduce_scatter", ts, n, c->ops->reduce_scatter_mean);
+    return run_flat(ctx, c, "comm.reduce_scatter", ts, n, COMM_REDUCE_SCATTER, c->ops->reduce_scatter_mean);
 }
 
 int sao_comm_allgather(sao_ctx *ctx, sao_comm *c, sao_tensor *const *ts, int n) {
-    return run_flat(ctx, c, "comm.allgather", ts, n, c->ops->allgather);
+    return run_flat(ctx, c, "comm.allgather", ts, n, COMM_ALLGATHER, c->ops->allgather);
 }
 
 int sao_comm_broadcast(sao_ctx *ctx, sao_comm *c, void *buf, int64_t bytes, int root) {

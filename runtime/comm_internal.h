@@ -1,16 +1,29 @@
 /* comm_internal.h — what a transport of sao_comm provides (runtime/comm.c: the group, its tensor
  * lists and the file transport; runtime/comm_tcp.c: TCP).
  *
- * comm.c checks the tensor lists, copies them into one flat float buffer (the transport's `flat`,
- * grown by comm_flat), calls the transport on it and copies the results back. A transport works on
- * that buffer: n floats (n <= capacity when the transport has one), the same n on every rank. */
+ * comm.c checks the tensor lists. A transport with a `vec` op works on the tensors themselves (the
+ * file transport: they are copied into and out of its slots anyway); for the others comm.c copies
+ * them into one flat float buffer (`flat`), calls the transport on it and copies the results back.
+ * Either way n floats (n <= capacity when the transport has one), the same n on every rank. */
 #ifndef SAO_COMM_INTERNAL_H
 #define SAO_COMM_INTERNAL_H
 #include "internal.h"
 #include "sao_comm.h"
 
+/* A list of tensors as one vector: piece i is n[i] floats at p[i], in order; total = the sum. */
+typedef struct {
+    float *const *p;
+    const int64_t *n;
+    int count;
+    int64_t total;
+} comm_vec;
+
+enum { COMM_ALLREDUCE, COMM_REDUCE_SCATTER, COMM_ALLGATHER };
+
 typedef struct comm_ops {
     const char *name;
+    /* optional: the collective `kind` straight on the tensors (no flat copy); comm.c uses it when set */
+    int (*vec)(sao_ctx *ctx, sao_comm *c, int kind, const comm_vec *v);
     int (*barrier)(sao_ctx *ctx, sao_comm *c);
     int (*allreduce_mean)(sao_ctx *ctx, sao_comm *c, float *x, int64_t n);
     int (*reduce_scatter_mean)(sao_ctx *ctx, sao_comm *c, float *x, int64_t n);  /* own shard valid */
