@@ -25,6 +25,15 @@ volatile sig_atomic_t sao_interrupt_flag;
 void sao_interrupt_set(int on) { sao_interrupt_flag = on ? 1 : 0; }
 int sao_interrupt_pending(void) { return sao_interrupt_flag != 0; }
 
+volatile sig_atomic_t sao_stop_flag, sao_graceful_flag;
+int sao_stop_graceful(int on) {
+    int was = sao_graceful_flag != 0;
+    if (on >= 0) sao_graceful_flag = on ? 1 : 0;
+    return was;
+}
+int sao_stop_requested(void) { return sao_stop_flag != 0; }
+void sao_stop_set(int on) { sao_stop_flag = on ? 1 : 0; }
+
 const char *sao_version(void) { return SAO_VERSION; }
 
 double sao_file_mtime(const char *path) {

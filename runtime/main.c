@@ -18,6 +18,9 @@
  * and, as lua.c does, a count hook that raises "interrupted!" at the next Lua instruction the
  * interpreter runs. A second Ctrl-C before the first was picked up (a JIT-compiled loop never
  * reaches the hook) restores the default action and kills the process.
+ * Graceful stops (sao_stop_graceful, asked by the train stage): SIGTERM (a cluster's preemption)
+ * and the first Ctrl-C only set the stop flag, which the job polls between steps to save and stop;
+ * a second Ctrl-C then interrupts as above. Without a graceful job SIGTERM ends the process.
  */
 #include <errno.h>
 #include <limits.h>
@@ -67,7 +70,30 @@ static void lstop(lua_State *L, lua_Debug *ar) {
     luaL_error(L, "interrupted!");
 }
 
+static void say(const char *msg, size_t n) {
+    ssize_t w = write(STDERR_FILENO, msg, n);
+    (void)w;
+}
+
+static void on_sigterm(int sig) {
+    if (!sao_stop_graceful(-1)) {   /* nothing to save: the default action */
+        signal(sig, SIG_DFL);
+        raise(sig);
+        return;
+    }
+    static const char msg[] = "\nsao: SIGTERM: finishing this step, then saving a checkpoint and stopping\n";
+    if (!sao_stop_requested()) say(msg, sizeof msg - 1);
+    sao_stop_set(1);
+}
+
 static void on_sigint(int sig) {
+    if (sao_stop_graceful(-1) && !sao_stop_requested()) {
+        static const char msg[] = "\nsao: Ctrl-C: finishing this step, then saving a checkpoint and stopping "
+                                  "(Ctrl-C again to interrupt at once)\n";
+        say(msg, sizeof msg - 1);
+        sao_stop_set(1);
+        return;
+    }
     if (sao_interrupt_pending()) {  /* the first one was never picked up: give up */
         static const char msg[] = "\nsao: second Ctrl-C, quitting (JIT-compiled Lua loops "
                                   "cannot be interrupted; C loops poll the flag)\n";
@@ -88,6 +114,9 @@ static void install_sigint(void) {
     sa.sa_handler = on_sigint;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
+    sa.sa_handler = on_sigterm;
+    sa.sa_flags = SA_RESTART;   /* it only sets a flag: nothing needs to wake up */
+    sigaction(SIGTERM, &sa, NULL);
 }
 
 /* Calls the function below its `narg` arguments; reports an error and returns its status. */

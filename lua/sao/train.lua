@@ -411,7 +411,8 @@ function Trainer:check_schedule()
 end
 
 --- One optimiser step (cfg.accum micro-batches). Returns the info table that is also logged:
---- {step, loss, grad_norm, lr, ms, samples_per_s, skipped}.
+--- {step, loss, grad_norm, lr, ms, samples_per_s, skipped, stop}. stop: a graceful stop was asked
+--- (sao_stop_requested, in any rank of a data-parallel run): the caller should save and stop.
 function Trainer:step()
   local cfg = self.cfg
   self:check_schedule()
@@ -447,15 +448,19 @@ function Trainer:step()
     local loss = self.tr:vloss(x0, noise, t, cross, batch.global, { dloss = 1 / cfg.accum })
     total = total + loss / cfg.accum
   end
+  -- stop: a graceful stop was asked (SIGTERM, Ctrl-C: sao_stop_graceful) in this process or, in a
+  -- data-parallel run, in any rank's: every rank learns it at the same step's exchange
   local lr, norm, info
+  local stop = not self.comm and C.sao_stop_requested() ~= 0
   if self.comm and self.opt.shard then
     -- ZeRO-1: the mean gradient of this rank's shard; then one small exchange: the mean loss, rank
     -- 0's learning rate (its schedule, hot-swapped or not, is the run's: the others contribute 0 to
     -- the mean of world x lr) and the gradient's squared norm (each rank's shard's, summed)
     self:exchange("reduce_scatter_mean", self:list_of(self.grads))
-    local extra = sao.tensor { total, self.rank == 0 and self.opt:lr() * W or 0, self.opt:grad_sumsq() * W }
+    local extra = sao.tensor { total, self.rank == 0 and self.opt:lr() * W or 0, self.opt:grad_sumsq() * W,
+                               C.sao_stop_requested() }
     self.comm:allreduce_mean { extra }
-    total, lr, norm = extra[1], extra[2], math.sqrt(extra[3])
+    total, lr, norm, stop = extra[1], extra[2], math.sqrt(extra[3]), extra[4] > 0
     extra:free()
     info = self.opt:step(self.ema, lr, norm)
     if not info.skipped then
@@ -467,10 +472,10 @@ function Trainer:step()
   else
     if self.comm then
       -- one exchange: the mean gradient, the mean loss, and rank 0's learning rate
-      local extra = sao.tensor { total, self.rank == 0 and self.opt:lr() * W or 0 }
+      local extra = sao.tensor { total, self.rank == 0 and self.opt:lr() * W or 0, C.sao_stop_requested() }
       self:exchange("allreduce_mean", self:list_of(self.grads))
       self.comm:allreduce_mean { extra }
-      total, lr = extra[1], extra[2]
+      total, lr, stop = extra[1], extra[2], extra[3] > 0
       extra:free()
     end
     -- AdamW and the EMA of the new weights in one fused pass (a skipped step updates neither)
@@ -488,7 +493,7 @@ function Trainer:step()
   local flops = 6 * self.nparams * samples * (cfg.frames + 1)
   local rec = { step = self.step_n, loss = total, grad_norm = info.grad_norm, lr = info.lr, ms = dt * 1000,
     samples_per_s = samples / dt, skipped = info.skipped or nil,
-    mfu = cfg.peak_flops and flops / dt / cfg.peak_flops or nil }
+    mfu = cfg.peak_flops and flops / dt / cfg.peak_flops or nil, stop = stop or nil }
   if self.step_n % cfg.log_every == 0 then
     self:log(rec)
     if not cfg.quiet and self.rank == 0 then

@@ -42,6 +42,14 @@ double sao_file_mtime(const char *path);
 /* Cooperative interruption (Ctrl-C in the REPL): long loops poll this flag. */
 void sao_interrupt_set(int on);
 int sao_interrupt_pending(void);
+/* A graceful stop: while a long job has asked for it (sao_stop_graceful(1): the train stage), the
+ * sao binary turns SIGTERM and a first Ctrl-C into this flag instead of ending the process or
+ * raising an error mid-step; the job polls sao_stop_requested() at a safe point (between training
+ * steps), saves its state and stops. Outside such a job SIGTERM keeps its default action.
+ * sao_stop_graceful(-1) only asks; each returns the previous setting. */
+int sao_stop_graceful(int on);
+int sao_stop_requested(void);
+void sao_stop_set(int on);
 
 /* ---- dtypes, devices ------------------------------------------------------------------- */
 typedef enum {

@@ -434,9 +434,9 @@ function M.run(opts)
     if ddp_dir then require("sao.fs").rm_rf(ddp_dir) end
   end
   if dp.leader and world > 1 and dp.nnodes == 1 then
-    -- the group (a gradient's floats, or loss + lr + |g|², per rank), then the other ranks, which resume from
+    -- the group (a gradient's floats, or loss, lr, |g|² and the stop flag, per rank), then the other ranks, which resume from
     -- the same checkpoint (or start fresh) and join at the first step's exchange
-    group = comm.create(comm.default_path(tostring(ffi.C.getpid())), world, trainer:grad_floats() + 3,
+    group = comm.create(comm.default_path(tostring(ffi.C.getpid())), world, trainer:grad_floats() + 4,
                         { timeout = timeout })
     start_workers(group.path)
     for r, pid in pairs(workers) do group:set_pid(r, pid) end
@@ -466,7 +466,9 @@ function M.run(opts)
   local bar = progress.new { total = cfg.steps, label = "train", unit = "steps", quiet = quiet or rank ~= 0 }
   if trainer.step_n > 0 then bar:skip(math.min(trainer.step_n, cfg.steps)) end
   local demo
-  local last_saved, saved_last = ck and ck.step or -1, false
+  local last_saved, saved_last, stopped = ck and ck.step or -1, false, false
+  -- SIGTERM (a cluster's preemption) or Ctrl-C: finish the step, save, stop (sao_stop_graceful)
+  local graceful_was = sao.C.sao_stop_graceful(1)
   local ok, err = pcall(function()
     while trainer.step_n < cfg.steps do
       bar:start()
@@ -494,17 +496,24 @@ function M.run(opts)
         sample.generate_set(demo, items, run_dir .. "/samples/step-" .. n, { cfg_scales = d.cfg_scales, steps = d.steps,
           seconds = d.seconds, seed = 1, sampler = d.sampler or "dpmpp-3m-sde", step = n, weights = "ema", quiet = quiet })
       end
+      if r.stop then   -- every rank sees it at the same step
+        stopped = true
+        trainer:log { step = n, event = "stopped", reason = "signal" }
+        break
+      end
     end
     if last_saved ~= trainer.step_n then
       trainer:save()   -- every rank, as above
       saved_last = true
     end
   end)
+  sao.C.sao_stop_graceful(graceful_was)
+  sao.C.sao_stop_set(0)
   if not ok then
     -- a failing rank breaks the group, so the others stop at their next exchange instead of waiting
     if group then group:abort() end
     if workers then
-      for _, pid in pairs(workers) do if alive(pid) then ffi.C.kill(pid, 15) end end
+      for _, pid in pairs(workers) do if alive(pid) then ffi.C.kill(pid, 9) end end
       for r in pairs(workers) do
         local text = common.read(("%s/rank%d.log"):format(ddp_dir, r)) or ""
         if text:match("%S") then io.stderr:write(("train: rank %d said:\n%s\n"):format(r, text)) end
@@ -525,6 +534,10 @@ function M.run(opts)
   if rank ~= 0 then return { run_dir = run_dir, step = trainer.step_n, rank = rank, trainer = trainer } end
   if saved_last then prune(run_dir, cfg.keep) end
   M.plot_loss(run_dir)
+  if stopped then
+    error(("train: stopped at step %d of %d (SIGTERM or Ctrl-C); checkpoint %s/checkpoints/step-%d saved: run " ..
+      "the same command to resume"):format(trainer.step_n, cfg.steps, run_dir, trainer.step_n), 0)
+  end
   local exported = M.export(trainer, model, run_dir)
   log(string.format("train: at step %d; checkpoint %s/checkpoints/step-%d, export %s, loss curve %s/loss.png",
     trainer.step_n, run_dir, trainer.step_n, exported, run_dir))
