@@ -130,6 +130,13 @@ describe("train stage with --nproc", function()
       n = n + 1
     end
     assert.equal(2 * #two.trainer.grad_names, n)
+    -- the EMA copy: each rank updates its shard; a checkpoint gathers it whole
+    local ea = sao.load_safetensors(out .. "/runs/one/checkpoints/step-4/ema.safetensors")
+    local eb = sao.load_safetensors(out .. "/runs/two/checkpoints/step-4/ema.safetensors")
+    local worst_ema = 0
+    for k, t in pairs(ea) do worst_ema = math.max(worst_ema, t:maxdiff(eb[k])) end
+    assert.is_true(worst_ema < 1e-5, "EMA differs by " .. worst_ema)
+    assert.is_false(two.trainer.ema_stale)
     -- zero = 0: every rank all-reduces the gradients and updates every weight; the same run
     local flat = train.run(topts("flat", { steps = 4, batch = 1, nproc = 2, zero = 0 }))
     assert.is_nil(flat.trainer.opt.shard)

@@ -225,6 +225,15 @@ function Trainer:exchange(op, list)
   end
 end
 
+--- ZeRO-1: brings every rank's EMA copy up to date (each rank's steps updated its own shard of it).
+--- A collective: every rank calls it, before anything reads trainer.ema.shadow (save does).
+function Trainer:sync_ema()
+  if self.ema and self.ema_stale then
+    self:exchange("allgather", self:list_of(self.ema.shadow))
+    self.ema_stale = false
+  end
+end
+
 --- Every rank's moments, full size on the host (name -> tensor): a collective when sharded (every
 --- rank calls it), the optimiser's own tensors otherwise.
 function Trainer:full_moments()
@@ -464,9 +473,10 @@ function Trainer:step()
     extra:free()
     info = self.opt:step(self.ema, lr, norm)
     if not info.skipped then
-      -- every rank's updated shard of the weights and of their EMA, to every rank
+      -- every rank's updated shard of the weights, to every rank; the EMA copy's shards are
+      -- gathered only when someone reads it (sync_ema: a checkpoint, a demo)
       self:exchange("allgather", self:list_of(self.params))
-      if self.ema then self:exchange("allgather", self:list_of(self.ema.shadow)) end
+      if self.ema then self.ema_stale = true end
       if self.device and not cfg.lora then C.sao_dit_weights_written(cfg.dit.h) end
     end
   else
@@ -526,7 +536,8 @@ end
 --- so a killed run leaves either the whole checkpoint or none (plus a .partial folder, removed
 --- by the next save).
 function Trainer:save(dir)
-  -- data parallel: every rank calls it (ZeRO-1 gathers the moments' shards); rank 0 writes
+  -- data parallel: every rank calls it (ZeRO-1 gathers the moments' and the EMA's shards); rank 0 writes
+  self:sync_ema()
   local m_full, v_full = self:full_moments()
   if self.rank ~= 0 then return nil end
   local final = dir or ((self.cfg.run_dir or ".") .. "/checkpoints/step-" .. self.step_n)
@@ -634,6 +645,10 @@ end
 function Trainer:export(path, opts)
   opts = opts or {}
   local prefix = opts.prefix or "model.model."
+  if self.ema and opts.ema ~= false and self.ema_stale then
+    error("train: export: the EMA copy is sharded over the ranks: call trainer:sync_ema() on every rank first " ..
+          "(save does)", 2)
+  end
   local src = (self.ema and opts.ema ~= false) and self.ema.shadow or self.params
   local out = {}
   for k, t in pairs(src) do out[prefix .. k] = t end

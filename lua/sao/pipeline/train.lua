@@ -487,7 +487,9 @@ function M.run(opts)
           M.plot_loss(run_dir)
         end
       end
-      if cfg.demo.every and cfg.demo.every > 0 and n % cfg.demo.every == 0 and rank == 0 then
+      local demo_due = cfg.demo.every and cfg.demo.every > 0 and n % cfg.demo.every == 0
+      if demo_due then trainer:sync_ema() end   -- every rank (ZeRO-1's EMA shards), then rank 0 samples
+      if demo_due and rank == 0 then
         local sample = require "sao.pipeline.sample"
         if demo and trainer.device then bind_demo(demo, trainer) end
         demo = demo or demo_model(opts, trainer)
