@@ -360,7 +360,7 @@ function M.run(opts)
   local ck = opts._checkpoint and { dir = opts._checkpoint, step = opts._checkpoint_step } or common.latest_checkpoint(run_dir)
   local group, nccl, workers, ddp_dir
   local function start_workers(addr)
-    ddp_dir = run_dir .. "/.ddp-" .. tostring(ffi.C.getpid())
+    ddp_dir = run_dir .. "/.ddp-" .. (dp.nnodes > 1 and (dp.node_rank .. "-") or "") .. tostring(ffi.C.getpid())
     opts._checkpoint, opts._checkpoint_step = ck and ck.dir or nil, ck and ck.step or nil
     workers = spawn_workers(opts, dp, addr, ddp_dir)
     opts._checkpoint, opts._checkpoint_step = nil, nil
