@@ -27,13 +27,13 @@ function M.emulated()
 end
 
 pcall(ffi.cdef, "int setenv(const char *, const char *, int); int unsetenv(const char *);")
---- Runs f with the environment variables of `vars` (name -> value) set, then gives them back the
---- values they had (unset if they had none); returns f's result, raises its error again.
+--- Runs f with the environment variables of `vars` (name -> value, or false: unset) set, then gives
+--- them back the values they had (unset if they had none); returns f's result, raises its error again.
 function M.with_env(vars, f)
   local was = {}
   for k, v in pairs(vars) do
     was[k] = os.getenv(k)
-    ffi.C.setenv(k, v, 1)
+    if v == false then ffi.C.unsetenv(k) else ffi.C.setenv(k, v, 1) end
   end
   local ok, res = pcall(f)
   for k in pairs(vars) do

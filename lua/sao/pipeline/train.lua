@@ -283,10 +283,20 @@ end
 --- The data-parallel layout of this process from the options: {rank, world, nproc (this machine's
 --- processes), local_rank, nnodes, node_rank, master ("host:port" or nil), leader (this process
 --- starts its machine's others)}.
+--- When MASTER_ADDR is set (a launch script's word that this is a multi-machine run), the
+--- launcher's environment fills in what the options leave out: NNODES and NODE_RANK (torchrun's
+--- names), else SLURM's SLURM_NNODES and SLURM_NODEID (one task per machine), and MASTER_ADDR with
+--- MASTER_PORT (default 29500) for --master.
 function M.layout(opts)
+  local env = os.getenv
+  local launched = env("MASTER_ADDR") ~= nil and env("MASTER_ADDR") ~= ""
+  local function from_env(a, b) return launched and tonumber(env(a) or env(b) or "") or nil end
   local nproc = common.num(opts.nproc, 1)
-  local nnodes = common.num(opts.nnodes, 1)
-  local node = common.num(opts.node_rank, 0)
+  local nnodes = common.num(opts.nnodes, from_env("NNODES", "SLURM_NNODES") or 1)
+  local node = common.num(opts.node_rank, from_env("NODE_RANK", "SLURM_NODEID") or 0)
+  if opts.master == nil and nnodes > 1 and launched then
+    opts.master = env("MASTER_ADDR") .. ":" .. (env("MASTER_PORT") or "29500")
+  end
   if nproc < 1 or nproc ~= math.floor(nproc) then error("train: --nproc " .. tostring(opts.nproc) .. ": expected a count >= 1", 0) end
   if nnodes < 1 or nnodes ~= math.floor(nnodes) then error("train: --nnodes " .. tostring(opts.nnodes) .. ": expected a count >= 1", 0) end
   if node < 0 or node >= nnodes or node ~= math.floor(node) then
