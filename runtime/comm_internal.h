@@ -39,6 +39,9 @@ struct sao_comm {
     int64_t capacity;                    /* floats per collective; -1: no limit */
     double timeout_s;
     int broken;                          /* this rank saw the group fail */
+    const int64_t *watch;                /* processes whose exit fails a wait (the TCP start-up's local */
+    int nwatch;                          /* ranks), or NULL; valid while sao_comm_tcp_watching runs */
+    double watch_checked;                /* when they were last looked at */
     float *flat;                         /* the tensor lists, flattened (comm_flat) */
     int64_t flat_cap;
     void *t;                             /* the transport's state */

@@ -33,7 +33,8 @@
  * Deadlock: in a step every rank sends to next while receiving from prev. With blocking sockets a
  * shard larger than the kernel's buffers would block every sender at once; here both directions
  * are non-blocking and pumped together under poll(), so each rank drains prev while next drains it.
- * Failures: a wait polls in 100 ms slices, checks Ctrl-C (sao_interrupt_pending), and fails after
+ * Failures: a wait polls in 100 ms slices, checks Ctrl-C (sao_interrupt_pending) and, while the group
+ * forms, the processes of sao_comm_tcp_watching (about every 0.2 s), and fails after
  * timeout_s without any progress, naming the rank it waited for. EOF, ECONNRESET or EPIPE (sends
  * use MSG_NOSIGNAL: no SIGPIPE) fail at once naming the rank that closed; while a rank still has
  * bytes for next, that socket is also watched for readability, which on a socket that carries
@@ -49,6 +50,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -98,6 +100,21 @@ static void close_fd(int *fd) {
 static void sleep_ms(int ms) {
     struct timespec ts = { 0, (long)ms * 1000000L };
     nanosleep(&ts, NULL);
+}
+
+/* Whether a wait must give up now: Ctrl-C, or (at start-up) a watched process that has exited.
+ * The error names it. */
+static int must_stop(sao_ctx *ctx, sao_comm *c, const char *op) {
+    if (sao_interrupt_pending()) return sao_err(ctx, op, "rank %d: interrupted", c->rank);
+    double now = comm_now();
+    if (c->nwatch > 0 && now - c->watch_checked > 0.2) {
+        c->watch_checked = now;
+        for (int i = 0; i < c->nwatch; i++)
+            if (c->watch[i] > 0 && kill((pid_t)c->watch[i], 0) != 0 && errno == ESRCH)
+                return sao_err(ctx, op, "rank %d: process %lld, one of this machine's ranks, has exited before the "
+                               "group formed", c->rank, (long long)c->watch[i]);
+    }
+    return 0;
 }
 
 static void tune(int fd) {
@@ -242,7 +259,7 @@ static int pump(sao_ctx *ctx, sao_comm *c, const char *op, int sfd, int srank, c
             }
         }
         if (got == rn && sent == sn) return 0;
-        if (sao_interrupt_pending()) return sao_err(ctx, op, "rank %d: interrupted", c->rank);
+        if (must_stop(ctx, c, op)) return -1;
         double now = comm_now();
         if (moved) {
             last = now;
@@ -325,7 +342,7 @@ static int accept_until(sao_ctx *ctx, sao_comm *c, const char *op, int lfd, doub
         }
         if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
             return sao_err(ctx, op, "rank %d: accept failed: %s", c->rank, strerror(errno));
-        if (sao_interrupt_pending()) return sao_err(ctx, op, "rank %d: interrupted", c->rank);
+        if (must_stop(ctx, c, op)) return -1;
         if (comm_now() > deadline) return sao_err(ctx, op, "%s", late);
         struct pollfd p = { .fd = lfd, .events = POLLIN };
         poll(&p, 1, POLL_MS);
@@ -352,9 +369,9 @@ static int connect_until(sao_ctx *ctx, sao_comm *c, const char *op, const struct
                     if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &el) != 0) e = errno;
                 } else if (k < 0 && errno != EINTR) {
                     e = errno;
-                } else if (sao_interrupt_pending()) {
+                } else if (must_stop(ctx, c, op)) {
                     close(fd);
-                    return sao_err(ctx, op, "rank %d: interrupted", c->rank);
+                    return -1;
                 } else if (comm_now() > deadline) {
                     e = ETIMEDOUT;
                 }
@@ -367,7 +384,7 @@ static int connect_until(sao_ctx *ctx, sao_comm *c, const char *op, const struct
         close(fd);
         last = e;
         int hopeless = e == EACCES || e == EPERM || e == EAFNOSUPPORT || e == EINVAL || e == EADDRNOTAVAIL;
-        if (sao_interrupt_pending()) return sao_err(ctx, op, "rank %d: interrupted", c->rank);
+        if (must_stop(ctx, c, op)) return -1;
         if (hopeless || comm_now() + 0.05 > deadline)
             return sao_err(ctx, op, "rank %d could not connect to %s at %s%s: %s (is it running, and is the "
                            "address reachable from here?)", c->rank, name, addr_text(at, sizeof at, to),
@@ -560,6 +577,11 @@ out:
 }
 
 sao_comm *sao_comm_tcp(sao_ctx *ctx, const char *addr, int rank, int world, double timeout_s) {
+    return sao_comm_tcp_watching(ctx, addr, rank, world, timeout_s, NULL, 0);
+}
+
+sao_comm *sao_comm_tcp_watching(sao_ctx *ctx, const char *addr, int rank, int world, double timeout_s,
+                                const int64_t *pids, int n) {
     const char *op = "comm.tcp";
     char host[256];
     int port = 0, v6 = 0;
@@ -575,7 +597,11 @@ sao_comm *sao_comm_tcp(sao_ctx *ctx, const char *addr, int rank, int world, doub
     }
     g->next = g->prev = -1;
     c->t = g;
+    c->watch = pids;
+    c->nwatch = pids ? n : 0;
     int rc = rank == 0 ? start_root(ctx, c, op, port, v6) : start_rank(ctx, c, op, addr, host, port, v6);
+    c->watch = NULL;   /* the caller's array: not kept */
+    c->nwatch = 0;
     if (rc != 0) {
         sao_comm_close(c);
         return NULL;

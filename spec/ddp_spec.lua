@@ -266,6 +266,20 @@ describe("train stage over TCP (--nnodes, --node-rank, --master)", function()
     assert.same({ 1, 0, 0, 2 }, { d.nnodes, d.node_rank, d.rank, d.world })
   end)
 
+  it("a machine's rank that cannot start stops the group's forming at once, with its words", function()
+    local bad = out .. "/badsao"
+    shell.write(bad, "#!/bin/sh\nexec ./sao -e 'error([[no GPU here]])'\n")
+    os.execute("chmod +x " .. shell.q(bad))
+    local t0 = os.time()
+    local code, _, err = shell.sh("SAO_BIN=" .. shell.q(bad) .. " ./sao -e " .. shell.q(
+      ("require('sao.pipeline.train').run { out = %q, model = 'tiny', quiet = true, run = 'badtcp', steps = 2, " ..
+       "batch = 1, frames = 32, nproc = 2, nnodes = 2, master = '127.0.0.1:%d' }"):format(out, port + 2)))
+    assert.are_not.equal(0, code)
+    assert.matches("one of this machine's ranks, has exited before the group formed", err)
+    assert.matches("train: rank 1 said:.-no GPU here", err)
+    assert.is_true(os.time() - t0 < 20)
+  end)
+
   it("refuses a layout it cannot run", function()
     assert.error_matches(function() train.run(topts("x", { steps = 1, nnodes = 2 })) end, "needs %-%-master HOST:PORT")
     assert.error_matches(function() train.run(topts("x", { steps = 1, nnodes = 2, node_rank = 2, master = "h:1" })) end,

@@ -35,10 +35,16 @@ function M.open(path, rank, opts)
   return wrap(sao.checkp(C.sao_comm_open(ctx, path, rank, opts and opts.timeout or 600), 2), path)
 end
 
---- tcp("host:port", rank, world, {timeout = 600 s}) -> the group over TCP: rank 0 listens on the
---- port, the others connect to host:port (retrying until the timeout).
+--- tcp("host:port", rank, world, {timeout = 600 s, watch = {pid, ...}}) -> the group over TCP: rank
+--- 0 listens on the port, the others connect to host:port (retrying until the timeout). watch: this
+--- machine's other ranks, started by this process; if one exits before the group has formed, this
+--- one fails at once instead of waiting out the timeout.
 function M.tcp(addr, rank, world, opts)
-  return wrap(sao.checkp(C.sao_comm_tcp(ctx, addr, rank, world, opts and opts.timeout or 600), 2), addr)
+  opts = opts or {}
+  local watch = opts.watch or {}
+  local pids = ffi.new("int64_t[?]", math.max(#watch, 1))
+  for i, p in ipairs(watch) do pids[i - 1] = p end
+  return wrap(sao.checkp(C.sao_comm_tcp_watching(ctx, addr, rank, world, opts.timeout or 600, pids, #watch), 2), addr)
 end
 
 --- The default place of a group file: /dev/shm when there is one (memory, no disk writes).

@@ -48,6 +48,10 @@ int sao_comm_barrier(sao_ctx *ctx, sao_comm *c);
 /* Joins a group over TCP as `rank` of `world`. addr: "host:port" of rank 0 (rank 0 listens on
  * that port on every interface; the others connect, retrying until timeout_s). */
 sao_comm *sao_comm_tcp(sao_ctx *ctx, const char *addr, int rank, int world, double timeout_s);
+/* The same, and while the group forms it fails at once (instead of at the timeout) when one of the
+ * n processes `pids` exits: this machine's other ranks, started by this one, that will join too. */
+sao_comm *sao_comm_tcp_watching(sao_ctx *ctx, const char *addr, int rank, int world, double timeout_s,
+                                const int64_t *pids, int n);
 /* The transport's name: "file" or "tcp". */
 const char *sao_comm_transport(const sao_comm *c);
 /* The shard of a flat vector of `total` floats that `rank` owns in reduce-scatter and all-gather:

@@ -399,7 +399,20 @@ function M.run(opts)
     end
   elseif world > 1 and dp.nnodes > 1 then
     if dp.nproc > 1 then start_workers("tcp:" .. dp.master) end
-    group = comm.tcp(dp.master, rank, world, { timeout = timeout })
+    local watch = {}
+    for _, pid in pairs(workers or {}) do watch[#watch + 1] = pid end
+    local ok, g = pcall(comm.tcp, dp.master, rank, world, { timeout = timeout, watch = watch })
+    if not ok then
+      -- what this machine's ranks said (one that could not start is usually why)
+      for r in pairs(workers or {}) do
+        local text = common.read(("%s/rank%d.log"):format(ddp_dir, r)) or ""
+        if text:match("%S") then io.stderr:write(("train: rank %d said:\n%s\n"):format(r, text)) end
+      end
+      for _, pid in pairs(workers or {}) do if alive(pid) then ffi.C.kill(pid, 9) end end
+      if ddp_dir then require("sao.fs").rm_rf(ddp_dir) end
+      error(g, 0)
+    end
+    group = g
   end
   if group and dp.nnodes > 1 then
     -- every machine reads the run folder: they must resume from the same checkpoint
