@@ -182,11 +182,22 @@ main() {
     echo "cuDNN: no libcudnn.so.9 found (the convolutions run as im2col + cuBLASLt GEMMs; the cuDNN specs are pending)"
   fi
 
+  # NCCL: dlopened as cuDNN is ($SAO_NCCL_LIB, else libnccl.so.2). The same search, python's
+  # nvidia/nccl/lib included. None: the NCCL specs are pending; the rest is unchanged.
+  if [ -z "${SAO_NCCL_LIB:-}" ]; then
+    pynccl=$(timeout 30 python3 -c 'import nvidia.nccl as m, os; print(os.path.join(list(m.__path__)[0], "lib"))' 2>/dev/null)
+    for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda-*/lib64 /usr/lib/$MA ${pynccl:+"$pynccl"} \
+             /usr/local/lib/python3*/dist-packages/nvidia/nccl/lib /usr/lib/python3/dist-packages/nvidia/nccl/lib; do
+      if [ -e "$d/libnccl.so.2" ]; then export SAO_NCCL_LIB="$d/libnccl.so.2"; break; fi
+    done
+  fi
+  echo "NCCL: ${SAO_NCCL_LIB:-no libnccl.so.2 found (the NCCL specs are pending)}"
+
   note "environment"
   echo "PATH=$PATH"
   echo "LUA_PATH=$LUA_PATH"
   echo "LUA_CPATH=$LUA_CPATH"
-  echo "SAO_LIB=$SAO_LIB SAO_CDEF=$SAO_CDEF LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-} SAO_CUDNN_LIB=${SAO_CUDNN_LIB:-}"
+  echo "SAO_LIB=$SAO_LIB SAO_CDEF=$SAO_CDEF LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-} SAO_CUDNN_LIB=${SAO_CUDNN_LIB:-} SAO_NCCL_LIB=${SAO_NCCL_LIB:-}"
   echo "luajit: $(command -v luajit) ($(luajit -v 2>&1))"
   echo "busted: $(command -v busted)"
 
@@ -212,6 +223,7 @@ main() {
       print("device", d.index, d.name, d.memory_bytes, d.capability)
     end
     print("cudnn", sao.cuda.cudnn())
+    print("nccl", require("sao.nccl").available())
     print("conv_backend", sao.cuda.conv_backend())
     -- does this cuDNN build plans for the unified SDPA operations at SAO'"'"'s self-attention shape?
     if sao.cuda.count() > 0 then
