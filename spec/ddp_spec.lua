@@ -249,19 +249,19 @@ describe("train stage over TCP (--nnodes, --node-rank, --master)", function()
   it("takes the layout from a launcher's environment (torchrun's names, SLURM's)", function()
     local gpu = require "support.gpu"
     local d = gpu.with_env({ SLURM_NNODES = "2", SLURM_NODEID = "1", MASTER_ADDR = "10.0.0.1", MASTER_PORT = "29511",
-      NNODES = false, NODE_RANK = false }, function() return train.layout { nproc = 2 } end)
+      NNODES = false, NODE_RANK = false }, function() return require("sao.pipeline.ddp").layout { nproc = 2 } end)
     assert.same({ 2, 1, "10.0.0.1:29511", 2, 4, true }, { d.nnodes, d.node_rank, d.master, d.rank, d.world, d.leader })
     d = gpu.with_env({ NNODES = "3", NODE_RANK = "2", MASTER_ADDR = "h", MASTER_PORT = false, SLURM_NNODES = false,
-      SLURM_NODEID = false }, function() return train.layout { nproc = 1 } end)
+      SLURM_NODEID = false }, function() return require("sao.pipeline.ddp").layout { nproc = 1 } end)
     assert.same({ 3, 2, "h:29500", 2, 3 }, { d.nnodes, d.node_rank, d.master, d.rank, d.world })
     -- the options win over the environment
     d = gpu.with_env({ NNODES = "3", NODE_RANK = "2", MASTER_ADDR = "h" }, function()
-      return train.layout { nproc = 1, nnodes = 1, node_rank = 0 }
+      return require("sao.pipeline.ddp").layout { nproc = 1, nnodes = 1, node_rank = 0 }
     end)
     assert.same({ 1, 0, 0, 1 }, { d.nnodes, d.node_rank, d.rank, d.world })
     -- a SLURM allocation of two machines without MASTER_ADDR: one machine, as asked
     d = gpu.with_env({ SLURM_NNODES = "2", SLURM_NODEID = "1", MASTER_ADDR = false, NNODES = false }, function()
-      return train.layout { nproc = 2 }
+      return require("sao.pipeline.ddp").layout { nproc = 2 }
     end)
     assert.same({ 1, 0, 0, 2 }, { d.nnodes, d.node_rank, d.rank, d.world })
   end)

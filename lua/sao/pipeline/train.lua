@@ -24,6 +24,7 @@ local latents = require "sao.latents"
 local progress = require "sao.progress"
 local plot = require "sao.plot"
 local common = require "sao.pipeline.common"
+local ddp = require "sao.pipeline.ddp"
 
 local M = {}
 
@@ -240,36 +241,8 @@ local function demo_model(opts, trainer)
   return m
 end
 
--- ---- data parallel: worker processes ----------------------------------------------------------------
--- `--nproc N`: this process is rank 0; it starts N - 1 copies of the stage (`sao -e ...worker`),
--- each a rank with its part of every global batch, joined by a sao.comm group file. Rank 0 alone
--- writes logs, checkpoints, demos and the export; every rank holds the same weights.
-local ffi = require "ffi"
-pcall(ffi.cdef, "int kill(int pid, int sig); int getpid(void);")
-
-local function spawn_workers(opts, dp, comm_addr, dir)
-  common.mkdir_p(dir)
-  local o = {}
-  for k, v in pairs(opts) do if type(v) ~= "table" and type(v) ~= "function" then o[k] = v end end
-  common.write_atomic(dir .. "/opts.json", require("cjson").encode(o))
-  local exe = common.sao_binary()
-  local pids = {}
-  for l = 1, dp.nproc - 1 do
-    local r = dp.rank + l
-    local code = ("require('sao.pipeline.train').worker(%q, %d, %q, %d, %d)"):format(dir .. "/opts.json", r,
-      comm_addr, dp.world, l)
-    local cmd = ("%s -e %s > %s 2>&1 & echo $!"):format(common.shell_quote(exe), common.shell_quote(code),
-      common.shell_quote(("%s/rank%d.log"):format(dir, r)))
-    local p = io.popen(cmd)
-    pids[r] = tonumber(p:read("*l"))
-    p:close()
-  end
-  return pids
-end
-
-local function alive(pid) return pid and ffi.C.kill(pid, 0) == 0 end
-
---- A worker rank of a data-parallel run (started by its machine's first rank; see spawn_workers).
+-- ---- data parallel (sao.pipeline.ddp starts the workers) ------------------------------------------
+--- A worker rank of a data-parallel run (started by its machine's first rank: sao.pipeline.ddp).
 --- comm: the group file's path, or "tcp:HOST:PORT" (several machines).
 function M.worker(opts_path, rank, comm, world, local_rank)
   local text = common.read(opts_path)
@@ -280,55 +253,6 @@ function M.worker(opts_path, rank, comm, world, local_rank)
   return M.run(opts)
 end
 
---- The data-parallel layout of this process from the options: {rank, world, nproc (this machine's
---- processes), local_rank, nnodes, node_rank, master ("host:port" or nil), leader (this process
---- starts its machine's others)}.
---- When MASTER_ADDR is set (a launch script's word that this is a multi-machine run), the
---- launcher's environment fills in what the options leave out: NNODES and NODE_RANK (torchrun's
---- names), else SLURM's SLURM_NNODES and SLURM_NODEID (one task per machine), and MASTER_ADDR with
---- MASTER_PORT (default 29500) for --master.
-function M.layout(opts)
-  local env = os.getenv
-  local launched = env("MASTER_ADDR") ~= nil and env("MASTER_ADDR") ~= ""
-  local function from_env(a, b) return launched and tonumber(env(a) or env(b) or "") or nil end
-  local nproc = common.num(opts.nproc, 1)
-  local nnodes = common.num(opts.nnodes, from_env("NNODES", "SLURM_NNODES") or 1)
-  local node = common.num(opts.node_rank, from_env("NODE_RANK", "SLURM_NODEID") or 0)
-  if opts.master == nil and nnodes > 1 and launched then
-    opts.master = env("MASTER_ADDR") .. ":" .. (env("MASTER_PORT") or "29500")
-  end
-  if nproc < 1 or nproc ~= math.floor(nproc) then error("train: --nproc " .. tostring(opts.nproc) .. ": expected a count >= 1", 0) end
-  if nnodes < 1 or nnodes ~= math.floor(nnodes) then error("train: --nnodes " .. tostring(opts.nnodes) .. ": expected a count >= 1", 0) end
-  if node < 0 or node >= nnodes or node ~= math.floor(node) then
-    error(("train: --node-rank %s: expected 0..%d (--nnodes %d)"):format(tostring(opts.node_rank), nnodes - 1, nnodes), 0)
-  end
-  local master = opts.master ~= true and opts.master or nil
-  if nnodes > 1 and not master then
-    error("train: --nnodes " .. nnodes .. " needs --master HOST:PORT (where the machine of --node-rank 0 listens)", 0)
-  end
-  if master and not tostring(master):match("^.+:%d+$") then
-    error("train: --master " .. tostring(master) .. ": expected HOST:PORT", 0)
-  end
-  local d = { nproc = nproc, nnodes = nnodes, node_rank = node, master = master, world = nproc * nnodes }
-  if opts._rank then
-    d.rank, d.world, d.local_rank, d.leader = opts._rank, opts._world or d.world, opts._local_rank or opts._rank, false
-  else
-    d.rank, d.local_rank, d.leader = node * nproc, 0, true
-  end
-  return d
-end
-
--- The GPU of a data-parallel rank of a `--device cuda` run: its place on its machine, modulo the
--- GPUs there (ranks share a GPU when there are fewer: then they exchange through host copies).
-local function rank_device(opts, dp)
-  local dev = opts.device ~= true and opts.device or nil
-  if not dev or dp.world < 2 or not tostring(dev):match("^cuda") then return dev end
-  local base = tonumber(tostring(dev):match("^cuda:(%d+)$")) or 0
-  local n = sao.C.sao_cuda_device_count()
-  if n < 1 then return dev end   -- the model load says why there is no GPU
-  return "cuda:" .. ((base + dp.local_rank) % n)
-end
-
 function M.run(opts)
   opts = opts or {}
   local quiet = common.flag(opts.quiet)
@@ -336,9 +260,9 @@ function M.run(opts)
   local out = opts.out or "out"
   local run_dir = common.run_dir(opts)
   local cache_dir = out .. "/cache/latents"
-  local dp = M.layout(opts)
+  local dp = ddp.layout(opts)
   local rank, world = dp.rank, dp.world
-  local dev = rank_device(opts, dp)
+  local dev = ddp.device(opts, dp)
   local mopts = opts
   if dev ~= opts.device then
     mopts = {}
@@ -362,69 +286,9 @@ function M.run(opts)
   end
   if dp.nproc > 1 then sao.threads(math.max(1, math.floor(sao.threads() / dp.nproc))) end   -- the cores, shared
 
-  -- ---- the data-parallel group: a file on one machine (rank 0 makes it once the trainer knows the
-  -- gradient's size), TCP between machines (every rank joins here, a machine's first rank after
-  -- starting its others); GPU ranks add an NCCL communicator when rank 0 finds one usable
-  local comm = require "sao.comm"
-  local timeout = common.num(opts.comm_timeout, 600)
   local ck = opts._checkpoint and { dir = opts._checkpoint, step = opts._checkpoint_step } or common.latest_checkpoint(run_dir)
-  local group, nccl, workers, ddp_dir
-  local function start_workers(addr)
-    ddp_dir = run_dir .. "/.ddp-" .. (dp.nnodes > 1 and (dp.node_rank .. "-") or "") .. tostring(ffi.C.getpid())
-    opts._checkpoint, opts._checkpoint_step = ck and ck.dir or nil, ck and ck.step or nil
-    workers = spawn_workers(opts, dp, addr, ddp_dir)
-    opts._checkpoint, opts._checkpoint_step = nil, nil
-  end
-  local function join_nccl()
-    if not (dev and group) then return end
-    local choice = "host"
-    if rank == 0 then
-      local want = opts.comm_backend ~= true and opts.comm_backend or "auto"
-      if want ~= "auto" and want ~= "nccl" and want ~= "host" then
-        error("train: --comm-backend " .. tostring(want) .. ": expected auto, nccl or host", 0)
-      end
-      local ok, why = true, nil
-      if want ~= "host" then ok, why = require("sao.nccl").available() end
-      if want == "nccl" and not ok then error("train: --comm-backend nccl: " .. tostring(why), 0) end
-      if want == "nccl" or (want == "auto" and ok and dp.nproc <= sao.C.sao_cuda_device_count()) then choice = "nccl" end
-    end
-    choice = group:broadcast_string(choice, 0)
-    if choice == "nccl" then nccl = require("sao.nccl").init(group, dev) end
-  end
-  if opts._comm then
-    if opts._comm:match("^tcp:") then
-      group = comm.tcp(opts._comm:sub(5), rank, world, { timeout = timeout })
-    else
-      group = comm.open(opts._comm, rank)
-    end
-  elseif world > 1 and dp.nnodes > 1 then
-    if dp.nproc > 1 then start_workers("tcp:" .. dp.master) end
-    local watch = {}
-    for _, pid in pairs(workers or {}) do watch[#watch + 1] = pid end
-    local ok, g = pcall(comm.tcp, dp.master, rank, world, { timeout = timeout, watch = watch })
-    if not ok then
-      -- what this machine's ranks said (one that could not start is usually why)
-      for r in pairs(workers or {}) do
-        local text = common.read(("%s/rank%d.log"):format(ddp_dir, r)) or ""
-        if text:match("%S") then io.stderr:write(("train: rank %d said:\n%s\n"):format(r, text)) end
-      end
-      for _, pid in pairs(workers or {}) do if alive(pid) then ffi.C.kill(pid, 9) end end
-      if ddp_dir then require("sao.fs").rm_rf(ddp_dir) end
-      error(g, 0)
-    end
-    group = g
-  end
-  if group and dp.nnodes > 1 then
-    -- every machine reads the run folder: they must resume from the same checkpoint
-    local mine = ck and tostring(ck.step) or "none"
-    local first = group:broadcast_string(mine, 0)
-    if first ~= mine then
-      error(("train: rank %d: rank 0 starts from checkpoint %s but this machine's %s has %s: a run over several " ..
-        "machines needs its run folder on a shared file system (or the same checkpoints on each)"):format(rank,
-        first, run_dir, mine), 0)
-    end
-  end
-  if group then join_nccl() end
+  local par = ddp.new(opts, dp, { run_dir = run_dir, checkpoint = ck, device = dev })
+  par:join()   -- a worker's group, or a multi-machine one; NCCL
   local loader = latents.loader(entries, { model = model, cache_dir = cache_dir, batch = cfg.batch,
     frames = cfg.frames, seed = cfg.seed, seconds = cfg.seconds, rank = rank, world = world })
   local function optimizer_copy()
@@ -437,7 +301,7 @@ function M.run(opts)
     cfg_dropout = cfg.cfg_dropout, seed = cfg.seed, accum = cfg.accum, run_dir = run_dir, quiet = true,
     keep_checkpoints = cfg.keep, precision = opts.precision ~= true and opts.precision or nil,
     log_every = cfg.log_every, lora = cfg.lora and { rank = cfg.lora.rank, alpha = cfg.lora.alpha, targets = cfg.lora.targets },
-    comm = group, nccl = nccl, zero = opts.zero ~= nil and common.num(opts.zero, 1) or nil }
+    comm = par.group, nccl = par.nccl, zero = opts.zero ~= nil and common.num(opts.zero, 1) or nil }
   local trainer
   if ck then
     if rank == 0 then trim_log(run_dir .. "/log.jsonl", ck.step) end
@@ -452,32 +316,8 @@ function M.run(opts)
     trainer:log { step = 0, event = "started", clips = #entries, model = model.name, batch = cfg.batch,
       frames = cfg.frames, lora = cfg.lora and cfg.lora.rank or nil }
   end
-  local function ddp_cleanup()
-    if group and group:transport() == "file" then os.remove(group.path) end
-    if ddp_dir then require("sao.fs").rm_rf(ddp_dir) end
-  end
-  if dp.leader and world > 1 and dp.nnodes == 1 then
-    -- the group (a gradient's floats, or loss, lr, |g|² and the stop flag, per rank), then the other ranks, which resume from
-    -- the same checkpoint (or start fresh) and join at the first step's exchange
-    group = comm.create(comm.default_path(tostring(ffi.C.getpid())), world, trainer:grad_floats() + 4,
-                        { timeout = timeout })
-    start_workers(group.path)
-    for r, pid in pairs(workers) do group:set_pid(r, pid) end
-    local ok, err = pcall(join_nccl)
-    if not ok then
-      group:abort()
-      for _, pid in pairs(workers) do if alive(pid) then ffi.C.kill(pid, 15) end end
-      ddp_cleanup()
-      error(err, 0)
-    end
-    trainer:attach(group, nccl)
-  end
-  if world > 1 and rank == 0 then
-    log(string.format("train: data parallel over %d processes%s (%d thread(s) each%s), global batch %d%s", world,
-      dp.nnodes > 1 and (" on " .. dp.nnodes .. " machines") or "", sao.threads(),
-      dev and (", " .. dev .. (nccl and ", NCCL" or ", host copies")) or "", cfg.batch * world,
-      trainer.opt.shard and ", ZeRO-1" or ""))
-  end
+  par:attach(trainer)   -- one machine's ranks: the group file, the other processes
+  if world > 1 and rank == 0 then log(par:describe(cfg.batch, trainer)) end
   if model.random then
     log("train: the TINY model with random weights (no SAO checkpoint found): this run exercises the " ..
       "pipeline; its samples are not music")
@@ -535,27 +375,11 @@ function M.run(opts)
   sao.C.sao_stop_graceful(graceful_was)
   sao.C.sao_stop_set(0)
   if not ok then
-    -- a failing rank breaks the group, so the others stop at their next exchange instead of waiting
-    if group then group:abort() end
-    if workers then
-      for _, pid in pairs(workers) do if alive(pid) then ffi.C.kill(pid, 9) end end
-      for r in pairs(workers) do
-        local text = common.read(("%s/rank%d.log"):format(ddp_dir, r)) or ""
-        if text:match("%S") then io.stderr:write(("train: rank %d said:\n%s\n"):format(r, text)) end
-      end
-      ddp_cleanup()
-    end
+    par:fail()   -- the group broken, this machine's other ranks ended, what they said printed
     error(err, 0)
   end
   bar:finish()
-  if workers then
-    -- this machine's other ranks finish the same steps; they have nothing left to write
-    for _, pid in pairs(workers) do
-      local t0 = progress.now()
-      while alive(pid) and progress.now() - t0 < 60 do require("sao.http").sleep(0.02) end
-    end
-    ddp_cleanup()
-  end
+  par:finish()
   if rank ~= 0 then return { run_dir = run_dir, step = trainer.step_n, rank = rank, trainer = trainer } end
   if saved_last then prune(run_dir, cfg.keep) end
   M.plot_loss(run_dir)
