@@ -28,6 +28,18 @@ local function run_opts(out)
   end
 end
 
+-- Runs the train stage (2 steps of batch 1 on `out`, and the options in `extra`, Lua text) in a
+-- process whose workers are started by a "sao" that fails at once: its exit status and stderr.
+local function with_broken_worker(out, extra)
+  local bad = out .. "/badsao"
+  shell.write(bad, "#!/bin/sh\nexec ./sao -e 'error([[no GPU here]])'\n")
+  os.execute("chmod +x " .. shell.q(bad))
+  local code, _, err = shell.sh("SAO_BIN=" .. shell.q(bad) .. " ./sao -e " .. shell.q(
+    ("require('sao.pipeline.train').run { out = %q, model = 'tiny', quiet = true, steps = 2, batch = 1, frames = 32, %s }")
+      :format(out, extra)))
+  return code, err
+end
+
 local function losses(path)
   local t = {}
   for _, r in ipairs(train.read_log(path)) do if not r.event then t[#t + 1] = r end end
@@ -171,13 +183,8 @@ describe("train stage with --nproc", function()
   end)
 
   it("stops at once, with the rank's own words, when a rank cannot start", function()
-    local bad = out .. "/badsao"
-    shell.write(bad, "#!/bin/sh\nexec ./sao -e 'error([[no GPU here]])'\n")
-    os.execute("chmod +x " .. shell.q(bad))
     local t0 = os.time()
-    local code, _, err = shell.sh("SAO_BIN=" .. shell.q(bad) .. " ./sao -e " .. shell.q(
-      ("require('sao.pipeline.train').run { out = %q, model = 'tiny', quiet = true, run = 'bad', steps = 2, batch = 1, " ..
-       "frames = 32, nproc = 2 }"):format(out)))
+    local code, err = with_broken_worker(out, "run = 'bad', nproc = 2")
     assert.are_not.equal(0, code)
     assert.matches("rank 1 %(process %d+%) has exited", err)
     assert.matches("train: rank 1 said:.-no GPU here", err)
@@ -267,13 +274,9 @@ describe("train stage over TCP (--nnodes, --node-rank, --master)", function()
   end)
 
   it("a machine's rank that cannot start stops the group's forming at once, with its words", function()
-    local bad = out .. "/badsao"
-    shell.write(bad, "#!/bin/sh\nexec ./sao -e 'error([[no GPU here]])'\n")
-    os.execute("chmod +x " .. shell.q(bad))
     local t0 = os.time()
-    local code, _, err = shell.sh("SAO_BIN=" .. shell.q(bad) .. " ./sao -e " .. shell.q(
-      ("require('sao.pipeline.train').run { out = %q, model = 'tiny', quiet = true, run = 'badtcp', steps = 2, " ..
-       "batch = 1, frames = 32, nproc = 2, nnodes = 2, master = '127.0.0.1:%d' }"):format(out, port + 2)))
+    local code, err = with_broken_worker(out,
+      ("run = 'badtcp', nproc = 2, nnodes = 2, master = '127.0.0.1:%d'"):format(port + 2))
     assert.are_not.equal(0, code)
     assert.matches("one of this machine's ranks, has exited before the group formed", err)
     assert.matches("train: rank 1 said:.-no GPU here", err)
