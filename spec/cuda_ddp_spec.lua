@@ -53,6 +53,15 @@ describe("data parallel on the GPU #gpu", function()
     same_run(r, 1e-5)
   end)
 
+  gpu_it("bf16: every rank's bf16 weight copy follows the gathered weights (not only its own shard)", function()
+    -- a stale copy of the other rank's shard would run step 2 and 3 on last step's weights (about 1e-3 off)
+    local a = train.run(topts("bf16one", { batch = 2, precision = "bf16", steps = 3 }))
+    local b = train.run(topts("bf16two", { batch = 1, nproc = 2, comm_backend = "host", precision = "bf16", steps = 3 }))
+    local la, lb = losses(a.run_dir .. "/log.jsonl"), losses(b.run_dir .. "/log.jsonl")
+    assert.equal(3, #lb)
+    for i = 1, 3 do assert.near(la[i].loss, lb[i].loss, 1e-4 * math.abs(la[i].loss)) end
+  end)
+
   gpu_it("the same through NCCL when it is usable", function()
     local ok, why = require("sao.nccl").available()
     if not ok then return pending("NCCL is not usable here: " .. tostring(why)) end

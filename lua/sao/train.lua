@@ -216,13 +216,20 @@ function Trainer:exchange(op, list)
   if #list == 0 then return end
   if list[1]:device() == "cpu" then return self.comm[op](self.comm, list) end
   if self.nccl then return self.nccl[op](self.nccl, list) end
+  -- host copies: one kept per device tensor (no allocation per step)
+  self.staging = self.staging or setmetatable({}, { __mode = "k" })
   local host = {}
-  for i, t in ipairs(list) do host[i] = t:to("cpu") end
-  self.comm[op](self.comm, host)
   for i, t in ipairs(list) do
-    t:copy_(host[i])
-    host[i]:free()
+    local h = self.staging[t]
+    if not h then
+      h = sao.zeros(t:shape())
+      self.staging[t] = h
+    end
+    h:copy_(t)
+    host[i] = h
   end
+  self.comm[op](self.comm, host)
+  for i, t in ipairs(list) do t:copy_(host[i]) end
 end
 
 --- ZeRO-1: brings every rank's EMA copy up to date (each rank's steps updated its own shard of it).
