@@ -61,6 +61,12 @@ function M.adamw(params, grads, cfg, device)
     self.names[#self.names + 1] = k
   end
   table.sort(self.names)
+  self.offsets = {}   -- each tensor's place in the flat vector of all parameters, in name order
+  local off = 0
+  for _, k in ipairs(self.names) do
+    self.offsets[k] = off
+    off = off + params[k]:numel()
+  end
   for _, k in ipairs(self.names) do
     self.state.m[k] = zeros_like(params[k], device)
     self.state.v[k] = zeros_like(params[k], device)
@@ -74,11 +80,11 @@ end
 --- (a tensor outside it keeps none). The update of each element is the same as without a shard.
 function AdamW:set_shard(lo, hi)
   if self.shard then error("adamw: already sharded", 2) end
-  local st, off = self.state, 0
+  local st = self.state
   self.shard = { lo = lo, hi = hi, slices = {} }
   for _, k in ipairs(self.names) do
     local p = self.params[k]
-    local n = p:numel()
+    local n, off = p:numel(), self.offsets[k]
     local a, b = math.max(lo - off, 0), math.min(hi - off, n)
     local full_m, full_v = st.m[k], st.v[k]
     if a < b then
@@ -88,7 +94,6 @@ function AdamW:set_shard(lo, hi)
       st.m[k], st.v[k] = nil, nil
     end
     full_m:free(); full_v:free()
-    off = off + n
   end
 end
 
@@ -100,11 +105,8 @@ function AdamW:slice(k)
     if s then return s.a, s.b, s.off end
     return nil
   end
-  local off = 0
-  for _, name in ipairs(self.names) do
-    if name == k then return 0, self.params[k]:numel(), off end
-    off = off + self.params[name]:numel()
-  end
+  local off = self.offsets[k]
+  if off then return 0, self.params[k]:numel(), off end
 end
 
 --- Sets the moments of every tensor from full-size ones (a checkpoint's): m, v name -> tensor.

@@ -175,7 +175,8 @@ end
 --- part of the global batch of world x batch clips, and gradients, loss and learning rate are
 --- averaged / shared at every step. cfg.zero (default 1 when world > 1): ZeRO-1, each rank keeps
 --- AdamW's moments for its shard of the weights only (reduce-scatter of the gradients, the update of
---- the shard, all-gather of the weights and the EMA); 0: every rank all-reduces the gradients and
+--- the shard, all-gather of the weights; the EMA's shards when read: sync_ema); 0: every rank
+--- all-reduces the gradients and
 --- updates every weight. A GPU run exchanges device tensors through `nccl` (a sao.nccl
 --- communicator of the same ranks) when given, else through host copies over the group.
 function Trainer:attach(comm, nccl)
