@@ -269,17 +269,6 @@ static int file_vec(sao_ctx *ctx, sao_comm *c, int kind, const comm_vec *v) {
     return file_barrier(ctx, c);
 }
 
-/* The flat forms (a transport's ops table has them all): one piece. */
-static int file_flat(sao_ctx *ctx, sao_comm *c, int kind, float *x, int64_t n) {
-    comm_vec v = { .p = &x, .n = &n, .count = 1, .total = n };
-    return file_vec(ctx, c, kind, &v);
-}
-static int file_allreduce(sao_ctx *ctx, sao_comm *c, float *x, int64_t n) { return file_flat(ctx, c, COMM_ALLREDUCE, x, n); }
-static int file_reduce_scatter(sao_ctx *ctx, sao_comm *c, float *x, int64_t n) {
-    return file_flat(ctx, c, COMM_REDUCE_SCATTER, x, n);
-}
-static int file_allgather(sao_ctx *ctx, sao_comm *c, float *x, int64_t n) { return file_flat(ctx, c, COMM_ALLGATHER, x, n); }
-
 /* In pieces of the slot's size when the bytes do not fit it. */
 static int file_broadcast(sao_ctx *ctx, sao_comm *c, void *buf, int64_t bytes, int root) {
     const int64_t piece = c->capacity * (int64_t)sizeof(float);
@@ -302,8 +291,7 @@ static void file_close(sao_comm *c) {
 }
 
 static const comm_ops file_ops = {
-    .name = "file", .vec = file_vec, .barrier = file_barrier, .allreduce_mean = file_allreduce,
-    .reduce_scatter_mean = file_reduce_scatter, .allgather = file_allgather, .broadcast = file_broadcast,
+    .name = "file", .vec = file_vec, .barrier = file_barrier, .broadcast = file_broadcast,
     .abort = file_abort, .close = file_close,
 };
 
@@ -336,7 +324,16 @@ int sao_comm_barrier(sao_ctx *ctx, sao_comm *c) {
 
 typedef int (*flat_op)(sao_ctx *ctx, sao_comm *c, float *x, int64_t n);
 
-/* Checks the list, copies it into c->flat, runs the transport's op there and copies back. */
+/* A collective that failed on this rank: the group is broken here and, through the transport, for
+ * the others (they fail at their next wait instead of timing out). */
+static int failed(sao_comm *c) {
+    c->broken = 1;
+    c->ops->abort(c);
+    return -1;
+}
+
+/* Checks the list, then runs the collective: on the tensors themselves (the transport's vec op), or
+ * on c->flat (a copy of them) with its flat op `fn` and copies back. */
 static int run_flat(sao_ctx *ctx, sao_comm *c, const char *op, sao_tensor *const *ts, int n, int kind, flat_op fn) {
     int64_t total = 0;
     for (int i = 0; i < n; i++) {
@@ -362,11 +359,7 @@ static int run_flat(sao_ctx *ctx, sao_comm *c, const char *op, sao_tensor *const
         comm_vec v = { .p = p, .n = k, .count = n, .total = total };
         int rc = c->ops->vec(ctx, c, kind, &v);
         free(p), free(k);
-        if (rc != 0) {
-            c->broken = 1;
-            c->ops->abort(c);
-        }
-        return rc;
+        return rc != 0 ? failed(c) : 0;
     }
     if (total > c->flat_cap) {
         float *p = realloc(c->flat, (size_t)total * sizeof(float));
@@ -380,11 +373,7 @@ static int run_flat(sao_ctx *ctx, sao_comm *c, const char *op, sao_tensor *const
         memcpy(c->flat + off, sao_tensor_data(ts[i]), (size_t)k * sizeof(float));
         off += k;
     }
-    if (fn(ctx, c, c->flat, total) != 0) {
-        c->broken = 1;
-        c->ops->abort(c);
-        return -1;
-    }
+    if (fn(ctx, c, c->flat, total) != 0) return failed(c);
     off = 0;
     for (int i = 0; i < n; i++) {
         int64_t k = sao_tensor_numel(ts[i]);
@@ -412,12 +401,7 @@ int sao_comm_broadcast(sao_ctx *ctx, sao_comm *c, void *buf, int64_t bytes, int 
     if (bytes < 0) return sao_err(ctx, op, "%lld bytes", (long long)bytes);
     if (c->broken) return sao_err(ctx, op, "rank %d: the group is broken (a collective failed)", c->rank);
     if (c->world == 1) return 0;
-    if (c->ops->broadcast(ctx, c, buf, bytes, root) != 0) {
-        c->broken = 1;
-        c->ops->abort(c);
-        return -1;
-    }
-    return 0;
+    return c->ops->broadcast(ctx, c, buf, bytes, root) != 0 ? failed(c) : 0;
 }
 
 void sao_comm_close(sao_comm *c) {

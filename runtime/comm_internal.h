@@ -22,7 +22,8 @@ enum { COMM_ALLREDUCE, COMM_REDUCE_SCATTER, COMM_ALLGATHER };
 
 typedef struct comm_ops {
     const char *name;
-    /* optional: the collective `kind` straight on the tensors (no flat copy); comm.c uses it when set */
+    /* the collective `kind` straight on the tensors (no flat copy); a transport without it has the
+     * three flat ops below instead (comm.c uses vec when it is set) */
     int (*vec)(sao_ctx *ctx, sao_comm *c, int kind, const comm_vec *v);
     int (*barrier)(sao_ctx *ctx, sao_comm *c);
     int (*allreduce_mean)(sao_ctx *ctx, sao_comm *c, float *x, int64_t n);
