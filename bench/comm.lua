@@ -13,8 +13,16 @@ local comm = require "sao.comm"
 local now = require("sao.progress").now
 pcall(ffi.cdef, "int getpid(void); int kill(int pid, int sig);")
 
-local sizes = { tonumber(arg and arg[1]) or 4 * 2 ^ 20 }
-if not (arg and arg[1]) then sizes[2] = 16 * 2 ^ 20 end
+-- rank 1 is this file run again: ./sao bench/comm.lua --rank1 file|tcp WHERE SIZE...
+local args = arg or {}
+local is_rank1 = args[1] == "--rank1"
+local sizes = {}
+if is_rank1 then
+  for i = 4, #args do sizes[#sizes + 1] = tonumber(args[i]) end
+else
+  sizes[1] = tonumber(args[1]) or 4 * 2 ^ 20
+  if not args[1] then sizes[2] = 16 * 2 ^ 20 end
+end
 local REPS = 5
 local exe = (os.getenv("SAO_BIN") or "./sao")
 
@@ -48,25 +56,22 @@ local function memcpy_s(n)
   return t
 end
 
-local function child(code)
-  local cmd = ("%s -e %q >/dev/null 2>&1 & echo $!"):format(exe, code)
+if is_rank1 then
+  local g = args[2] == "file" and comm.open(args[3], 1) or comm.tcp(args[3], 1, 2, { timeout = 60 })
+  loop(g)
+  g:close()
+  return
+end
+
+-- starts rank 1 of a `kind` group at `where`; its pid
+local function rank1(kind, where)
+  local cmd = ("%s bench/comm.lua --rank1 %s '%s' %s >/dev/null 2>&1 & echo $!"):format(exe, kind, where,
+    table.concat(sizes, " "))
   local p = io.popen(cmd)
   local pid = tonumber(p:read("*l"))
   p:close()
   return pid
 end
-
-local sizes_lua = "{" .. table.concat(sizes, ",") .. "}"
-local body = ("local sao = require 'sao'; arg = { %d }; "):format(sizes[1])
-local function rank1(make)
-  -- rank 1 runs the same loop (this file's functions, loaded again with its sizes)
-  return child(body .. ("local g = %s; package.path = 'bench/?.lua;' .. package.path; " ..
-    "_G.SAO_BENCH_COMM_RANK1 = true; local f = loadfile('bench/comm.lua'); f(); _G.SAO_BENCH_COMM_LOOP(g, %s)")
-    :format(make, sizes_lua))
-end
-
-_G.SAO_BENCH_COMM_LOOP = function(g, s) sizes = s; loop(g); g:close() end
-if _G.SAO_BENCH_COMM_RANK1 then return end
 
 local base = {}
 for _, n in ipairs(sizes) do base[n] = memcpy_s(n) end
@@ -77,13 +82,13 @@ local transports = {
   { name = "file", make = function()
       local path = comm.default_path("bench-" .. tag)
       local g = comm.create(path, 2, largest)
-      local pid = rank1(("require('sao.comm').open(%q, 1)"):format(path))
+      local pid = rank1("file", path)
       g:set_pid(1, pid)
       return g, function() os.remove(path) end
     end },
   { name = "tcp", make = function()
       local addr = "127.0.0.1:" .. (20000 + (ffi.C.getpid() * 13 + os.time()) % 30000)
-      rank1(("require('sao.comm').tcp(%q, 1, 2, { timeout = 60 })"):format(addr))
+      rank1("tcp", addr)
       return comm.tcp(addr, 0, 2, { timeout = 60 }), function() end
     end },
 }
