@@ -36,6 +36,12 @@
     OWN(sao_tensor_to_cpu)                                                                                 \
     ERR(sao_cuda_rand_fill, (sao_ctx *ctx, sao_tensor *t, uint64_t seed, uint64_t offset, int normal),       \
         (ctx, t, seed, offset, normal))                                                                    \
+    PTR(sao_tensor *, sao_tensor_empty_cuda, (sao_ctx *ctx, int dtype, int ndim, const int64_t *shape,      \
+                                              int dev), (ctx, dtype, ndim, shape, dev))                    \
+    ERR(sao_cuda_fill, (sao_ctx *ctx, sao_tensor *t, double value), (ctx, t, value))                       \
+    ERR(sao_cuda_tensor_device, (sao_ctx *ctx, const sao_tensor *t), (ctx, t))                             \
+    ERR(sao_cuda_fence, (sao_ctx *ctx, int slot), (ctx, slot))                                             \
+    ERR(sao_cuda_fence_wait, (sao_ctx *ctx, int slot), (ctx, slot))                                        \
     ERR(sao_cuda_silu_forward, (sao_ctx *ctx, const float *x, int64_t n, float *y), (ctx, x, n, y))        \
     ERR(sao_cuda_silu_backward, (sao_ctx *ctx, const float *dy, const float *x, int64_t n, float *dx),      \
         (ctx, dy, x, n, dx))                                                                               \
@@ -154,6 +160,15 @@
                                              float *dw, float *dbias),                                     \
         (ctx, dy, x, w, B, c_in, t_in, c_out, k, stride, padding, output_padding, dilation, groups, dx,    \
          dw, dbias))                                                                                       \
+    /* sao_cuda_ops.h: the sampler's steps (sampler.cu) */                                                 \
+    ERR(sao_cuda_vdenoise, (sao_ctx *ctx, int64_t n, const float *x, const float *v, double sigma,          \
+                            float *den), (ctx, n, x, v, sigma, den))                                       \
+    ERR(sao_cuda_sample_step, (sao_ctx *ctx, int kind, int64_t n, float *x, const float *den, float *den1,  \
+                               float *den2, int have, double sig, double sig_next, double h1, double h2,   \
+                               double eta, const float *noise),                                            \
+        (ctx, kind, n, x, den, den1, den2, have, sig, sig_next, h1, h2, eta, noise))                       \
+    ERR(sao_cuda_sample_scale, (sao_ctx *ctx, int64_t n, const float *x, double s, const float *add,        \
+                                float *y), (ctx, n, x, s, add, y))                                         \
     /* cuda_glue.h: device choice, copies, workspaces, T5's gather/bias/mask */                            \
     OWN(sao_cuda_use)                                                                                      \
     ERR(sao_cuda_copy_rows, (sao_ctx *ctx, float *dst, int64_t dst_pitch, const float *src,                 \

@@ -445,12 +445,21 @@ void sao_dit_graph_stats(const sao_dit *m, int64_t *captures, int64_t *replays, 
     if (why) *why = m->graph_why;
 }
 
+/* An input into the workspace: from the host (a blocking copy), or from the model's device (queued). */
+static int put_in(sao_ctx *ctx, const dit_ops *ops, int dev_io, float *dst, const float *src, int64_t n) {
+    return dev_io ? dit_copy(ctx, ops, dst, src, n) : ops->put(ctx, dst, src, n);
+}
+
 int sao_dit_forward(sao_ctx *ctx, sao_dit *m, const float *x, const float *t, const float *cross,
                     const float *uncond, const float *global, int64_t B, int64_t T, int64_t L,
-                    double cfg_scale, double scale_phi, float *out, float *hidden) {
+                    double cfg_scale, double scale_phi, float *out, float *hidden, int flags) {
     const char *op = "dit_forward";
     if (dit_begin(ctx, m, op)) return -1;
     if (B <= 0 || T <= 0 || L < 0) return sao_err(ctx, op, "bad sizes B=%lld T=%lld L=%lld", (long long)B, (long long)T, (long long)L);
+    int dev_io = (flags & SAO_DIT_DEVICE_IO) != 0;
+    if (dev_io && m->device < 0)
+        return sao_err(ctx, op, "device inputs and output given to a model on the CPU (dit:to(\"cuda\") first)");
+    if (dev_io && hidden) return sao_err(ctx, op, "hidden states are fetched to the host: not with device inputs");
     const dit_ops *ops = m->ops;
     int cfg_on = cfg_scale != 1.0 && L > 0;
     int64_t BB = cfg_on ? 2 * B : B;               /* batch through the transformer */
@@ -469,11 +478,12 @@ int sao_dit_forward(sao_ctx *ctx, sao_dit *m, const float *x, const float *t, co
     b.o = b.h + n_h; b.ot = b.o + n_o; b.y = b.ot + n_y;
     /* inputs of the doubled batch: [x; x], [t; t], [cross; uncond], [global; global]; without
      * uncond the second half's context is zero and only the first B items attend to it */
-    if (ops->put(ctx, b.xi, x, B * io * T) || ops->put(ctx, b.ti, t, B) || ops->put(ctx, b.gi, global, B * Dg)) return -1;
-    if (L > 0 && ops->put(ctx, b.ci, cross, B * L * Dc)) return -1;
+    if (put_in(ctx, ops, dev_io, b.xi, x, B * io * T) || put_in(ctx, ops, dev_io, b.ti, t, B) ||
+        put_in(ctx, ops, dev_io, b.gi, global, B * Dg)) return -1;
+    if (L > 0 && put_in(ctx, ops, dev_io, b.ci, cross, B * L * Dc)) return -1;
     if (cfg_on && (dit_copy(ctx, ops, b.xi + B * io * T, b.xi, B * io * T) || dit_copy(ctx, ops, b.ti + B, b.ti, B) ||
                    dit_copy(ctx, ops, b.gi + B * Dg, b.gi, B * Dg))) return -1;
-    if (cfg_on && uncond && ops->put(ctx, b.ci + B * L * Dc, uncond, B * L * Dc)) return -1;
+    if (cfg_on && uncond && put_in(ctx, ops, dev_io, b.ci + B * L * Dc, uncond, B * L * Dc)) return -1;
     /* the work itself, on a device model possibly as a CUDA graph (kernels/cuda/dit_graph.cu):
      * not with hidden (fetched between blocks) nor with adapters (their state is not in the key) */
     int graph = m->device >= 0 && m->graphs && !hidden && !m->lora;
@@ -495,5 +505,5 @@ int sao_dit_forward(sao_ctx *ctx, sao_dit *m, const float *x, const float *t, co
         }
         if (rc) return -1;
     }
-    return ops->get(ctx, out, b.o, B * io * T);
+    return dev_io ? dit_copy(ctx, ops, out, b.o, B * io * T) : ops->get(ctx, out, b.o, B * io * T);
 }

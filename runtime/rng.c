@@ -7,6 +7,7 @@
  * lanes (0,1) and (2,3) of the block: r = sqrt(-2 ln(1 - u0)), z0 = r cos(2π u1), z1 = r sin(2π u1). */
 #include "internal.h"
 #include "tensor_iter.h"
+#include "sao_cuda.h"
 #include <math.h>
 
 #define PHILOX_M0 0xD2511F53u
@@ -46,6 +47,7 @@ static double rand_at(uint64_t i, uint64_t seed, uint64_t offset, int normal) {
 }
 
 int sao_rand_fill(sao_ctx *ctx, sao_tensor *t, uint64_t seed, uint64_t offset, int normal) {
+    if (t->storage->device != SAO_CPU) return sao_cuda_rand_fill(ctx, t, seed, offset, normal);
     if (!sao_tensor_is_contiguous(t))
         return sao_err(ctx, normal ? "randn" : "rand", "target tensor must be contiguous");
     int64_t n = sao_tensor_numel(t);

@@ -7,6 +7,7 @@
  * entries are valid (0, 1, 2). The step shifts the history itself (den2 <- den1 <- D). */
 #include "internal.h"
 #include "sao_model.h"
+#include "sampler_step.h"
 #include <math.h>
 #include <string.h>
 
@@ -28,67 +29,65 @@ int sao_sigmas_polyexponential(sao_ctx *ctx, int n, double sigma_min, double sig
 int sao_vdenoise(sao_ctx *ctx, int64_t n, const float *x, const float *v, double sigma, float *den) {
     SAO_UNUSED(ctx);
     double c_skip = 1.0 / (sigma * sigma + 1.0), c_out = -sigma / sqrt(sigma * sigma + 1.0);
-    for (int64_t i = 0; i < n; i++) den[i] = (float)(c_skip * x[i] + c_out * v[i]);
+    for (int64_t i = 0; i < n; i++) den[i] = sao_vdenoise_elem(c_skip, c_out, x[i], v[i]);
     return 0;
 }
 
-static void shift(int64_t n, const float *den, float *den1, float *den2) {
-    if (den2 && den1) memcpy(den2, den1, (size_t)n * sizeof(float));
-    if (den1) memcpy(den1, den, (size_t)n * sizeof(float));
+void sao_step_coefs_init(sao_step_coefs *c, int kind, int have, double sig, double sig_next, double h1, double h2,
+                         double eta, int has_noise) {
+    memset(c, 0, sizeof *c);
+    c->kind = kind;
+    c->have = have;
+    if (sig_next == 0.0 && kind != SAO_SAMPLER_EULER) {     /* last step: the denoised estimate */
+        c->kind = SAO_STEP_COPY;
+        return;
+    }
+    switch (kind) {
+    case SAO_SAMPLER_EULER:                                 /* d = (x - D)/sig; x += d (sig_next - sig) */
+        c->a = (sig_next - sig) / sig;
+        return;
+    case SAO_SAMPLER_DPMPP_2M_SDE: {
+        double h = log(sig) - log(sig_next), eh = eta * h;
+        c->a = sig_next / sig * exp(-eh);
+        c->b = -expm1(-h - eh);
+        c->corr = have >= 1 ? 0.5 * c->b * (h / h1) : 0.0;  /* midpoint: 0.5 b (1/r) (D - D1) */
+        c->nz = (eta != 0.0 && has_noise) ? sig_next * sqrt(-expm1(-2.0 * eh)) : 0.0;
+        break;
+    }
+    case SAO_SAMPLER_DPMPP_3M_SDE: {
+        double h = log(sig) - log(sig_next), he = (eta + 1.0) * h;
+        c->a = exp(-he);
+        c->b = -expm1(-he);
+        c->phi2 = -c->b / he + 1.0;
+        c->phi3 = c->phi2 / he - 0.5;
+        c->nz = (eta != 0.0 && has_noise) ? sig_next * sqrt(-expm1(-2.0 * h * eta)) : 0.0;
+        c->r0 = have >= 1 ? h1 / h : 0;
+        c->r1 = have >= 2 ? h2 / h : 0;
+        break;
+    }
+    default:
+        c->kind = -2;
+        return;
+    }
+    c->noise = c->nz != 0.0;
 }
 
 int sao_sample_step(sao_ctx *ctx, int kind, int64_t n, float *x, const float *den, float *den1,
                     float *den2, int have, double sig, double sig_next, double h1, double h2,
                     double eta, const float *noise) {
-    const char *op = "sample_step";
-    if (sig_next == 0.0 && kind != SAO_SAMPLER_EULER) {     /* last step: the denoised estimate */
-        memcpy(x, den, (size_t)n * sizeof(float));
-        shift(n, den, den1, den2);
-        return 0;
+    sao_step_coefs c;
+    sao_step_coefs_init(&c, kind, have, sig, sig_next, h1, h2, eta, noise != NULL);
+    if (c.kind == -2) return sao_err(ctx, "sample_step", "unknown sampler kind %d", kind);
+    int hist = c.kind == SAO_SAMPLER_DPMPP_2M_SDE || c.kind == SAO_SAMPLER_DPMPP_3M_SDE;
+    if (hist && ((c.have >= 1 && !den1) || (c.have >= 2 && c.kind == SAO_SAMPLER_DPMPP_3M_SDE && !den2)))
+        return sao_err(ctx, "sample_step", "a history of %d steps needs den1%s", c.have, c.have >= 2 ? " and den2" : "");
+    for (int64_t i = 0; i < n; i++)
+        x[i] = sao_step_elem(&c, x[i], den[i], den1 ? den1[i] : 0.0f, den2 ? den2[i] : 0.0f,
+                             c.noise ? noise[i] : 0.0f);
+    /* Euler keeps no history */
+    if (kind != SAO_SAMPLER_EULER) {
+        if (den2 && den1) memcpy(den2, den1, (size_t)n * sizeof(float));
+        if (den1) memcpy(den1, den, (size_t)n * sizeof(float));
     }
-    switch (kind) {
-    case SAO_SAMPLER_EULER: {
-        /* d = (x - D)/sig; x += d (sig_next - sig) */
-        double r = (sig_next - sig) / sig;
-        for (int64_t i = 0; i < n; i++) x[i] = (float)(x[i] + (x[i] - den[i]) * r);
-        return 0;
-    }
-    case SAO_SAMPLER_DPMPP_2M_SDE: {
-        double h = log(sig) - log(sig_next), eh = eta * h;
-        double a = sig_next / sig * exp(-eh), b = -expm1(-h - eh);
-        double corr = (have >= 1) ? 0.5 * b * (h / h1) : 0.0;   /* midpoint: 0.5 b (1/r) (D - D1) */
-        double nz = (eta != 0.0 && noise) ? sig_next * sqrt(-expm1(-2.0 * eh)) : 0.0;
-        for (int64_t i = 0; i < n; i++) {
-            double v = a * x[i] + b * den[i];
-            if (have >= 1) v += corr * ((double)den[i] - den1[i]);
-            if (nz != 0.0) v += noise[i] * nz;
-            x[i] = (float)v;
-        }
-        break;
-    }
-    case SAO_SAMPLER_DPMPP_3M_SDE: {
-        double h = log(sig) - log(sig_next), he = (eta + 1.0) * h;
-        double e = exp(-he), one_m = -expm1(-he);
-        double phi2 = -one_m / he + 1.0, phi3 = phi2 / he - 0.5;
-        double nz = (eta != 0.0 && noise) ? sig_next * sqrt(-expm1(-2.0 * h * eta)) : 0.0;
-        double r0 = have >= 1 ? h1 / h : 0, r1 = have >= 2 ? h2 / h : 0;
-        for (int64_t i = 0; i < n; i++) {
-            double v = e * x[i] + one_m * den[i];
-            if (have >= 2) {
-                double d10 = ((double)den[i] - den1[i]) / r0, d11 = ((double)den1[i] - den2[i]) / r1;
-                double d1 = d10 + (d10 - d11) * r0 / (r0 + r1), d2 = (d10 - d11) / (r0 + r1);
-                v += phi2 * d1 - phi3 * d2;
-            } else if (have == 1) {
-                v += phi2 * ((double)den[i] - den1[i]) / r0;
-            }
-            if (nz != 0.0) v += noise[i] * nz;
-            x[i] = (float)v;
-        }
-        break;
-    }
-    default:
-        return sao_err(ctx, op, "unknown sampler kind %d", kind);
-    }
-    shift(n, den, den1, den2);
     return 0;
 }

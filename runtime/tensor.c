@@ -7,6 +7,7 @@
  * Elementwise math and reductions live in tensor_ops.c; this file only moves data. */
 #include "internal.h"
 #include "tensor_iter.h"
+#include "sao_cuda.h"
 #include "cuda_glue.h"
 #include <stdlib.h>
 #include <string.h>
@@ -336,7 +337,7 @@ sao_tensor *sao_tensor_to_dtype(sao_ctx *ctx, const sao_tensor *t, int dtype) {
 }
 
 int sao_tensor_fill_(sao_ctx *ctx, sao_tensor *t, double value) {
-    SAO_HOST_ONLY(ctx, "fill_", t);
+    if (t->storage->device != SAO_CPU) return sao_cuda_fill(ctx, t, value);
     if (sao_tensor_numel(t) == 0) return 0;
     unsigned char one[8];
     size_t es = sao_dtype_size(t->dtype);

@@ -48,38 +48,14 @@ end
 -- tolerance relative to the tensor's scale: abs = r * max|want|
 local function scaled(want, r) return { abs = r * amax(want), rel = r } end
 
-local GUARD, SENTINEL = 64, -12345.5
-local alive = {}   -- the device tensors of the running test (raw pointers to them are in use)
-
--- A device copy of host tensor t between two guards of SENTINEL floats: returns the device tensor
--- and a float* to its payload.
-local function G(t)
-  local n = t:numel()
-  local h = sao.full({ n + 2 * GUARD }, SENTINEL)
-  ffi.copy(h:data() + GUARD, t:data(), 4 * n)
-  local d = sao.tensor_from_ptr(C.sao_tensor_to_cuda(ctx, h:raw(), 0))
-  alive[#alive + 1] = d
-  return d, ffi.cast("float*", C.sao_tensor_data(d:raw())) + GUARD
-end
-
--- The payload of a guarded device tensor as a host tensor of n floats; the guards must be intact.
-local function back(d, n)
-  local h = sao.tensor_from_ptr(C.sao_tensor_to_cpu(ctx, d:raw()))
-  local p = h:data()
-  for i = 0, GUARD - 1 do
-    assert(p[i] == SENTINEL, "write before the buffer start (guard float " .. (GUARD - i) .. ")")
-    assert(p[GUARD + n + i] == SENTINEL, "write past the buffer end (guard float " .. (i + 1) .. ")")
-  end
-  local out = sao.empty(n)
-  ffi.copy(out:data(), p + GUARD, 4 * n)
-  return out
-end
+local guarded = require("support.guarded").new()
+local G, back = guarded.put, guarded.back
 
 local function garbage(n) return sao.full({ n }, 777.0) end
 
 ---------------------------------------------------------------------------------------------------
 describe("CUDA ops #gpu", function()
-  after_each(function() alive = {} end)
+  after_each(guarded.release)
 
   it("says clearly when the twins cannot run: a CPU-only build, or no usable GPU", function()
     if not sao.has_cuda() then
@@ -593,9 +569,7 @@ describe("CUDA ops #gpu", function()
         assert.is_true(same >= n - 2, what)
         -- the next step starts from the CPU's state, so rounding differences do not compound
         for _, f in ipairs { "p", "m", "v", "e" } do
-          local hg = sao.full({ n + 2 * GUARD }, SENTINEL)
-          ffi.copy(hg:data() + GUARD, x[f]:data(), 4 * n)
-          d[f]:copy_(hg)
+          guarded.fill(d[f], x[f])
         end
       end
     end

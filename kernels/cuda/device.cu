@@ -83,6 +83,35 @@ extern "C" sao_tensor *sao_tensor_to_cuda(sao_ctx *ctx, const sao_tensor *t, int
     return r;
 }
 
+extern "C" sao_tensor *sao_tensor_empty_cuda(sao_ctx *ctx, int dtype, int ndim, const int64_t *shape, int dev) {
+    const char *op = "cuda_empty";
+    cudaError_t e = cudaSetDevice(dev);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return (sao_tensor *)sao_err_null(ctx, op, "%s:%d: cudaSetDevice(%d): %s (is a GPU visible? check nvidia-smi)",
+                                          __FILE__, __LINE__, dev, cudaGetErrorString(e));
+    }
+    sao_tensor *shape_of = sao_tensor_wrap(ctx, NULL, SIZE_MAX, dtype, ndim, shape, NULL, NULL);   // checks dtype, shape
+    if (!shape_of) return NULL;
+    size_t bytes = (size_t)sao_tensor_numel(shape_of) * sao_dtype_size(dtype);
+    sao_tensor_free(shape_of);
+    void *d = NULL;
+    if (sao_cuda_malloc(ctx, bytes, &d)) return NULL;
+    sao_tensor *r = sao_tensor_wrap(ctx, d, bytes, dtype, ndim, shape, &cuda_allocator, NULL);
+    if (!r) { sao_cuda_free(d); return NULL; }
+    r->storage->device = SAO_CUDA;
+    return r;
+}
+
+extern "C" int sao_cuda_tensor_device(sao_ctx *ctx, const sao_tensor *t) {
+    const char *op = "cuda_tensor_device";
+    if (t->storage->device != SAO_CUDA) return sao_err(ctx, op, "the tensor is not in device memory");
+    cudaPointerAttributes a;
+    CUDA_TRY(ctx, op, cudaPointerGetAttributes(&a, t->storage->data));
+    if (a.type != cudaMemoryTypeDevice) return sao_err(ctx, op, "the tensor's storage is not device memory");
+    return a.device;
+}
+
 extern "C" sao_tensor *sao_tensor_to_cpu(sao_ctx *ctx, const sao_tensor *t) {
     if (t->storage->device == SAO_CPU) return sao_tensor_contiguous(ctx, t);
     if (!sao_tensor_is_contiguous(t)) return (sao_tensor *)sao_err_null(ctx, "to_cpu", "device tensor is not contiguous");
@@ -122,8 +151,58 @@ extern "C" int sao_cuda_rand_fill(sao_ctx *ctx, sao_tensor *t, uint64_t seed, ui
     long long n = (long long)sao_tensor_numel(t);
     if (n == 0) return 0;
     rand_kernel<<<(unsigned)((n + 255) / 256), 256, 0, sao_cuda_stream()>>>((float *)sao_tensor_data(t), n, seed, offset, normal);
-    CUDA_TRY(ctx, op, cudaGetLastError());
-    CUDA_TRY(ctx, op, cudaDeviceSynchronize());
+    CUDA_LAUNCHED(ctx, op);
+    return 0;
+}
+
+// ---- fill, the twin of sao_tensor_fill_ for a contiguous f32 device tensor ---------------------------
+__global__ static void fill_kernel(float *x, long long n, float v) {
+    SAO_GRID_STRIDE(i, n) x[i] = v;
+}
+
+extern "C" int sao_cuda_fill(sao_ctx *ctx, sao_tensor *t, double value) {
+    const char *op = "cuda_fill";
+    if (t->storage->device != SAO_CUDA || t->dtype != SAO_F32 || !sao_tensor_is_contiguous(t))
+        return sao_err(ctx, op, "needs a contiguous f32 device tensor");
+    long long n = (long long)sao_tensor_numel(t);
+    if (n == 0) return 0;
+    fill_kernel<<<sao_cuda_stride_blocks(n), SAO_CUDA_THREADS, 0, sao_cuda_stream()>>>((float *)sao_tensor_data(t), n,
+                                                                                        (float)value);
+    CUDA_LAUNCHED(ctx, op);
+    return 0;
+}
+
+// ---- fences: events on sao's stream that the host can wait for ------------------------------------------
+// Slot k's event is recorded by sao_cuda_fence (created on first use, on the current device, without
+// timing) and waited for by sao_cuda_fence_wait; a slot never recorded is done.
+#define FENCES 8
+static cudaEvent_t fence_ev[FENCES];
+static int fence_dev[FENCES];
+static bool fence_set[FENCES];
+
+extern "C" int sao_cuda_fence(sao_ctx *ctx, int slot) {
+    const char *op = "cuda_fence";
+    if (slot < 0 || slot >= FENCES) return sao_err(ctx, op, "slot %d is not in 0..%d", slot, FENCES - 1);
+    int dev = 0;
+    CUDA_TRY(ctx, op, cudaGetDevice(&dev));
+    if (fence_ev[slot] && fence_dev[slot] != dev) {   // events belong to a device: make one for this one
+        cudaEventDestroy(fence_ev[slot]);
+        fence_ev[slot] = NULL;
+    }
+    if (!fence_ev[slot]) {
+        CUDA_TRY(ctx, op, cudaEventCreateWithFlags(&fence_ev[slot], cudaEventDisableTiming));
+        fence_dev[slot] = dev;
+    }
+    CUDA_TRY(ctx, op, cudaEventRecord(fence_ev[slot], sao_cuda_stream()));
+    fence_set[slot] = true;
+    return 0;
+}
+
+extern "C" int sao_cuda_fence_wait(sao_ctx *ctx, int slot) {
+    const char *op = "cuda_fence_wait";
+    if (slot < 0 || slot >= FENCES) return sao_err(ctx, op, "slot %d is not in 0..%d", slot, FENCES - 1);
+    if (!fence_set[slot]) return 0;
+    CUDA_TRY(ctx, op, cudaEventSynchronize(fence_ev[slot]));
     return 0;
 }
 

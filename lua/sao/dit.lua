@@ -110,12 +110,63 @@ function Dit:sync_host()
   return self
 end
 
+-- The forward of a device model on device tensors (x on the GPU): every input there too, the
+-- output written into opts.out (or a new device tensor); queued, nothing waits (sao_dit_forward's
+-- SAO_DIT_DEVICE_IO).
+local function forward_device(self, x, t, cross, global, opts)
+  local kind = self:device()
+  if kind ~= "cuda" then
+    error("dit:forward: x is on the GPU but the model is on the CPU (dit:to(\"cuda\") first)", 3)
+  end
+  if opts.hidden then error("dit:forward: hidden states are not returned for device inputs", 3) end
+  local xs = x:shape()
+  local B, T = xs[1], xs[3]
+  if type(t) == "number" then t = sao.full({ B }, t):to("cuda:" .. select(2, self:device())) end
+  local function dev(name, v, shape)
+    if v == nil then return nil end
+    if not sao.is_tensor(v) or v:device() ~= "cuda" or v:dtype() ~= "f32" or not v:is_contiguous() then
+      error("dit:forward: with x on the GPU, " .. name .. " must be a contiguous f32 tensor there too", 4)
+    end
+    if shape then
+      local s = v:shape()
+      for i = 1, #shape do
+        if s[i] ~= shape[i] or #s ~= #shape then
+          error(string.format("dit:forward: %s is [%s], expected [%s]", name, table.concat(s, ", "),
+            table.concat(shape, ", ")), 4)
+        end
+      end
+    end
+    return v
+  end
+  dev("x", x, { B, self.config.io_channels, T })
+  dev("t", t, { B })
+  dev("global", global, { B, self.config.global_cond_dim })
+  local L = 0
+  if cross then
+    L = cross:size(2)
+    dev("cross", cross, { B, L, self.config.cond_token_dim })
+  end
+  if opts.uncond then
+    if not cross then error("dit:forward: uncond given without a cross context", 3) end
+    dev("uncond", opts.uncond, cross:shape())
+  end
+  local out = opts.out and dev("out", opts.out, xs) or sao.empty_on("cuda:" .. select(2, self:device()), xs)
+  sao.check(C.sao_dit_forward(sao.ctx, self.h, x:data(), t:data(), cross and cross:data() or nil,
+    opts.uncond and opts.uncond:data() or nil, global:data(), B, T, L, opts.cfg_scale or 1, opts.scale_phi or 0,
+    out:data(), nil, C.SAO_DIT_DEVICE_IO), 3)
+  return out
+end
+
 --- x [B, io, T], t [B] (or a number), cross [B, L, Dc] or nil, global [B, Dg].
 --- opts: cfg_scale (1), scale_phi (0), hidden (true: also return [depth, B, 1+T, E]),
 --- uncond ([B, L, Dc]: the CFG half's context, e.g. a negative prompt's; default none, all zero,
---- which skips that half's cross-attention). Host tensors in and out, wherever the weights are.
+--- which skips that half's cross-attention). Host tensors in and out, wherever the weights are;
+--- or, for a model on a GPU, device tensors in (every one: x, t, cross, global, uncond) and out
+--- (opts.out, a device tensor shaped as x, is written instead of a new one): then the call only
+--- queues the work and returns (no hidden states).
 function Dit:forward(x, t, cross, global, opts)
   opts = opts or {}
+  if x:device() ~= "cpu" then return forward_device(self, x, t, cross, global, opts) end
   local xs = x:shape()
   local B, T = xs[1], xs[3]
   if type(t) == "number" then t = sao.full({ B }, t) end
@@ -142,7 +193,7 @@ function Dit:forward(x, t, cross, global, opts)
     hidden = sao.empty(self.config.depth, B, T + 1, self.config.embed_dim)
   end
   sao.check(C.sao_dit_forward(sao.ctx, self.h, x:data(), t:data(), cp, up, global:data(), B, T, L,
-    opts.cfg_scale or 1, opts.scale_phi or 0, out:data(), hidden and hidden:data() or nil), 2)
+    opts.cfg_scale or 1, opts.scale_phi or 0, out:data(), hidden and hidden:data() or nil, 0), 2)
   return out, hidden
 end
 

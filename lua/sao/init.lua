@@ -11,7 +11,7 @@ local T = require "sao.tensor"
 local sao = {
   C = core.C, ctx = core.ctx, check = core.check, checkp = core.checkp, root = core.root,
   Tensor = T.Tensor, tensor_metatable = T.metatable,
-  tensor = T.tensor, empty = T.empty, zeros = T.zeros, ones = T.ones, full = T.full,
+  tensor = T.tensor, empty = T.empty, empty_on = T.empty_on, zeros = T.zeros, ones = T.ones, full = T.full,
   arange = T.arange, randn = T.randn, rand = T.rand, matmul = T.matmul, cat = T.cat,
   stack = T.stack, is_tensor = T.is_tensor, tensor_arg = T.arg, tensor_from_ptr = T.from_ptr,
 }

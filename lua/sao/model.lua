@@ -251,7 +251,8 @@ end
 --- sigma_max (500), rho (1), seed, batch (1), scale_phi (0), init_audio ([C,S] or [B,C,S]) with
 --- init_noise_level (sigma_max for audio-to-audio), chunked_decode (default: when frames > 256),
 --- trim (true), progress (true),
---- frames (latent window; default the model's).
+--- frames (latent window; default the model's), device_loop (a model on a GPU: true, the default,
+--- runs the sampling loop there; false keeps it on the host, a copy in and out per step).
 --- Returns audio f32 [B, 2, S] and an info table.
 function Model:generate(opts)
   opts = opts or {}
@@ -301,14 +302,29 @@ function Model:generate(opts)
   local dit, cfg_scale, phi = self.dit, opts.cfg_scale or 7, opts.scale_phi or 0
   local now = require("sao.progress").now
   local t0 = now()
+  local sampler_name = opts.sampler or "dpmpp-3m-sde"
+  -- a model on a GPU samples there (sao.sampler's device loop): the conditioning, the noise and the
+  -- timestep go up once, the latents come down once; device_loop = false keeps the loop on the host
+  local kind, dev = dit:device()
+  local t_buf
+  if kind == "cuda" and opts.device_loop ~= false and sampler_name ~= "v-ddim" then
+    local d = "cuda:" .. dev
+    cross, global = cross:contiguous():to(d), global:contiguous():to(d)
+    if uncond then uncond = uncond:contiguous():to(d) end
+    noise = noise:to(d)
+    if init then init = init:contiguous():to(d) end
+    t_buf = sao.empty_on(d, { B })
+  end
   local latents = sao.sampler.sample {
-    model = function(x, t)
-      return dit:forward(x, sao.full({ B }, t), cross, global, { cfg_scale = cfg_scale, scale_phi = phi, uncond = uncond })
+    model = function(x, t, out)
+      local tt = t_buf and t_buf:fill_(t) or sao.full({ B }, t)
+      return dit:forward(x, tt, cross, global, { cfg_scale = cfg_scale, scale_phi = phi, uncond = uncond, out = out })
     end,
     noise = noise, init = init, steps = opts.steps or 100, sigma_min = opts.sigma_min or 0.3, sigma_max = sigma_max,
-    rho = opts.rho or 1, sampler = opts.sampler or "dpmpp-3m-sde", seed = seed, progress = opts.progress ~= false,
+    rho = opts.rho or 1, sampler = sampler_name, seed = seed, progress = opts.progress ~= false,
     callback = opts.callback,
   }
+  if latents:device() ~= "cpu" then latents = latents:to("cpu") end
   -- chunked decode (upstream's scheme, equal to the whole decode within float rounding for SAO's
   -- receptive field) bounds memory for long windows; opts.chunked_decode = false forces one pass
   -- on a GPU the decode is sized to the memory there (one pass when it fits: 80 % of what is free)

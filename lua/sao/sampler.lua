@@ -9,7 +9,8 @@
 --     init = z,                                 -- optional: audio-to-audio start latents
 --     callback = function(i, x, denoised, sigma) end, progress = true,
 --   }
--- The per-step math is C (runtime/sampler.c); the model call is a Lua function so CFG, caching
+-- The per-step math is C (runtime/sampler.c, or kernels/cuda/sampler.cu when the noise is on a GPU:
+-- then the whole loop stays there, see M.sample); the model call is a Lua function so CFG, caching
 -- and devices stay the caller's business.
 local ffi = require "ffi"
 local sao = require "sao"
@@ -54,19 +55,105 @@ local function vddim(opts)
   return den
 end
 
+-- The loop's element-wise work on each device: the host's tensor ops and C loops (runtime/sampler.c),
+-- or their CUDA twins (kernels/cuda/sampler.cu) on buffers made once, so that a device loop
+-- allocates nothing per step and never waits for the GPU except to keep the host at most one step
+-- ahead of it (fences).
+local function host_work(opts, shape, numel)
+  local w = { den1 = sao.zeros(shape), den2 = sao.zeros(shape), den = sao.zeros(shape) }
+  function w.start(sigma)
+    local x = opts.noise * sigma
+    if opts.init then x = x + opts.init end
+    return x
+  end
+  function w.input(x, c_in) return x * c_in end
+  function w.model(xin, t) return opts.model(xin, t) end
+  function w.vdenoise(x, v, s) sao.check(C.sao_vdenoise(sao.ctx, numel, x:data(), v:data(), s, w.den:data())) end
+  function w.noise(i, block)
+    if opts.step_noise then return opts.step_noise(i - 1, shape) end
+    return sao.randn { shape, seed = opts.seed or 0, offset = i * block }
+  end
+  w.step = C.sao_sample_step
+  function w.after(xin, v, noise)
+    xin:free(); v:free()
+    if noise then noise:free() end
+  end
+  function w.queued() end
+  function w.finish() w.den1:free(); w.den2:free(); w.den:free() end
+  return w
+end
+
+local function device_work(opts, shape, numel)
+  local dev = "cuda:" .. opts.noise:device_index()
+  local function buf() return sao.empty_on(dev, shape) end
+  local w = { den1 = buf(), den2 = buf(), den = buf(), xin = buf(), v = buf(), z = buf() }
+  local init = opts.init
+  if init and init:device() == "cpu" then init = init:contiguous():to(dev) end
+  function w.start(sigma)
+    local x = buf()
+    sao.check(C.sao_cuda_sample_scale(sao.ctx, numel, opts.noise:data(), sigma, init and init:data() or nil,
+      x:data()))
+    return x
+  end
+  function w.input(x, c_in)
+    sao.check(C.sao_cuda_sample_scale(sao.ctx, numel, x:data(), c_in, nil, w.xin:data()))
+    return w.xin
+  end
+  function w.model(xin, t)
+    local v = opts.model(xin, t, w.v)
+    if not sao.is_tensor(v) or v:device() ~= "cuda" then
+      error("sampler: with the noise on the GPU the model must return a GPU tensor (it is given one to write)", 4)
+    end
+    return v
+  end
+  function w.vdenoise(x, v, s) sao.check(C.sao_cuda_vdenoise(sao.ctx, numel, x:data(), v:data(), s, w.den:data())) end
+  function w.noise(i, block)
+    if opts.step_noise then
+      local z = opts.step_noise(i - 1, shape)
+      if z:device() == "cpu" then w.z:copy_(z:contiguous()) else return z end
+    else
+      sao.check(C.sao_rand_fill(sao.ctx, w.z.p, opts.seed or 0, i * block, 1))
+    end
+    return w.z
+  end
+  w.step = C.sao_cuda_sample_step
+  function w.after(xin, v, noise)
+    if v ~= w.v then v:free() end   -- a model that made its own output (frees break CUDA graphs)
+    if noise and noise ~= w.z then noise:free() end
+  end
+  -- the host queues step i, then waits for step i - 1: the GPU always has the next step queued
+  function w.queued(i)
+    sao.check(C.sao_cuda_fence(sao.ctx, i % 2))
+    sao.check(C.sao_cuda_fence_wait(sao.ctx, (i + 1) % 2))
+  end
+  function w.finish()
+    sao.check(C.sao_cuda_fence_wait(sao.ctx, 0)); sao.check(C.sao_cuda_fence_wait(sao.ctx, 1))
+    for _, k in ipairs { "den1", "den2", "den", "xin", "v", "z" } do w[k]:free() end
+  end
+  return w
+end
+
+--- With opts.noise on the GPU (sao.randn{..., device = "cuda"}) the loop runs there: x and the
+--- history stay on the device, model(x_in, t, out) gets device tensors (out: a buffer it may write
+--- v into and return, which a DiT does with dit:forward's opts.out), the per-step noise is drawn
+--- there (the same values), and the result is a device tensor. The callback then sees device tensors
+--- while the GPU may still be working on them (t:to("cpu") waits for them).
 function M.sample(opts)
   local name = opts.sampler or "dpmpp-3m-sde"
-  if name == "v-ddim" then return vddim(opts) end
+  local on_device = opts.noise:device() ~= "cpu"
+  if name == "v-ddim" then
+    if on_device then error("sampler: v-ddim runs on the host (give host noise, or another sampler)", 2) end
+    return vddim(opts)
+  end
   local kind = KIND[name]
   if not kind then error("sampler: unknown sampler '" .. tostring(name) .. "' (one of " .. table.concat(M.SAMPLERS, ", ") .. ")", 2) end
   local steps = opts.steps or 100
   local sig = opts.sigmas or M.sigmas(steps, opts.sigma_min or 0.3, opts.sigma_max or 500, opts.rho or 1)
   local shape = opts.noise:shape()
   local numel = opts.noise:numel()
-  local x = opts.noise * sig[1]
-  if opts.init then x = x + opts.init end
-  local den1, den2 = sao.zeros(shape), sao.zeros(shape)
-  local den = sao.zeros(shape)
+  local w = (on_device and device_work or host_work)(opts, shape, numel)
+  local x = w.start(sig[1])
+  local den, den1, den2 = w.den, w.den1, w.den2
   local have, h1, h2 = 0, 0, 0
   local eta = opts.eta or 1
   local block = math.ceil(numel / 4)           -- Philox blocks one noise tensor uses
@@ -75,27 +162,24 @@ function M.sample(opts)
     local s, sn = sig[i], sig[i + 1]
     local c_in = 1 / math.sqrt(s * s + 1)
     local t = math.atan(s) * 2 / math.pi
-    local xin = x * c_in
-    local v = opts.model(xin, t)
-    sao.check(C.sao_vdenoise(sao.ctx, numel, x:data(), v:data(), s, den:data()))
-    xin:free(); v:free()
+    local xin = w.input(x, c_in)
+    local v = w.model(xin, t)
+    w.vdenoise(x, v, s)
     if opts.callback then opts.callback(i - 1, x, den, s) end
     local noise
-    if sn > 0 and kind ~= 0 and eta ~= 0 then
-      if opts.step_noise then noise = opts.step_noise(i - 1, shape)
-      else noise = sao.randn { shape, seed = opts.seed or 0, offset = i * block } end
-    end
+    if sn > 0 and kind ~= 0 and eta ~= 0 then noise = w.noise(i, block) end
     local h = sn > 0 and (math.log(s) - math.log(sn)) or 0
-    sao.check(C.sao_sample_step(sao.ctx, kind, numel, x:data(), den:data(), den1:data(), den2:data(),
+    sao.check(w.step(sao.ctx, kind, numel, x:data(), den:data(), den1:data(), den2:data(),
       have, s, sn, h1, h2, eta, noise and noise:data() or nil))
-    if noise then noise:free() end
+    w.after(xin, v, noise)
+    w.queued(i)
     have = math.min(have + 1, 2)
     h2, h1 = h1, h
     if bar then bar:advance(1) end
-    if C.sao_interrupt_pending() ~= 0 then error("sampling interrupted", 2) end
+    if C.sao_interrupt_pending() ~= 0 then w.finish() error("sampling interrupted", 2) end
   end
+  w.finish()
   if bar then bar:finish() end
-  den1:free(); den2:free(); den:free()
   return x
 end
 

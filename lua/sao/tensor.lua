@@ -177,18 +177,19 @@ function M.tensor(x, ...)
 end
 
 local function rand_fill(opts, normal, name)
-  if type(opts) ~= "table" then error(name .. ": expected {shape..., seed=, offset=, dtype=}", 3) end
+  if type(opts) ~= "table" then error(name .. ": expected {shape..., seed=, offset=, dtype=, device=}", 3) end
   local shape = type(opts[1]) == "table" and opts[1] or opts.shape
   if not shape then
     shape = {}
     for i = 1, #opts do shape[i] = opts[i] end
   end
-  local t = M.empty(shape, opts.dtype)
+  local t = M.empty_on(opts.device, shape, opts.dtype)
   local seed = opts.seed or 0
   check(C.sao_rand_fill(ctx, t.p, seed, opts.offset or 0, normal and 1 or 0))
   return t
 end
 --- sao.randn{2, 3, seed=1} or sao.randn{{2,3}, seed=1, offset=0, dtype="f32"}: standard normal.
+--- device = "cuda" makes it on the GPU (f32; the same values as on the host).
 function M.randn(opts) return rand_fill(opts, true, "randn") end
 --- sao.rand{...}: uniform in [0, 1).
 function M.rand(opts) return rand_fill(opts, false, "rand") end
@@ -211,6 +212,14 @@ function Tensor:size(d)
 end
 function Tensor:dtype() return DTNAME[ptr(self).dtype] end
 function Tensor:device() return ptr(self).storage.device == 1 and "cuda" or "cpu" end
+--- The CUDA device number holding a device tensor (asks the driver); nil for a host tensor.
+function Tensor:device_index()
+  local p = ptr(self)
+  if p.storage.device ~= 1 then return nil end
+  local d = C.sao_cuda_tensor_device(ctx, p)
+  if d < 0 then check(d, 2) end
+  return d
+end
 function Tensor:numel() return tonumber(C.sao_tensor_numel(ptr(self))) end
 function Tensor:is_contiguous() return C.sao_tensor_is_contiguous(ptr(self)) == 1 end
 --- Raw pointer to element 1, typed by dtype (float*, double*, ...); valid while the tensor lives.
@@ -364,20 +373,45 @@ function Tensor:zero_() return self:fill_(0) end
 M.device_gc_bytes = 2 ^ 30
 local device_bytes_since_gc = 0
 
-local function to_device(self, dev)
-  local bytes = self:numel() * tonumber(C.sao_dtype_size(ptr(self).dtype))
+-- make() returns a new device tensor of `bytes` (NULL on failure, the reason in ctx).
+local function device_alloc(bytes, make)
   device_bytes_since_gc = device_bytes_since_gc + bytes
   if device_bytes_since_gc > M.device_gc_bytes then
     device_bytes_since_gc = 0
     collectgarbage("collect")
   end
-  local p = C.sao_tensor_to_cuda(ctx, ptr(self), dev)
+  local p = make()
   if p == nil and ffi.string(C.sao_ctx_error(ctx)):lower():match("out of memory") then
     device_bytes_since_gc = 0
     collectgarbage("collect")
-    p = C.sao_tensor_to_cuda(ctx, ptr(self), dev)
+    p = make()
   end
   return wrap(p)
+end
+
+local function to_device(self, dev)
+  return device_alloc(self:numel() * tonumber(C.sao_dtype_size(ptr(self).dtype)),
+    function() return C.sao_tensor_to_cuda(ctx, ptr(self), dev) end)
+end
+
+--- sao.empty_on(device, shape[, dtype]): an uninitialised contiguous tensor on `device` ("cpu",
+--- "cuda" or "cuda:N"; "cpu" is sao.empty). Device tensors made this way count towards the GC
+--- nudge above, as copies do.
+function M.empty_on(device, shape, dt)
+  if device == nil or device == "cpu" then return M.empty(shape, dt) end
+  local dev = type(device) == "string" and device:match("^cuda:?(%d*)$")
+  if not dev then error("device '" .. tostring(device) .. "': expected \"cpu\", \"cuda\" or \"cuda:N\"", 2) end
+  if C.sao_cuda_device_count() == 0 then
+    local why = C.sao_cuda_unavailable()
+    error("device '" .. device .. "': " .. (why ~= nil and ffi.string(why) or
+      "no CUDA device is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES)"), 2)
+  end
+  local a, n = c_shape(shape)
+  local code = dtype_of(dt)
+  local numel = 1
+  for i = 1, #shape do numel = numel * shape[i] end
+  return device_alloc(numel * tonumber(C.sao_dtype_size(code)),
+    function() return C.sao_tensor_empty_cuda(ctx, code, n, a, tonumber(dev) or 0) end)
 end
 
 --- t:to("f64") converts dtype; t:to("cuda") / t:to("cuda:1") copies to a device (an error naming
@@ -537,7 +571,7 @@ end
 -- reductions, printing the values, get/set, host copies) answers with an error saying what to do
 -- instead of crashing. These work on a device tensor: metadata, views, the transfers and copy_.
 local ON_DEVICE = {}
-for k in ("dim shape strides size dtype device numel is_contiguous data raw to free copy_ view select permute " ..
+for k in ("dim shape strides size dtype device numel is_contiguous data raw to free copy_ fill_ zero_ device_index view select permute " ..
           "transpose narrow expand expand_as unsqueeze squeeze"):gmatch("%S+") do ON_DEVICE[k] = true end
 local function on_device(k)
   return function()

@@ -22,8 +22,21 @@ int sao_cuda_mem_info(sao_ctx *ctx, int dev, int64_t *free_bytes /* out */, int6
 sao_tensor *sao_tensor_to_cuda(sao_ctx *ctx, const sao_tensor *t, int dev);
 /* A contiguous host copy of a device (or host) tensor. */
 sao_tensor *sao_tensor_to_cpu(sao_ctx *ctx, const sao_tensor *t);
-/* Philox fill of a contiguous device tensor (f32): bit-identical to sao_rand_fill on the CPU. */
+/* An uninitialised contiguous tensor in device `dev`'s memory (caching allocator); dev becomes current. */
+sao_tensor *sao_tensor_empty_cuda(sao_ctx *ctx, int dtype, int ndim, const int64_t *shape, int dev);
+/* The CUDA device number whose memory holds device tensor t (-1 and an error for a host tensor). */
+int sao_cuda_tensor_device(sao_ctx *ctx, const sao_tensor *t);
+/* Philox fill of a contiguous device tensor (f32): bit-identical to sao_rand_fill on the CPU
+ * (which calls it for a device tensor). Queued on sao's stream: it returns without waiting. */
 int sao_cuda_rand_fill(sao_ctx *ctx, sao_tensor *t, uint64_t seed, uint64_t offset, int normal);
+/* Every element of a contiguous f32 device tensor set to (float)value (sao_tensor_fill_ calls it
+ * for a device tensor). Queued, like the fill above. */
+int sao_cuda_fill(sao_ctx *ctx, sao_tensor *t, double value);
+/* Fences on sao's stream, for a host loop that queues work ahead of the GPU: sao_cuda_fence(slot)
+ * marks the work queued so far, sao_cuda_fence_wait(slot) blocks until that work is done (at once
+ * for a slot never marked). Slots 0..7, process-wide, of the current device. */
+int sao_cuda_fence(sao_ctx *ctx, int slot);
+int sao_cuda_fence_wait(sao_ctx *ctx, int slot);
 /* SiLU on device pointers (n elements); twins of sao_silu_forward / sao_silu_backward. */
 int sao_cuda_silu_forward(sao_ctx *ctx, const float *x, int64_t n, float *y /* out */);
 int sao_cuda_silu_backward(sao_ctx *ctx, const float *dy, const float *x, int64_t n,

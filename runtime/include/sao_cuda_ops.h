@@ -98,6 +98,18 @@ int sao_cuda_adamw_multi(sao_ctx *ctx, const struct sao_optim_tensor *t, int cou
                          const struct sao_optim_hyper *h);
 int sao_cuda_sumsq(sao_ctx *ctx, const float *x, int64_t n, double *out /* out, host or device */);
 
+/* ---- sampler.cu: the sampler's per-step math (sao_model.h's sampler section) -------------------- */
+/* Twins of sao_vdenoise and sao_sample_step (the same bits: sampler_step.h's formulas); noise may
+ * be NULL (no noise term), den1/den2 as the CPU's. */
+int sao_cuda_vdenoise(sao_ctx *ctx, int64_t n, const float *x, const float *v, double sigma, float *den /* out */);
+int sao_cuda_sample_step(sao_ctx *ctx, int kind, int64_t n, float *x /* in/out */, const float *den,
+                         float *den1, float *den2, int have, double sig, double sig_next, double h1,
+                         double h2, double eta, const float *noise);
+/* y = x * (float)s, then + add when add is not NULL (two fp32 roundings, as the CPU loop's tensor
+ * ops: the start x = noise sigma_max + init, and each step's model input x c_in). y may be x. */
+int sao_cuda_sample_scale(sao_ctx *ctx, int64_t n, const float *x, double s, const float *add /* may be NULL */,
+                          float *y /* out */);
+
 #ifdef __cplusplus
 }
 #endif

@@ -49,11 +49,17 @@ const sao_dit_config *sao_dit_get_config(const sao_dit *m);
  * half's context is uncond [B, L, Dc] (a negative prompt's conditioning, padding rows zero) or,
  * when uncond is NULL, all zero, which skips that half's cross-attention (exact: it adds 0).
  * uncond is not read when cfg_scale is 1. scale_phi is the CFG rescale amount (0 = off). hidden,
- * when not NULL, receives the conditional half's hidden state after every block: [depth, B, 1+T, E]. */
+ * when not NULL, receives the conditional half's hidden state after every block: [depth, B, 1+T, E].
+ * flags: SAO_DIT_DEVICE_IO says that x, t, cross, uncond, global and out are memory of the model's
+ * device (a model on a GPU; hidden must then be NULL): the inputs are copied into the workspace and
+ * the output out of it on the device, queued on sao's stream, and the call returns without waiting
+ * for the GPU (a sampling loop that keeps its state there, lua/sao/sampler.lua). 0: host pointers,
+ * and the call returns once out is written. */
+enum { SAO_DIT_DEVICE_IO = 1 };
 int sao_dit_forward(sao_ctx *ctx, sao_dit *m, const float *x, const float *t, const float *cross,
                     const float *uncond /* may be NULL */, const float *global, int64_t B, int64_t T,
                     int64_t L, double cfg_scale, double scale_phi, float *out /* out */,
-                    float *hidden /* out, may be NULL */);
+                    float *hidden /* out, may be NULL */, int flags);
 /* CUDA graphs for a device model's forward (kernels/cuda/dit_graph.cu): on (1) the device work of
  * a forward is captured on the second call with the same shapes and settings and replayed as one
  * launch after that, until anything is freed on the device (then it is captured anew). Not used
@@ -69,9 +75,9 @@ int sao_dit_token(sao_ctx *ctx, sao_dit *m, const float *t, const float *global,
                   float *temb /* out */, float *gemb /* out */);
 /* Weights on a GPU (kernels/cuda/dit_device.cu): copies every parameter the forward reads (all
  * but the zero LayerNorm betas) into one block of CUDA device `device` (caching allocator) and
- * switches the model to the CUDA kernels. sao_dit_forward and sao_dit_token keep taking HOST
- * pointers: the inputs go through a device workspace (cached, grown as needed) and out/hidden
- * come back. The host copies stay (sao_dit_params, state dicts); a parameter rebound after the
+ * switches the model to the CUDA kernels. sao_dit_forward (unless given SAO_DIT_DEVICE_IO) and
+ * sao_dit_token keep taking HOST pointers: the inputs go through a device workspace (cached,
+ * grown as needed) and out/hidden come back. The host copies stay (sao_dit_params, state dicts); a parameter rebound after the
  * upload (a new checkpoint loaded) is uploaded again by the next call, but an in-place edit of a
  * host tensor is not seen until sao_dit_to_device runs again: on the model's own device it uploads
  * every parameter anew (on another device it moves the weights there). LoRA adapters follow the
