@@ -14,7 +14,6 @@
 -- the estimates with the measured figures plus a margin.
 local ffi = require "ffi"
 local sao = require "sao"
-local cjson = require "cjson"
 local models = require "sao.models"
 require "spec.support.near"
 local C = sao.C
@@ -24,18 +23,9 @@ local has_gpu = gpu.has_gpu
 
 local gpu_it = gpu.it(it, pending)
 
-local man = cjson.decode(io.open("spec/fixtures/dit_tiny.json"):read("*a"))
-local fx = sao.load_safetensors("spec/fixtures/dit_tiny.safetensors")
-local cfg = man.config
-local params = require("sao.fixtures").params(fx)
-local x, t = fx["inputs/x"], fx["inputs/t"]
-local cross, global = fx["inputs/cross_attn_cond"], fx["inputs/global_cond"]
-
-local function new_dit(p)
-  local d = require("sao.fixtures").new_dit(cfg)
-  d:load(p or params)
-  return d
-end
+local tiny = require "support.dit_tiny"
+local fx, man, cfg, params, new_dit = tiny.fx, tiny.man, tiny.config, tiny.params, tiny.new_dit
+local x, t, cross, global = tiny.x, tiny.t, tiny.cross, tiny.global
 
 local function scaled(s) return gpu.scaled(params, s) end   -- a different model of the same shapes
 

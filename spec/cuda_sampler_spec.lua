@@ -10,7 +10,6 @@
 -- on the CPU emulation of the backend: 0 differing bits everywhere below. Not yet run on a GPU.
 local ffi = require "ffi"
 local sao = require "sao"
-local cjson = require "cjson"
 local sampler = require "sao.sampler"
 require "spec.support.near"
 local C = sao.C
@@ -19,17 +18,10 @@ local gpu = require "support.gpu"
 local gpu_it = gpu.it(it, pending)
 local guarded = require("support.guarded").new()
 
-local man = cjson.decode(io.open("spec/fixtures/dit_tiny.json"):read("*a"))
-local fx = sao.load_safetensors("spec/fixtures/dit_tiny.safetensors")
-local params = require("sao.fixtures").params(fx)
-local x0, cross, global = fx["inputs/x"], fx["inputs/cross_attn_cond"], fx["inputs/global_cond"]
+local tiny = require "support.dit_tiny"
+local new_dit, fx = tiny.new_dit, tiny.fx
+local x0, cross, global = tiny.x, tiny.cross, tiny.global
 local B = x0:size(1)
-
-local function new_dit()
-  local d = require("sao.fixtures").new_dit(man.config)
-  d:load(params)
-  return d
-end
 
 -- The two loops over one device DiT at CFG 7: the host loop (host tensors in and out of every
 -- forward) and the device loop (everything on the GPU). Returns the host copy of the latents.

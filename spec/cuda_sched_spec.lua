@@ -97,7 +97,7 @@ end
 
 -- ---- the workloads ---------------------------------------------------------------------------------
 local new_dit = attn.dit_tiny()   -- the dit_tiny fixture's model, weights loaded
-local dcfg = cjson.decode(io.open("spec/fixtures/dit_tiny.json"):read("*a")).config
+local dcfg = require("support.dit_tiny").config
 
 local B, T, L = 2, 12, 5
 -- the DiT's training pass on the device: output, input gradients and every weight gradient

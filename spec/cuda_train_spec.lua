@@ -9,23 +9,15 @@
 -- attention kernels sum in another order than the CPU, ~1e-6 relative per op, growing through
 -- depth 2 and the backward). On the first GPU run, write the measured errors next to them.
 local sao = require "sao"
-local cjson = require "cjson"
 require "spec.support.near"
 local C = sao.C
 
 local gpu = require "support.gpu"
 local gpu_it = gpu.it(it, pending)
 
-local man = cjson.decode(io.open("spec/fixtures/dit_tiny.json"):read("*a"))
-local fx = sao.load_safetensors("spec/fixtures/dit_tiny.safetensors")
-local cfg = man.config
-local params = require("sao.fixtures").params(fx)
-
-local function new_dit()
-  local d = require("sao.fixtures").new_dit(cfg)
-  d:load(params)
-  return d
-end
+local tiny = require "support.dit_tiny"
+local cfg = tiny.config
+local function new_dit() return tiny.new_dit() end
 
 local B, T, L = 2, 12, 5
 local function dataset(n)

@@ -252,7 +252,9 @@ end
 --- init_noise_level (sigma_max for audio-to-audio), chunked_decode (default: when frames > 256),
 --- trim (true), progress (true),
 --- frames (latent window; default the model's), device_loop (a model on a GPU: true, the default,
---- runs the sampling loop there; false keeps it on the host, a copy in and out per step).
+--- runs the sampling loop there; false keeps it on the host, a copy in and out per step), callback
+--- (function(i, x, denoised, sigma) after each step's model call; with the loop on a GPU, x and
+--- denoised are device tensors: :to("cpu") reads them).
 --- Returns audio f32 [B, 2, S] and an info table.
 function Model:generate(opts)
   opts = opts or {}

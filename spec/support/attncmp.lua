@@ -215,15 +215,8 @@ end
 -- The dit_tiny fixture (2 heads of D=64 in self- and cross-attention): a constructor of the model
 -- with its weights loaded, and the fixture's inputs x, t, cross_attn_cond, global_cond.
 function M.dit_tiny()
-  local man = require("cjson").decode(io.open("spec/fixtures/dit_tiny.json"):read("*a"))
-  local fx = sao.load_safetensors("spec/fixtures/dit_tiny.safetensors")
-  local params = require("sao.fixtures").params(fx)
-  local function new_dit()
-    local d = require("sao.fixtures").new_dit(man.config)
-    d:load(params)
-    return d
-  end
-  return new_dit, fx["inputs/x"], fx["inputs/t"], fx["inputs/cross_attn_cond"], fx["inputs/global_cond"]
+  local tiny = require "support.dit_tiny"
+  return tiny.new_dit, tiny.x, tiny.t, tiny.cross, tiny.global
 end
 
 for k, v in pairs { U = U, G = G, SENTINEL = SENTINEL, bf16 = bf16, with_mode = with_mode, inputs = inputs, qkv_ptrs = qkv_ptrs,
