@@ -89,6 +89,9 @@ local function device_work(opts, shape, numel)
   local w = { den1 = buf(), den2 = buf(), den = buf(), xin = buf(), v = buf(), z = buf() }
   local init = opts.init
   if init and init:device() == "cpu" then init = init:contiguous():to(dev) end
+  if init and (init:numel() ~= numel or not init:is_contiguous() or init:dtype() ~= "f32") then
+    error("sampler: init must be a contiguous f32 tensor shaped as the noise [" .. table.concat(shape, ", ") .. "]", 3)
+  end
   function w.start(sigma)
     local x = buf()
     sao.check(C.sao_cuda_sample_scale(sao.ctx, numel, opts.noise:data(), sigma, init and init:data() or nil,
