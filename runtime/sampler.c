@@ -33,19 +33,20 @@ int sao_vdenoise(sao_ctx *ctx, int64_t n, const float *x, const float *v, double
     return 0;
 }
 
-void sao_step_coefs_init(sao_step_coefs *c, int kind, int have, double sig, double sig_next, double h1, double h2,
-                         double eta, int has_noise) {
+int sao_step_coefs_init(sao_ctx *ctx, const char *op, sao_step_coefs *c, int kind, int have, double sig,
+                        double sig_next, double h1, double h2, double eta, int has_noise, const float *den1,
+                        const float *den2) {
     memset(c, 0, sizeof *c);
     c->kind = kind;
     c->have = have;
     if (sig_next == 0.0 && kind != SAO_SAMPLER_EULER) {     /* last step: the denoised estimate */
         c->kind = SAO_STEP_COPY;
-        return;
+        return 0;
     }
     switch (kind) {
     case SAO_SAMPLER_EULER:                                 /* d = (x - D)/sig; x += d (sig_next - sig) */
         c->a = (sig_next - sig) / sig;
-        return;
+        return 0;
     case SAO_SAMPLER_DPMPP_2M_SDE: {
         double h = log(sig) - log(sig_next), eh = eta * h;
         c->a = sig_next / sig * exp(-eh);
@@ -66,21 +67,20 @@ void sao_step_coefs_init(sao_step_coefs *c, int kind, int have, double sig, doub
         break;
     }
     default:
-        c->kind = -2;
-        return;
+        return sao_err(ctx, op, "unknown sampler kind %d", kind);
     }
     c->noise = c->nz != 0.0;
+    if ((have >= 1 && !den1) || (have >= 2 && kind == SAO_SAMPLER_DPMPP_3M_SDE && !den2))
+        return sao_err(ctx, op, "a history of %d steps needs den1%s", have, have >= 2 ? " and den2" : "");
+    return 0;
 }
 
 int sao_sample_step(sao_ctx *ctx, int kind, int64_t n, float *x, const float *den, float *den1,
                     float *den2, int have, double sig, double sig_next, double h1, double h2,
                     double eta, const float *noise) {
     sao_step_coefs c;
-    sao_step_coefs_init(&c, kind, have, sig, sig_next, h1, h2, eta, noise != NULL);
-    if (c.kind == -2) return sao_err(ctx, "sample_step", "unknown sampler kind %d", kind);
-    int hist = c.kind == SAO_SAMPLER_DPMPP_2M_SDE || c.kind == SAO_SAMPLER_DPMPP_3M_SDE;
-    if (hist && ((c.have >= 1 && !den1) || (c.have >= 2 && c.kind == SAO_SAMPLER_DPMPP_3M_SDE && !den2)))
-        return sao_err(ctx, "sample_step", "a history of %d steps needs den1%s", c.have, c.have >= 2 ? " and den2" : "");
+    if (sao_step_coefs_init(ctx, "sample_step", &c, kind, have, sig, sig_next, h1, h2, eta, noise != NULL, den1, den2))
+        return -1;
     for (int64_t i = 0; i < n; i++)
         x[i] = sao_step_elem(&c, x[i], den[i], den1 ? den1[i] : 0.0f, den2 ? den2[i] : 0.0f,
                              c.noise ? noise[i] : 0.0f);

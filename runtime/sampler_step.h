@@ -28,9 +28,12 @@ typedef struct {
     double nz;         /* noise scale */
 } sao_step_coefs;
 
-/* The step sig -> sig_next (sampler.c; the arguments of sao_sample_step). */
-void sao_step_coefs_init(sao_step_coefs *c, int kind, int have, double sig, double sig_next, double h1, double h2,
-                         double eta, int has_noise);
+/* The step sig -> sig_next (sampler.c; the arguments of sao_sample_step). Returns 0, or -1 with
+ * a sao error naming `op` (an unknown kind, or a history without the buffers it reads). */
+struct sao_ctx;
+int sao_step_coefs_init(struct sao_ctx *ctx, const char *op, sao_step_coefs *c, int kind, int have, double sig,
+                        double sig_next, double h1, double h2, double eta, int has_noise, const float *den1,
+                        const float *den2);
 
 /* den = c_skip x + c_out v */
 SAO_HOSTDEV static inline float sao_vdenoise_elem(double c_skip, double c_out, float x, float v) {

@@ -58,11 +58,7 @@ extern "C" int sao_cuda_sample_step(sao_ctx *ctx, int kind, int64_t n, float *x,
                                     double eta, const float *noise) {
     const char *op = "cuda_sample_step";
     sao_step_coefs c;
-    sao_step_coefs_init(&c, kind, have, sig, sig_next, h1, h2, eta, noise != NULL);
-    if (c.kind == -2) return sao_err(ctx, op, "unknown sampler kind %d", kind);
-    int hist = c.kind == SAO_SAMPLER_DPMPP_2M_SDE || c.kind == SAO_SAMPLER_DPMPP_3M_SDE;
-    if (hist && ((c.have >= 1 && !den1) || (c.have >= 2 && c.kind == SAO_SAMPLER_DPMPP_3M_SDE && !den2)))
-        return sao_err(ctx, op, "a history of %d steps needs den1%s", c.have, c.have >= 2 ? " and den2" : "");
+    if (sao_step_coefs_init(ctx, op, &c, kind, have, sig, sig_next, h1, h2, eta, noise != NULL, den1, den2)) return -1;
     if (n < 0) return sao_err(ctx, op, "bad size %lld", (long long)n);
     if (n == 0) return 0;
     if (SAO_CUDA_PTR(x) || SAO_CUDA_PTR(den) || SAO_CUDA_PTR(den1) || SAO_CUDA_PTR(den2) ||

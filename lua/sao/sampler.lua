@@ -84,6 +84,9 @@ local function host_work(opts, shape, numel)
 end
 
 local function device_work(opts, shape, numel)
+  if not opts.noise:is_contiguous() or opts.noise:dtype() ~= "f32" then
+    error("sampler: the noise must be a contiguous f32 tensor", 3)
+  end
   local dev = "cuda:" .. opts.noise:device_index()
   local function buf() return sao.empty_on(dev, shape) end
   local w = { den1 = buf(), den2 = buf(), den = buf(), xin = buf(), v = buf(), z = buf() }
