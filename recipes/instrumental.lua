@@ -30,7 +30,7 @@ recipe.main {
     no_llm temperature shots style retries seed key_source log dropped_dir reencode holdout encode_seed
     max_seconds steps batch accum frames lr weight_decay clip cfg_dropout checkpoint_every keep log_every
     demo_every train_seed seconds_cond nproc zero nnodes node_rank master comm_backend comm_timeout lora_rank lora_alpha lora_targets prompt prompts cfg_scales
-    sample_steps seconds sample_seed sampler sigma_min sigma_max peak_db sample_profile eval_set
+    sample_steps sample_batch seconds sample_seed sampler sigma_min sigma_max peak_db sample_profile eval_set
     eval_repeats eval_limit frames_sample num_demos baseline weights samples negative_prompt
     reference_clips memorization tempo_tolerances soundfont device precision clap_url clap_model]],
   extra_options = { require("sao.pipeline.dataset").defaults },
@@ -44,6 +44,7 @@ recipe.main {
     "                   --precision bf16|tf32|fp32 (the GPU's linear layers; default bf16)",
     "                   --steps N --batch B --lr X --frames F --lora-rank R --checkpoint-every N --config F.lua",
     "                   --prompts FILE --prompt TEXT --cfg-scales 4,7 --sample-steps N --seconds S --baseline",
+    "                   --sample-batch N (clips per generate call; default 4 on a GPU, 1 on the CPU)",
     "                   --negative-prompt TEXT (what CFG steers the samples away from)",
     "                   --eval-set tempo|key (the seed's evaluation grids: 36 BPM prompts, 24 keys x 4 genres x 8)",
     "                   --eval-repeats R --eval-limit N",

@@ -38,7 +38,7 @@ recipe.main {
     min_similarity llm_url llm_model no_llm temperature shots style retries seed confident log reencode
     holdout encode_seed max_seconds steps batch accum frames lr weight_decay clip cfg_dropout
     checkpoint_every keep log_every demo_every train_seed seconds_cond nproc zero nnodes node_rank master comm_backend comm_timeout lora_rank lora_alpha lora_targets
-    prompt prompts demo_prompts cfg_scales sample_steps seconds sample_seed sampler sigma_min sigma_max
+    prompt prompts demo_prompts cfg_scales sample_steps sample_batch seconds sample_seed sampler sigma_min sigma_max
     peak_db sample_profile eval_set eval_repeats eval_limit frames_sample num_demos baseline weights
     samples negative_prompt reference_clips memorization tempo_tolerances device precision]],
   extra_options = { require("sao.pipeline.beats").defaults },
@@ -51,7 +51,8 @@ recipe.main {
     "  prompts:         --llm-url URL --llm-model NAME --no-llm --confident 0.7 (docs/prompts.md)",
     "  encode/train/sample/eval (docs/training.md): --model tiny|sao-1.0|DIR --run NAME --device cpu|cuda",
     "                   --steps N --batch B --lr X --lora-rank R --prompts FILE --prompt TEXT --cfg-scales 4,7",
-    "                   --sample-steps N --seconds S --baseline --samples DIR --reference-clips N --memorization N",
+    "                   --sample-steps N --sample-batch N --seconds S --baseline --samples DIR --reference-clips N",
+    "                   --memorization N",
     "                   --sample-profile stablebeat (default: 200 steps, CFG 7, sigma 0.01-100, 47 s, peak 0 dBFS)",
     "                   --sigma-min X --sigma-max X --peak-db X --seconds-cond clip|source --nproc N",
     "                   --jobs N (dataset workers) --demo-count N (demo beats without --beats)",

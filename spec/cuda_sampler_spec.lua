@@ -28,7 +28,7 @@ local B = x0:size(1)
 local function run(dit, on_device, opts)
   local noise = sao.randn { x0:shape(), seed = 11 }
   local o = { steps = opts.steps or 5, sampler = opts.sampler, seed = 5, sigma_max = 80, progress = false,
-              eta = opts.eta }
+              eta = opts.eta, seeds = opts.seeds }
   if on_device then
     local c, g, t = cross:to("cuda"), global:to("cuda"), sao.empty_on("cuda", { B })
     o.noise = noise:to("cuda")
@@ -186,13 +186,15 @@ describe("the sampling loop on the GPU #gpu", function()
     end, "x is on the GPU but the model is on the CPU")
   end)
 
-  gpu_it("the device loop gives the host loop's bits for every sampler (same device DiT)", function()
+  gpu_it("the device loop gives the host loop's bits for every sampler, and per-item seeds (same device DiT)", function()
     local dit = new_dit():to("cuda")
+    local seeds = {}
+    for b = 1, B do seeds[b] = 3 + 4 * b end
     for _, c in ipairs { { sampler = "dpmpp-3m-sde" }, { sampler = "dpmpp-2m-sde" }, { sampler = "euler" },
-                         { sampler = "dpmpp-3m-sde", eta = 0 } } do
+                         { sampler = "dpmpp-3m-sde", eta = 0 }, { sampler = "dpmpp-3m-sde", seeds = seeds } } do
       local host = run(dit, false, c)
       local seen = {}
-      local dev = run(dit, true, { sampler = c.sampler, eta = c.eta, callback = function(i, x, den, s)
+      local dev = run(dit, true, { sampler = c.sampler, eta = c.eta, seeds = c.seeds, callback = function(i, x, den, s)
         assert.equal("cuda", x:device())
         seen[#seen + 1] = s
       end })

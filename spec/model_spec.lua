@@ -47,6 +47,26 @@ describe("load_model and generate (tiny)", function()
     assert.error_matches(function() m:generate(g) end, "1 negative prompts for 2 prompts")
   end)
 
+  it("seeds: a batch's clips are their single generations up to batch-size rounding", function()
+    local g = { prompt = { "piano", "drums", "bass" }, seeds = { 5, 9, 11 }, seconds = 0.3, steps = 4, cfg_scale = 7,
+                progress = false, frames = 64 }
+    local a, info = m:generate(g)
+    assert.same({ 5, 9, 11 }, info.seeds)
+    assert.equal(5, info.seed)
+    for b, s in ipairs(g.seeds) do
+      local one = m:generate { prompt = g.prompt[b], seed = s, seconds = 0.3, steps = 4, cfg_scale = 7, progress = false,
+                               frames = 64 }
+      -- the GEMMs of a batch of 3 round differently from a batch of 1 (measured 1.9e-5 of a peak near 1.5
+      -- at 6 steps); another draw differs by ~1
+      assert.is_true(one:abs():max() > 0.01)
+      assert.tensor_near(one, a:narrow(1, b, 1), { abs = 1e-4 })
+    end
+    g.seeds = { 1, 2 }
+    assert.error_matches(function() m:generate(g) end, "seeds must be a list of 3 numbers, one per prompt")
+    g.seeds = { 1, "x", 3 }
+    assert.error_matches(function() m:generate(g) end, "seeds%[2%] is not a number")
+  end)
+
   it("batches, samplers and errors", function()
     local a = m:generate { prompt = { "a", "b" }, seconds = 0.5, steps = 2, seed = 1, progress = false, sampler = "euler", frames = 128 }
     assert.same({ 2, 2, 22050 }, a:shape())

@@ -248,7 +248,10 @@ end
 --- seconds_start (0), steps (100), cfg_scale (7), negative_prompt (string or one per prompt: the
 --- CFG's unconditional half is conditioned on it, with the same seconds, instead of on nothing),
 --- sampler ("dpmpp-3m-sde"), sigma_min (0.3),
---- sigma_max (500), rho (1), seed, batch (1), scale_phi (0), init_audio ([C,S] or [B,C,S]) with
+--- sigma_max (500), rho (1), seed, seeds (one per prompt: item b draws its noise as a generation of
+--- that prompt alone with seeds[b] would, so a batch reproduces single generations up to the DiT's
+--- batch-size rounding; the init_audio encoding uses the first), batch (1), scale_phi (0),
+--- init_audio ([C,S] or [B,C,S]) with
 --- init_noise_level (sigma_max for audio-to-audio), chunked_decode (default: when frames > 256),
 --- trim (true), progress (true),
 --- frames (latent window; default the model's), device_loop (a model on a GPU: true, the default,
@@ -273,7 +276,16 @@ function Model:generate(opts)
   if seconds > window_s + 1e-9 then
     error(string.format("generate: %.2f s asked but the model's window is %.2f s", seconds, window_s), 2)
   end
-  local seed = opts.seed or math.random(0, 2 ^ 31 - 1)
+  local seeds = opts.seeds
+  if seeds ~= nil then
+    if type(seeds) ~= "table" or #seeds ~= B then
+      error(string.format("generate: seeds must be a list of %d numbers, one per prompt", B), 2)
+    end
+    for i = 1, B do
+      if type(seeds[i]) ~= "number" then error("generate: seeds[" .. i .. "] is not a number", 2) end
+    end
+  end
+  local seed = seeds and seeds[1] or opts.seed or math.random(0, 2 ^ 31 - 1)
   local cross, global = self:condition(prompts, opts.seconds_start or 0, seconds)
   local uncond
   if opts.negative_prompt and opts.negative_prompt ~= "" then
@@ -288,7 +300,12 @@ function Model:generate(opts)
     -- context (padding rows already zero), seconds tokens included
     uncond = self:condition(neg, opts.seconds_start or 0, seconds)
   end
-  local noise = sao.randn { { B, self.c.latent_dim, frames }, seed = seed }
+  local noise
+  if seeds then   -- each item's noise as a batch of one with its seed draws it
+    noise = sao.sampler.draw(sao.empty(B, self.c.latent_dim, frames), seeds, 0)
+  else
+    noise = sao.randn { { B, self.c.latent_dim, frames }, seed = seed }
+  end
   local init, sigma_max = nil, opts.sigma_max or 500
   if opts.init_audio then
     local a = opts.init_audio
@@ -323,7 +340,7 @@ function Model:generate(opts)
       return dit:forward(x, tt, cross, global, { cfg_scale = cfg_scale, scale_phi = phi, uncond = uncond, out = out })
     end,
     noise = noise, init = init, steps = opts.steps or 100, sigma_min = opts.sigma_min or 0.3, sigma_max = sigma_max,
-    rho = opts.rho or 1, sampler = sampler_name, seed = seed, progress = opts.progress ~= false,
+    rho = opts.rho or 1, sampler = sampler_name, seed = seed, seeds = seeds, progress = opts.progress ~= false,
     callback = opts.callback,
   }
   if latents:device() ~= "cpu" then latents = latents:to("cpu") end
@@ -345,7 +362,7 @@ function Model:generate(opts)
     local keep = math.min(audio:size(3), math.floor(seconds * sr + 0.5))
     audio = audio:narrow(3, 1, keep):contiguous()
   end
-  return audio, { seed = seed, seconds = seconds, steps = opts.steps or 100, model = self.name,
+  return audio, { seed = seed, seeds = seeds, seconds = seconds, steps = opts.steps or 100, model = self.name,
     negative_prompt = uncond and opts.negative_prompt or nil,
     random_weights = self.random, sampling_s = now() - t0, latents = latents, device = self.device or "cpu" }
 end

@@ -6,6 +6,7 @@
 --     steps = 100, sigma_min = 0.3, sigma_max = 500, rho = 1,
 --     sampler = "dpmpp-3m-sde",                 -- or "dpmpp-2m-sde", "euler", "v-ddim"
 --     seed = 1,                                 -- per-step noise stream (Philox, offsets past `noise`)
+--     seeds = {1, 2},                           -- or one stream per batch item (each as a batch of one)
 --     init = z,                                 -- optional: audio-to-audio start latents
 --     callback = function(i, x, denoised, sigma) end, progress = true,
 --   }
@@ -59,6 +60,17 @@ end
 -- or their CUDA twins (kernels/cuda/sampler.cu) on buffers made once, so that a device loop
 -- allocates nothing per step and never waits for the GPU except to keep the host at most one step
 -- ahead of it (fences).
+--- Per-item noise: batch item b of z (on either device) gets seeds[b]'s standard normal stream at
+--- Philox block `offset`, the values a batch of one with that seed draws. Returns z.
+function M.draw(z, seeds, offset)
+  for b = 1, #seeds do
+    local item = z:narrow(1, b, 1)
+    sao.check(C.sao_rand_fill(sao.ctx, item.p, seeds[b], offset, 1))
+  end
+  return z
+end
+local draw = M.draw
+
 local function host_work(opts, shape, numel)
   local w = { den1 = sao.zeros(shape), den2 = sao.zeros(shape), den = sao.zeros(shape) }
   function w.start(sigma)
@@ -71,6 +83,11 @@ local function host_work(opts, shape, numel)
   function w.vdenoise(x, v, s) sao.check(C.sao_vdenoise(sao.ctx, numel, x:data(), v:data(), s, w.den:data())) end
   function w.noise(i, block)
     if opts.step_noise then return opts.step_noise(i - 1, shape) end
+    if opts.seeds then
+      local z = sao.empty(shape)
+      draw(z, opts.seeds, i * block)
+      return z
+    end
     return sao.randn { shape, seed = opts.seed or 0, offset = i * block }
   end
   w.step = C.sao_sample_step
@@ -117,6 +134,8 @@ local function device_work(opts, shape, numel)
     if opts.step_noise then
       local z = opts.step_noise(i - 1, shape)
       if z:device() == "cpu" then w.z:copy_(z:contiguous()) else return z end
+    elseif opts.seeds then
+      draw(w.z, opts.seeds, i * block)
     else
       sao.check(C.sao_rand_fill(sao.ctx, w.z.p, opts.seed or 0, i * block, 1))
     end
@@ -157,12 +176,16 @@ function M.sample(opts)
   local sig = opts.sigmas or M.sigmas(steps, opts.sigma_min or 0.3, opts.sigma_max or 500, opts.rho or 1)
   local shape = opts.noise:shape()
   local numel = opts.noise:numel()
+  if opts.seeds and #opts.seeds ~= shape[1] then
+    error(string.format("sampler: %d seeds for a batch of %d", #opts.seeds, shape[1]), 2)
+  end
   local w = (on_device and device_work or host_work)(opts, shape, numel)
   local x = w.start(sig[1])
   local den, den1, den2 = w.den, w.den1, w.den2
   local have, h1, h2 = 0, 0, 0
   local eta = opts.eta or 1
-  local block = math.ceil(numel / 4)           -- Philox blocks one noise tensor uses
+  -- Philox blocks one noise tensor uses (with seeds: one item's, each item its own stream)
+  local block = math.ceil((opts.seeds and numel / shape[1] or numel) / 4)
   local bar = opts.progress and progress.new { total = #sig - 1, label = "sampling", unit = "steps" }
   for i = 1, #sig - 1 do
     local s, sn = sig[i], sig[i + 1]

@@ -46,6 +46,8 @@ function M.defaults(model, profile)
   else
     d = { cfg_scales = { 4, 7 }, steps = 100, seconds = 30, num = 4, sampler = "dpmpp-3m-sde", seed = 1 }
   end
+  -- clips per generate call: on a GPU a batch keeps it busier (the CFG batch is then 2 x batch)
+  d.batch = model.device and model.device ~= "cpu" and 4 or 1
   if profile then
     local p = M.PROFILES[profile]
     if not p then
@@ -187,47 +189,65 @@ function M.load_weights(model, ckdir, which)
 end
 
 --- Generates every (prompt, cfg scale) pair into dir; files already there are kept.
---- o: cfg_scales, steps, seconds, seed, sampler, frames, step, weights, negative_prompt, quiet. Returns the list of
---- written/kept sample records.
+--- o: cfg_scales, steps, seconds, seed, sampler, frames, step, weights, negative_prompt, quiet, batch
+--- (clips per model:generate call, default 1: the missing clips of one CFG scale go together, each
+--- with its own seed, so a clip matches its single generation up to the DiT's batch-size rounding).
+--- Returns the list of written/kept sample records, in (prompt, cfg scale) order.
 function M.generate_set(model, items, dir, o)
   common.mkdir_p(dir)
   local sr, ratio = model:sample_rate(), model.c.ratio
   local seconds = math.min(o.seconds, model:window_frames() * ratio / sr)
   local frames = o.frames or (model.random and math.ceil(seconds * sr / ratio)) or model:window_frames()
-  local records = {}
-  local total = #items * #o.cfg_scales
-  local bar = progress.new { total = total, label = "sample", unit = "clips", quiet = o.quiet }
+  local batch = math.max(1, math.floor(o.batch or 1))
+  local records, todo = {}, {}   -- todo[cfg]: the missing clips of that scale, in order
   for i, it in ipairs(items) do
     for _, cfg in ipairs(o.cfg_scales) do
       local name = string.format("%0" .. math.max(2, #tostring(#items)) .. "d_%s_cfg%s", i, common.slug(it.prompt, 40),
                                  tostring(cfg))
-      local wav, js = dir .. "/" .. name .. ".wav", dir .. "/" .. name .. ".json"
       local rec = {
         file = name .. ".wav", prompt = it.prompt, source = it.source, clip = it.clip, reference = it.reference,
         cfg_scale = cfg, seed = o.seed + i - 1, steps = o.steps, seconds = seconds, frames = frames,
         sampler = o.sampler, step = o.step, weights = o.weights, model = model.name, random_weights = model.random,
         negative_prompt = o.negative_prompt, sigma_min = o.sigma_min, sigma_max = o.sigma_max, peak_db = o.peak_db,
+        batch = batch > 1 and batch or nil,
       }
-      if common.exists(wav) and common.exists(js) then
-        bar:skip(1)
-      else
-        bar:start(name)
-        local audio, info = model:generate { prompt = it.prompt, seconds = seconds, steps = o.steps, cfg_scale = cfg,
-          seed = rec.seed, frames = frames, sampler = o.sampler, negative_prompt = o.negative_prompt, progress = false,
-          sigma_min = o.sigma_min, sigma_max = o.sigma_max }
-        rec.sampling_s = info.sampling_s
-        local a = audio:select(1, 1):contiguous()
+      records[#records + 1] = rec
+      local job = { rec = rec, name = name, wav = dir .. "/" .. name .. ".wav", js = dir .. "/" .. name .. ".json" }
+      if not (common.exists(job.wav) and common.exists(job.js)) then
+        todo[cfg] = todo[cfg] or {}
+        table.insert(todo[cfg], job)
+      end
+    end
+  end
+  local bar = progress.new { total = #records, label = "sample", unit = "clips", quiet = o.quiet }
+  local missing = 0
+  for _, list in pairs(todo) do missing = missing + #list end
+  bar:skip(#records - missing)
+  for _, cfg in ipairs(o.cfg_scales) do
+    local list = todo[cfg] or {}
+    todo[cfg] = nil   -- a scale listed twice runs once
+    for first = 1, #list, batch do
+      local jobs = { unpack(list, first, math.min(#list, first + batch - 1)) }
+      local prompts, seeds = {}, {}
+      for k, j in ipairs(jobs) do prompts[k], seeds[k] = j.rec.prompt, j.rec.seed end
+      bar:start(jobs[1].name)
+      local audio, info = model:generate { prompt = prompts, seeds = seeds, seconds = seconds, steps = o.steps,
+        cfg_scale = cfg, frames = frames, sampler = o.sampler, negative_prompt = o.negative_prompt, progress = false,
+        sigma_min = o.sigma_min, sigma_max = o.sigma_max }
+      for k, j in ipairs(jobs) do
+        j.rec.sampling_s = info.sampling_s / #jobs
+        local a = audio:select(1, k):contiguous()
         if o.peak_db then   -- as StableBeaT's demos: the peak at 1.0 (0 dBFS) or at the level asked
           local n = sao.audio.peak_normalize(a, o.peak_db)
           a:free()
           a = n
         end
-        sao.audio.save(wav, a, sr)
-        a:free(); audio:free()
-        common.write_atomic(js, cjson.encode(rec))
-        bar:advance(1, name)
+        sao.audio.save(j.wav, a, sr)
+        a:free()
+        common.write_atomic(j.js, cjson.encode(j.rec))
+        bar:advance(1, j.name)
       end
-      records[#records + 1] = rec
+      audio:free()
     end
   end
   bar:finish()
@@ -246,6 +266,7 @@ local function settings(opts, model)
     frames = opts.frames_sample and common.num(opts.frames_sample) or nil, quiet = common.flag(opts.quiet),
     num = common.num(opts.num_demos, d.num),
     negative_prompt = opts.negative_prompt ~= "" and opts.negative_prompt or nil,
+    batch = common.num(opts.sample_batch, d.batch),
   }
 end
 M.settings = settings
