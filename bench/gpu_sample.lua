@@ -20,6 +20,7 @@
 --   ./sao bench/gpu_sample.lua                      needs a GPU; otherwise one "skipped" line, exit 0
 --   SAO_BENCH_SMALL=1 ./sao bench/gpu_sample.lua    the same code, small config (tiny.json, 256 frames), CPU
 --                                                   (with SAO_BENCH_DEVICE=cuda: on the GPU, a quick smoke run)
+--   SAO_BENCH_FRAMES=N                              the small config's latent frames (default 256)
 --   SAO_BENCH_TORCH=0                               no PyTorch comparison
 --   SAO_BENCH_TORCH_BF16=0|1                        also time torch in bf16 (default: on for the GPU run)
 --   SAO_BENCH_TORCH_TIMEOUT=S                       limit of the torch_dit.py run (default 300 s)
@@ -98,7 +99,9 @@ end
 local function read_json(path) return cjson.decode(assert(require("sao.fs").read(path))) end
 
 local config = read_json(sao.root .. (SMALL and "/checkpoints/tiny.json" or "/checkpoints/sao-1.0.json"))
-if SMALL then config.sample_size = 256 * config.model.pretransform.config.downsampling_ratio end
+if SMALL then
+  config.sample_size = tonumber(os.getenv("SAO_BENCH_FRAMES") or "256") * config.model.pretransform.config.downsampling_ratio
+end
 local dcfg = config.model.diffusion.config
 
 local t0 = now()

@@ -244,6 +244,13 @@ function Model:condition(prompts, seconds_start, seconds_total)
   return self.cond:forward { prompt = prompts, seconds_start = seconds_start, seconds_total = seconds_total }
 end
 
+--- A seed for a generation that was given none: different on every call and in every process
+--- (math.random alone starts from the same state in each process).
+function M.fresh_seed()
+  local t = require("sao.progress").now()
+  return math.floor((os.time() * 7919 + t * 1e6) % (2 ^ 31 - 1))
+end
+
 --- Text to audio. opts: prompt (string or list), seconds (seconds_total; default the window),
 --- seconds_start (0), steps (100), cfg_scale (7), negative_prompt (string or one per prompt: the
 --- CFG's unconditional half is conditioned on it, with the same seconds, instead of on nothing),
@@ -285,7 +292,7 @@ function Model:generate(opts)
       if type(seeds[i]) ~= "number" then error("generate: seeds[" .. i .. "] is not a number", 2) end
     end
   end
-  local seed = seeds and seeds[1] or opts.seed or math.random(0, 2 ^ 31 - 1)
+  local seed = seeds and seeds[1] or opts.seed or M.fresh_seed()
   local cross, global = self:condition(prompts, opts.seconds_start or 0, seconds)
   local uncond
   if opts.negative_prompt and opts.negative_prompt ~= "" then
