@@ -2,7 +2,7 @@
 --
 --   sao recipes/generate.lua --prompt "lofi hip hop beat, 80 BPM" --seconds 30 --steps 100 --cfg 7 \
 --       --seed 1 --out out.wav [--negative "vocals, distortion"] [--sampler dpmpp-3m-sde]
---       [--model DIR|sao-1.0|tiny] [--batch 2] [--device cuda [--precision bf16]]
+--       [--model DIR|sao-1.0|tiny] [--batch 2] [--device cuda [--precision bf16] [--graphs]]
 --       [--seconds-start 0] [--init in.wav --init-noise 80] [--sigma-min 0.3 --sigma-max 500]
 -- A batch writes out-1.wav, out-2.wav, ...: take b has seed S + b - 1 (S: --seed, else random), drawn
 -- as if generated alone, so `--seed S+b-1` without --batch makes it again (up to the batch's GEMM
@@ -16,13 +16,13 @@ local function usage(code)
 usage: sao recipes/generate.lua --prompt TEXT [--negative TEXT] [--seconds S] [--steps N] [--cfg SCALE]
        [--seed N] [--out FILE.wav] [--sampler dpmpp-3m-sde|dpmpp-2m-sde|euler|v-ddim] [--model DIR|sao-1.0|tiny]
        [--batch B] [--seconds-start S] [--init FILE --init-noise SIGMA] [--sigma-min X] [--sigma-max X]
-       [--device cpu|cuda|cuda:N] [--precision bf16|tf32|fp32] [--normalize] [--quiet]
+       [--device cpu|cuda|cuda:N] [--precision bf16|tf32|fp32] [--graphs] [--normalize] [--quiet]
 ]])
   os.exit(code)
 end
 
 local o = { out = "out.wav", steps = 100, cfg = 7, sampler = "dpmpp-3m-sde", batch = 1 }
-local flags = { normalize = true, quiet = true, help = true }
+local flags = { normalize = true, quiet = true, help = true, graphs = true }
 local valued = { prompt = true, negative = true, seconds = true, steps = true, cfg = true, seed = true, out = true, sampler = true,
                  model = true, batch = true, seconds_start = true, init = true, init_noise = true,
                  sigma_min = true, sigma_max = true, device = true, precision = true }
@@ -51,7 +51,7 @@ local num = function(v, name)
   return n
 end
 
-local model = sao.load_model(o.model, { quiet = o.quiet, device = o.device, precision = o.precision })
+local model = sao.load_model(o.model, { quiet = o.quiet, device = o.device, precision = o.precision, graphs = o.graphs })
 local B = math.floor(num(o.batch, "batch"))
 if B < 1 then io.stderr:write("generate: --batch must be at least 1\n") os.exit(2) end
 local seed = num(o.seed, "seed") or require("sao.model").fresh_seed()

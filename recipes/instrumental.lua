@@ -32,7 +32,7 @@ recipe.main {
     demo_every train_seed seconds_cond nproc zero nnodes node_rank master comm_backend comm_timeout lora_rank lora_alpha lora_targets prompt prompts cfg_scales
     sample_steps sample_batch seconds sample_seed sampler sigma_min sigma_max peak_db sample_profile eval_set
     eval_repeats eval_limit frames_sample num_demos baseline weights samples negative_prompt
-    reference_clips memorization tempo_tolerances soundfont device precision clap_url clap_model]],
+    reference_clips memorization tempo_tolerances soundfont device precision graphs clap_url clap_model]],
   extra_options = { require("sao.pipeline.dataset").defaults },
   usage = {
     "usage: sao recipes/instrumental.lua [--out DIR] [--stages a,b,c] [--midi DIR]",
@@ -42,6 +42,7 @@ recipe.main {
     "  encode/train/sample/eval (docs/training.md): --model tiny|sao-1.0|DIR --run NAME --reencode",
     "                   --device cpu|cuda|cuda:N (the models and the training run on that GPU)",
     "                   --precision bf16|tf32|fp32 (the GPU's linear layers; default bf16)",
+    "                   --graphs (on a GPU: each sampling step replays as one CUDA graph)",
     "                   --steps N --batch B --lr X --frames F --lora-rank R --checkpoint-every N --config F.lua",
     "                   --prompts FILE --prompt TEXT --cfg-scales 4,7 --sample-steps N --seconds S --baseline",
     "                   --sample-batch N (clips per generate call; default 4 on a GPU, 1 on the CPU)",

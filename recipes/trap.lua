@@ -40,7 +40,7 @@ recipe.main {
     checkpoint_every keep log_every demo_every train_seed seconds_cond nproc zero nnodes node_rank master comm_backend comm_timeout lora_rank lora_alpha lora_targets
     prompt prompts demo_prompts cfg_scales sample_steps sample_batch seconds sample_seed sampler sigma_min sigma_max
     peak_db sample_profile eval_set eval_repeats eval_limit frames_sample num_demos baseline weights
-    samples negative_prompt reference_clips memorization tempo_tolerances device precision]],
+    samples negative_prompt reference_clips memorization tempo_tolerances device precision graphs]],
   extra_options = { require("sao.pipeline.beats").defaults },
   usage = {
     "usage: sao recipes/trap.lua [--out DIR] [--stages a,b,c] [--beats DIR]",
@@ -49,7 +49,7 @@ recipe.main {
     "  tag options:     --tagger auto|clap|features --clap-url URL --tag-k 3,1,2 (instruments, genres, moods)",
     "                   --min-similarity X --force --tag-clusters 5 (T5 tag analysis; 0: none) --tag-batch 8",
     "  prompts:         --llm-url URL --llm-model NAME --no-llm --confident 0.7 (docs/prompts.md)",
-    "  encode/train/sample/eval (docs/training.md): --model tiny|sao-1.0|DIR --run NAME --device cpu|cuda",
+    "  encode/train/sample/eval (docs/training.md): --model tiny|sao-1.0|DIR --run NAME --device cpu|cuda --graphs",
     "                   --steps N --batch B --lr X --lora-rank R --prompts FILE --prompt TEXT --cfg-scales 4,7",
     "                   --sample-steps N --sample-batch N --seconds S --baseline --samples DIR --reference-clips N",
     "                   --memorization N",

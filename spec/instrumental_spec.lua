@@ -20,6 +20,20 @@ describe("recipes/instrumental.lua", function()
       assert.truthy(out:find("\n  " .. stage .. " ", 1, true), stage)
     end
     assert.truthy(out:find("--soundfont", 1, true))
+    assert.truthy(out:find("--sample-batch N", 1, true))
+    assert.truthy(out:find("--graphs", 1, true))
+  end)
+
+  it("takes --sample-batch and --graphs: the sample stage alone samples the base model in batches", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    local code, _, err = run("--out " .. dir .. " --stages sample --model tiny --sample-steps 2 --seconds 1 " ..
+                             "--num-demos 2 --cfg-scales 7 --sample-batch 2 --graphs --quiet")
+    assert.equal(0, code, err)
+    local recs = require("cjson").decode(fs.read(dir .. "/runs/main/samples/step-0/index.json"))
+    assert.equal(2, #recs)
+    for _, r in ipairs(recs) do assert.equal(2, r.batch) end
+    os.execute("rm -rf '" .. dir .. "'")
   end)
 
   it("refuses an unknown option and an unknown stage before doing anything", function()

@@ -74,8 +74,9 @@ function M.load_model(opts)
   local seed = M.num(opts.model_seed, 0)
   local device = opts.device ~= true and opts.device or nil   -- --device cuda: the models run on that GPU
   local precision = opts.precision ~= true and opts.precision or nil
+  -- --graphs: on a GPU, the sampler's DiT calls replay as CUDA graphs (dit:graphs)
   local model = sao.load_model(opts.model, { seed = seed, quiet = M.flag(opts.quiet), device = device,
-    precision = precision, parts = opts.parts })
+    precision = precision, parts = opts.parts, graphs = M.flag(opts.graphs) })
   return model, require("sao.latents").model_id(model, { seed = seed })
 end
 
