@@ -160,6 +160,9 @@
                                              float *dw, float *dbias),                                     \
         (ctx, dy, x, w, B, c_in, t_in, c_out, k, stride, padding, output_padding, dilation, groups, dx,    \
          dw, dbias))                                                                                       \
+    ERR(sao_cuda_v_target, (sao_ctx *ctx, int64_t B, int64_t per, const float *x0, const float *noise,      \
+                            const float *a, const float *s, float *xt, float *v),                          \
+        (ctx, B, per, x0, noise, a, s, xt, v))                                                             \
     /* sao_cuda_ops.h: the sampler's steps (sampler.cu) */                                                 \
     ERR(sao_cuda_vdenoise, (sao_ctx *ctx, int64_t n, const float *x, const float *v, double sigma,          \
                             float *den), (ctx, n, x, v, sigma, den))                                       \

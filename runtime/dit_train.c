@@ -185,19 +185,33 @@ int sao_dit_train_zero_grad(sao_ctx *ctx, sao_dit_train *tr) {
     return sao_dit_lora_zero_grad(ctx, tr->m);
 }
 
+/* flags: SAO_DIT_DEVICE_IO (the caller's buffers are on the trainer's device: queued device copies,
+ * nothing waits), else host buffers (blocking transfers on a device trainer). */
+static int device_io(sao_ctx *ctx, const char *op, const sao_dit_train *tr, int flags) {
+    if (!(flags & SAO_DIT_DEVICE_IO)) return 0;
+    if (tr->m->device < 0) return sao_err(ctx, op, "device buffers given to a trainer on the CPU");
+    return 1;
+}
+
+static int take(sao_ctx *ctx, const dit_ops *ops, int dev, float *dst, const float *src, int64_t n) {
+    return dev ? dit_copy(ctx, ops, dst, src, n) : ops->put(ctx, dst, src, n);
+}
+
 int sao_dit_train_forward(sao_ctx *ctx, sao_dit_train *tr, const float *x, const float *t, const float *cross,
-                          const float *global, float *out) {
+                          const float *global, float *out, int flags) {
     const dit_dims *d = &tr->d;
     sao_dit *m = tr->m;
     const dit_ops *ops = tr->ops;
     if (same_place(ctx, "dit_train_forward", tr)) return -1;
+    int dev = device_io(ctx, "dit_train_forward", tr, flags);
+    if (dev < 0) return -1;
     int64_t B = d->B, BTio = d->B * d->T * d->io;
     size_t BNE = (size_t)(d->B * d->N * d->E);
     tr->ready = 0;
     tr->has_cross = d->L > 0 && cross;
-    if (ops->put(ctx, tr->x, x, BTio) || ops->put(ctx, tr->t, t, B) ||
-        ops->put(ctx, tr->global, global, B * d->Dg) ||
-        (tr->has_cross && ops->put(ctx, tr->cross, cross, B * d->L * d->Dc))) return -1;
+    if (take(ctx, ops, dev, tr->x, x, BTio) || take(ctx, ops, dev, tr->t, t, B) ||
+        take(ctx, ops, dev, tr->global, global, B * d->Dg) ||
+        (tr->has_cross && take(ctx, ops, dev, tr->cross, cross, B * d->L * d->Dc))) return -1;
     if (dit_stem_forward(ctx, m, d, tr->x, tr->t, tr->has_cross ? tr->cross : NULL, tr->global, &tr->stem, tr->h))
         return -1;
     for (int i = 0; i < m->cfg.depth; i++) {
@@ -205,7 +219,8 @@ int sao_dit_train_forward(sao_ctx *ctx, sao_dit_train *tr, const float *x, const
         if (dit_block_forward(ctx, m, i, d, tr->stem.cc, tr->h, &tr->acts[tr->recompute ? 0 : i])) return -1;
     }
     if (dit_head_forward(ctx, m, d, tr->h, tr->o, tr->ot, tr->y)) return -1;
-    if (ops->transpose(ctx, tr->y, d->B, d->T, d->io, 0, tr->outb) || ops->get(ctx, out, tr->outb, BTio)) return -1;
+    if (ops->transpose(ctx, tr->y, d->B, d->T, d->io, 0, dev ? out : tr->outb) ||
+        (!dev && ops->get(ctx, out, tr->outb, BTio))) return -1;
     tr->ready = 1;
     return 0;
 }
@@ -272,10 +287,13 @@ static int block_backward(sao_ctx *ctx, sao_dit_train *tr, int i, const float *h
 }
 
 int sao_dit_train_backward(sao_ctx *ctx, sao_dit_train *tr, const float *dout, float *dx, float *dcross,
-                           float *dglobal) {
+                           float *dglobal, int flags) {
     const char *op = "dit_train_backward";
     if (!tr->ready) return sao_err(ctx, op, "no recorded forward (call sao_dit_train_forward first)");
     if (same_place(ctx, op, tr)) return -1;
+    int dev = device_io(ctx, op, tr, flags);
+    if (dev < 0) return -1;
+    if (dev && (dx || dcross || dglobal)) return sao_err(ctx, op, "input gradients are host buffers: not with a device dout");
     const dit_ops *ops = tr->ops;
     const dit_dims *d = &tr->d;
     sao_dit *m = tr->m, *g = tr->g;
@@ -283,7 +301,7 @@ int sao_dit_train_backward(sao_ctx *ctx, sao_dit_train *tr, const float *dout, f
     int64_t BTio = B * T * io;
     size_t BNE = (size_t)(BN * E);
     /* head: y = ot + ot W_post^T (token layout), ot = o[:, 1:], o = h W_out^T */
-    if (ops->put(ctx, tr->outb, dout, BTio) || ops->transpose(ctx, tr->outb, B, io, T, 0, tr->dy)) return -1;
+    if (take(ctx, ops, dev, tr->outb, dout, BTio) || ops->transpose(ctx, tr->outb, B, io, T, 0, tr->dy)) return -1;
     if (dit_copy(ctx, ops, tr->dxt2, tr->dy, BTio)) return -1;                        /* d(ot) */
     if (ops->linear_bwd(ctx, tr->dy, tr->ot, m->post_conv, B * T, io, io, tr->dxt2, g->post_conv, NULL)) return -1;
     /* d(o): zero on the prepended token's rows, d(ot) on the others */

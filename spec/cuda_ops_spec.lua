@@ -494,6 +494,28 @@ describe("CUDA ops #gpu", function()
     assert.tensor_near(dp, back(gdp, n), { abs = 5e-7, rel = 2.5e-7 })
   end)
 
+  gpu_it("v_target: x_t and v of the v objective give the CPU's bits (B = 3 items of 37 x 5, guarded)", function()
+    local Bn, per = 3, 37 * 5
+    local n = Bn * per
+    local x0, noise = normal(n, 121), normal(n, 122)
+    local a, s = sao.tensor { 0.99, 0.5, 0.01 }, sao.tensor { 0.14, 0.87, 1.0 }
+    local xt, v = sao.empty(n), sao.empty(n)
+    sao.check(C.sao_v_target(ctx, Bn, per, x0:data(), noise:data(), a:data(), s:data(), xt:data(), v:data()))
+    local _, px = G(x0)
+    local _, pn = G(noise)
+    local _, pa = G(a)
+    local _, ps = G(s)
+    local gxt, pxt = G(garbage(n))
+    local gv, pv = G(garbage(n))
+    sao.check(C.sao_cuda_v_target(ctx, Bn, per, px, pn, pa, ps, pxt, pv))
+    -- one fmaf per output with the other product inside it: no contraction to differ by
+    assert.equal(0, xt:maxdiff(back(gxt, n)))
+    assert.equal(0, v:maxdiff(back(gv, n)))
+    assert.is_true(xt:maxdiff(x0) > 0.1)
+    assert.error_matches(function() sao.check(C.sao_cuda_v_target(ctx, 0, per, px, pn, pa, ps, pxt, pv)) end,
+      "cuda_v_target: bad sizes B=0")
+  end)
+
   gpu_it("adamw: three steps with weight decay and grad_scale (n=4133)", function()
     local n = 4133
     local p, m, v = normal(n, 121), sao.zeros(n), sao.zeros(n)

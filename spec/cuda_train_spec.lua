@@ -83,6 +83,39 @@ describe("training on CUDA #gpu", function()
     end)
   end
 
+  gpu_it("the v objective on the device: the host path's gradients bit for bit, only the loss comes back", function()
+    local d = new_dit():to("cuda")
+    local x0 = sao.randn { { B, cfg.io_channels, T }, seed = 11 }
+    local noise = sao.randn { { B, cfg.io_channels, T }, seed = 12 }
+    local t = sao.tensor { 0.3, 0.9 }
+    local cross = sao.randn { { B, L, cfg.cond_token_dim }, seed = 13 }
+    local global = sao.randn { { B, cfg.global_cond_dim }, seed = 14 }
+    local function run(on_device, noise_)
+      local tr = sao.dit_train.new(d, { batch = B, frames = T, context = L })
+      tr:zero_grad()
+      local loss, out, v, xt = tr:vloss(x0, noise_, t, cross, global, { dloss = 0.5, device = on_device })
+      return { loss = loss, out = out:device() == "cpu" and out or out:to("cpu"),
+               xt = xt:device() == "cpu" and xt or xt:to("cpu"), grads = tr:host_grads() }
+    end
+    local host = run(false, noise)
+    local dev = run(nil, noise)
+    local dev2 = run(nil, noise:to("cuda"))                 -- the trainer's case: noise drawn there
+    -- x_t: sao_v_target and its twin; out, every gradient: the same device kernels on the same inputs
+    for _, r in ipairs { dev, dev2 } do
+      assert.equal(0, host.xt:maxdiff(r.xt))
+      assert.equal(0, host.out:maxdiff(r.out))
+      local n = 0
+      for k, g in pairs(host.grads) do
+        assert.equal(0, g:maxdiff(r.grads[k]), k)
+        n = n + 1
+      end
+      assert.is_true(n > 30)
+      -- the loss: the GPU's fixed-order reduction against the CPU's blocks (both in double)
+      assert.near(host.loss, r.loss, 1e-12 * host.loss)
+    end
+    assert.is_true(host.loss > 0.1)
+  end)
+
   gpu_it("the gradients are device tensors and the trainer stays with its device", function()
     local d = new_dit():to("cuda")
     local tr = sao.dit_train.new(d, { batch = B, frames = T, context = L })

@@ -63,6 +63,8 @@ int sao_transpose_check(sao_ctx *ctx, const char *op, const float *x, int64_t B,
                         int64_t C, const float *y);
 
 /* ---- loss.c, adamw.c ---------------------------------------------------------------------------- */
+int sao_v_target_check(sao_ctx *ctx, const char *op, int64_t B, int64_t per, const float *x0, const float *noise,
+                       const float *a, const float *s, const float *xt, const float *v);
 int sao_mse_forward_check(sao_ctx *ctx, const char *op, const float *pred, const float *target,
                           int64_t n, const double *loss);
 int sao_mse_backward_check(sao_ctx *ctx, const char *op, const float *pred, const float *target,

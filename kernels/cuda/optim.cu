@@ -111,6 +111,30 @@ extern "C" int sao_cuda_mse_backward(sao_ctx *ctx, const float *pred, const floa
     return 0;
 }
 
+// ---- the v objective's x_t and v: the twin of loss.c's sao_v_target (the same fmaf forms, same bits) --
+__global__ static void v_target_kernel(long long n, long long per, const float *x0, const float *noise, const float *a,
+                                       const float *s, float *xt, float *v) {
+    SAO_GRID_STRIDE(i, n) {
+        float ab = a[i / per], sb = s[i / per];
+        xt[i] = fmaf(x0[i], ab, __fmul_rn(noise[i], sb));
+        v[i] = fmaf(noise[i], ab, -__fmul_rn(x0[i], sb));
+    }
+}
+
+extern "C" int sao_cuda_v_target(sao_ctx *ctx, int64_t B, int64_t per, const float *x0, const float *noise,
+                                 const float *a, const float *s, float *xt, float *v) {
+    const char *op = "cuda_v_target";
+    SAO_CHECK(sao_v_target_check(ctx, op, B, per, x0, noise, a, s, xt, v));
+    if (SAO_CUDA_PTR(x0) || SAO_CUDA_PTR(noise) || SAO_CUDA_PTR(a) || SAO_CUDA_PTR(s) || SAO_CUDA_PTR(xt) ||
+        SAO_CUDA_PTR(v))
+        return -1;
+    long long n = (long long)(B * per);
+    v_target_kernel<<<sao_cuda_stride_blocks(n), SAO_CUDA_THREADS, 0, sao_cuda_stream()>>>(n, (long long)per, x0, noise,
+                                                                                           a, s, xt, v);
+    CUDA_LAUNCHED(ctx, op);
+    return 0;
+}
+
 // ---- AdamW (fused with the EMA and the bf16 copies) ------------------------------------------------
 // One launch updates up to MT_MAX tensors, passed by value in the kernel's parameters (about 3.6 KB,
 // under the 4 KB every GPU takes): tensor k owns the chunks [chunk0[k], chunk0[k + 1]) of MT_CHUNK

@@ -427,6 +427,14 @@ function Trainer:check_schedule()
   self.opt.cfg = cfg.optimizer
 end
 
+-- Rows first+1 .. first+B of a global batch's tensor (W ranks' rows), the whole one freed.
+local function rows(x, first, B, W)
+  if W == 1 then return x end
+  local r = x:narrow(1, first + 1, B):contiguous()
+  x:free()
+  return r
+end
+
 --- One optimiser step (cfg.accum micro-batches). Returns the info table that is also logged:
 --- {step, loss, grad_norm, lr, ms, samples_per_s, skipped, stop}. stop: a graceful stop was asked
 --- (sao_stop_requested, in any rank of a data-parallel run): the caller should save and stop.
@@ -445,12 +453,18 @@ function Trainer:step()
     -- each rank takes its rows: the same numbers as one process training on the whole batch.
     local counter = ((cfg.fixed_noise and 0 or self.step_n) * cfg.accum + (micro - 1)) * 1000003
     local t = draw_t(B * W, cfg.seed, counter)
-    local noise = sao.randn { { B * W, x0:size(2), x0:size(3) }, seed = cfg.seed, offset = counter + 1 }
-    if W > 1 then
-      local tn, nn = t:narrow(1, first + 1, B):contiguous(), noise:narrow(1, first + 1, B):contiguous()
-      t:free(); noise:free()
-      t, noise = tn, nn
+    local per = x0:size(2) * x0:size(3)
+    local noise
+    if self.device and per % 4 == 0 then
+      -- this rank's rows of the global batch's noise drawn on the GPU: row r's values are the
+      -- stream's from Philox block r * per / 4 on, so the same numbers as the host's draw below
+      noise = sao.randn { { B, x0:size(2), x0:size(3) }, seed = cfg.seed, offset = counter + 1 + first * per / 4,
+                          device = self.device }
+    else
+      noise = sao.randn { { B * W, x0:size(2), x0:size(3) }, seed = cfg.seed, offset = counter + 1 }
+      noise = rows(noise, first, B, W)
     end
+    t = rows(t, first, B, W)
     local cross = batch.cross
     if cross and cfg.cfg_dropout > 0 then
       local u = sao.rand { { B * W }, seed = cfg.seed + 1, offset = counter, dtype = "f64" }:totable()

@@ -97,6 +97,8 @@ struct sao_optim_hyper;
 int sao_cuda_adamw_multi(sao_ctx *ctx, const struct sao_optim_tensor *t, int count,
                          const struct sao_optim_hyper *h);
 int sao_cuda_sumsq(sao_ctx *ctx, const float *x, int64_t n, double *out /* out, host or device */);
+int sao_cuda_v_target(sao_ctx *ctx, int64_t B, int64_t per, const float *x0, const float *noise,
+                      const float *a, const float *s, float *xt /* out */, float *v /* out */);
 
 /* ---- sampler.cu: the sampler's per-step math (sao_model.h's sampler section) -------------------- */
 /* Twins of sao_vdenoise and sao_sample_step (the same bits: sampler_step.h's formulas); noise may

@@ -192,6 +192,10 @@ int sao_mse_forward(sao_ctx *ctx, const float *pred, const float *target, int64_
 /* dpred [n] += dloss * 2 (pred - target) / n */
 int sao_mse_backward(sao_ctx *ctx, const float *pred, const float *target, int64_t n, double dloss,
                      float *dpred /* out, accumulated */);
+/* The v objective's input and target (SAO_SPEC 7.1-7.2) for B items of `per` elements each:
+ * xt = a[b] x0 + s[b] noise, v = a[b] noise - s[b] x0 (a, s: the item's cos and sin of pi t / 2, f32). */
+int sao_v_target(sao_ctx *ctx, int64_t B, int64_t per, const float *x0, const float *noise, const float *a,
+                 const float *s, float *xt /* out */, float *v /* out */);
 
 /* ---- adamw.c: optimiser and EMA ---------------------------------------------------------------
  * One torch.optim.AdamW step (decoupled weight decay, bias correction, amsgrad off) on n

@@ -231,14 +231,16 @@ int sao_dit_train_grad_sumsq(sao_ctx *ctx, sao_dit_train *tr, double *out /* out
 sao_params *sao_dit_train_grads(sao_dit_train *tr);            /* gradient tensors by parameter name */
 int sao_dit_train_zero_grad(sao_ctx *ctx, sao_dit_train *tr);
 /* As sao_dit_forward with cfg_scale 1 (the caller zeroes dropped context rows); keeps the inputs'
- * pointers until the backward. */
+ * pointers until the backward. flags: SAO_DIT_DEVICE_IO for inputs and out on the trainer's device
+ * (queued device copies; nothing waits), 0 for host buffers. */
 int sao_dit_train_forward(sao_ctx *ctx, sao_dit_train *tr, const float *x, const float *t,
-                          const float *cross, const float *global, float *out /* out [B, io, T] */);
+                          const float *cross, const float *global, float *out /* out [B, io, T] */, int flags);
 /* dout [B, io, T] = d loss / d out; gradients accumulate into the grads registry, and into dx
- * [B, io, T], dcross [B, L, Dc], dglobal [B, Dg] when those are not NULL. */
+ * [B, io, T], dcross [B, L, Dc], dglobal [B, Dg] when those are not NULL (host buffers). flags:
+ * SAO_DIT_DEVICE_IO for a dout on the trainer's device (then dx, dcross, dglobal must be NULL). */
 int sao_dit_train_backward(sao_ctx *ctx, sao_dit_train *tr, const float *dout,
                            float *dx /* out, accumulated */, float *dcross /* out, accumulated */,
-                           float *dglobal /* out, accumulated */);
+                           float *dglobal /* out, accumulated */, int flags);
 
 /* ---- T5 (tokenizer.c, t5.c): the prompt conditioner's tokenizer and encoder ------------------
  * Tokenizer: a SentencePiece unigram spiece.model, applied as the t5-base fast tokenizer does
