@@ -123,8 +123,16 @@ end
 
 function Train:vloss_device(dev, x0, noise, t, cross, global, a, s, opts)
   local B, n = x0:size(1), x0:numel()
-  local function up(x) return x:device() == "cpu" and models.f32(x):contiguous():to(dev) or x end
-  local x0d, nd, ad, sd = up(x0), up(noise), a:to(dev), s:to(dev)
+  -- the copies made here are freed as soon as the work queued on them is (stream-ordered blocks):
+  -- garbage device tensors would hold memory the run's memory plan does not count
+  local made = {}
+  local function up(x)
+    if x:device() ~= "cpu" then return x end
+    local d = models.f32(x):contiguous():to(dev)
+    made[#made + 1] = d
+    return d
+  end
+  local x0d, nd, ad, sd = up(x0), up(noise), up(a), up(s)
   local xt, v = sao.empty_on(dev, x0:shape()), sao.empty_on(dev, x0:shape())
   sao.check(C.sao_cuda_v_target(sao.ctx, B, n / B, x0d:data(), nd:data(), ad:data(), sd:data(), xt:data(), v:data()))
   local out = self:forward(xt, up(t), cross and up(cross), up(global))
@@ -134,6 +142,7 @@ function Train:vloss_device(dev, x0, noise, t, cross, global, a, s, opts)
   sao.check(C.sao_cuda_mse_backward(sao.ctx, out:data(), v:data(), n, opts.dloss or 1.0, dout:data()))
   self:backward(dout)
   dout:free()
+  for _, d in ipairs(made) do d:free() end
   return loss[0], out, v, xt
 end
 

@@ -476,7 +476,8 @@ function Trainer:step()
         end
       end
     end
-    local loss = self.tr:vloss(x0, noise, t, cross, batch.global, { dloss = 1 / cfg.accum })
+    local loss, out, v, xt = self.tr:vloss(x0, noise, t, cross, batch.global, { dloss = 1 / cfg.accum })
+    for _, x in ipairs { out, v, xt, noise } do x:free() end   -- on a GPU: back to the cache at once
     total = total + loss / cfg.accum
   end
   -- stop: a graceful stop was asked (SIGTERM, Ctrl-C: sao_stop_graceful) in this process or, in a
