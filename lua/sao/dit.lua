@@ -114,14 +114,15 @@ end
 -- output written into opts.out (or a new device tensor); queued, nothing waits (sao_dit_forward's
 -- SAO_DIT_DEVICE_IO).
 local function forward_device(self, x, t, cross, global, opts)
-  local kind = self:device()
+  local kind, n = self:device()
+  local where = "cuda:" .. tostring(n)
   if kind ~= "cuda" then
     error("dit:forward: x is on the GPU but the model is on the CPU (dit:to(\"cuda\") first)", 3)
   end
   if opts.hidden then error("dit:forward: hidden states are not returned for device inputs", 3) end
   local xs = x:shape()
   local B, T = xs[1], xs[3]
-  if type(t) == "number" then t = sao.full({ B }, t):to("cuda:" .. select(2, self:device())) end
+  if type(t) == "number" then t = sao.full({ B }, t):to(where) end
   local function dev(name, v, shape)
     if v == nil then return nil end
     if not sao.is_tensor(v) or v:device() ~= "cuda" or v:dtype() ~= "f32" or not v:is_contiguous() then
@@ -150,7 +151,7 @@ local function forward_device(self, x, t, cross, global, opts)
     if not cross then error("dit:forward: uncond given without a cross context", 3) end
     dev("uncond", opts.uncond, cross:shape())
   end
-  local out = opts.out and dev("out", opts.out, xs) or sao.empty_on("cuda:" .. select(2, self:device()), xs)
+  local out = opts.out and dev("out", opts.out, xs) or sao.empty_on(where, xs)
   sao.check(C.sao_dit_forward(sao.ctx, self.h, x:data(), t:data(), cross and cross:data() or nil,
     opts.uncond and opts.uncond:data() or nil, global:data(), B, T, L, opts.cfg_scale or 1, opts.scale_phi or 0,
     out:data(), nil, C.SAO_DIT_DEVICE_IO), 3)
